@@ -1,0 +1,26 @@
+//! `simclr-core`: the contract between the pipeline runtime and every stage.
+//!
+//! It sits at the bottom of the dependency graph: stage crates (`stages/*`) depend on it and
+//! on nothing else of the pipeline; the configuration loader (`simclr-config`) and the runtime
+//! (`simclr-runtime`) depend on it to type-check and run graphs of stages.
+//!
+//! - [`message`]: what travels on an edge ([`Message`]) and its kind ([`PortType`]).
+//! - [`stage`]: the [`Stage`] and [`Source`] traits, [`Outputs`] and [`StageContext`].
+//! - [`kind`]: [`StageKind`], the registry entry that declares a kind's ports, parallelism,
+//!   parameters and how to build it.
+//! - [`value`]: a YAML-agnostic value tree that keeps line:column for every node, and a serde
+//!   deserializer over it, so stage parameters are parsed with exact error locations.
+//! - [`metrics`]: metric names shared by the runtime and reports.
+
+pub mod error;
+pub mod kind;
+pub mod message;
+pub mod metrics;
+pub mod stage;
+pub mod value;
+
+pub use error::StageError;
+pub use kind::{BuildContext, Instance, InputPorts, OutputPort, ParamError, Parallelism, StageFactory, StageKind};
+pub use message::{Batch, Image, Message, PortType, Record, SampleId, ViewPair};
+pub use stage::{Emitter, Outputs, Source, Stage, StageContext, TestOutputs};
+pub use value::{Loc, Value, ValueError, ValueKind};

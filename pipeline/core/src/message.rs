@@ -1,0 +1,149 @@
+//! What travels on an edge.
+//!
+//! Every edge carries one [`PortType`]; the configuration layer checks, before any thread
+//! starts, that the producer's output kind is one the consumer accepts. Payloads are behind
+//! `Arc`, so fanning a message out to several consumers copies pointers, not pixels.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// The kind of message an edge carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PortType {
+    /// Opaque numbered records: the utility stages' currency, for exercising the runtime.
+    Records,
+    /// Decoded images, one sample each.
+    Images,
+    /// The two augmented views t(x), t'(x) of one sample.
+    ViewPairs,
+    /// Collated batches of 2N views as one contiguous float32 NCHW buffer.
+    Batches,
+}
+
+impl PortType {
+    /// Every port type, in declaration order.
+    pub const ALL: &'static [PortType] =
+        &[PortType::Records, PortType::Images, PortType::ViewPairs, PortType::Batches];
+
+    /// The snake_case name used in definitions, errors and `simclr stages`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PortType::Records => "records",
+            PortType::Images => "images",
+            PortType::ViewPairs => "view_pairs",
+            PortType::Batches => "batches",
+        }
+    }
+}
+
+impl fmt::Display for PortType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a sample comes from: its position in the (shuffled) stream of one epoch. Every random
+/// draw made for a sample derives from the run's seed and this identity, never from thread
+/// scheduling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SampleId {
+    /// Epoch, from 0.
+    pub epoch: u32,
+    /// Index of the sample in the dataset (not its position after shuffling).
+    pub index: u64,
+}
+
+/// A numbered record with an optional opaque payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Position in the producing source's stream, from 0.
+    pub seq: u64,
+    /// Payload bytes (shared, never copied on fan-out).
+    pub payload: Arc<[u8]>,
+}
+
+/// One decoded image, 8 bits per channel, interleaved (HWC).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
+    /// Which sample this is.
+    pub id: SampleId,
+    /// Class label, when the source has one. Training never reads it.
+    pub label: Option<u32>,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// 1 (gray) or 3 (RGB).
+    pub channels: u8,
+    /// `height * width * channels` bytes, row-major, channels interleaved.
+    pub pixels: Arc<[u8]>,
+}
+
+/// The two augmented views of one sample, float32 CHW each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewPair {
+    /// Which sample both views come from.
+    pub id: SampleId,
+    /// Label carried through for evaluation; never used by the loss.
+    pub label: Option<u32>,
+    /// `[channels, height, width]` of each view.
+    pub shape: [usize; 3],
+    /// View t(x), `shape` elements.
+    pub first: Arc<[f32]>,
+    /// View t'(x), `shape` elements.
+    pub second: Arc<[f32]>,
+}
+
+/// N samples' view pairs collated into 2N views, NCHW; views `2k` and `2k+1` are the pair of
+/// sample `k`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// Position of the batch in the run, from 0.
+    pub step: u64,
+    /// Epoch the samples belong to.
+    pub epoch: u32,
+    /// The N samples, in order.
+    pub ids: Vec<SampleId>,
+    /// `[2N, channels, height, width]`.
+    pub shape: [usize; 4],
+    /// `2N * channels * height * width` floats.
+    pub data: Arc<[f32]>,
+}
+
+/// A message on an edge.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Message {
+    /// See [`Record`].
+    Record(Record),
+    /// See [`Image`].
+    Image(Image),
+    /// See [`ViewPair`].
+    ViewPair(ViewPair),
+    /// See [`Batch`].
+    Batch(Batch),
+}
+
+impl Message {
+    /// The port type this message travels as.
+    pub fn port_type(&self) -> PortType {
+        match self {
+            Message::Record(_) => PortType::Records,
+            Message::Image(_) => PortType::Images,
+            Message::ViewPair(_) => PortType::ViewPairs,
+            Message::Batch(_) => PortType::Batches,
+        }
+    }
+
+    /// Approximate payload size in bytes, for throughput reports.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Message::Record(r) => r.payload.len(),
+            Message::Image(i) => i.pixels.len(),
+            Message::ViewPair(p) => 4 * (p.first.len() + p.second.len()),
+            Message::Batch(b) => 4 * b.data.len(),
+        }
+    }
+}

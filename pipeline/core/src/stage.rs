@@ -1,0 +1,224 @@
+//! The traits a stage implements, and the handles the runtime gives it.
+//!
+//! A stage never sees a channel or a thread: it receives one [`Message`] at a time and pushes
+//! what it produces to [`Outputs`]. The runtime owns the threads, the bounded edges, the
+//! timing and the shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::StageError;
+use crate::message::{Message, PortType};
+
+/// One processing step. The runtime owns threads and channels; a stage only sees messages.
+///
+/// A stage with `workers: N` gets N instances, one per thread; each receives a share of the
+/// input. Where its kind declares ordered output, the runtime hands messages out round-robin
+/// and re-assembles the outputs in input order.
+pub trait Stage: Send {
+    /// Called once on the stage thread before the first message. Load weights, open files.
+    ///
+    /// # Errors
+    /// Any error stops the pipeline before data flows.
+    fn on_start(&mut self, _cx: &mut StageContext) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    /// Handle one message; push zero or more messages to `out`.
+    ///
+    /// # Errors
+    /// An error stops the whole pipeline; the final report names this stage.
+    fn process(
+        &mut self,
+        msg: Message,
+        out: &mut Outputs<'_>,
+        cx: &mut StageContext,
+    ) -> Result<(), StageError>;
+
+    /// Every input has ended (end of stream). Flush partial batches, write final state here.
+    /// Not called when the pipeline is shutting down because of a failure.
+    ///
+    /// # Errors
+    /// As for [`Stage::process`].
+    fn on_finish(&mut self, _out: &mut Outputs<'_>, _cx: &mut StageContext) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+/// A stage with no input: it is pulled by the runtime until it returns `None`.
+///
+/// With `workers: N`, worker `w` of `N` (see [`StageContext::worker`]) produces its share of
+/// the stream; for ordered kinds the runtime interleaves worker outputs round-robin, so worker
+/// `w` should produce the items at positions `w, w + N, w + 2N, ...`.
+pub trait Source: Send {
+    /// Called once on the stage thread before the first `next`.
+    ///
+    /// # Errors
+    /// Any error stops the pipeline before data flows.
+    fn on_start(&mut self, _cx: &mut StageContext) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    /// The next item of this worker's share, or `None` at the end.
+    ///
+    /// # Errors
+    /// An error stops the whole pipeline; the final report names this stage.
+    fn next(&mut self, cx: &mut StageContext) -> Result<Option<Message>, StageError>;
+
+    /// How many items this worker will produce, if known; drives the progress bar.
+    fn len_hint(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Where a stage's output goes. Implemented by the runtime (bounded edges, fan-out, timing)
+/// and by [`TestOutputs`] (a `Vec`).
+pub trait Emitter {
+    /// Deliver one message downstream, blocking while the edges are full.
+    ///
+    /// # Errors
+    /// [`StageError::Cancelled`] when the pipeline is shutting down,
+    /// [`StageError::DownstreamClosed`] when no consumer is left.
+    fn emit(&mut self, msg: Message) -> Result<(), StageError>;
+}
+
+/// The handle a stage pushes its output to.
+pub struct Outputs<'a> {
+    emitter: &'a mut dyn Emitter,
+    declared: Option<PortType>,
+}
+
+impl<'a> Outputs<'a> {
+    /// Wrap an emitter. `declared` is the port type this stage's output edge carries; a stage
+    /// that emits anything else gets [`StageError::WrongOutput`] (a bug, caught loudly).
+    pub fn new(emitter: &'a mut dyn Emitter, declared: Option<PortType>) -> Self {
+        Self { emitter, declared }
+    }
+
+    /// Send one message downstream.
+    ///
+    /// # Errors
+    /// See [`Emitter::emit`]; also [`StageError::WrongOutput`].
+    pub fn push(&mut self, msg: Message) -> Result<(), StageError> {
+        let got = msg.port_type();
+        match self.declared {
+            Some(declared) if declared == got => self.emitter.emit(msg),
+            Some(declared) => Err(StageError::WrongOutput { declared: declared.name(), got: got.name() }),
+            None => Err(StageError::WrongOutput { declared: "no", got: got.name() }),
+        }
+    }
+}
+
+/// An [`Emitter`] that collects into a `Vec`, for driving a stage in unit tests without
+/// threads.
+#[derive(Default, Debug)]
+pub struct TestOutputs {
+    /// Everything emitted so far.
+    pub messages: Vec<Message>,
+}
+
+impl Emitter for TestOutputs {
+    fn emit(&mut self, msg: Message) -> Result<(), StageError> {
+        self.messages.push(msg);
+        Ok(())
+    }
+}
+
+/// Pipeline-wide flags a stage can poll during long work.
+#[derive(Clone, Debug, Default)]
+pub struct Signals {
+    /// Set on Ctrl-C or an item limit: sources stop producing and the pipeline drains.
+    pub stop: Arc<AtomicBool>,
+    /// Set when a stage failed: every stage stops as soon as it can, without flushing.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// Whether a failure elsewhere is shutting the pipeline down.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Whether sources should stop producing (stop requested or cancelled).
+    pub fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.is_cancelled()
+    }
+}
+
+/// What a stage knows about where it runs.
+#[derive(Clone, Debug)]
+pub struct StageContext {
+    stage_id: Arc<str>,
+    worker: usize,
+    workers: usize,
+    seed: u64,
+    inputs: Arc<[String]>,
+    current_input: usize,
+    signals: Signals,
+}
+
+impl StageContext {
+    /// A context for worker `worker` of `workers` of stage `stage_id`; `inputs` are the ids of
+    /// the stages feeding it, in definition order.
+    pub fn new(
+        stage_id: impl Into<Arc<str>>,
+        worker: usize,
+        workers: usize,
+        seed: u64,
+        inputs: Arc<[String]>,
+        signals: Signals,
+    ) -> Self {
+        Self { stage_id: stage_id.into(), worker, workers, seed, inputs, current_input: 0, signals }
+    }
+
+    /// A context for unit tests: worker 0 of 1, seed 0, no inputs.
+    pub fn for_test(stage_id: &str) -> Self {
+        Self::new(stage_id, 0, 1, 0, Arc::from(Vec::new()), Signals::default())
+    }
+
+    /// The stage's id in the definition.
+    pub fn stage_id(&self) -> &str {
+        &self.stage_id
+    }
+
+    /// This worker's index, `0..workers()`.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// How many workers this stage runs.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The definition's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Index into [`StageContext::inputs`] of the input the current message came from.
+    pub fn current_input(&self) -> usize {
+        self.current_input
+    }
+
+    /// Set by the runtime before each `process` call.
+    pub fn set_current_input(&mut self, index: usize) {
+        self.current_input = index;
+    }
+
+    /// Ids of the stages feeding this one, in definition order.
+    pub fn inputs(&self) -> &[String] {
+        &self.inputs
+    }
+
+    /// Whether a failure elsewhere is shutting the pipeline down; long computations should
+    /// poll it and return [`StageError::Cancelled`].
+    pub fn is_cancelled(&self) -> bool {
+        self.signals.is_cancelled()
+    }
+
+    /// Whether a source should stop producing.
+    pub fn should_stop(&self) -> bool {
+        self.signals.should_stop()
+    }
+}

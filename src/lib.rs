@@ -1,0 +1,34 @@
+//! `simclr`: SimCLR contrastive representation learning as YAML-defined dataflow pipelines.
+//!
+//! This facade re-exports the framework crates and holds the stage registry; the `simclr`
+//! binary (`src/main.rs`) is the command-line interface.
+//!
+//! - [`core`] (`simclr-core`): stage traits, message kinds, the stage-kind registry types.
+//! - [`config`] (`simclr-config`): YAML definition → validated, typed stage graph.
+//! - [`runtime`] (`simclr-runtime`): threads, bounded edges, credits, shutdown, metrics.
+//! - [`registry`]: the explicit list of stage kinds a definition may use.
+
+pub use simclr_config as config;
+pub use simclr_core as core;
+pub use simclr_runtime as runtime;
+
+pub mod registry {
+    //! The explicit, ordered list of stage kinds. Add a kind here to make it usable from YAML.
+
+    use simclr_config::Registry;
+
+    /// Every user-facing stage kind, in the order `simclr stages` lists them.
+    pub fn user() -> Registry {
+        Registry::new(simclr_stage_util::KINDS.iter().copied())
+    }
+
+    /// The user-facing kinds plus the runtime's test-only kinds (slow, failing, panicking,
+    /// stuck, jittery, collecting). Used by tests; never by the CLI.
+    pub fn with_testing_kinds() -> Registry {
+        let mut registry = user();
+        for kind in simclr_stage_util::testing::KINDS {
+            registry.add(kind);
+        }
+        registry
+    }
+}

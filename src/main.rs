@@ -1,0 +1,238 @@
+//! The `simclr` command line: `validate`, `stages`, `run`, `profile`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use simclr::config::graph::LoadOptions;
+use simclr::config::{Graph, Registry};
+use simclr::core::StageKind;
+use simclr::runtime::{self, RunOptions};
+
+/// SimCLR contrastive learning as YAML-defined dataflow pipelines.
+#[derive(Parser)]
+#[command(name = "simclr", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check definitions without running them; every problem is reported with line:column.
+    Validate {
+        /// Definition files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List the stage kinds, or describe one (ports, parameters, example).
+    Stages {
+        /// A kind to describe in full.
+        kind: Option<String>,
+        /// Print only the kind's example definition (pipe it to a file and run it).
+        #[arg(long, requires = "kind")]
+        example: bool,
+    },
+    /// Run a definition: writes a run folder (definition copy, metrics) and prints the table.
+    Run {
+        /// Definition file.
+        file: PathBuf,
+        /// Run folder, overriding the definition's `run_dir`.
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        #[command(flatten)]
+        measure: MeasureArgs,
+    },
+    /// Run a definition (or its first N items) for its measurements only and print the table.
+    Profile {
+        /// Definition file.
+        file: PathBuf,
+        #[command(flatten)]
+        measure: MeasureArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct MeasureArgs {
+    /// Stop each source after N items.
+    #[arg(long, value_name = "N")]
+    items: Option<u64>,
+    /// Write the metrics (the table's numbers) as JSON.
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<PathBuf>,
+    /// Write a Chrome trace-event JSON file (open it in https://ui.perfetto.dev).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Exit codes.
+const EXIT_FAILED: u8 = 1;
+const EXIT_INVALID: u8 = 2;
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let registry = simclr::registry::user();
+    let result = match cli.command {
+        Command::Validate { files } => Ok(validate(&files, &registry)),
+        Command::Stages { kind, example } => stages(&registry, kind.as_deref(), example),
+        Command::Run { file, run_dir, measure } => execute(&file, &registry, run_dir, &measure, true),
+        Command::Profile { file, measure } => execute(&file, &registry, None, &measure, false),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn validate(files: &[PathBuf], registry: &Registry) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        match simclr::config::load_file(file, registry, &LoadOptions::default()) {
+            Ok(graph) => println!(
+                "ok: {} (pipeline `{}`: {} stages, {} edges{})",
+                file.display(),
+                graph.name,
+                graph.nodes.len(),
+                graph.edges.len(),
+                if graph.credits.is_empty() { String::new() } else { format!(", {} credit", graph.credits.len()) }
+            ),
+            Err(diagnostics) => {
+                failed = true;
+                eprintln!("{diagnostics}\n");
+            }
+        }
+    }
+    if failed { ExitCode::from(EXIT_INVALID) } else { ExitCode::SUCCESS }
+}
+
+fn stages(registry: &Registry, kind: Option<&str>, example: bool) -> Result<ExitCode> {
+    let Some(name) = kind else {
+        for kind in registry.iter() {
+            println!("{:<12} {}", kind.name, kind.summary);
+            println!("{:<12} takes: {}   emits: {}   workers: {}", "", kind.input, kind.output, workers_text(kind));
+            for p in kind.param_docs() {
+                let default = p.default.map_or_else(|| "required".to_owned(), |d| format!("default {d}"));
+                println!("{:<14}{}: {} ({default}) — {}", "", p.name, p.ty, p.doc);
+            }
+            println!();
+        }
+        println!("`simclr stages KIND` shows one kind with an example definition.");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(kind) = registry.get(name) else {
+        let names: Vec<&str> = registry.iter().map(|k| k.name).collect();
+        anyhow::bail!("unknown stage kind `{name}`; the kinds are: {}", names.join(", "));
+    };
+    if example {
+        print!("{}", kind.example);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} — {}\n", kind.name, kind.summary);
+    println!("takes:   {}\nemits:   {}\nworkers: {}\n", kind.input, kind.output, workers_text(kind));
+    let docs = kind.param_docs();
+    if docs.is_empty() {
+        println!("parameters: none");
+    } else {
+        println!("parameters:");
+        for p in docs {
+            let default = p.default.map_or_else(|| "required".to_owned(), |d| format!("default {d}"));
+            println!("  {}: {} ({default})\n      {}", p.name, p.ty, p.doc);
+        }
+    }
+    println!("\nexample (`simclr stages {} --example > example.yaml`):\n", kind.name);
+    for line in kind.example.lines() {
+        println!("  {line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workers_text(kind: &StageKind) -> &'static str {
+    match kind.parallelism {
+        simclr::core::Parallelism::Single => "1 only",
+        simclr::core::Parallelism::Parallel { ordered: true } => "any (output keeps input order)",
+        simclr::core::Parallelism::Parallel { ordered: false } => "any (output order not kept)",
+    }
+}
+
+/// A Ctrl-C handler: the first press asks for a clean stop, the second aborts.
+fn install_interrupt(stop: Arc<AtomicBool>) {
+    let presses = AtomicUsize::new(0);
+    let installed = ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("\ninterrupted: sources stop and the pipeline drains; press Ctrl-C again to abort");
+            stop.store(true, Ordering::SeqCst);
+        } else {
+            eprintln!("\naborted");
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: cannot install the Ctrl-C handler: {e}");
+    }
+}
+
+fn execute(file: &Path, registry: &Registry, run_dir: Option<PathBuf>, measure: &MeasureArgs, is_run: bool) -> Result<ExitCode> {
+    let graph: Graph = match simclr::config::load_file(file, registry, &LoadOptions { run_dir }) {
+        Ok(graph) => graph,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    if is_run {
+        std::fs::create_dir_all(&graph.run_dir).with_context(|| format!("cannot create the run folder {}", graph.run_dir.display()))?;
+        let copy = graph.run_dir.join("definition.yaml");
+        std::fs::write(&copy, &graph.source).with_context(|| format!("cannot write {}", copy.display()))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    install_interrupt(stop.clone());
+    let options = RunOptions {
+        item_limit: measure.items,
+        trace: measure.trace.is_some(),
+        progress: !measure.quiet,
+        stop: stop.clone(),
+        ..RunOptions::default()
+    };
+    let (run, failure) = match runtime::run(&graph, &options) {
+        Ok(run) => (run, None),
+        Err(failure) => {
+            let failure = *failure;
+            let message = failure.to_string();
+            (failure.run, Some(message))
+        }
+    };
+    println!("{}", run.report);
+    let mut metrics_paths: Vec<PathBuf> = measure.metrics.iter().cloned().collect();
+    if is_run {
+        metrics_paths.push(graph.run_dir.join("metrics.json"));
+    }
+    for path in &metrics_paths {
+        let json = serde_json::to_string_pretty(&run.report).context("cannot serialise the metrics")?;
+        std::fs::write(path, json).with_context(|| format!("cannot write the metrics to {}", path.display()))?;
+        eprintln!("metrics written to {}", path.display());
+    }
+    if let (Some(path), Some(trace)) = (&measure.trace, &run.trace) {
+        trace.write(path).with_context(|| format!("cannot write the trace to {}", path.display()))?;
+        let dropped = trace.dropped();
+        let note = if dropped > 0 { format!(" ({dropped} spans over the per-thread cap were dropped)") } else { String::new() };
+        eprintln!("trace written to {}{note}; open it in https://ui.perfetto.dev", path.display());
+    }
+    if let Some(message) = failure {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
+    if stop.load(Ordering::SeqCst) {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    Ok(ExitCode::SUCCESS)
+}

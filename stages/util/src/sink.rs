@@ -1,0 +1,100 @@
+//! `sink`: drains any stream and counts it.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use simclr_core::{
+    BuildContext, InputPorts, Message, OutputPort, Outputs, ParamError, Parallelism, Stage, StageContext,
+    StageError, StageFactory, StageKind,
+};
+
+/// Parameters of `sink`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Fail at the end of the stream unless exactly this many messages arrived: a smoke check
+    /// that nothing was lost or duplicated on the way.
+    #[serde(default)]
+    pub expect: Option<u64>,
+}
+
+/// The `sink` kind.
+pub static KIND: StageKind = StageKind {
+    name: "sink",
+    summary: "drains any stream and counts messages and payload bytes; ends a pipeline",
+    input: InputPorts::Any,
+    output: OutputPort::None,
+    parallelism: Parallelism::Single,
+    example: "\
+name: sink-example
+stages:
+  numbers:
+    kind: sequence
+    params: { count: 500 }
+  drain:
+    kind: sink
+    inputs: [numbers]
+    params: { expect: 500 }
+",
+    params: || schemars::schema_for!(SinkConfig),
+    build,
+};
+
+fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
+    let config: SinkConfig = cx.parse()?;
+    Ok(StageFactory::stage(move |_| Sink { expect: config.expect, messages: 0, bytes: 0 }))
+}
+
+/// Counts what arrives.
+#[derive(Debug)]
+pub struct Sink {
+    expect: Option<u64>,
+    messages: u64,
+    bytes: u64,
+}
+
+impl Stage for Sink {
+    fn process(&mut self, msg: Message, _out: &mut Outputs<'_>, _cx: &mut StageContext) -> Result<(), StageError> {
+        self.messages += 1;
+        self.bytes += msg.payload_bytes() as u64;
+        Ok(())
+    }
+
+    fn on_finish(&mut self, _out: &mut Outputs<'_>, _cx: &mut StageContext) -> Result<(), StageError> {
+        match self.expect {
+            Some(n) if n != self.messages => Err(StageError::msg(format!(
+                "expected {n} messages, received {} ({} payload bytes)",
+                self.messages, self.bytes
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use simclr_core::{Record, TestOutputs};
+
+    use super::*;
+
+    fn feed(sink: &mut Sink, n: u64) -> Result<(), StageError> {
+        let mut collected = TestOutputs::default();
+        let mut cx = StageContext::for_test("drain");
+        for seq in 0..n {
+            let mut out = Outputs::new(&mut collected, None);
+            sink.process(Message::Record(Record { seq, payload: Arc::from(vec![0u8; 3]) }), &mut out, &mut cx)?;
+        }
+        let mut out = Outputs::new(&mut collected, None);
+        sink.on_finish(&mut out, &mut cx)
+    }
+
+    #[test]
+    fn an_expected_count_is_checked_at_the_end() {
+        let mut ok = Sink { expect: Some(5), messages: 0, bytes: 0 };
+        feed(&mut ok, 5).expect("five arrived");
+        let mut short = Sink { expect: Some(5), messages: 0, bytes: 0 };
+        let err = feed(&mut short, 4).expect_err("one missing");
+        assert_eq!(err.to_string(), "expected 5 messages, received 4 (12 payload bytes)");
+    }
+}
