@@ -61,6 +61,8 @@ pub struct StageEntry {
     pub params: Value,
     /// `credit`, if given.
     pub credit: Option<CreditRef>,
+    /// Whether `inputs` (or one of its entries) could not be read (already reported).
+    pub inputs_malformed: bool,
 }
 
 /// One entry of a stage's `inputs`: `id` or `{ from: id, capacity: n }`.
@@ -189,6 +191,7 @@ fn read_stages(stages: &Value, diags: &mut Vec<Diagnostic>) -> Vec<StageEntry> {
             workers_loc: None,
             params: Value::empty_map(node.loc),
             credit: None,
+            inputs_malformed: false,
         };
         if node.entries().is_none() {
             diags.push(expected_mapping(node, &path, "`{ kind: KIND, inputs: [ID, ...], params: {...} }`"));
@@ -202,7 +205,9 @@ fn read_stages(stages: &Value, diags: &mut Vec<Diagnostic>) -> Vec<StageEntry> {
             entry.kind = Some((kind, loc));
         }
         if let Some(inputs) = node.get("inputs") {
+            let before = diags.len();
             entry.inputs = read_inputs(inputs, &join_path(&path, "inputs"), diags);
+            entry.inputs_malformed = diags.len() > before;
         }
         if let Some(workers) = field::<i64>(node, "workers", &path, diags) {
             let loc = node.get("workers").map_or(node.loc, |v| v.loc);

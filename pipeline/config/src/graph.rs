@@ -345,8 +345,11 @@ fn resolve(
         };
     }
 
-    // Unconnected outputs.
-    for (i, s) in stages.iter().enumerate() {
+    // Unconnected outputs. Skipped when some input could not be read or resolved: that input
+    // may have been meant for the stage, and the error already reported says so.
+    let inputs_unresolved = entries.iter().any(|e| e.inputs_malformed)
+        || stages.iter().any(|s| s.entry.inputs.iter().any(|input| !index.contains_key(input.from.as_str())));
+    for (i, s) in stages.iter().enumerate().filter(|_| !inputs_unresolved) {
         let Some(kind) = s.kind else { continue };
         if kind.output != OutputPort::None && adjacency[i].is_empty() {
             let what = out_type[i].map_or_else(String::new, |t| format!(" ({t})"));
@@ -567,19 +570,29 @@ pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Opt
         .map(|(_, c)| c)
 }
 
+/// Optimal string alignment distance: insertions, deletions, substitutions and adjacent
+/// transpositions (the commonest typo, `sikn` for `sink`) each cost 1.
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use simclr_core::{
 };
 
 /// Every test-only kind.
-pub const KINDS: &[&StageKind] = &[&SLOW, &FAIL, &PANIC, &STUCK, &JITTER, &JITTER_UNORDERED, &COLLECT, &EXPECT_IMAGES];
+pub const KINDS: &[&StageKind] =
+    &[&SLOW, &FAIL, &PANIC, &STUCK, &JITTER, &JITTER_UNORDERED, &INFLIGHT_START, &INFLIGHT_END, &COLLECT, &EXPECT_IMAGES];
 
 /// Parameters of the pass-through test kinds.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -30,6 +31,10 @@ pub struct TestConfig {
     /// `collect`: the name under which received sequence numbers are kept.
     #[serde(default)]
     pub key: String,
+    /// `inflight_start`: fail if more than this many messages are between it and the
+    /// `inflight_end` stage with the same `key`.
+    #[serde(default)]
+    pub max_in_flight: u64,
 }
 
 fn schema() -> schemars::Schema {
@@ -60,6 +65,9 @@ pass_kind!(PANIC, "panic", "test: panics after `after` messages", Parallelism::S
 pass_kind!(STUCK, "stuck", "test: sleeps `delay` s on its first message, ignoring cancellation", Parallelism::Single, Mode::Stuck);
 pass_kind!(JITTER, "jitter", "test: ordered parallel pass-through with pseudo-random delays", Parallelism::Parallel { ordered: true }, Mode::Jitter);
 pass_kind!(JITTER_UNORDERED, "jitter_unordered", "test: unordered parallel pass-through with pseudo-random delays", Parallelism::Parallel { ordered: false }, Mode::Jitter);
+
+pass_kind!(INFLIGHT_START, "inflight_start", "test: counts messages in flight up to `inflight_end`; fails above `max_in_flight`", Parallelism::Single, Mode::InFlightStart);
+pass_kind!(INFLIGHT_END, "inflight_end", "test: pass-through that ends an `inflight_start` window", Parallelism::Single, Mode::InFlightEnd);
 
 /// `collect`: a sink that keeps the sequence numbers of the records it receives.
 pub static COLLECT: StageKind = StageKind {
@@ -93,6 +101,15 @@ enum Mode {
     Stuck,
     Jitter,
     Collect,
+    InFlightStart,
+    InFlightEnd,
+}
+
+fn in_flight(key: &str) -> std::sync::Arc<std::sync::atomic::AtomicI64> {
+    static STORE: OnceLock<Mutex<BTreeMap<String, std::sync::Arc<std::sync::atomic::AtomicI64>>>> = OnceLock::new();
+    let store = STORE.get_or_init(|| Mutex::new(BTreeMap::new()));
+    let mut map = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.entry(key.to_owned()).or_default().clone()
 }
 
 fn collected_store() -> &'static Mutex<BTreeMap<String, Vec<u64>>> {
@@ -156,6 +173,15 @@ impl Stage for Pass {
                     store.entry(self.config.key.clone()).or_default().push(r.seq);
                 }
                 return Ok(());
+            }
+            Mode::InFlightStart => {
+                let now = in_flight(&self.config.key).fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if now > self.config.max_in_flight as i64 {
+                    return Err(StageError::msg(format!("{now} messages in flight, more than {}", self.config.max_in_flight)));
+                }
+            }
+            Mode::InFlightEnd => {
+                in_flight(&self.config.key).fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             }
             Mode::Fail | Mode::Panic => {}
         }
