@@ -82,7 +82,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { files } => Ok(validate(&files, &registry)),
         Command::Stages { kind, example } => stages(&registry, kind.as_deref(), example),
-        Command::Run { file, run_dir, measure } => execute(&file, &registry, run_dir, &measure, true),
+        Command::Run {
+            file,
+            run_dir,
+            measure,
+        } => execute(&file, &registry, run_dir, &measure, true),
         Command::Profile { file, measure } => execute(&file, &registry, None, &measure, false),
     };
     match result {
@@ -104,7 +108,11 @@ fn validate(files: &[PathBuf], registry: &Registry) -> ExitCode {
                 graph.name,
                 graph.nodes.len(),
                 graph.edges.len(),
-                if graph.credits.is_empty() { String::new() } else { format!(", {} credit", graph.credits.len()) }
+                if graph.credits.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} credit", graph.credits.len())
+                }
             ),
             Err(diagnostics) => {
                 failed = true;
@@ -112,16 +120,28 @@ fn validate(files: &[PathBuf], registry: &Registry) -> ExitCode {
             }
         }
     }
-    if failed { ExitCode::from(EXIT_INVALID) } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::from(EXIT_INVALID)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn stages(registry: &Registry, kind: Option<&str>, example: bool) -> Result<ExitCode> {
     let Some(name) = kind else {
         for kind in registry.iter() {
             println!("{:<12} {}", kind.name, kind.summary);
-            println!("{:<12} takes: {}   emits: {}   workers: {}", "", kind.input, kind.output, workers_text(kind));
+            println!(
+                "{:<12} takes: {}   emits: {}   workers: {}",
+                "",
+                kind.input,
+                kind.output,
+                workers_text(kind)
+            );
             for p in kind.param_docs() {
-                let default = p.default.map_or_else(|| "required".to_owned(), |d| format!("default {d}"));
+                let default = p
+                    .default
+                    .map_or_else(|| "required".to_owned(), |d| format!("default {d}"));
                 println!("{:<14}{}: {} ({default}) — {}", "", p.name, p.ty, p.doc);
             }
             println!();
@@ -131,25 +151,38 @@ fn stages(registry: &Registry, kind: Option<&str>, example: bool) -> Result<Exit
     };
     let Some(kind) = registry.get(name) else {
         let names: Vec<&str> = registry.iter().map(|k| k.name).collect();
-        anyhow::bail!("unknown stage kind `{name}`; the kinds are: {}", names.join(", "));
+        anyhow::bail!(
+            "unknown stage kind `{name}`; the kinds are: {}",
+            names.join(", ")
+        );
     };
     if example {
         print!("{}", kind.example);
         return Ok(ExitCode::SUCCESS);
     }
     println!("{} — {}\n", kind.name, kind.summary);
-    println!("takes:   {}\nemits:   {}\nworkers: {}\n", kind.input, kind.output, workers_text(kind));
+    println!(
+        "takes:   {}\nemits:   {}\nworkers: {}\n",
+        kind.input,
+        kind.output,
+        workers_text(kind)
+    );
     let docs = kind.param_docs();
     if docs.is_empty() {
         println!("parameters: none");
     } else {
         println!("parameters:");
         for p in docs {
-            let default = p.default.map_or_else(|| "required".to_owned(), |d| format!("default {d}"));
+            let default = p
+                .default
+                .map_or_else(|| "required".to_owned(), |d| format!("default {d}"));
             println!("  {}: {} ({default})\n      {}", p.name, p.ty, p.doc);
         }
     }
-    println!("\nexample (`simclr stages {} --example > example.yaml`):\n", kind.name);
+    println!(
+        "\nexample (`simclr stages {} --example > example.yaml`):\n",
+        kind.name
+    );
     for line in kind.example.lines() {
         println!("  {line}");
     }
@@ -169,7 +202,9 @@ fn install_interrupt(stop: Arc<AtomicBool>) {
     let presses = AtomicUsize::new(0);
     let installed = ctrlc::set_handler(move || {
         if presses.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!("\ninterrupted: sources stop and the pipeline drains; press Ctrl-C again to abort");
+            eprintln!(
+                "\ninterrupted: sources stop and the pipeline drains; press Ctrl-C again to abort"
+            );
             stop.store(true, Ordering::SeqCst);
         } else {
             eprintln!("\naborted");
@@ -181,7 +216,13 @@ fn install_interrupt(stop: Arc<AtomicBool>) {
     }
 }
 
-fn execute(file: &Path, registry: &Registry, run_dir: Option<PathBuf>, measure: &MeasureArgs, is_run: bool) -> Result<ExitCode> {
+fn execute(
+    file: &Path,
+    registry: &Registry,
+    run_dir: Option<PathBuf>,
+    measure: &MeasureArgs,
+    is_run: bool,
+) -> Result<ExitCode> {
     let graph: Graph = match simclr::config::load_file(file, registry, &LoadOptions { run_dir }) {
         Ok(graph) => graph,
         Err(diagnostics) => {
@@ -190,9 +231,11 @@ fn execute(file: &Path, registry: &Registry, run_dir: Option<PathBuf>, measure: 
         }
     };
     if is_run {
-        std::fs::create_dir_all(&graph.run_dir).with_context(|| format!("cannot create the run folder {}", graph.run_dir.display()))?;
+        std::fs::create_dir_all(&graph.run_dir)
+            .with_context(|| format!("cannot create the run folder {}", graph.run_dir.display()))?;
         let copy = graph.run_dir.join("definition.yaml");
-        std::fs::write(&copy, &graph.source).with_context(|| format!("cannot write {}", copy.display()))?;
+        std::fs::write(&copy, &graph.source)
+            .with_context(|| format!("cannot write {}", copy.display()))?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     install_interrupt(stop.clone());
@@ -217,15 +260,26 @@ fn execute(file: &Path, registry: &Registry, run_dir: Option<PathBuf>, measure: 
         metrics_paths.push(graph.run_dir.join("metrics.json"));
     }
     for path in &metrics_paths {
-        let json = serde_json::to_string_pretty(&run.report).context("cannot serialise the metrics")?;
-        std::fs::write(path, json).with_context(|| format!("cannot write the metrics to {}", path.display()))?;
+        let json =
+            serde_json::to_string_pretty(&run.report).context("cannot serialise the metrics")?;
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write the metrics to {}", path.display()))?;
         eprintln!("metrics written to {}", path.display());
     }
     if let (Some(path), Some(trace)) = (&measure.trace, &run.trace) {
-        trace.write(path).with_context(|| format!("cannot write the trace to {}", path.display()))?;
+        trace
+            .write(path)
+            .with_context(|| format!("cannot write the trace to {}", path.display()))?;
         let dropped = trace.dropped();
-        let note = if dropped > 0 { format!(" ({dropped} spans over the per-thread cap were dropped)") } else { String::new() };
-        eprintln!("trace written to {}{note}; open it in https://ui.perfetto.dev", path.display());
+        let note = if dropped > 0 {
+            format!(" ({dropped} spans over the per-thread cap were dropped)")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "trace written to {}{note}; open it in https://ui.perfetto.dev",
+            path.display()
+        );
     }
     if let Some(message) = failure {
         eprintln!("error: {message}");

@@ -9,7 +9,12 @@ use simclr::config::load_str;
 /// Every `(line, column, message)` reported for `text`.
 fn errors(text: &str) -> Vec<(u32, u32, String)> {
     let registry = simclr::registry::with_testing_kinds();
-    match load_str(Path::new("broken.yaml"), text, &registry, &LoadOptions::default()) {
+    match load_str(
+        Path::new("broken.yaml"),
+        text,
+        &registry,
+        &LoadOptions::default(),
+    ) {
         Ok(_) => panic!("definition unexpectedly valid:\n{text}"),
         Err(d) => d.summary(),
     }
@@ -32,14 +37,21 @@ fn yaml_syntax_error() {
 #[test]
 fn empty_file() {
     assert_eq!(errors(""), vec![e(1, 1, "the definition is empty")]);
-    assert_eq!(errors("# just a comment\n"), vec![e(2, 1, "the definition is empty")]);
+    assert_eq!(
+        errors("# just a comment\n"),
+        vec![e(2, 1, "the definition is empty")]
+    );
 }
 
 #[test]
 fn not_a_mapping() {
     assert_eq!(
         errors("- numbers\n- drain\n"),
-        vec![e(1, 1, "a definition is a mapping with `name:` and `stages:`, found a sequence")]
+        vec![e(
+            1,
+            1,
+            "a definition is a mapping with `name:` and `stages:`, found a sequence"
+        )]
     );
 }
 
@@ -76,7 +88,11 @@ stages:
         vec![
             e(2, 1, "unknown key `seeed` in definition"),
             e(6, 5, "unknown key `parms` in stage `numbers`"),
-            e(10, 15, "stage `drain` (kind `sink`): unknown field `expected`, expected `expect`"),
+            e(
+                10,
+                15,
+                "stage `drain` (kind `sink`): unknown field `expected`, expected `expect`"
+            ),
         ]
     );
 }
@@ -99,10 +115,22 @@ stages:
         errors(text),
         vec![
             e(2, 7, "`seed`: invalid value: integer `-1`, expected u64"),
-            e(6, 14, "`workers`: invalid type: string \"many\", expected i64"),
-            e(7, 22, "stage `numbers` (kind `sequence`): invalid type: string \"lots\", expected u64"),
+            e(
+                6,
+                14,
+                "`workers`: invalid type: string \"many\", expected i64"
+            ),
+            e(
+                7,
+                22,
+                "stage `numbers` (kind `sequence`): invalid type: string \"lots\", expected u64"
+            ),
             e(9, 11, "`kind`: invalid type: sequence, expected a string"),
-            e(10, 13, "`inputs` must be a list of stage ids, found a string"),
+            e(
+                10,
+                13,
+                "`inputs` must be a list of stage ids, found a string"
+            ),
         ]
     );
 }
@@ -134,7 +162,11 @@ stages:
 ";
     assert_eq!(
         errors(text),
-        vec![e(4, 33, "stage `drain` takes input from `nmbers`, which is not defined")]
+        vec![e(
+            4,
+            33,
+            "stage `drain` takes input from `nmbers`, which is not defined"
+        )]
     );
 }
 
@@ -149,10 +181,26 @@ stages:
     assert_eq!(
         errors(text),
         vec![
-            e(3, 3, "the output of stage `numbers` (records) goes nowhere: no stage lists it in `inputs`"),
-            e(3, 39, "stage `drain` (kind `sink`) emits nothing, so it cannot feed `numbers`"),
-            e(3, 39, "stage `numbers` is a source (kind `sequence`) and takes no inputs"),
-            e(4, 3, "stage `drain` (kind `sink`) has no inputs, so it would never receive anything"),
+            e(
+                3,
+                3,
+                "the output of stage `numbers` (records) goes nowhere: no stage lists it in `inputs`"
+            ),
+            e(
+                3,
+                39,
+                "stage `drain` (kind `sink`) emits nothing, so it cannot feed `numbers`"
+            ),
+            e(
+                3,
+                39,
+                "stage `numbers` is a source (kind `sequence`) and takes no inputs"
+            ),
+            e(
+                4,
+                3,
+                "stage `drain` (kind `sink`) has no inputs, so it would never receive anything"
+            ),
         ]
     );
 }
@@ -167,7 +215,11 @@ stages:
 ";
     assert_eq!(
         errors(text),
-        vec![e(4, 45, "stage `pictures` (kind `expect_images`) takes images, but its input `numbers` (kind `sequence`) emits records")]
+        vec![e(
+            4,
+            45,
+            "stage `pictures` (kind `expect_images`) takes images, but its input `numbers` (kind `sequence`) emits records"
+        )]
     );
 }
 
@@ -182,7 +234,10 @@ stages:
   c: { kind: slow, inputs: [b] }
   drain: { kind: sink, inputs: [c] }
 ";
-    assert_eq!(errors(text), vec![e(4, 3, "cycle between stages: a -> b -> c -> a")]);
+    assert_eq!(
+        errors(text),
+        vec![e(4, 3, "cycle between stages: a -> b -> c -> a")]
+    );
 }
 
 #[test]
@@ -194,7 +249,10 @@ stages:
   a: { kind: slow, inputs: [numbers, a] }
   drain: { kind: sink, inputs: [a] }
 ";
-    assert_eq!(errors(text), vec![e(4, 38, "stage `a` lists itself as an input")]);
+    assert_eq!(
+        errors(text),
+        vec![e(4, 38, "stage `a` lists itself as an input")]
+    );
 }
 
 #[test]
@@ -211,8 +269,16 @@ stages:
     assert_eq!(
         errors(text),
         vec![
-            e(2, 20, "edge capacity must be between 1 and 1048576, found 0"),
-            e(7, 41, "edge capacity must be between 1 and 1048576, found 0"),
+            e(
+                2,
+                20,
+                "edge capacity must be between 1 and 1048576, found 0"
+            ),
+            e(
+                7,
+                41,
+                "edge capacity must be between 1 and 1048576, found 0"
+            ),
         ]
     );
 }
@@ -226,7 +292,14 @@ stages:
   drain: { kind: sink, inputs: [numbers] }
   numbers: { kind: sequence }
 ";
-    assert_eq!(errors(text), vec![e(5, 3, "duplicate stage id `numbers` (first defined at line 3)")]);
+    assert_eq!(
+        errors(text),
+        vec![e(
+            5,
+            3,
+            "duplicate stage id `numbers` (first defined at line 3)"
+        )]
+    );
 }
 
 #[test]
@@ -240,7 +313,11 @@ stages:
 ";
     assert_eq!(
         errors(text),
-        vec![e(4, 3, "the output of stage `spare` (records) goes nowhere: no stage lists it in `inputs`")]
+        vec![e(
+            4,
+            3,
+            "the output of stage `spare` (records) goes nowhere: no stage lists it in `inputs`"
+        )]
     );
 }
 
@@ -256,7 +333,11 @@ stages:
         errors(text),
         vec![
             e(3, 39, "`workers` must be between 1 and 1024, found 0"),
-            e(4, 52, "stage `drain`: kind `sink` runs on one thread, but `workers: 2` was given"),
+            e(
+                4,
+                52,
+                "stage `drain`: kind `sink` runs on one thread, but `workers: 2` was given"
+            ),
         ]
     );
 }
@@ -276,7 +357,11 @@ stages:
         errors(text),
         vec![
             e(2, 9, "unknown device `gpu`"),
-            e(5, 55, "credit from `drain` to `a` does not close a loop: `drain` is not downstream of `a`"),
+            e(
+                5,
+                55,
+                "credit from `drain` to `a` does not close a loop: `drain` is not downstream of `a`"
+            ),
             e(5, 70, "`window` must be at least 1, found 0"),
         ]
     );
@@ -295,7 +380,11 @@ stages:
 ";
     assert_eq!(
         errors(text),
-        vec![e(6, 13, "stage `numbers` (kind `sequence`): `rate` must be a positive number of records per second, found -5")]
+        vec![e(
+            6,
+            13,
+            "stage `numbers` (kind `sequence`): `rate` must be a positive number of records per second, found -5"
+        )]
     );
 }
 
@@ -303,7 +392,12 @@ stages:
 fn rendered_report_names_file_position_path_and_help() {
     let registry = simclr::registry::user();
     let text = "name: x\nstages:\n  numbers: { kind: sequence }\n  drain: { kind: sikn, inputs: [numbers] }\n";
-    let Err(d) = load_str(Path::new("defs/x.yaml"), text, &registry, &LoadOptions::default()) else {
+    let Err(d) = load_str(
+        Path::new("defs/x.yaml"),
+        text,
+        &registry,
+        &LoadOptions::default(),
+    ) else {
         panic!("should fail");
     };
     let expected = "\

@@ -27,11 +27,21 @@ fn every_file_in_definitions_validates() {
 #[test]
 fn the_documented_example_definition_validates() {
     // docs/definitions.md carries a complete example between the markers below.
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/definitions.md")).expect("docs/definitions.md");
-    let start = doc.find("```yaml\n# complete-example").expect("example start marker") + "```yaml\n".len();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/definitions.md"))
+            .expect("docs/definitions.md");
+    let start = doc
+        .find("```yaml\n# complete-example")
+        .expect("example start marker")
+        + "```yaml\n".len();
     let end = start + doc[start..].find("```").expect("example end");
     let registry = simclr::registry::user();
-    if let Err(d) = load_str(Path::new("docs/definitions.md"), &doc[start..end], &registry, &LoadOptions::default()) {
+    if let Err(d) = load_str(
+        Path::new("docs/definitions.md"),
+        &doc[start..end],
+        &registry,
+        &LoadOptions::default(),
+    ) {
         panic!("{d}");
     }
 }
@@ -47,12 +57,26 @@ fn every_kind_has_a_unique_name_docs_and_a_runnable_example() {
     for kind in registry.iter() {
         assert!(!kind.summary.is_empty(), "{} has a summary", kind.name);
         for p in kind.param_docs() {
-            assert!(!p.doc.is_empty(), "parameter `{}` of `{}` is documented", p.name, kind.name);
+            assert!(
+                !p.doc.is_empty(),
+                "parameter `{}` of `{}` is documented",
+                p.name,
+                kind.name
+            );
         }
-        let graph = load_str(Path::new(kind.name), kind.example, &registry, &LoadOptions::default())
-            .unwrap_or_else(|d| panic!("example of `{}`:\n{d}", kind.name));
-        let options = RunOptions { shutdown_grace: Duration::from_secs(2), ..RunOptions::default() };
-        runtime::run(&graph, &options).unwrap_or_else(|f| panic!("example of `{}` runs: {f}", kind.name));
+        let graph = load_str(
+            Path::new(kind.name),
+            kind.example,
+            &registry,
+            &LoadOptions::default(),
+        )
+        .unwrap_or_else(|d| panic!("example of `{}`:\n{d}", kind.name));
+        let options = RunOptions {
+            shutdown_grace: Duration::from_secs(2),
+            ..RunOptions::default()
+        };
+        runtime::run(&graph, &options)
+            .unwrap_or_else(|f| panic!("example of `{}` runs: {f}", kind.name));
     }
 }
 
@@ -60,7 +84,11 @@ fn every_kind_has_a_unique_name_docs_and_a_runnable_example() {
 fn user_registry_has_no_test_kinds() {
     let user = simclr::registry::user();
     for kind in simclr_stage_util::testing::KINDS {
-        assert!(user.get(kind.name).is_none(), "test kind `{}` leaked into the user registry", kind.name);
+        assert!(
+            user.get(kind.name).is_none(),
+            "test kind `{}` leaked into the user registry",
+            kind.name
+        );
     }
     assert!(user.get("sequence").is_some() && user.get("sink").is_some());
 }

@@ -13,11 +13,20 @@ use simclr_stage_util::testing::collected;
 
 fn graph(text: &str) -> Graph {
     let registry = simclr::registry::with_testing_kinds();
-    load_str(Path::new("test.yaml"), text, &registry, &LoadOptions::default()).unwrap_or_else(|d| panic!("{d}"))
+    load_str(
+        Path::new("test.yaml"),
+        text,
+        &registry,
+        &LoadOptions::default(),
+    )
+    .unwrap_or_else(|d| panic!("{d}"))
 }
 
 fn quick() -> RunOptions {
-    RunOptions { shutdown_grace: Duration::from_secs(2), ..RunOptions::default() }
+    RunOptions {
+        shutdown_grace: Duration::from_secs(2),
+        ..RunOptions::default()
+    }
 }
 
 /// Property (exhaustive over the issue's grid): for every edge capacity 1-8 and worker count
@@ -43,10 +52,17 @@ stages:
             );
             let run = runtime::run(&graph(&text), &quick()).unwrap_or_else(|f| panic!("{f}"));
             let expected: Vec<u64> = (0..N).collect();
-            assert_eq!(collected(&format!("{key}-o")), expected, "ordered, capacity {capacity}, workers {workers}");
+            assert_eq!(
+                collected(&format!("{key}-o")),
+                expected,
+                "ordered, capacity {capacity}, workers {workers}"
+            );
             let mut unordered = collected(&format!("{key}-u"));
             unordered.sort_unstable();
-            assert_eq!(unordered, expected, "unordered, capacity {capacity}, workers {workers}");
+            assert_eq!(
+                unordered, expected,
+                "unordered, capacity {capacity}, workers {workers}"
+            );
             let numbers = &run.report.stages[0];
             assert_eq!((numbers.id.as_str(), numbers.items_out), ("numbers", N));
             for edge in &run.report.edges {
@@ -73,7 +89,10 @@ stages:
         *counts.entry(seq).or_insert(0) += 1;
     }
     assert_eq!(got.len(), 500);
-    assert!((0..200).all(|s| counts[&s] == 2) && (200..300).all(|s| counts[&s] == 1), "{counts:?}");
+    assert!(
+        (0..200).all(|s| counts[&s] == 2) && (200..300).all(|s| counts[&s] == 1),
+        "{counts:?}"
+    );
     // A merge keeps each source's own order: the records only `a` emits stay sorted.
     let only_a: Vec<u64> = got.iter().copied().filter(|&s| s >= 200).collect();
     assert_eq!(only_a, (200..300).collect::<Vec<_>>());
@@ -98,12 +117,24 @@ stages:
     assert!(slow.utilization > 0.8, "{r}");
     assert!(slow.ms_per_item >= 5.0, "{r}");
     let edge_in = &r.edges[0];
-    assert!(edge_in.full_fraction > 0.5, "the edge into the slow stage is mostly full: {r}");
-    assert!(r.edges[1].mean_fill < 0.5, "the edge out of it is mostly empty: {r}");
+    assert!(
+        edge_in.full_fraction > 0.5,
+        "the edge into the slow stage is mostly full: {r}"
+    );
+    assert!(
+        r.edges[1].mean_fill < 0.5,
+        "the edge out of it is mostly empty: {r}"
+    );
     let text = r.to_string();
     assert!(text.contains("bottleneck: `slow`"), "{text}");
-    assert!(text.contains("blocked (waiting to send, downstream too slow): `numbers`"), "{text}");
-    assert!(text.contains("starved (waiting for input, upstream too slow): `drain`"), "{text}");
+    assert!(
+        text.contains("blocked (waiting to send, downstream too slow): `numbers`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("starved (waiting for input, upstream too slow): `drain`"),
+        "{text}"
+    );
 }
 
 fn assert_stage_failure(text: &str, stage: &str, expected: &str) {
@@ -112,14 +143,22 @@ fn assert_stage_failure(text: &str, stage: &str, expected: &str) {
     let took = start.elapsed();
     assert!(took < Duration::from_secs(5), "stopped in {took:?}");
     match &failure.error {
-        RunError::Stage { stage: s, source, .. } => {
+        RunError::Stage {
+            stage: s, source, ..
+        } => {
             assert_eq!(s, stage);
             assert!(source.to_string().contains(expected), "{source}");
         }
         other => panic!("unexpected error {other}"),
     }
-    assert!(failure.to_string().starts_with(&format!("stage `{stage}`")), "{failure}");
-    assert_eq!(failure.run.report.outcome, simclr::runtime::report::Outcome::Failed);
+    assert!(
+        failure.to_string().starts_with(&format!("stage `{stage}`")),
+        "{failure}"
+    );
+    assert_eq!(
+        failure.run.report.outcome,
+        simclr::runtime::report::Outcome::Failed
+    );
     assert!(failure.stuck.is_empty(), "{:?}", failure.stuck);
 }
 
@@ -162,10 +201,20 @@ stages:
   drain2: { kind: sink, inputs: [broken] }
 ";
     let start = Instant::now();
-    let options = RunOptions { shutdown_grace: Duration::from_millis(500), ..RunOptions::default() };
+    let options = RunOptions {
+        shutdown_grace: Duration::from_millis(500),
+        ..RunOptions::default()
+    };
     let failure = runtime::run(&graph(text), &options).expect_err("must fail");
-    assert!(start.elapsed() < Duration::from_secs(5), "returned in {:?}", start.elapsed());
-    assert!(matches!(&failure.error, RunError::Stage { stage, .. } if stage == "broken"), "{failure}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "returned in {:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(&failure.error, RunError::Stage { stage, .. } if stage == "broken"),
+        "{failure}"
+    );
     assert_eq!(failure.stuck, vec!["stuck".to_owned()]);
 }
 
@@ -186,11 +235,18 @@ stages:
     });
     let run = runtime::run(&graph(text), &options).unwrap_or_else(|f| panic!("{f}"));
     stopper.join().expect("stopper thread");
-    assert_eq!(run.report.outcome, simclr::runtime::report::Outcome::Stopped);
+    assert_eq!(
+        run.report.outcome,
+        simclr::runtime::report::Outcome::Stopped
+    );
     let got = collected("stop");
     let produced = run.report.stages[0].items_out;
     assert!(produced > 0 && produced < 100_000_000);
-    assert_eq!(got, (0..produced).collect::<Vec<_>>(), "everything produced was delivered, in order");
+    assert_eq!(
+        got,
+        (0..produced).collect::<Vec<_>>(),
+        "everything produced was delivered, in order"
+    );
 }
 
 #[test]
@@ -201,7 +257,10 @@ stages:
   numbers: { kind: sequence, workers: 3, params: { count: 1000000 } }
   keep: { kind: collect, inputs: [numbers], params: { key: limit } }
 ";
-    let options = RunOptions { item_limit: Some(10), ..quick() };
+    let options = RunOptions {
+        item_limit: Some(10),
+        ..quick()
+    };
     runtime::run(&graph(text), &options).unwrap_or_else(|f| panic!("{f}"));
     assert_eq!(collected("limit"), (0..10).collect::<Vec<_>>());
 }
@@ -221,14 +280,27 @@ stages:
 "
         )
     };
-    let run = runtime::run(&graph(&pipeline("credit: { from: finish },", "paced")), &quick()).unwrap_or_else(|f| panic!("{f}"));
+    let run = runtime::run(
+        &graph(&pipeline("credit: { from: finish },", "paced")),
+        &quick(),
+    )
+    .unwrap_or_else(|f| panic!("{f}"));
     assert_eq!(collected("paced"), (0..40).collect::<Vec<_>>());
     let start = &run.report.stages[1];
-    assert!(start.credit_wait_seconds > 0.04, "start waited for credits: {}", run.report);
+    assert!(
+        start.credit_wait_seconds > 0.04,
+        "start waited for credits: {}",
+        run.report
+    );
     // Without the credit edge the same pipeline lets `start` run ahead, which the probe
     // reports as a failure: the check above is not vacuous.
     let failure = runtime::run(&graph(&pipeline("", "unpaced")), &quick()).expect_err("runs ahead");
-    assert!(failure.to_string().contains("messages in flight, more than 1"), "{failure}");
+    assert!(
+        failure
+            .to_string()
+            .contains("messages in flight, more than 1"),
+        "{failure}"
+    );
 }
 
 #[test]
@@ -240,7 +312,10 @@ stages:
   work: { kind: jitter, workers: 2, inputs: [numbers], params: { delay: 200 } }
   drain: { kind: sink, inputs: [work] }
 ";
-    let options = RunOptions { trace: true, ..quick() };
+    let options = RunOptions {
+        trace: true,
+        ..quick()
+    };
     let run = runtime::run(&graph(text), &options).unwrap_or_else(|f| panic!("{f}"));
     let json = run.trace.expect("trace recorded").to_json();
     let events = json["traceEvents"].as_array().expect("events");
@@ -252,7 +327,13 @@ stages:
     for track in ["numbers", "work#0", "work#1", "drain", "edges"] {
         assert!(tracks.contains(&track), "track {track} in {tracks:?}");
     }
-    let spans = events.iter().filter(|e| e["ph"] == "X" && e["name"] == "work").count();
+    let spans = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["name"] == "work")
+        .count();
     assert_eq!(spans, 50, "one process span per message of `work`");
-    assert!(events.iter().any(|e| e["ph"] == "C"), "edge occupancy counters");
+    assert!(
+        events.iter().any(|e| e["ph"] == "C"),
+        "edge occupancy counters"
+    );
 }

@@ -17,9 +17,24 @@ pub const MAX_CAPACITY: usize = 1 << 20;
 /// Largest worker count accepted for one stage.
 pub const MAX_WORKERS: usize = 1024;
 
-const TOP_KEYS: &[&str] = &["name", "description", "seed", "device", "run_dir", "edges", "stages"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "seed",
+    "device",
+    "run_dir",
+    "edges",
+    "stages",
+];
 const EDGE_KEYS: &[&str] = &["capacity"];
-const STAGE_KEYS: &[&str] = &["kind", "description", "inputs", "workers", "params", "credit"];
+const STAGE_KEYS: &[&str] = &[
+    "kind",
+    "description",
+    "inputs",
+    "workers",
+    "params",
+    "credit",
+];
 const INPUT_KEYS: &[&str] = &["from", "capacity"];
 const CREDIT_KEYS: &[&str] = &["from", "window"];
 
@@ -100,8 +115,9 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
     };
     if root.is_null() {
         diags.push(
-            Diagnostic::new(root.loc, "", "the definition is empty")
-                .with_help("a definition needs at least `name:` and `stages:`; see docs/definitions.md"),
+            Diagnostic::new(root.loc, "", "the definition is empty").with_help(
+                "a definition needs at least `name:` and `stages:`; see docs/definitions.md",
+            ),
         );
         return def;
     }
@@ -110,7 +126,10 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
             Diagnostic::new(
                 root.loc,
                 "",
-                format!("a definition is a mapping with `name:` and `stages:`, found {}", root.describe()),
+                format!(
+                    "a definition is a mapping with `name:` and `stages:`, found {}",
+                    root.describe()
+                ),
             )
             .with_help("see docs/definitions.md for a complete example"),
         );
@@ -121,7 +140,13 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
 
     if let Some(name) = field::<String>(root, "name", "", diags) {
         if name.trim().is_empty() {
-            diags.push(bad_value(root, "name", "", "`name` must not be empty", "give the pipeline a name, e.g. `name: cifar10-simclr`"));
+            diags.push(bad_value(
+                root,
+                "name",
+                "",
+                "`name` must not be empty",
+                "give the pipeline a name, e.g. `name: cifar10-simclr`",
+            ));
         }
         def.name = name;
     }
@@ -160,7 +185,11 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
 
 fn read_stages(stages: &Value, diags: &mut Vec<Diagnostic>) -> Vec<StageEntry> {
     let Some(entries) = stages.entries() else {
-        diags.push(expected_mapping(stages, "stages", "a mapping from stage id to `{ kind: ..., inputs: [...] }`"));
+        diags.push(expected_mapping(
+            stages,
+            "stages",
+            "a mapping from stage id to `{ kind: ..., inputs: [...] }`",
+        ));
         return Vec::new();
     };
     if entries.is_empty() {
@@ -172,14 +201,23 @@ fn read_stages(stages: &Value, diags: &mut Vec<Diagnostic>) -> Vec<StageEntry> {
     let mut out = Vec::new();
     for (key, node) in entries {
         let Some(id) = key.as_str() else {
-            diags.push(Diagnostic::new(key.loc, "stages", format!("a stage id must be a string, found {}", key.describe())));
+            diags.push(Diagnostic::new(
+                key.loc,
+                "stages",
+                format!("a stage id must be a string, found {}", key.describe()),
+            ));
             continue;
         };
         let path = join_path("stages", id);
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
             diags.push(
-                Diagnostic::new(key.loc, &path, format!("invalid stage id `{id}`"))
-                    .with_help("stage ids use letters, digits, `_` and `-` only, e.g. `views` or `encoder_f`"),
+                Diagnostic::new(key.loc, &path, format!("invalid stage id `{id}`")).with_help(
+                    "stage ids use letters, digits, `_` and `-` only, e.g. `views` or `encoder_f`",
+                ),
             );
         }
         let mut entry = StageEntry {
@@ -194,7 +232,11 @@ fn read_stages(stages: &Value, diags: &mut Vec<Diagnostic>) -> Vec<StageEntry> {
             inputs_malformed: false,
         };
         if node.entries().is_none() {
-            diags.push(expected_mapping(node, &path, "`{ kind: KIND, inputs: [ID, ...], params: {...} }`"));
+            diags.push(expected_mapping(
+                node,
+                &path,
+                "`{ kind: KIND, inputs: [ID, ...], params: {...} }`",
+            ));
             out.push(entry);
             continue;
         }
@@ -215,8 +257,12 @@ fn read_stages(stages: &Value, diags: &mut Vec<Diagnostic>) -> Vec<StageEntry> {
             match usize::try_from(workers) {
                 Ok(n) if (1..=MAX_WORKERS).contains(&n) => entry.workers = n,
                 _ => diags.push(
-                    Diagnostic::new(loc, join_path(&path, "workers"), format!("`workers` must be between 1 and {MAX_WORKERS}, found {workers}"))
-                        .with_help("`workers: N` runs N threads of this stage; leave it out for 1"),
+                    Diagnostic::new(
+                        loc,
+                        join_path(&path, "workers"),
+                        format!("`workers` must be between 1 and {MAX_WORKERS}, found {workers}"),
+                    )
+                    .with_help("`workers: N` runs N threads of this stage; leave it out for 1"),
                 ),
             }
         }
@@ -224,7 +270,11 @@ fn read_stages(stages: &Value, diags: &mut Vec<Diagnostic>) -> Vec<StageEntry> {
             match params.kind {
                 ValueKind::Map(_) => entry.params = params.clone(),
                 ValueKind::Null => entry.params = Value::empty_map(params.loc),
-                _ => diags.push(expected_mapping(params, &join_path(&path, "params"), "`params: { key: value, ... }`")),
+                _ => diags.push(expected_mapping(
+                    params,
+                    &join_path(&path, "params"),
+                    "`params: { key: value, ... }`",
+                )),
             }
         }
         if let Some(credit) = node.get("credit") {
@@ -238,8 +288,17 @@ fn read_stages(stages: &Value, diags: &mut Vec<Diagnostic>) -> Vec<StageEntry> {
 fn read_inputs(inputs: &Value, path: &str, diags: &mut Vec<Diagnostic>) -> Vec<InputRef> {
     let ValueKind::Seq(items) = &inputs.kind else {
         diags.push(
-            Diagnostic::new(inputs.loc, path, format!("`inputs` must be a list of stage ids, found {}", inputs.describe()))
-                .with_help("write `inputs: [source_id]`, or `inputs: [{ from: source_id, capacity: 8 }]`"),
+            Diagnostic::new(
+                inputs.loc,
+                path,
+                format!(
+                    "`inputs` must be a list of stage ids, found {}",
+                    inputs.describe()
+                ),
+            )
+            .with_help(
+                "write `inputs: [source_id]`, or `inputs: [{ from: source_id, capacity: 8 }]`",
+            ),
         );
         return Vec::new();
     };
@@ -247,18 +306,33 @@ fn read_inputs(inputs: &Value, path: &str, diags: &mut Vec<Diagnostic>) -> Vec<I
     for (i, item) in items.iter().enumerate() {
         let item_path = format!("{path}[{i}]");
         match &item.kind {
-            ValueKind::Str(id) => out.push(InputRef { from: id.clone(), loc: item.loc, capacity: None }),
+            ValueKind::Str(id) => out.push(InputRef {
+                from: id.clone(),
+                loc: item.loc,
+                capacity: None,
+            }),
             ValueKind::Map(_) => {
                 check_keys(item, &item_path, INPUT_KEYS, "an input", diags);
                 require(item, &item_path, &["from"], diags);
-                let Some(from) = field::<String>(item, "from", &item_path, diags) else { continue };
+                let Some(from) = field::<String>(item, "from", &item_path, diags) else {
+                    continue;
+                };
                 let loc = item.get("from").map_or(item.loc, |v| v.loc);
                 let capacity = capacity(item, "capacity", &item_path, diags);
-                out.push(InputRef { from, loc, capacity });
+                out.push(InputRef {
+                    from,
+                    loc,
+                    capacity,
+                });
             }
-            _ => diags.push(
-                Diagnostic::new(item.loc, item_path, format!("an input is a stage id or `{{ from: id, capacity: n }}`, found {}", item.describe())),
-            ),
+            _ => diags.push(Diagnostic::new(
+                item.loc,
+                item_path,
+                format!(
+                    "an input is a stage id or `{{ from: id, capacity: n }}`, found {}",
+                    item.describe()
+                ),
+            )),
         }
     }
     out
@@ -266,7 +340,11 @@ fn read_inputs(inputs: &Value, path: &str, diags: &mut Vec<Diagnostic>) -> Vec<I
 
 fn read_credit(credit: &Value, path: &str, diags: &mut Vec<Diagnostic>) -> Option<CreditRef> {
     if credit.entries().is_none() {
-        diags.push(expected_mapping(credit, path, "`credit: { from: optimizer_stage_id, window: 1 }`"));
+        diags.push(expected_mapping(
+            credit,
+            path,
+            "`credit: { from: optimizer_stage_id, window: 1 }`",
+        ));
         return None;
     }
     check_keys(credit, path, CREDIT_KEYS, "`credit`", diags);
@@ -277,9 +355,13 @@ fn read_credit(credit: &Value, path: &str, diags: &mut Vec<Diagnostic>) -> Optio
     if let Some(w) = field::<i64>(credit, "window", path, diags) {
         match usize::try_from(w) {
             Ok(n) if n >= 1 => window = n,
-            _ => diags.push(
-                bad_value(credit, "window", path, format!("`window` must be at least 1, found {w}"), "`window: 1` is synchronous SGD: step k+1 starts after step k's update"),
-            ),
+            _ => diags.push(bad_value(
+                credit,
+                "window",
+                path,
+                format!("`window` must be at least 1, found {w}"),
+                "`window: 1` is synchronous SGD: step k+1 starts after step k's update",
+            )),
         }
     }
     Some(CreditRef { from, loc, window })
@@ -303,7 +385,12 @@ fn capacity(map: &Value, key: &str, path: &str, diags: &mut Vec<Diagnostic>) -> 
 }
 
 /// Deserialize `map[key]` if present; a malformed value becomes a diagnostic and `None`.
-fn field<T: DeserializeOwned>(map: &Value, key: &str, path: &str, diags: &mut Vec<Diagnostic>) -> Option<T> {
+fn field<T: DeserializeOwned>(
+    map: &Value,
+    key: &str,
+    path: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
     let node = map.get(key)?;
     match from_value::<T>(node, &join_path(path, key)) {
         Ok(v) => Some(v),
@@ -324,17 +411,38 @@ fn check_keys(map: &Value, path: &str, allowed: &[&str], what: &str, diags: &mut
     let mut seen: Vec<&str> = Vec::new();
     for (key, _) in entries {
         let Some(name) = key.as_str() else {
-            diags.push(Diagnostic::new(key.loc, path, format!("keys of {what} must be strings, found {}", key.describe())));
+            diags.push(Diagnostic::new(
+                key.loc,
+                path,
+                format!("keys of {what} must be strings, found {}", key.describe()),
+            ));
             continue;
         };
         if !allowed.contains(&name) {
             let help = match crate::graph::closest(name, allowed.iter().copied()) {
-                Some(best) => format!("did you mean `{best}`? {what} takes: {}", allowed.join(", ")),
+                Some(best) => format!(
+                    "did you mean `{best}`? {what} takes: {}",
+                    allowed.join(", ")
+                ),
                 None => format!("{what} takes: {}", allowed.join(", ")),
             };
-            diags.push(Diagnostic::new(key.loc, join_path(path, name), format!("unknown key `{name}` in {what}")).with_help(help));
+            diags.push(
+                Diagnostic::new(
+                    key.loc,
+                    join_path(path, name),
+                    format!("unknown key `{name}` in {what}"),
+                )
+                .with_help(help),
+            );
         } else if seen.contains(&name) {
-            diags.push(Diagnostic::new(key.loc, join_path(path, name), format!("key `{name}` appears twice in {what}")).with_help("keep one of them"));
+            diags.push(
+                Diagnostic::new(
+                    key.loc,
+                    join_path(path, name),
+                    format!("key `{name}` appears twice in {what}"),
+                )
+                .with_help("keep one of them"),
+            );
         }
         seen.push(name);
     }
@@ -343,30 +451,59 @@ fn check_keys(map: &Value, path: &str, allowed: &[&str], what: &str, diags: &mut
 fn require(map: &Value, path: &str, keys: &[&str], diags: &mut Vec<Diagnostic>) {
     for key in keys {
         if map.get(key).is_none() {
-            let at = if path.is_empty() { "the definition".to_owned() } else { format!("`{path}`") };
-            diags.push(Diagnostic::new(map.loc, path, format!("missing required key `{key}` in {at}")).with_help(match *key {
-                "kind" => "every stage names its kind, e.g. `kind: sink`; `simclr stages` lists them",
-                "stages" => "add `stages:` with at least a source and a stage that consumes it",
-                "name" => "add `name: my-pipeline`",
-                _ => "see docs/definitions.md",
-            }));
+            let at = if path.is_empty() {
+                "the definition".to_owned()
+            } else {
+                format!("`{path}`")
+            };
+            diags.push(
+                Diagnostic::new(
+                    map.loc,
+                    path,
+                    format!("missing required key `{key}` in {at}"),
+                )
+                .with_help(match *key {
+                    "kind" => {
+                        "every stage names its kind, e.g. `kind: sink`; `simclr stages` lists them"
+                    }
+                    "stages" => "add `stages:` with at least a source and a stage that consumes it",
+                    "name" => "add `name: my-pipeline`",
+                    _ => "see docs/definitions.md",
+                }),
+            );
         }
     }
 }
 
-fn bad_value(map: &Value, key: &str, path: &str, message: impl Into<String>, help: &str) -> Diagnostic {
+fn bad_value(
+    map: &Value,
+    key: &str,
+    path: &str,
+    message: impl Into<String>,
+    help: &str,
+) -> Diagnostic {
     let loc = map.get(key).map_or(map.loc, |v| v.loc);
     Diagnostic::new(loc, join_path(path, key), message).with_help(help)
 }
 
 fn expected_mapping(node: &Value, path: &str, example: &str) -> Diagnostic {
-    Diagnostic::new(node.loc, path, format!("`{}` must be a mapping, found {}", path.rsplit('.').next().unwrap_or(path), node.describe()))
-        .with_help(format!("write {example}"))
+    Diagnostic::new(
+        node.loc,
+        path,
+        format!(
+            "`{}` must be a mapping, found {}",
+            path.rsplit('.').next().unwrap_or(path),
+            node.describe()
+        ),
+    )
+    .with_help(format!("write {example}"))
 }
 
 fn valid_device(device: &str) -> bool {
     match device {
         "cpu" | "cuda" | "auto" => true,
-        other => other.strip_prefix("cuda:").is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
+        other => other
+            .strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
     }
 }

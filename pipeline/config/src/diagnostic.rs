@@ -31,7 +31,12 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A problem at `loc` / `path`.
     pub fn new(loc: Loc, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { loc: Some(loc), path: path.into(), message: message.into(), help: None }
+        Self {
+            loc: Some(loc),
+            path: path.into(),
+            message: message.into(),
+            help: None,
+        }
     }
 
     /// Add a help line.
@@ -58,7 +63,11 @@ impl Diagnostics {
     pub fn new(file: &Path, source: &str, mut items: Vec<Diagnostic>) -> Self {
         items.sort_by(|a, b| (a.loc, &a.message).cmp(&(b.loc, &b.message)));
         items.dedup();
-        Self { file: file.to_owned(), source: source.to_owned(), items }
+        Self {
+            file: file.to_owned(),
+            source: source.to_owned(),
+            items,
+        }
     }
 
     /// `(line, column, message)` of each problem: what tests assert.
@@ -142,8 +151,15 @@ mod tests {
     #[test]
     fn renders_the_line_an_underline_the_path_and_help() {
         let source = "name: x\nstages:\n  sink:\n    kind: sikn\n";
-        let d = Diagnostic::new(Loc { line: 4, column: 11 }, "stages.sink.kind", "unknown stage kind `sikn`")
-            .with_help("did you mean `sink`?");
+        let d = Diagnostic::new(
+            Loc {
+                line: 4,
+                column: 11,
+            },
+            "stages.sink.kind",
+            "unknown stage kind `sikn`",
+        )
+        .with_help("did you mean `sink`?");
         let text = Diagnostics::new(Path::new("demo.yaml"), source, vec![d]).to_string();
         let expected = "error: unknown stage kind `sikn`\n --> demo.yaml:4:11\n  |\n4 |     kind: sikn\n  |           ^^^^\n  = at: stages.sink.kind\n  = help: did you mean `sink`?\n\ndemo.yaml: 1 error";
         assert_eq!(text, expected);

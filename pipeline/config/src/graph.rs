@@ -4,7 +4,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use simclr_core::value::join_path;
-use simclr_core::{BuildContext, InputPorts, Loc, OutputPort, Parallelism, PortType, StageFactory, StageKind};
+use simclr_core::{
+    BuildContext, InputPorts, Loc, OutputPort, Parallelism, PortType, StageFactory, StageKind,
+};
 
 use crate::definition::{self, StageEntry};
 use crate::diagnostic::{Diagnostic, Diagnostics};
@@ -95,7 +97,11 @@ pub struct LoadOptions {
 ///
 /// # Errors
 /// Every problem found, located (an unreadable file is one problem without a location).
-pub fn load_file(path: &Path, registry: &Registry, options: &LoadOptions) -> Result<Graph, Diagnostics> {
+pub fn load_file(
+    path: &Path,
+    registry: &Registry,
+    options: &LoadOptions,
+) -> Result<Graph, Diagnostics> {
     match std::fs::read_to_string(path) {
         Ok(text) => load_str(path, &text, registry, options),
         Err(e) => Err(Diagnostics::new(
@@ -115,7 +121,12 @@ pub fn load_file(path: &Path, registry: &Registry, options: &LoadOptions) -> Res
 ///
 /// # Errors
 /// Every problem found, located.
-pub fn load_str(file: &Path, text: &str, registry: &Registry, options: &LoadOptions) -> Result<Graph, Diagnostics> {
+pub fn load_str(
+    file: &Path,
+    text: &str,
+    registry: &Registry,
+    options: &LoadOptions,
+) -> Result<Graph, Diagnostics> {
     let root = match yaml::parse(text) {
         Ok(root) => root,
         Err(e) => {
@@ -130,11 +141,28 @@ pub fn load_str(file: &Path, text: &str, registry: &Registry, options: &LoadOpti
         .run_dir
         .clone()
         .or_else(|| def.run_dir.clone())
-        .unwrap_or_else(|| Path::new("runs").join(if def.name.is_empty() { "unnamed" } else { &def.name }));
-    let built = resolve(&def.stages, def.default_capacity, registry, &mut diags, |kind, cx| {
-        let cx = BuildContext { seed: def.seed, device: &def.device, run_dir: &run_dir, ..cx };
-        (kind.build)(&cx)
-    });
+        .unwrap_or_else(|| {
+            Path::new("runs").join(if def.name.is_empty() {
+                "unnamed"
+            } else {
+                &def.name
+            })
+        });
+    let built = resolve(
+        &def.stages,
+        def.default_capacity,
+        registry,
+        &mut diags,
+        |kind, cx| {
+            let cx = BuildContext {
+                seed: def.seed,
+                device: &def.device,
+                run_dir: &run_dir,
+                ..cx
+            };
+            (kind.build)(&cx)
+        },
+    );
     if !diags.is_empty() {
         return Err(Diagnostics::new(file, text, diags));
     }
@@ -169,7 +197,10 @@ fn resolve(
     default_capacity: usize,
     registry: &Registry,
     diags: &mut Vec<Diagnostic>,
-    build: impl Fn(&'static StageKind, BuildContext<'_>) -> Result<StageFactory, simclr_core::ParamError>,
+    build: impl Fn(
+        &'static StageKind,
+        BuildContext<'_>,
+    ) -> Result<StageFactory, simclr_core::ParamError>,
 ) -> Option<Built> {
     // Unique ids; later duplicates are reported and dropped.
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -178,24 +209,47 @@ fn resolve(
         if let Some(&first) = index.get(entry.id.as_str()) {
             let first_loc = stages[first].entry.id_loc;
             diags.push(
-                Diagnostic::new(entry.id_loc, join_path("stages", &entry.id), format!("duplicate stage id `{}` (first defined at line {})", entry.id, first_loc.line))
-                    .with_help("every stage id must be unique; rename one of them"),
+                Diagnostic::new(
+                    entry.id_loc,
+                    join_path("stages", &entry.id),
+                    format!(
+                        "duplicate stage id `{}` (first defined at line {})",
+                        entry.id, first_loc.line
+                    ),
+                )
+                .with_help("every stage id must be unique; rename one of them"),
             );
             continue;
         }
         index.insert(&entry.id, stages.len());
-        let kind = entry.kind.as_ref().and_then(|(name, loc)| match registry.get(name) {
-            Some(kind) => Some(kind),
-            None => {
-                let help = match closest(name, registry.iter().map(|k| k.name)) {
-                    Some(best) => format!("did you mean `{best}`? `simclr stages` lists every kind"),
-                    None => "`simclr stages` lists every kind".to_owned(),
-                };
-                diags.push(Diagnostic::new(*loc, join_path(&join_path("stages", &entry.id), "kind"), format!("unknown stage kind `{name}`")).with_help(help));
-                None
-            }
+        let kind = entry
+            .kind
+            .as_ref()
+            .and_then(|(name, loc)| match registry.get(name) {
+                Some(kind) => Some(kind),
+                None => {
+                    let help = match closest(name, registry.iter().map(|k| k.name)) {
+                        Some(best) => {
+                            format!("did you mean `{best}`? `simclr stages` lists every kind")
+                        }
+                        None => "`simclr stages` lists every kind".to_owned(),
+                    };
+                    diags.push(
+                        Diagnostic::new(
+                            *loc,
+                            join_path(&join_path("stages", &entry.id), "kind"),
+                            format!("unknown stage kind `{name}`"),
+                        )
+                        .with_help(help),
+                    );
+                    None
+                }
+            });
+        stages.push(Pending {
+            entry,
+            kind,
+            inputs: Vec::new(),
         });
-        stages.push(Pending { entry, kind, inputs: Vec::new() });
     }
     let ids: Vec<&str> = stages.iter().map(|s| s.entry.id.as_str()).collect();
 
@@ -206,11 +260,26 @@ fn resolve(
         let mut seen = BTreeSet::new();
         for input in &entry.inputs {
             let Some(&from) = index.get(input.from.as_str()) else {
-                let help = match closest(&input.from, ids.iter().copied().filter(|id| *id != entry.id)) {
-                    Some(best) => format!("did you mean `{best}`? inputs name stage ids defined under `stages:`"),
+                let help = match closest(
+                    &input.from,
+                    ids.iter().copied().filter(|id| *id != entry.id),
+                ) {
+                    Some(best) => format!(
+                        "did you mean `{best}`? inputs name stage ids defined under `stages:`"
+                    ),
                     None => "inputs name stage ids defined under `stages:`".to_owned(),
                 };
-                diags.push(Diagnostic::new(input.loc, join_path(&path, "inputs"), format!("stage `{}` takes input from `{}`, which is not defined", entry.id, input.from)).with_help(help));
+                diags.push(
+                    Diagnostic::new(
+                        input.loc,
+                        join_path(&path, "inputs"),
+                        format!(
+                            "stage `{}` takes input from `{}`, which is not defined",
+                            entry.id, input.from
+                        ),
+                    )
+                    .with_help(help),
+                );
                 continue;
             };
             if from == i {
@@ -221,17 +290,36 @@ fn resolve(
                 continue;
             }
             if !seen.insert(from) {
-                diags.push(Diagnostic::new(input.loc, join_path(&path, "inputs"), format!("stage `{}` lists input `{}` twice", entry.id, input.from)).with_help("list each input once"));
+                diags.push(
+                    Diagnostic::new(
+                        input.loc,
+                        join_path(&path, "inputs"),
+                        format!("stage `{}` lists input `{}` twice", entry.id, input.from),
+                    )
+                    .with_help("list each input once"),
+                );
                 continue;
             }
             if let Some(producer) = stages[from].kind.filter(|k| k.output == OutputPort::None) {
                 diags.push(
-                    Diagnostic::new(input.loc, join_path(&path, "inputs"), format!("stage `{}` (kind `{}`) emits nothing, so it cannot feed `{}`", input.from, producer.name, entry.id))
-                        .with_help(format!("`{}` ends a pipeline; take `{}`'s input from the stage that feeds it", input.from, entry.id)),
+                    Diagnostic::new(
+                        input.loc,
+                        join_path(&path, "inputs"),
+                        format!(
+                            "stage `{}` (kind `{}`) emits nothing, so it cannot feed `{}`",
+                            input.from, producer.name, entry.id
+                        ),
+                    )
+                    .with_help(format!(
+                        "`{}` ends a pipeline; take `{}`'s input from the stage that feeds it",
+                        input.from, entry.id
+                    )),
                 );
                 continue;
             }
-            stages[i].inputs.push((from, input.capacity.unwrap_or(default_capacity), input.loc));
+            stages[i]
+                .inputs
+                .push((from, input.capacity.unwrap_or(default_capacity), input.loc));
         }
         if let Some(kind) = stages[i].kind {
             match kind.input {
@@ -268,7 +356,11 @@ fn resolve(
     let cycles = find_cycles(&adjacency);
     for cycle in &cycles {
         let first = cycle[0];
-        let names: Vec<&str> = cycle.iter().chain(std::iter::once(&first)).map(|&i| ids[i]).collect();
+        let names: Vec<&str> = cycle
+            .iter()
+            .chain(std::iter::once(&first))
+            .map(|&i| ids[i])
+            .collect();
         let (back_from, back_to) = (ids[*cycle.last().unwrap_or(&first)], ids[first]);
         diags.push(
             Diagnostic::new(stages[first].entry.id_loc, join_path("stages", ids[first]), format!("cycle between stages: {}", names.join(" -> ")))
@@ -279,14 +371,26 @@ fn resolve(
     // Credits.
     let mut credits = Vec::new();
     for (i, s) in stages.iter().enumerate() {
-        let Some(credit) = &s.entry.credit else { continue };
+        let Some(credit) = &s.entry.credit else {
+            continue;
+        };
         let path = join_path(&join_path("stages", &s.entry.id), "credit.from");
         let Some(&from) = index.get(credit.from.as_str()) else {
             let help = match closest(&credit.from, ids.iter().copied()) {
                 Some(best) => format!("did you mean `{best}`?"),
                 None => "name the downstream stage that finishes each step".to_owned(),
             };
-            diags.push(Diagnostic::new(credit.loc, path, format!("stage `{}` takes credit from `{}`, which is not defined", s.entry.id, credit.from)).with_help(help));
+            diags.push(
+                Diagnostic::new(
+                    credit.loc,
+                    path,
+                    format!(
+                        "stage `{}` takes credit from `{}`, which is not defined",
+                        s.entry.id, credit.from
+                    ),
+                )
+                .with_help(help),
+            );
             continue;
         };
         if !reachable(&adjacency, i, from) || from == i {
@@ -296,11 +400,19 @@ fn resolve(
             );
             continue;
         }
-        credits.push(Credit { from, to: i, window: credit.window });
+        credits.push(Credit {
+            from,
+            to: i,
+            window: credit.window,
+        });
     }
 
     // Port types, in topological order (only meaningful without cycles).
-    let order = if cycles.is_empty() { topological(&adjacency) } else { (0..stages.len()).collect() };
+    let order = if cycles.is_empty() {
+        topological(&adjacency)
+    } else {
+        (0..stages.len()).collect()
+    };
     let mut out_type: Vec<Option<PortType>> = vec![None; stages.len()];
     let mut type_ok = cycles.is_empty();
     for &i in &order {
@@ -348,7 +460,12 @@ fn resolve(
     // Unconnected outputs. Skipped when some input could not be read or resolved: that input
     // may have been meant for the stage, and the error already reported says so.
     let inputs_unresolved = entries.iter().any(|e| e.inputs_malformed)
-        || stages.iter().any(|s| s.entry.inputs.iter().any(|input| !index.contains_key(input.from.as_str())));
+        || stages.iter().any(|s| {
+            s.entry
+                .inputs
+                .iter()
+                .any(|input| !index.contains_key(input.from.as_str()))
+        });
     for (i, s) in stages.iter().enumerate().filter(|_| !inputs_unresolved) {
         let Some(kind) = s.kind else { continue };
         if kind.output != OutputPort::None && adjacency[i].is_empty() {
@@ -386,8 +503,13 @@ fn resolve(
                 diags.push(Diagnostic {
                     loc: Some(e.loc.unwrap_or(s.entry.params.loc)),
                     path: e.path,
-                    message: format!("stage `{}` (kind `{}`): {}", s.entry.id, kind.name, e.message),
-                    help: Some(e.help.unwrap_or_else(|| format!("`simclr stages {}` lists this kind's parameters", kind.name))),
+                    message: format!(
+                        "stage `{}` (kind `{}`): {}",
+                        s.entry.id, kind.name, e.message
+                    ),
+                    help: Some(e.help.unwrap_or_else(|| {
+                        format!("`simclr stages {}` lists this kind's parameters", kind.name)
+                    })),
                 });
                 factories.push(None);
             }
@@ -425,7 +547,12 @@ fn resolve(
         for &(from, capacity, _) in &stages[i].inputs {
             let port_type = out_type[from]?;
             let e = edges.len();
-            edges.push(Edge { from: new_index[from], to: new_index[i], capacity, port_type });
+            edges.push(Edge {
+                from: new_index[from],
+                to: new_index[i],
+                capacity,
+                port_type,
+            });
             nodes[new_index[from]].outputs.push(e);
             nodes[new_index[i]].inputs.push(e);
         }
@@ -437,7 +564,13 @@ fn resolve(
     Some((nodes, edges, credits))
 }
 
-fn converter_help(registry: &Registry, from: PortType, wanted: InputPorts, producer: &str, consumer: &str) -> String {
+fn converter_help(
+    registry: &Registry,
+    from: PortType,
+    wanted: InputPorts,
+    producer: &str,
+    consumer: &str,
+) -> String {
     let converters: Vec<&str> = registry
         .iter()
         .filter(|k| k.input.accepts(from))
@@ -445,10 +578,15 @@ fn converter_help(registry: &Registry, from: PortType, wanted: InputPorts, produ
         .map(|k| k.name)
         .collect();
     if converters.is_empty() {
-        format!("no stage kind turns {from} into {wanted}; check that `{consumer}` should really read from `{producer}`")
+        format!(
+            "no stage kind turns {from} into {wanted}; check that `{consumer}` should really read from `{producer}`"
+        )
     } else {
         let list: Vec<String> = converters.iter().map(|c| format!("`{c}`")).collect();
-        format!("insert a stage between `{producer}` and `{consumer}` that turns {from} into {wanted}: {}", list.join(", "))
+        format!(
+            "insert a stage between `{producer}` and `{consumer}` that turns {from} into {wanted}: {}",
+            list.join(", ")
+        )
     }
 }
 
@@ -579,13 +717,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(d[i - 2][j - 2] + 1);
             }

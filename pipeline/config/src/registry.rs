@@ -26,7 +26,11 @@ impl Registry {
     /// # Panics
     /// If a kind of that name is already registered.
     pub fn add(&mut self, kind: &'static StageKind) {
-        assert!(self.get(kind.name).is_none(), "stage kind `{}` registered twice", kind.name);
+        assert!(
+            self.get(kind.name).is_none(),
+            "stage kind `{}` registered twice",
+            kind.name
+        );
         self.kinds.push(kind);
     }
 

@@ -32,7 +32,10 @@ pub fn parse(text: &str) -> Result<Value, SyntaxError> {
         Err(error) => {
             let loc = error
                 .location()
-                .map(|l| Loc { line: to_u32(l.line()), column: to_u32(l.column()) })
+                .map(|l| Loc {
+                    line: to_u32(l.line()),
+                    column: to_u32(l.column()),
+                })
                 .unwrap_or(Loc { line: 1, column: 1 });
             let mut message = error.without_snippet().to_string();
             if let Some(cut) = message.rfind(" at line ") {
@@ -69,9 +72,12 @@ fn convert(node: Spanned<Node>) -> Value {
         Node::Float(x) => ValueKind::Float(x),
         Node::Str(s) => ValueKind::Str(s),
         Node::Seq(items) => ValueKind::Seq(items.into_iter().map(convert).collect()),
-        Node::Map(entries) => {
-            ValueKind::Map(entries.into_iter().map(|(k, v)| (convert(k), convert(v))).collect())
-        }
+        Node::Map(entries) => ValueKind::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (convert(k), convert(v)))
+                .collect(),
+        ),
     };
     Value::new(loc, kind)
 }

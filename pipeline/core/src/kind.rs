@@ -110,12 +110,16 @@ pub struct StageFactory(Box<dyn Fn(usize) -> Instance + Send + Sync>);
 impl StageFactory {
     /// A factory of sources; `make(worker)` builds the instance of worker `worker`.
     pub fn source<S: Source + 'static>(make: impl Fn(usize) -> S + Send + Sync + 'static) -> Self {
-        Self(Box::new(move |worker| Instance::Source(Box::new(make(worker)))))
+        Self(Box::new(move |worker| {
+            Instance::Source(Box::new(make(worker)))
+        }))
     }
 
     /// A factory of stages; `make(worker)` builds the instance of worker `worker`.
     pub fn stage<S: Stage + 'static>(make: impl Fn(usize) -> S + Send + Sync + 'static) -> Self {
-        Self(Box::new(move |worker| Instance::Stage(Box::new(make(worker)))))
+        Self(Box::new(move |worker| {
+            Instance::Stage(Box::new(make(worker)))
+        }))
     }
 
     /// Build the instance for `worker`.
@@ -166,7 +170,12 @@ impl BuildContext<'_> {
     }
 
     /// An error about parameter `field`, pointing at its value (or at `params` if absent).
-    pub fn invalid(&self, field: &str, message: impl Into<String>, help: impl Into<String>) -> ParamError {
+    pub fn invalid(
+        &self,
+        field: &str,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) -> ParamError {
         let node = self.params.get(field).unwrap_or(self.params);
         ParamError {
             message: message.into(),
@@ -199,7 +208,9 @@ pub struct StageKind {
 
 impl fmt::Debug for StageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StageKind").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("StageKind")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -232,17 +243,26 @@ impl StageKind {
         props
             .iter()
             .map(|(name, prop)| {
-                let default = prop.get("default").map(json_to_yaml).or_else(|| {
-                    (!required.contains(&name.as_str())).then(|| "none".to_owned())
-                });
+                let default = prop
+                    .get("default")
+                    .map(json_to_yaml)
+                    .or_else(|| (!required.contains(&name.as_str())).then(|| "none".to_owned()));
                 ParamDoc {
                     name: name.clone(),
                     ty: schema_type(prop, root),
-                    default: if required.contains(&name.as_str()) { None } else { default },
+                    default: if required.contains(&name.as_str()) {
+                        None
+                    } else {
+                        default
+                    },
                     doc: prop
                         .get("description")
                         .and_then(|d| d.as_str())
-                        .or_else(|| resolve(prop, root).get("description").and_then(|d| d.as_str()))
+                        .or_else(|| {
+                            resolve(prop, root)
+                                .get("description")
+                                .and_then(|d| d.as_str())
+                        })
                         .unwrap_or("")
                         .replace('\n', " "),
                 }
@@ -264,7 +284,11 @@ fn resolve<'a>(prop: &'a serde_json::Value, root: &'a serde_json::Value) -> &'a 
 fn schema_type(prop: &serde_json::Value, root: &serde_json::Value) -> String {
     let prop = resolve(prop, root);
     if let Some(values) = prop.get("enum").and_then(|e| e.as_array()) {
-        return values.iter().map(json_to_yaml).collect::<Vec<_>>().join(" | ");
+        return values
+            .iter()
+            .map(json_to_yaml)
+            .collect::<Vec<_>>()
+            .join(" | ");
     }
     if let Some(c) = prop.get("const") {
         return json_to_yaml(c);

@@ -20,7 +20,10 @@ pub mod stage;
 pub mod value;
 
 pub use error::StageError;
-pub use kind::{BuildContext, Instance, InputPorts, OutputPort, ParamError, Parallelism, StageFactory, StageKind};
+pub use kind::{
+    BuildContext, InputPorts, Instance, OutputPort, Parallelism, ParamError, StageFactory,
+    StageKind,
+};
 pub use message::{Batch, Image, Message, PortType, Record, SampleId, ViewPair};
 pub use stage::{Emitter, Outputs, Source, Stage, StageContext, TestOutputs};
 pub use value::{Loc, Value, ValueError, ValueKind};

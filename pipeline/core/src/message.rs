@@ -24,8 +24,12 @@ pub enum PortType {
 
 impl PortType {
     /// Every port type, in declaration order.
-    pub const ALL: &'static [PortType] =
-        &[PortType::Records, PortType::Images, PortType::ViewPairs, PortType::Batches];
+    pub const ALL: &'static [PortType] = &[
+        PortType::Records,
+        PortType::Images,
+        PortType::ViewPairs,
+        PortType::Batches,
+    ];
 
     /// The snake_case name used in definitions, errors and `simclr stages`.
     pub fn name(self) -> &'static str {

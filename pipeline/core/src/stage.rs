@@ -40,7 +40,11 @@ pub trait Stage: Send {
     ///
     /// # Errors
     /// As for [`Stage::process`].
-    fn on_finish(&mut self, _out: &mut Outputs<'_>, _cx: &mut StageContext) -> Result<(), StageError> {
+    fn on_finish(
+        &mut self,
+        _out: &mut Outputs<'_>,
+        _cx: &mut StageContext,
+    ) -> Result<(), StageError> {
         Ok(())
     }
 }
@@ -103,8 +107,14 @@ impl<'a> Outputs<'a> {
         let got = msg.port_type();
         match self.declared {
             Some(declared) if declared == got => self.emitter.emit(msg),
-            Some(declared) => Err(StageError::WrongOutput { declared: declared.name(), got: got.name() }),
-            None => Err(StageError::WrongOutput { declared: "no", got: got.name() }),
+            Some(declared) => Err(StageError::WrongOutput {
+                declared: declared.name(),
+                got: got.name(),
+            }),
+            None => Err(StageError::WrongOutput {
+                declared: "no",
+                got: got.name(),
+            }),
         }
     }
 }
@@ -131,12 +141,20 @@ pub struct Signals {
     pub stop: Arc<AtomicBool>,
     /// Set when a stage failed: every stage stops as soon as it can, without flushing.
     pub cancel: Arc<AtomicBool>,
+    /// Set when a source ended its stream early (stop request or item limit), so stages that
+    /// check totals at the end know the stream was cut short.
+    pub truncated: Arc<AtomicBool>,
 }
 
 impl Signals {
     /// Whether a failure elsewhere is shutting the pipeline down.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Whether some source ended early (stop request or item limit).
+    pub fn is_truncated(&self) -> bool {
+        self.truncated.load(Ordering::Relaxed)
     }
 
     /// Whether sources should stop producing (stop requested or cancelled).
@@ -168,7 +186,15 @@ impl StageContext {
         inputs: Arc<[String]>,
         signals: Signals,
     ) -> Self {
-        Self { stage_id: stage_id.into(), worker, workers, seed, inputs, current_input: 0, signals }
+        Self {
+            stage_id: stage_id.into(),
+            worker,
+            workers,
+            seed,
+            inputs,
+            current_input: 0,
+            signals,
+        }
     }
 
     /// A context for unit tests: worker 0 of 1, seed 0, no inputs.
@@ -220,5 +246,11 @@ impl StageContext {
     /// Whether a source should stop producing.
     pub fn should_stop(&self) -> bool {
         self.signals.should_stop()
+    }
+
+    /// Whether some source ended its stream early (a stop request or `--items`): totals
+    /// checked at end of stream do not apply.
+    pub fn stream_truncated(&self) -> bool {
+        self.signals.is_truncated()
     }
 }

@@ -69,12 +69,18 @@ impl Value {
 
     /// The value under `key` if this is a mapping holding it (the first, if duplicated).
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.entries()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+        self.entries()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
     }
 
     /// The key node for `key`, for pointing an error at the key rather than its value.
     pub fn key(&self, key: &str) -> Option<&Value> {
-        self.entries()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(k, _)| k)
+        self.entries()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(k, _)| k)
     }
 
     /// The entries if this is a mapping.
@@ -136,7 +142,11 @@ impl std::error::Error for ValueError {}
 
 impl de::Error for ValueError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        Self { message: msg.to_string(), loc: None, path: String::new() }
+        Self {
+            message: msg.to_string(),
+            loc: None,
+            path: String::new(),
+        }
     }
 }
 
@@ -157,12 +167,19 @@ impl ValueError {
 /// # Errors
 /// The first mismatch between `value` and `T`, located.
 pub fn from_value<T: DeserializeOwned>(value: &Value, path: &str) -> Result<T, ValueError> {
-    T::deserialize(ValueDeserializer { value, path: path.to_owned() })
+    T::deserialize(ValueDeserializer {
+        value,
+        path: path.to_owned(),
+    })
 }
 
 /// Joins a path and a key: `a.b` + `c` = `a.b.c`.
 pub fn join_path(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// The serde deserializer over a [`Value`].
@@ -180,9 +197,10 @@ impl<'a> ValueDeserializer<'a> {
             ValueKind::UInt(u) => visitor.visit_u64(*u),
             ValueKind::Float(x) => visitor.visit_f64(*x),
             ValueKind::Str(s) => visitor.visit_str(s),
-            ValueKind::Seq(items) => {
-                visitor.visit_seq(SeqAccess { items: items.iter().enumerate(), path: &self.path })
-            }
+            ValueKind::Seq(items) => visitor.visit_seq(SeqAccess {
+                items: items.iter().enumerate(),
+                path: &self.path,
+            }),
             ValueKind::Map(entries) => visitor.visit_map(MapAccess {
                 entries: entries.iter(),
                 pending: None,
@@ -196,7 +214,8 @@ impl<'de, 'a> de::Deserializer<'de> for ValueDeserializer<'a> {
     type Error = ValueError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
-        self.any(visitor).map_err(|e| e.locate(self.value, &self.path))
+        self.any(visitor)
+            .map_err(|e| e.locate(self.value, &self.path))
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
@@ -214,7 +233,9 @@ impl<'de, 'a> de::Deserializer<'de> for ValueDeserializer<'a> {
         visitor: V,
     ) -> Result<V::Value, ValueError> {
         let (value, path) = (self.value, self.path.clone());
-        visitor.visit_newtype_struct(self).map_err(|e| e.locate(value, &path))
+        visitor
+            .visit_newtype_struct(self)
+            .map_err(|e| e.locate(value, &path))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -227,7 +248,11 @@ impl<'de, 'a> de::Deserializer<'de> for ValueDeserializer<'a> {
             ValueKind::Str(s) => visitor.visit_enum(s.as_str().into_deserializer()),
             ValueKind::Map(entries) if entries.len() == 1 => {
                 let (key, value) = &entries[0];
-                visitor.visit_enum(EnumAccess { key, value, path: &self.path })
+                visitor.visit_enum(EnumAccess {
+                    key,
+                    value,
+                    path: &self.path,
+                })
             }
             _ => Err(de::Error::custom(format!(
                 "expected a variant name or a one-key mapping, found {}",
@@ -258,7 +283,10 @@ impl<'de, 'a> de::SeqAccess<'de> for SeqAccess<'a> {
         match self.items.next() {
             None => Ok(None),
             Some((i, value)) => seed
-                .deserialize(ValueDeserializer { value, path: format!("{}[{i}]", self.path) })
+                .deserialize(ValueDeserializer {
+                    value,
+                    path: format!("{}[{i}]", self.path),
+                })
                 .map(Some),
         }
     }
@@ -289,7 +317,8 @@ impl<'de, 'a> de::MapAccess<'de> for MapAccess<'a> {
             Some((key, value)) => {
                 let path = key_path(self.path, key);
                 self.pending = Some((value, path.clone()));
-                seed.deserialize(ValueDeserializer { value: key, path }).map(Some)
+                seed.deserialize(ValueDeserializer { value: key, path })
+                    .map(Some)
             }
         }
     }
@@ -320,9 +349,17 @@ impl<'de, 'a> de::EnumAccess<'de> for EnumAccess<'a> {
         seed: V,
     ) -> Result<(V::Value, Self::Variant), ValueError> {
         let path = key_path(self.path, self.key);
-        let variant =
-            seed.deserialize(ValueDeserializer { value: self.key, path: path.clone() })?;
-        Ok((variant, VariantAccess { value: self.value, path }))
+        let variant = seed.deserialize(ValueDeserializer {
+            value: self.key,
+            path: path.clone(),
+        })?;
+        Ok((
+            variant,
+            VariantAccess {
+                value: self.value,
+                path,
+            },
+        ))
     }
 }
 
@@ -339,7 +376,10 @@ impl<'de, 'a> de::VariantAccess<'de> for VariantAccess<'a> {
             Ok(())
         } else {
             Err(ValueError {
-                message: format!("this variant takes no value, found {}", self.value.describe()),
+                message: format!(
+                    "this variant takes no value, found {}",
+                    self.value.describe()
+                ),
                 loc: Some(self.value.loc),
                 path: self.path,
             })
@@ -350,12 +390,22 @@ impl<'de, 'a> de::VariantAccess<'de> for VariantAccess<'a> {
         self,
         seed: T,
     ) -> Result<T::Value, ValueError> {
-        seed.deserialize(ValueDeserializer { value: self.value, path: self.path })
+        seed.deserialize(ValueDeserializer {
+            value: self.value,
+            path: self.path,
+        })
     }
 
-    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, ValueError> {
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, ValueError> {
         de::Deserializer::deserialize_any(
-            ValueDeserializer { value: self.value, path: self.path },
+            ValueDeserializer {
+                value: self.value,
+                path: self.path,
+            },
             visitor,
         )
     }
@@ -366,7 +416,10 @@ impl<'de, 'a> de::VariantAccess<'de> for VariantAccess<'a> {
         visitor: V,
     ) -> Result<V::Value, ValueError> {
         de::Deserializer::deserialize_any(
-            ValueDeserializer { value: self.value, path: self.path },
+            ValueDeserializer {
+                value: self.value,
+                path: self.path,
+            },
             visitor,
         )
     }
@@ -413,7 +466,14 @@ mod tests {
             (s(2, 1, "mode"), s(2, 7, "slow")),
         ]);
         let p: Params = from_value(&v, "p").expect("valid");
-        assert_eq!(p, Params { count: 3, name: None, mode: Mode::Slow });
+        assert_eq!(
+            p,
+            Params {
+                count: 3,
+                name: None,
+                mode: Mode::Slow
+            }
+        );
     }
 
     #[test]
@@ -456,7 +516,11 @@ mod tests {
 
     #[test]
     fn sequences_extend_the_path_with_an_index() {
-        let v = at(1, 1, ValueKind::Seq(vec![at(1, 2, ValueKind::Int(1)), s(1, 5, "x")]));
+        let v = at(
+            1,
+            1,
+            ValueKind::Seq(vec![at(1, 2, ValueKind::Int(1)), s(1, 5, "x")]),
+        );
         let e = from_value::<Vec<u8>>(&v, "inputs").expect_err("bad element");
         assert_eq!(e.path, "inputs[1]");
         assert_eq!(e.loc, Some(Loc { line: 1, column: 5 }));

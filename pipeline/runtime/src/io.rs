@@ -88,7 +88,11 @@ pub(crate) enum SendFail {
 }
 
 /// Send, waking every [`POLL`] to check for cancellation.
-pub(crate) fn send_blocking<T>(tx: &Sender<T>, mut item: T, signals: &Signals) -> Result<(), SendFail> {
+pub(crate) fn send_blocking<T>(
+    tx: &Sender<T>,
+    mut item: T,
+    signals: &Signals,
+) -> Result<(), SendFail> {
     loop {
         match tx.send_timeout(item, POLL) {
             Ok(()) => return Ok(()),
@@ -112,7 +116,10 @@ pub(crate) struct FanOut {
 
 impl FanOut {
     pub fn new(edges: Vec<(Sender<Message>, Arc<EdgeCounters>)>, signals: Signals) -> Self {
-        Self { edges: edges.into_iter().map(Some).collect(), signals }
+        Self {
+            edges: edges.into_iter().map(Some).collect(),
+            signals,
+        }
     }
 
     /// Deliver to every live consumer (cloning for all but the last).
@@ -123,7 +130,9 @@ impl FanOut {
         };
         let mut msg = Some(msg);
         for i in 0..=last {
-            let Some((tx, counters)) = &self.edges[i] else { continue };
+            let Some((tx, counters)) = &self.edges[i] else {
+                continue;
+            };
             let item = if i == last { msg.take() } else { msg.clone() };
             let Some(item) = item else { continue };
             match send_blocking(tx, item, &self.signals) {
@@ -153,10 +162,12 @@ impl Target {
     pub fn send(&mut self, msg: Message, signals: &Signals) -> Result<(), StageError> {
         match self {
             Target::Edges(fan) => fan.send(msg),
-            Target::Collector(tx) => send_blocking(tx, Envelope::Msg(msg), signals).map_err(|e| match e {
-                SendFail::Cancelled => StageError::Cancelled,
-                SendFail::Closed => StageError::DownstreamClosed,
-            }),
+            Target::Collector(tx) => {
+                send_blocking(tx, Envelope::Msg(msg), signals).map_err(|e| match e {
+                    SendFail::Cancelled => StageError::Cancelled,
+                    SendFail::Closed => StageError::DownstreamClosed,
+                })
+            }
         }
     }
 
@@ -164,10 +175,12 @@ impl Target {
     pub fn done(&mut self, signals: &Signals) -> Result<(), StageError> {
         match self {
             Target::Edges(_) => Ok(()),
-            Target::Collector(tx) => send_blocking(tx, Envelope::Done, signals).map_err(|e| match e {
-                SendFail::Cancelled => StageError::Cancelled,
-                SendFail::Closed => StageError::DownstreamClosed,
-            }),
+            Target::Collector(tx) => {
+                send_blocking(tx, Envelope::Done, signals).map_err(|e| match e {
+                    SendFail::Cancelled => StageError::Cancelled,
+                    SendFail::Closed => StageError::DownstreamClosed,
+                })
+            }
         }
     }
 }

@@ -117,7 +117,11 @@ pub enum RunError {
 }
 
 fn worker_suffix(worker: usize, workers: usize) -> String {
-    if workers > 1 { format!(", worker {worker} of {workers}") } else { String::new() }
+    if workers > 1 {
+        format!(", worker {worker} of {workers}")
+    } else {
+        String::new()
+    }
 }
 
 /// A finished (or stopped) run.
@@ -144,7 +148,11 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.error)?;
         if !self.stuck.is_empty() {
-            write!(f, " (still running after the grace period, abandoned: {})", self.stuck.join(", "))?;
+            write!(
+                f,
+                " (still running after the grace period, abandoned: {})",
+                self.stuck.join(", ")
+            )?;
         }
         Ok(())
     }
@@ -186,7 +194,10 @@ impl Shared {
 /// The first stage failure, with the measurements up to it.
 pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
     let shared = Arc::new(Shared {
-        signals: Signals { stop: options.stop.clone(), cancel: Arc::new(AtomicBool::new(false)) },
+        signals: Signals {
+            stop: options.stop.clone(),
+            ..Signals::default()
+        },
         first_error: Mutex::new(None),
         start: Instant::now(),
         trace: options.trace,
@@ -198,8 +209,11 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
     // The sampler reads queue lengths through receiver clones: holding a sender would keep an
     // edge open after its producer ended, and end-of-stream would never arrive.
     let mut edge_probe: Vec<Receiver<Message>> = Vec::new();
-    let edge_counters: Vec<Arc<EdgeCounters>> =
-        graph.edges.iter().map(|_| Arc::new(EdgeCounters::default())).collect();
+    let edge_counters: Vec<Arc<EdgeCounters>> = graph
+        .edges
+        .iter()
+        .map(|_| Arc::new(EdgeCounters::default()))
+        .collect();
     for edge in &graph.edges {
         let (tx, rx) = bounded(edge.capacity);
         edge_probe.push(rx.clone());
@@ -211,7 +225,7 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
     for credit in &graph.credits {
         let (tx, rx) = bounded(credit.window);
         for _ in 0..credit.window {
-            let _ = tx.try_send(());
+            tx.try_send(()).ok();
         }
         credit_tx[credit.from].push(tx);
         credit_rx[credit.to] = Some(rx);
@@ -239,8 +253,17 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
             if (built == "source") != is_source {
                 let expected = if is_source { "source" } else { "stage" };
                 let run = empty_run(graph, &shared);
-                let error = RunError::InstanceMismatch { stage: node.id.clone(), kind: node.kind.name, built, expected };
-                return Err(Box::new(Failure { error, stuck: Vec::new(), run }));
+                let error = RunError::InstanceMismatch {
+                    stage: node.id.clone(),
+                    kind: node.kind.name,
+                    built,
+                    expected,
+                };
+                return Err(Box::new(Failure {
+                    error,
+                    stuck: Vec::new(),
+                    run,
+                }));
             }
             list.push(instance);
         }
@@ -259,7 +282,11 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
     let mut spawn_error: Option<RunError> = None;
 
     for (n, node) in graph.nodes.iter().enumerate() {
-        let inputs: Arc<[String]> = node.inputs.iter().map(|&e| graph.nodes[graph.edges[e].from].id.clone()).collect();
+        let inputs: Arc<[String]> = node
+            .inputs
+            .iter()
+            .map(|&e| graph.nodes[graph.edges[e].from].id.clone())
+            .collect();
         let out_edges: Vec<(Sender<Message>, Arc<EdgeCounters>)> = node
             .outputs
             .iter()
@@ -271,7 +298,9 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
             .enumerate()
             .filter_map(|(i, &e)| edge_rx[e].take().map(|rx| (i, rx)))
             .collect();
-        let node_counters: Vec<Arc<Counters>> = (0..node.workers).map(|_| Arc::new(Counters::default())).collect();
+        let node_counters: Vec<Arc<Counters>> = (0..node.workers)
+            .map(|_| Arc::new(Counters::default()))
+            .collect();
         counters.push(node_counters.clone());
         let limit_share = |w: usize| {
             options.item_limit.map(|l| {
@@ -305,12 +334,21 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
             match result {
                 Ok(h) => handles.push((name, Some(h))),
                 Err(source) => {
-                    spawn_error.get_or_insert(RunError::Spawn { stage: name.clone(), source });
+                    spawn_error.get_or_insert(RunError::Spawn {
+                        stage: name.clone(),
+                        source,
+                    });
                     shared.signals.cancel.store(true, Ordering::SeqCst);
                 }
             }
         };
-        let worker_name = |w: usize| if node.workers > 1 { format!("{}#{w}", node.id) } else { node.id.clone() };
+        let worker_name = |w: usize| {
+            if node.workers > 1 {
+                format!("{}#{w}", node.id)
+            } else {
+                node.id.clone()
+            }
+        };
 
         if node.ordered && node.workers > 1 {
             // Dispatcher -> private worker inputs; worker outputs -> collector -> edges.
@@ -329,23 +367,43 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
             if !in_edges.is_empty() {
                 let signals = shared.signals.clone();
                 let inputs_side = Inputs::Edges(in_edges);
-                spawn(format!("{}:dispatch", node.id), Box::new(move || worker::dispatch(inputs_side, worker_in_tx, &signals)));
+                spawn(
+                    format!("{}:dispatch", node.id),
+                    Box::new(move || worker::dispatch(inputs_side, worker_in_tx, &signals)),
+                );
             }
             let fan = FanOut::new(out_edges, shared.signals.clone());
             let collector_shared = shared.clone();
-            spawn(format!("{}:collect", node.id), Box::new(move || worker::collect(worker_out_rx, fan, &collector_shared)));
+            spawn(
+                format!("{}:collect", node.id),
+                Box::new(move || worker::collect(worker_out_rx, fan, &collector_shared)),
+            );
             for (w, instance) in std::mem::take(&mut instances[n]).into_iter().enumerate() {
                 let s = setup(w, worker_name(w));
-                let input = if node.inputs.is_empty() { Inputs::None } else { Inputs::Private(worker_in.remove(0)) };
+                let input = if node.inputs.is_empty() {
+                    Inputs::None
+                } else {
+                    Inputs::Private(worker_in.remove(0))
+                };
                 let out = io::Target::Collector(worker_out_tx.remove(0));
-                spawn(worker_name(w), Box::new(move || worker::run_worker(s, instance, input, out)));
+                spawn(
+                    worker_name(w),
+                    Box::new(move || worker::run_worker(s, instance, input, out)),
+                );
             }
         } else {
             for (w, instance) in std::mem::take(&mut instances[n]).into_iter().enumerate() {
                 let s = setup(w, worker_name(w));
-                let input = if in_edges.is_empty() { Inputs::None } else { Inputs::Edges(in_edges.clone()) };
+                let input = if in_edges.is_empty() {
+                    Inputs::None
+                } else {
+                    Inputs::Edges(in_edges.clone())
+                };
                 let out = io::Target::Edges(FanOut::new(out_edges.clone(), shared.signals.clone()));
-                spawn(worker_name(w), Box::new(move || worker::run_worker(s, instance, input, out)));
+                spawn(
+                    worker_name(w),
+                    Box::new(move || worker::run_worker(s, instance, input, out)),
+                );
             }
         }
     }
@@ -365,7 +423,11 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
             .zip(&edge_counters)
             .map(|((tx, e), c)| (tx, e.capacity, c.clone()))
             .collect();
-        let edge_names: Vec<String> = graph.edges.iter().map(|e| format!("{} -> {}", graph.nodes[e.from].id, graph.nodes[e.to].id)).collect();
+        let edge_names: Vec<String> = graph
+            .edges
+            .iter()
+            .map(|e| format!("{} -> {}", graph.nodes[e.from].id, graph.nodes[e.to].id))
+            .collect();
         let source_counters: Vec<Arc<Counters>> = graph
             .nodes
             .iter()
@@ -378,7 +440,18 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
         let progress = options.progress;
         thread::Builder::new()
             .name("sampler".into())
-            .spawn(move || worker::sample(&shared, &stop, probes, edge_names, source_counters, total_hint, interval, progress))
+            .spawn(move || {
+                worker::sample(
+                    &shared,
+                    &stop,
+                    probes,
+                    edge_names,
+                    source_counters,
+                    total_hint,
+                    interval,
+                    progress,
+                )
+            })
             .ok()
     };
 
@@ -390,7 +463,10 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
         if deadline.is_none() && shared.signals.is_cancelled() {
             deadline = Some(Instant::now() + options.shutdown_grace);
         }
-        let wait = deadline.map_or(Duration::from_millis(100), |d| d.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
+        let wait = deadline.map_or(Duration::from_millis(100), |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100))
+        });
         match done_rx.recv_timeout(wait) {
             Ok(i) => {
                 finished[i] = true;
@@ -415,7 +491,7 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
     for (i, (name, handle)) in handles.iter_mut().enumerate() {
         if finished[i] {
             if let Some(h) = handle.take() {
-                let _ = h.join();
+                h.join().ok();
             }
         } else {
             stuck.push(name.clone());
@@ -430,7 +506,14 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
     };
     let error = spawn_error.or_else(|| shared.first_error.lock().ok().and_then(|mut e| e.take()));
     let stopped = options.stop.load(Ordering::SeqCst);
-    let report = report::build(graph, &counters, &edge_counters, wall_ns, error.as_ref(), stopped);
+    let report = report::build(
+        graph,
+        &counters,
+        &edge_counters,
+        wall_ns,
+        error.as_ref(),
+        stopped,
+    );
     let run = Run { report, trace };
     match error {
         Some(error) => Err(Box::new(Failure { error, stuck, run })),
@@ -439,13 +522,32 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
 }
 
 fn out_capacity(graph: &Graph, node: &simclr_config::Node) -> usize {
-    node.outputs.iter().map(|&e| graph.edges[e].capacity).max().unwrap_or(1)
+    node.outputs
+        .iter()
+        .map(|&e| graph.edges[e].capacity)
+        .max()
+        .unwrap_or(1)
 }
 
 fn empty_run(graph: &Graph, shared: &Shared) -> Run {
-    let counters: Vec<Vec<Arc<Counters>>> = graph.nodes.iter().map(|n| (0..n.workers).map(|_| Arc::new(Counters::default())).collect()).collect();
-    let edges: Vec<Arc<EdgeCounters>> = graph.edges.iter().map(|_| Arc::new(EdgeCounters::default())).collect();
-    Run { report: report::build(graph, &counters, &edges, shared.now_ns(), None, false), trace: None }
+    let counters: Vec<Vec<Arc<Counters>>> = graph
+        .nodes
+        .iter()
+        .map(|n| {
+            (0..n.workers)
+                .map(|_| Arc::new(Counters::default()))
+                .collect()
+        })
+        .collect();
+    let edges: Vec<Arc<EdgeCounters>> = graph
+        .edges
+        .iter()
+        .map(|_| Arc::new(EdgeCounters::default()))
+        .collect();
+    Run {
+        report: report::build(graph, &counters, &edges, shared.now_ns(), None, false),
+        trace: None,
+    }
 }
 
 /// Tells the main thread a thread has ended, however it ended.
@@ -456,11 +558,14 @@ struct DoneGuard {
 
 impl Drop for DoneGuard {
     fn drop(&mut self) {
-        let _ = self.tx.send(self.index);
+        self.tx.send(self.index).ok();
     }
 }
 
 /// Nanoseconds as an `AtomicU64` add.
 pub(crate) fn add(counter: &AtomicU64, d: Duration) {
-    counter.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    counter.fetch_add(
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
 }

@@ -116,7 +116,11 @@ fn secs(ns: u64) -> f64 {
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 { (a / b).clamp(0.0, 1.0) } else { 0.0 }
+    if b > 0.0 {
+        (a / b).clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
 }
 
 pub(crate) fn build(
@@ -146,7 +150,11 @@ pub(crate) fn build(
         let starved = secs(load(|c| c.starved_ns.load(Ordering::Relaxed)));
         let blocked = secs(load(|c| c.blocked_ns.load(Ordering::Relaxed)));
         let lifetime = secs(lifetime_ns);
-        let handled = if node.inputs.is_empty() { items_out } else { items_in };
+        let handled = if node.inputs.is_empty() {
+            items_out
+        } else {
+            items_in
+        };
         stages.push(StageReport {
             id: node.id.clone(),
             kind: node.kind.name.to_owned(),
@@ -162,8 +170,16 @@ pub(crate) fn build(
             utilization: ratio(busy, lifetime),
             starved_fraction: ratio(starved, lifetime),
             blocked_fraction: ratio(blocked, lifetime),
-            items_per_second: if wall > 0.0 { handled as f64 / wall } else { 0.0 },
-            ms_per_item: if handled > 0 { 1e3 * busy / handled as f64 } else { 0.0 },
+            items_per_second: if wall > 0.0 {
+                handled as f64 / wall
+            } else {
+                0.0
+            },
+            ms_per_item: if handled > 0 {
+                1e3 * busy / handled as f64
+            } else {
+                0.0
+            },
         });
     }
     let edges: Vec<EdgeReport> = graph
@@ -172,7 +188,11 @@ pub(crate) fn build(
         .zip(edges)
         .map(|(e, c)| {
             let samples = c.samples.load(Ordering::Relaxed);
-            let mean = if samples > 0 { c.fill_sum.load(Ordering::Relaxed) as f64 / samples as f64 } else { 0.0 };
+            let mean = if samples > 0 {
+                c.fill_sum.load(Ordering::Relaxed) as f64 / samples as f64
+            } else {
+                0.0
+            };
             EdgeReport {
                 from: graph.nodes[e.from].id.clone(),
                 to: graph.nodes[e.to].id.clone(),
@@ -191,23 +211,41 @@ pub(crate) fn build(
         .filter(|s| s.utilization >= MIN_BUSY)
         .max_by(|a, b| a.utilization.total_cmp(&b.utilization))
         .map(|s| s.id.clone());
-    let mut blocked: Vec<&StageReport> = stages.iter().filter(|s| s.blocked_fraction >= WAIT_FLAG).collect();
+    let mut blocked: Vec<&StageReport> = stages
+        .iter()
+        .filter(|s| s.blocked_fraction >= WAIT_FLAG)
+        .collect();
     blocked.sort_by(|a, b| b.blocked_fraction.total_cmp(&a.blocked_fraction));
     let mut starved: Vec<&StageReport> = stages
         .iter()
         .zip(&graph.nodes)
-        .filter(|(s, n)| !n.inputs.is_empty() && s.starved_fraction >= WAIT_FLAG && Some(&s.id) != bottleneck.as_ref())
+        .filter(|(s, n)| {
+            !n.inputs.is_empty()
+                && s.starved_fraction >= WAIT_FLAG
+                && Some(&s.id) != bottleneck.as_ref()
+        })
         .map(|(s, _)| s)
         .collect();
     starved.sort_by(|a, b| b.starved_fraction.total_cmp(&a.starved_fraction));
     let hint = bottleneck.as_ref().and_then(|id| {
         let node = graph.nodes.iter().find(|n| &n.id == id)?;
         match node.kind.parallelism {
-            Parallelism::Parallel { .. } => Some(format!("`{id}` runs {} worker(s) and allows more: raise `workers:` on it", node.workers)),
-            Parallelism::Single => Some(format!("`{id}` runs on one thread; make it cheaper, or split its work upstream")),
+            Parallelism::Parallel { .. } => Some(format!(
+                "`{id}` runs {} worker(s) and allows more: raise `workers:` on it",
+                node.workers
+            )),
+            Parallelism::Single => Some(format!(
+                "`{id}` runs on one thread; make it cheaper, or split its work upstream"
+            )),
         }
     });
-    let outcome = if error.is_some() { Outcome::Failed } else if stopped { Outcome::Stopped } else { Outcome::Completed };
+    let outcome = if error.is_some() {
+        Outcome::Failed
+    } else if stopped {
+        Outcome::Stopped
+    } else {
+        Outcome::Completed
+    };
     RunReport {
         pipeline: graph.name.clone(),
         outcome,
@@ -230,7 +268,12 @@ fn count(x: u64) -> String {
     x.to_string()
 }
 
-fn table(f: &mut fmt::Formatter<'_>, header: &[&str], rows: &[Vec<String>], left: usize) -> fmt::Result {
+fn table(
+    f: &mut fmt::Formatter<'_>,
+    header: &[&str],
+    rows: &[Vec<String>],
+    left: usize,
+) -> fmt::Result {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -265,7 +308,11 @@ impl fmt::Display for RunReport {
             Outcome::Stopped => "stopped",
             Outcome::Failed => "failed",
         };
-        writeln!(f, "pipeline `{}` {outcome} in {:.2} s", self.pipeline, self.wall_seconds)?;
+        writeln!(
+            f,
+            "pipeline `{}` {outcome} in {:.2} s",
+            self.pipeline, self.wall_seconds
+        )?;
         writeln!(f)?;
         let rows: Vec<Vec<String>> = self
             .stages
@@ -285,7 +332,15 @@ impl fmt::Display for RunReport {
                 ]
             })
             .collect();
-        table(f, &["stage", "kind", "workers", "in", "out", "items/s", "ms/item", "busy", "starved", "blocked"], &rows, 2)?;
+        table(
+            f,
+            &[
+                "stage", "kind", "workers", "in", "out", "items/s", "ms/item", "busy", "starved",
+                "blocked",
+            ],
+            &rows,
+            2,
+        )?;
         if !self.edges.is_empty() {
             writeln!(f)?;
             let rows: Vec<Vec<String>> = self
@@ -301,7 +356,12 @@ impl fmt::Display for RunReport {
                     ]
                 })
                 .collect();
-            table(f, &["edge", "capacity", "pushed", "mean queue", "full"], &rows, 1)?;
+            table(
+                f,
+                &["edge", "capacity", "pushed", "mean queue", "full"],
+                &rows,
+                1,
+            )?;
         }
         writeln!(f)?;
         let by_id = |id: &String| self.stages.iter().find(|s| &s.id == id);
@@ -310,15 +370,37 @@ impl fmt::Display for RunReport {
                 let busy = by_id(id).map_or(0.0, |s| s.utilization);
                 writeln!(f, "bottleneck: `{id}` (busy {})", pct(busy))?;
             }
-            None => writeln!(f, "bottleneck: none (no stage was busy more than {} of its time)", pct(MIN_BUSY))?,
+            None => writeln!(
+                f,
+                "bottleneck: none (no stage was busy more than {} of its time)",
+                pct(MIN_BUSY)
+            )?,
         }
         if !self.blocked.is_empty() {
-            let list: Vec<String> = self.blocked.iter().filter_map(|id| by_id(id)).map(|s| format!("`{}` {}", s.id, pct(s.blocked_fraction))).collect();
-            writeln!(f, "blocked (waiting to send, downstream too slow): {}", list.join(", "))?;
+            let list: Vec<String> = self
+                .blocked
+                .iter()
+                .filter_map(by_id)
+                .map(|s| format!("`{}` {}", s.id, pct(s.blocked_fraction)))
+                .collect();
+            writeln!(
+                f,
+                "blocked (waiting to send, downstream too slow): {}",
+                list.join(", ")
+            )?;
         }
         if !self.starved.is_empty() {
-            let list: Vec<String> = self.starved.iter().filter_map(|id| by_id(id)).map(|s| format!("`{}` {}", s.id, pct(s.starved_fraction))).collect();
-            writeln!(f, "starved (waiting for input, upstream too slow): {}", list.join(", "))?;
+            let list: Vec<String> = self
+                .starved
+                .iter()
+                .filter_map(by_id)
+                .map(|s| format!("`{}` {}", s.id, pct(s.starved_fraction)))
+                .collect();
+            writeln!(
+                f,
+                "starved (waiting for input, upstream too slow): {}",
+                list.join(", ")
+            )?;
         }
         if let Some(hint) = &self.hint {
             writeln!(f, "hint: {hint}")?;

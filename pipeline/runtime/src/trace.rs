@@ -47,17 +47,35 @@ pub struct ThreadTrace {
 
 impl ThreadTrace {
     pub(crate) fn new(name: String) -> Self {
-        Self { name, spans: Vec::new(), counters: Vec::new(), dropped: 0 }
+        Self {
+            name,
+            spans: Vec::new(),
+            counters: Vec::new(),
+            dropped: 0,
+        }
     }
 
-    pub(crate) fn span(&mut self, name: &str, cat: &'static str, origin: Instant, start: Instant, dur: Duration) {
+    pub(crate) fn span(
+        &mut self,
+        name: &str,
+        cat: &'static str,
+        origin: Instant,
+        start: Instant,
+        dur: Duration,
+    ) {
         if self.spans.len() >= MAX_SPANS_PER_THREAD {
             self.dropped += 1;
             return;
         }
-        let ts_ns = u64::try_from(start.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX);
+        let ts_ns =
+            u64::try_from(start.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX);
         let dur_ns = u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX);
-        self.spans.push(Span { name: name.to_owned(), cat, ts_ns, dur_ns });
+        self.spans.push(Span {
+            name: name.to_owned(),
+            cat,
+            ts_ns,
+            dur_ns,
+        });
     }
 }
 
@@ -73,7 +91,10 @@ pub struct Trace {
 impl Trace {
     pub(crate) fn new(mut threads: Vec<ThreadTrace>, pipeline: &str) -> Self {
         threads.sort_by(|a, b| a.name.cmp(&b.name));
-        Self { pipeline: pipeline.to_owned(), threads }
+        Self {
+            pipeline: pipeline.to_owned(),
+            threads,
+        }
     }
 
     /// Spans dropped because of the per-thread cap.
@@ -84,7 +105,9 @@ impl Trace {
     /// The trace as a Chrome trace-event JSON document.
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::json;
-        let mut events = vec![json!({"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": format!("simclr: {}", self.pipeline)}})];
+        let mut events = vec![
+            json!({"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": format!("simclr: {}", self.pipeline)}}),
+        ];
         for (i, t) in self.threads.iter().enumerate() {
             let tid = i + 1;
             events.push(json!({"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": t.name}}));

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use simclr_core::stage::Signals;
-use simclr_core::{Emitter, Instance, Message, Outputs, PortType, Source, Stage, StageContext, StageError};
+use simclr_core::{
+    Emitter, Instance, Message, Outputs, PortType, Source, Stage, StageContext, StageError,
+};
 
 use crate::io::{Envelope, FanOut, Inputs, Target, send_blocking};
 use crate::trace::{CounterEvent, ThreadTrace};
@@ -107,13 +109,34 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, StageError>) -> Result<T, StageError
 /// The body of a stage or source worker thread.
 pub(crate) fn run_worker(s: WorkerSetup, instance: Instance, mut input: Inputs, mut out: Target) {
     let signals = s.shared.signals.clone();
-    let mut cx = StageContext::new(s.stage_id.as_str(), s.worker, s.workers, s.seed, s.inputs.clone(), signals.clone());
-    let mut trace = s.shared.trace.then(|| ThreadTrace::new(s.thread_name.clone()));
+    let mut cx = StageContext::new(
+        s.stage_id.as_str(),
+        s.worker,
+        s.workers,
+        s.seed,
+        s.inputs.clone(),
+        signals.clone(),
+    );
+    let mut trace = s
+        .shared
+        .trace
+        .then(|| ThreadTrace::new(s.thread_name.clone()));
     let result = match instance {
-        Instance::Source(mut source) => source_loop(&s, source.as_mut(), &mut cx, &mut out, &mut trace),
-        Instance::Stage(mut stage) => stage_loop(&s, stage.as_mut(), &mut cx, &mut input, &mut out, &mut trace),
+        Instance::Source(mut source) => {
+            source_loop(&s, source.as_mut(), &mut cx, &mut out, &mut trace)
+        }
+        Instance::Stage(mut stage) => stage_loop(
+            &s,
+            stage.as_mut(),
+            &mut cx,
+            &mut input,
+            &mut out,
+            &mut trace,
+        ),
     };
-    s.counters.ended_ns.store(s.shared.now_ns().max(1), Ordering::Relaxed);
+    s.counters
+        .ended_ns
+        .store(s.shared.now_ns().max(1), Ordering::Relaxed);
     if let Err(error) = result
         && !error.is_shutdown()
     {
@@ -132,17 +155,24 @@ pub(crate) fn run_worker(s: WorkerSetup, instance: Instance, mut input: Inputs, 
     }
 }
 
-fn start(s: &WorkerSetup, on_start: impl FnOnce() -> Result<(), StageError>) -> Result<(), StageError> {
+fn start(
+    s: &WorkerSetup,
+    on_start: impl FnOnce() -> Result<(), StageError>,
+) -> Result<(), StageError> {
     let t = Instant::now();
     let result = guarded(on_start);
     add(&s.counters.startup_ns, t.elapsed());
-    s.counters.started_ns.store(s.shared.now_ns(), Ordering::Relaxed);
+    s.counters
+        .started_ns
+        .store(s.shared.now_ns(), Ordering::Relaxed);
     result
 }
 
 /// Take one credit if this stage is paced by a credit edge.
 fn acquire_credit(s: &WorkerSetup, trace: &mut Option<ThreadTrace>) -> Result<(), StageError> {
-    let Some(rx) = &s.credit_in else { return Ok(()) };
+    let Some(rx) = &s.credit_in else {
+        return Ok(());
+    };
     let t0 = Instant::now();
     let result = loop {
         match rx.recv_timeout(POLL) {
@@ -170,7 +200,7 @@ fn acquire_credit(s: &WorkerSetup, trace: &mut Option<ThreadTrace>) -> Result<()
 fn return_credits(s: &WorkerSetup) {
     for tx in &s.credit_out {
         // A full credit channel means the window is already open; extra credits are dropped.
-        let _ = tx.try_send(());
+        tx.try_send(()).ok();
     }
 }
 
@@ -199,7 +229,14 @@ fn stage_loop(
         acquire_credit(s, trace)?;
         cx.set_current_input(index);
         let t1 = Instant::now();
-        let mut emitter = WorkerEmitter { target: out, signals: &signals, counters: &s.counters, trace, shared: &s.shared, blocked: Duration::ZERO };
+        let mut emitter = WorkerEmitter {
+            target: out,
+            signals: &signals,
+            counters: &s.counters,
+            trace,
+            shared: &s.shared,
+            blocked: Duration::ZERO,
+        };
         let result = {
             let mut outputs = Outputs::new(&mut emitter, s.output_type);
             guarded(|| stage.process(msg, &mut outputs, cx))
@@ -218,7 +255,14 @@ fn stage_loop(
         return Err(StageError::Cancelled);
     }
     let t1 = Instant::now();
-    let mut emitter = WorkerEmitter { target: out, signals: &signals, counters: &s.counters, trace, shared: &s.shared, blocked: Duration::ZERO };
+    let mut emitter = WorkerEmitter {
+        target: out,
+        signals: &signals,
+        counters: &s.counters,
+        trace,
+        shared: &s.shared,
+        blocked: Duration::ZERO,
+    };
     let result = {
         let mut outputs = Outputs::new(&mut emitter, s.output_type);
         guarded(|| stage.on_finish(&mut outputs, cx))
@@ -240,6 +284,7 @@ fn source_loop(
     let mut produced = 0u64;
     loop {
         if signals.should_stop() || s.item_limit.is_some_and(|limit| produced >= limit) {
+            signals.truncated.store(true, Ordering::SeqCst);
             break;
         }
         acquire_credit(s, trace)?;
@@ -252,7 +297,14 @@ fn source_loop(
         }
         let Some(msg) = next? else { break };
         produced += 1;
-        let mut emitter = WorkerEmitter { target: out, signals: &signals, counters: &s.counters, trace, shared: &s.shared, blocked: Duration::ZERO };
+        let mut emitter = WorkerEmitter {
+            target: out,
+            signals: &signals,
+            counters: &s.counters,
+            trace,
+            shared: &s.shared,
+            blocked: Duration::ZERO,
+        };
         Outputs::new(&mut emitter, s.output_type).push(msg)?;
         return_credits(s);
         out.done(&signals)?;
@@ -264,7 +316,11 @@ fn source_loop(
 }
 
 /// Ordered parallel stages: hand inputs to workers round-robin.
-pub(crate) fn dispatch(mut inputs: Inputs, workers: Vec<Sender<(usize, Message)>>, signals: &Signals) {
+pub(crate) fn dispatch(
+    mut inputs: Inputs,
+    workers: Vec<Sender<(usize, Message)>>,
+    signals: &Signals,
+) {
     let mut next = 0;
     while let Ok(Some(item)) = inputs.recv(signals) {
         if send_blocking(&workers[next], item, signals).is_err() {
@@ -336,14 +392,21 @@ pub(crate) fn sample(
                 && len != last_len[i]
                 && trace.counters.len() < MAX_COUNTER_EVENTS
             {
-                trace.counters.push(CounterEvent { name: edge_names[i].clone(), ts_ns: now_ns, value: len as u64 });
+                trace.counters.push(CounterEvent {
+                    name: edge_names[i].clone(),
+                    ts_ns: now_ns,
+                    value: len as u64,
+                });
                 last_len[i] = len;
             }
         }
         if let Some(bar) = &bar
             && last_draw.elapsed() >= Duration::from_millis(100)
         {
-            let produced: u64 = source_counters.iter().map(|c| c.items_out.load(Ordering::Relaxed)).sum();
+            let produced: u64 = source_counters
+                .iter()
+                .map(|c| c.items_out.load(Ordering::Relaxed))
+                .sum();
             bar.set_position(produced);
             last_draw = Instant::now();
         }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use simclr_core::{
-    BuildContext, InputPorts, Message, OutputPort, ParamError, Parallelism, PortType, Record, Source,
-    StageContext, StageError, StageFactory, StageKind,
+    BuildContext, InputPorts, Message, OutputPort, Parallelism, ParamError, PortType, Record,
+    Source, StageContext, StageError, StageFactory, StageKind,
 };
 
 /// Default number of records.
@@ -60,11 +60,22 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     if let Some(rate) = config.rate
         && !(rate.is_finite() && rate > 0.0)
     {
-        return Err(cx.invalid("rate", format!("`rate` must be a positive number of records per second, found {rate}"), "leave `rate` out to emit as fast as possible"));
+        return Err(cx.invalid(
+            "rate",
+            format!("`rate` must be a positive number of records per second, found {rate}"),
+            "leave `rate` out to emit as fast as possible",
+        ));
     }
     const MAX_PAYLOAD: usize = 1 << 30;
     if config.payload_bytes > MAX_PAYLOAD {
-        return Err(cx.invalid("payload_bytes", format!("`payload_bytes` must be at most {MAX_PAYLOAD}, found {}", config.payload_bytes), "payloads are held in memory on every queued edge"));
+        return Err(cx.invalid(
+            "payload_bytes",
+            format!(
+                "`payload_bytes` must be at most {MAX_PAYLOAD}, found {}",
+                config.payload_bytes
+            ),
+            "payloads are held in memory on every queued edge",
+        ));
     }
     let workers = cx.workers as u64;
     let payload: Arc<[u8]> = vec![0u8; config.payload_bytes].into();
@@ -73,7 +84,9 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         step: workers,
         count: config.count,
         payload: payload.clone(),
-        interval: config.rate.map(|r| Duration::from_secs_f64(workers as f64 / r)),
+        interval: config
+            .rate
+            .map(|r| Duration::from_secs_f64(workers as f64 / r)),
         due: None,
     }))
 }
@@ -103,11 +116,18 @@ impl Source for Sequence {
         }
         let seq = self.next;
         self.next += self.step;
-        Ok(Some(Message::Record(Record { seq, payload: self.payload.clone() })))
+        Ok(Some(Message::Record(Record {
+            seq,
+            payload: self.payload.clone(),
+        })))
     }
 
     fn len_hint(&self) -> Option<u64> {
-        Some(self.count.saturating_sub(self.next).div_ceil(self.step.max(1)))
+        Some(
+            self.count
+                .saturating_sub(self.next)
+                .div_ceil(self.step.max(1)),
+        )
     }
 }
 
@@ -119,8 +139,15 @@ mod tests {
     fn workers_split_the_sequence_without_overlap() {
         let mut seen = Vec::new();
         for w in 0..3 {
-            let mut s = Sequence { next: w, step: 3, count: 10, payload: Arc::from(Vec::new()), interval: None, due: None };
-            assert_eq!(s.len_hint(), Some(((10 - w) as u64).div_ceil(3)));
+            let mut s = Sequence {
+                next: w,
+                step: 3,
+                count: 10,
+                payload: Arc::from(Vec::new()),
+                interval: None,
+                due: None,
+            };
+            assert_eq!(s.len_hint(), Some((10 - w).div_ceil(3)));
             let mut cx = StageContext::for_test("numbers");
             while let Some(Message::Record(r)) = s.next(&mut cx).expect("no error") {
                 seen.push(r.seq);

@@ -9,13 +9,23 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use simclr_core::{
-    BuildContext, InputPorts, Message, OutputPort, Outputs, ParamError, Parallelism, PortType, Stage,
-    StageContext, StageError, StageFactory, StageKind,
+    BuildContext, InputPorts, Message, OutputPort, Outputs, Parallelism, ParamError, PortType,
+    Stage, StageContext, StageError, StageFactory, StageKind,
 };
 
 /// Every test-only kind.
-pub const KINDS: &[&StageKind] =
-    &[&SLOW, &FAIL, &PANIC, &STUCK, &JITTER, &JITTER_UNORDERED, &INFLIGHT_START, &INFLIGHT_END, &COLLECT, &EXPECT_IMAGES];
+pub const KINDS: &[&StageKind] = &[
+    &SLOW,
+    &FAIL,
+    &PANIC,
+    &STUCK,
+    &JITTER,
+    &JITTER_UNORDERED,
+    &INFLIGHT_START,
+    &INFLIGHT_END,
+    &COLLECT,
+    &EXPECT_IMAGES,
+];
 
 /// Parameters of the pass-through test kinds.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -59,15 +69,63 @@ macro_rules! pass_kind {
     };
 }
 
-pass_kind!(SLOW, "slow", "test: sleeps `delay` ms per message, passes it on", Parallelism::Parallel { ordered: true }, Mode::Slow);
-pass_kind!(FAIL, "fail", "test: returns an error after `after` messages", Parallelism::Single, Mode::Fail);
-pass_kind!(PANIC, "panic", "test: panics after `after` messages", Parallelism::Single, Mode::Panic);
-pass_kind!(STUCK, "stuck", "test: sleeps `delay` s on its first message, ignoring cancellation", Parallelism::Single, Mode::Stuck);
-pass_kind!(JITTER, "jitter", "test: ordered parallel pass-through with pseudo-random delays", Parallelism::Parallel { ordered: true }, Mode::Jitter);
-pass_kind!(JITTER_UNORDERED, "jitter_unordered", "test: unordered parallel pass-through with pseudo-random delays", Parallelism::Parallel { ordered: false }, Mode::Jitter);
+pass_kind!(
+    SLOW,
+    "slow",
+    "test: sleeps `delay` ms per message, passes it on",
+    Parallelism::Parallel { ordered: true },
+    Mode::Slow
+);
+pass_kind!(
+    FAIL,
+    "fail",
+    "test: returns an error after `after` messages",
+    Parallelism::Single,
+    Mode::Fail
+);
+pass_kind!(
+    PANIC,
+    "panic",
+    "test: panics after `after` messages",
+    Parallelism::Single,
+    Mode::Panic
+);
+pass_kind!(
+    STUCK,
+    "stuck",
+    "test: sleeps `delay` s on its first message, ignoring cancellation",
+    Parallelism::Single,
+    Mode::Stuck
+);
+pass_kind!(
+    JITTER,
+    "jitter",
+    "test: ordered parallel pass-through with pseudo-random delays",
+    Parallelism::Parallel { ordered: true },
+    Mode::Jitter
+);
+pass_kind!(
+    JITTER_UNORDERED,
+    "jitter_unordered",
+    "test: unordered parallel pass-through with pseudo-random delays",
+    Parallelism::Parallel { ordered: false },
+    Mode::Jitter
+);
 
-pass_kind!(INFLIGHT_START, "inflight_start", "test: counts messages in flight up to `inflight_end`; fails above `max_in_flight`", Parallelism::Single, Mode::InFlightStart);
-pass_kind!(INFLIGHT_END, "inflight_end", "test: pass-through that ends an `inflight_start` window", Parallelism::Single, Mode::InFlightEnd);
+pass_kind!(
+    INFLIGHT_START,
+    "inflight_start",
+    "test: counts messages in flight up to `inflight_end`; fails above `max_in_flight`",
+    Parallelism::Single,
+    Mode::InFlightStart
+);
+pass_kind!(
+    INFLIGHT_END,
+    "inflight_end",
+    "test: pass-through that ends an `inflight_start` window",
+    Parallelism::Single,
+    Mode::InFlightEnd
+);
 
 /// `collect`: a sink that keeps the sequence numbers of the records it receives.
 pub static COLLECT: StageKind = StageKind {
@@ -106,9 +164,12 @@ enum Mode {
 }
 
 fn in_flight(key: &str) -> std::sync::Arc<std::sync::atomic::AtomicI64> {
-    static STORE: OnceLock<Mutex<BTreeMap<String, std::sync::Arc<std::sync::atomic::AtomicI64>>>> = OnceLock::new();
+    static STORE: OnceLock<Mutex<BTreeMap<String, std::sync::Arc<std::sync::atomic::AtomicI64>>>> =
+        OnceLock::new();
     let store = STORE.get_or_init(|| Mutex::new(BTreeMap::new()));
-    let mut map = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut map = store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     map.entry(key.to_owned()).or_default().clone()
 }
 
@@ -119,15 +180,26 @@ fn collected_store() -> &'static Mutex<BTreeMap<String, Vec<u64>>> {
 
 /// The record numbers a `collect` stage with this `key` received, in arrival order; clears them.
 pub fn collected(key: &str) -> Vec<u64> {
-    collected_store().lock().map(|mut m| m.remove(key).unwrap_or_default()).unwrap_or_default()
+    collected_store()
+        .lock()
+        .map(|mut m| m.remove(key).unwrap_or_default())
+        .unwrap_or_default()
 }
 
 fn build_pass(cx: &BuildContext<'_>, mode: Mode) -> Result<StageFactory, ParamError> {
     let config: TestConfig = cx.parse()?;
     if !(config.delay.is_finite() && config.delay >= 0.0) {
-        return Err(cx.invalid("delay", "`delay` must be a non-negative number", "use 0 for no delay"));
+        return Err(cx.invalid(
+            "delay",
+            "`delay` must be a non-negative number",
+            "use 0 for no delay",
+        ));
     }
-    Ok(StageFactory::stage(move |_| Pass { mode, config: config.clone(), seen: 0 }))
+    Ok(StageFactory::stage(move |_| Pass {
+        mode,
+        config: config.clone(),
+        seen: 0,
+    }))
 }
 
 struct Pass {
@@ -145,12 +217,20 @@ fn mix(x: u64) -> u64 {
 }
 
 impl Stage for Pass {
-    fn process(&mut self, msg: Message, out: &mut Outputs<'_>, cx: &mut StageContext) -> Result<(), StageError> {
+    fn process(
+        &mut self,
+        msg: Message,
+        out: &mut Outputs<'_>,
+        cx: &mut StageContext,
+    ) -> Result<(), StageError> {
         self.seen += 1;
         match self.mode {
             Mode::Slow => std::thread::sleep(Duration::from_secs_f64(self.config.delay / 1e3)),
             Mode::Fail if self.seen > self.config.after => {
-                return Err(StageError::msg(format!("injected failure after {} messages", self.config.after)));
+                return Err(StageError::msg(format!(
+                    "injected failure after {} messages",
+                    self.config.after
+                )));
             }
             Mode::Panic if self.seen > self.config.after => {
                 panic!("injected panic after {} messages", self.config.after);
@@ -170,14 +250,22 @@ impl Stage for Pass {
                 if let Message::Record(r) = &msg
                     && let Ok(mut store) = collected_store().lock()
                 {
-                    store.entry(self.config.key.clone()).or_default().push(r.seq);
+                    store
+                        .entry(self.config.key.clone())
+                        .or_default()
+                        .push(r.seq);
                 }
                 return Ok(());
             }
             Mode::InFlightStart => {
-                let now = in_flight(&self.config.key).fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let now = in_flight(&self.config.key)
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    + 1;
                 if now > self.config.max_in_flight as i64 {
-                    return Err(StageError::msg(format!("{now} messages in flight, more than {}", self.config.max_in_flight)));
+                    return Err(StageError::msg(format!(
+                        "{now} messages in flight, more than {}",
+                        self.config.max_in_flight
+                    )));
                 }
             }
             Mode::InFlightEnd => {

@@ -1,0 +1,214 @@
+//! The `simclr` binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn simclr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_simclr"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+#[test]
+fn validate_accepts_the_shipped_definitions() {
+    let out = simclr(&[
+        "validate",
+        "definitions/runtime-smoke.yaml",
+        "definitions/fan-out.yaml",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "ok: definitions/runtime-smoke.yaml (pipeline `runtime-smoke`: 2 stages, 1 edges)"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ok: definitions/fan-out.yaml"), "{stdout}");
+}
+
+#[test]
+fn validate_reports_every_error_with_location_and_exits_2() {
+    let dir = scratch("cli-validate");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "name: bad\nstages:\n  numbers: { kind: sequence, workers: 0 }\n  drain: { kind: sikn, inputs: [numbers] }\n").expect("write");
+    let bad = bad.to_string_lossy().into_owned();
+    let out = simclr(&[
+        "validate",
+        &bad,
+        "definitions/runtime-smoke.yaml",
+        "/no/such/file.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("{bad}:3:39")), "{stderr}");
+    assert!(stderr.contains(&format!("{bad}:4:18")), "{stderr}");
+    assert!(stderr.contains("did you mean `sink`?"), "{stderr}");
+    assert!(stderr.contains(&format!("{bad}: 2 errors")), "{stderr}");
+    assert!(
+        stderr.contains("/no/such/file.yaml") && stderr.contains("cannot read the definition"),
+        "{stderr}"
+    );
+    assert!(
+        text(&out.stdout).contains("ok: definitions/runtime-smoke.yaml"),
+        "valid files are still checked"
+    );
+}
+
+#[test]
+fn stages_lists_user_kinds_with_parameters_and_describes_one() {
+    let out = simclr(&["stages"]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("sequence") && stdout.contains("sink"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("count: integer (default 1000)"), "{stdout}");
+    assert!(
+        stdout.contains("How many records to emit in all"),
+        "doc comments shown: {stdout}"
+    );
+    for test_kind in ["slow", "fail", "panic", "collect"] {
+        assert!(
+            !stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{test_kind} "))),
+            "test kind {test_kind} listed"
+        );
+    }
+    let out = simclr(&["stages", "sink"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("takes:   any") && stdout.contains("expect:"),
+        "{stdout}"
+    );
+    let out = simclr(&["stages", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown stage kind `nope`"));
+}
+
+#[test]
+fn the_printed_example_runs() {
+    let dir = scratch("cli-example");
+    let out = simclr(&["stages", "sequence", "--example"]);
+    let file = dir.join("example.yaml");
+    std::fs::write(&file, &out.stdout).expect("write");
+    let out = simclr(&["profile", &file.to_string_lossy(), "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("pipeline `sequence-example` completed"));
+}
+
+#[test]
+fn profile_prints_the_table_and_writes_metrics_and_trace() {
+    let dir = scratch("cli-profile");
+    let metrics = dir.join("m.json");
+    let trace = dir.join("t.json");
+    let out = simclr(&[
+        "profile",
+        "definitions/fan-out.yaml",
+        "--items",
+        "200",
+        "--quiet",
+        "--metrics",
+        &metrics.to_string_lossy(),
+        "--trace",
+        &trace.to_string_lossy(),
+    ]);
+    // The sinks expect 2000 records, but `--items` cuts the stream short: not a failure.
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("stage") && stdout.contains("busy") && stdout.contains("starved"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("numbers -> second"), "{stdout}");
+    assert!(
+        stdout.contains("bottleneck: `numbers`"),
+        "the paced source limits this pipeline: {stdout}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).expect("metrics")).expect("json");
+    assert_eq!(m["outcome"], "completed");
+    assert_eq!(m["stages"][0]["items_out"], 200);
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).expect("trace")).expect("json");
+    assert!(t["traceEvents"].as_array().is_some_and(|e| e.len() > 200));
+}
+
+#[test]
+fn run_writes_the_run_folder() {
+    let dir = scratch("cli-run");
+    let run_dir = dir.join("run");
+    let out = simclr(&[
+        "run",
+        "definitions/runtime-smoke.yaml",
+        "--run-dir",
+        &run_dir.to_string_lossy(),
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let copy = std::fs::read_to_string(run_dir.join("definition.yaml")).expect("definition copy");
+    assert_eq!(
+        copy,
+        std::fs::read_to_string("definitions/runtime-smoke.yaml").expect("original")
+    );
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("metrics.json")).expect("metrics"),
+    )
+    .expect("json");
+    assert_eq!(m["outcome"], "completed");
+    assert_eq!(m["stages"][1]["items_in"], 200000);
+}
+
+#[test]
+fn an_invalid_definition_starts_nothing_and_exits_2() {
+    let dir = scratch("cli-invalid");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "name: x\nstages: {}\n").expect("write");
+    let out = simclr(&[
+        "run",
+        &bad.to_string_lossy(),
+        "--run-dir",
+        &dir.join("run").to_string_lossy(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("`stages` is empty"));
+    assert!(
+        !dir.join("run").exists(),
+        "no run folder for an invalid definition"
+    );
+}
+
+#[test]
+fn a_failing_run_names_the_stage_and_exits_1() {
+    let dir = scratch("cli-fail");
+    let def = dir.join("short.yaml");
+    std::fs::write(&def, "name: short\nstages:\n  numbers: { kind: sequence, params: { count: 10 } }\n  drain: { kind: sink, inputs: [numbers], params: { expect: 11 } }\n").expect("write");
+    let out = simclr(&["profile", &def.to_string_lossy(), "--quiet"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "error: stage `drain` (kind `sink`) failed: expected 11 messages, received 10"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        text(&out.stdout).contains("pipeline `short` failed"),
+        "the table is still printed"
+    );
+}
