@@ -1,5 +1,6 @@
 //! The `simclr` command line: `validate`, `stages`, `run`, `profile`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let registry = simclr::registry::user();
     let result = match cli.command {
-        Command::Validate { files } => Ok(validate(&files, &registry)),
+        Command::Validate { files } => validate(&files, &registry),
         Command::Stages { kind, example } => stages(&registry, kind.as_deref(), example),
         Command::Run {
             file,
@@ -91,6 +92,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // `simclr stages | head`: the reader left; that is not an error.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(EXIT_FAILED)
@@ -98,11 +101,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(files: &[PathBuf], registry: &Registry) -> ExitCode {
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn validate(files: &[PathBuf], registry: &Registry) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     let mut failed = false;
     for file in files {
         match simclr::config::load_file(file, registry, &LoadOptions::default()) {
-            Ok(graph) => println!(
+            Ok(graph) => writeln!(
+                out,
                 "ok: {} (pipeline `{}`: {} stages, {} edges{})",
                 file.display(),
                 graph.name,
@@ -113,40 +125,49 @@ fn validate(files: &[PathBuf], registry: &Registry) -> ExitCode {
                 } else {
                     format!(", {} credit", graph.credits.len())
                 }
-            ),
+            )?,
             Err(diagnostics) => {
                 failed = true;
                 eprintln!("{diagnostics}\n");
             }
         }
     }
-    if failed {
+    Ok(if failed {
         ExitCode::from(EXIT_INVALID)
     } else {
         ExitCode::SUCCESS
-    }
+    })
 }
 
 fn stages(registry: &Registry, kind: Option<&str>, example: bool) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     let Some(name) = kind else {
         for kind in registry.iter() {
-            println!("{:<12} {}", kind.name, kind.summary);
-            println!(
+            writeln!(out, "{:<12} {}", kind.name, kind.summary)?;
+            writeln!(
+                out,
                 "{:<12} takes: {}   emits: {}   workers: {}",
                 "",
                 kind.input,
                 kind.output,
                 workers_text(kind)
-            );
+            )?;
             for p in kind.param_docs() {
                 let default = p
                     .default
                     .map_or_else(|| "required".to_owned(), |d| format!("default {d}"));
-                println!("{:<14}{}: {} ({default}) — {}", "", p.name, p.ty, p.doc);
+                writeln!(
+                    out,
+                    "{:<14}{}: {} ({default}) — {}",
+                    "", p.name, p.ty, p.doc
+                )?;
             }
-            println!();
+            writeln!(out)?;
         }
-        println!("`simclr stages KIND` shows one kind with an example definition.");
+        writeln!(
+            out,
+            "`simclr stages KIND` shows one kind with an example definition."
+        )?;
         return Ok(ExitCode::SUCCESS);
     };
     let Some(kind) = registry.get(name) else {
@@ -157,34 +178,36 @@ fn stages(registry: &Registry, kind: Option<&str>, example: bool) -> Result<Exit
         );
     };
     if example {
-        print!("{}", kind.example);
+        write!(out, "{}", kind.example)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} — {}\n", kind.name, kind.summary);
-    println!(
+    writeln!(out, "{} — {}\n", kind.name, kind.summary)?;
+    writeln!(
+        out,
         "takes:   {}\nemits:   {}\nworkers: {}\n",
         kind.input,
         kind.output,
         workers_text(kind)
-    );
+    )?;
     let docs = kind.param_docs();
     if docs.is_empty() {
-        println!("parameters: none");
+        writeln!(out, "parameters: none")?;
     } else {
-        println!("parameters:");
+        writeln!(out, "parameters:")?;
         for p in docs {
             let default = p
                 .default
                 .map_or_else(|| "required".to_owned(), |d| format!("default {d}"));
-            println!("  {}: {} ({default})\n      {}", p.name, p.ty, p.doc);
+            writeln!(out, "  {}: {} ({default})\n      {}", p.name, p.ty, p.doc)?;
         }
     }
-    println!(
+    writeln!(
+        out,
         "\nexample (`simclr stages {} --example > example.yaml`):\n",
         kind.name
-    );
+    )?;
     for line in kind.example.lines() {
-        println!("  {line}");
+        writeln!(out, "  {line}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -254,7 +277,7 @@ fn execute(
             (failure.run, Some(message))
         }
     };
-    println!("{}", run.report);
+    writeln!(std::io::stdout().lock(), "{}", run.report)?;
     let mut metrics_paths: Vec<PathBuf> = measure.metrics.iter().cloned().collect();
     if is_run {
         metrics_paths.push(graph.run_dir.join("metrics.json"));

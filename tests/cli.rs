@@ -77,7 +77,10 @@ fn stages_lists_user_kinds_with_parameters_and_describes_one() {
         stdout.contains("sequence") && stdout.contains("sink"),
         "{stdout}"
     );
-    assert!(stdout.contains("count: integer (default 1000)"), "{stdout}");
+    assert!(
+        stdout.contains("count: integer ≥ 0 (default 1000)"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("How many records to emit in all"),
         "doc comments shown: {stdout}"
@@ -210,5 +213,38 @@ fn a_failing_run_names_the_stage_and_exits_1() {
     assert!(
         text(&out.stdout).contains("pipeline `short` failed"),
         "the table is still printed"
+    );
+}
+
+#[test]
+fn ctrl_c_stops_the_sources_drains_and_exits_130() {
+    let dir = scratch("cli-interrupt");
+    let def = dir.join("endless.yaml");
+    std::fs::write(&def, "name: endless\nstages:\n  numbers: { kind: sequence, params: { count: 1000000000, rate: 2000 } }\n  drain: { kind: sink, inputs: [numbers], params: { expect: 1000000000 } }\n").expect("write");
+    let child = Command::new(env!("CARGO_BIN_EXE_simclr"))
+        .args(["profile", &def.to_string_lossy(), "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let start = std::time::Instant::now();
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "stopped promptly"
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("pipeline `endless` stopped"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
     );
 }

@@ -245,8 +245,14 @@ impl StageKind {
             .map(|(name, prop)| {
                 let default = prop
                     .get("default")
-                    .map(json_to_yaml)
-                    .or_else(|| (!required.contains(&name.as_str())).then(|| "none".to_owned()));
+                    .map(|d| {
+                        if d.is_null() {
+                            "unset".to_owned()
+                        } else {
+                            json_to_yaml(d)
+                        }
+                    })
+                    .or_else(|| (!required.contains(&name.as_str())).then(|| "unset".to_owned()));
                 ParamDoc {
                     name: name.clone(),
                     ty: schema_type(prop, root),
@@ -310,6 +316,9 @@ fn schema_type(prop: &serde_json::Value, root: &serde_json::Value) -> String {
                 None => "list".to_owned(),
             },
             "object" => "mapping".to_owned(),
+            "integer" if prop.get("minimum").and_then(serde_json::Value::as_f64) == Some(0.0) => {
+                "integer ≥ 0".to_owned()
+            }
             other => other.to_owned(),
         },
         Some(serde_json::Value::Array(types)) => types
