@@ -372,7 +372,7 @@ impl fmt::Display for RunReport {
             }
             None => writeln!(
                 f,
-                "bottleneck: none (no stage was busy more than {} of its time)",
+                "bottleneck: none (no stage was busy more than {} of its time: the runtime's per-message cost dominates, so batch such cheap messages)",
                 pct(MIN_BUSY)
             )?,
         }
