@@ -399,7 +399,7 @@ fn field<T: DeserializeOwned>(
                 loc: Some(e.loc.unwrap_or(node.loc)),
                 path: e.path,
                 message: format!("`{key}`: {}", e.message),
-                help: None,
+                help: Some(expected_form(key).to_owned()),
             });
             None
         }
@@ -505,5 +505,22 @@ fn valid_device(device: &str) -> bool {
         other => other
             .strip_prefix("cuda:")
             .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
+    }
+}
+
+/// What each definition key takes, for the help line of a malformed value.
+fn expected_form(key: &str) -> &'static str {
+    match key {
+        "name" => "`name` is a string, e.g. `name: cifar10-simclr`",
+        "description" => "`description` is free text",
+        "seed" => "`seed` is a non-negative integer, e.g. `seed: 42`",
+        "device" => "`device` is `cpu`, `cuda`, `cuda:N` or `auto`",
+        "run_dir" => "`run_dir` is a folder path, e.g. `run_dir: runs/demo`",
+        "kind" => "`kind` is a stage kind name; `simclr stages` lists them",
+        "workers" => "`workers` is a positive integer, e.g. `workers: 2`",
+        "capacity" => "`capacity` is a positive integer number of messages, e.g. `capacity: 4`",
+        "from" => "`from` is a stage id",
+        "window" => "`window` is a positive integer; 1 is synchronous",
+        _ => "see docs/definitions.md",
     }
 }
