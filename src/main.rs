@@ -215,6 +215,7 @@ fn stages(registry: &Registry, kind: Option<&str>, example: bool) -> Result<Exit
 fn workers_text(kind: &StageKind) -> &'static str {
     match kind.parallelism {
         simclr::core::Parallelism::Single => "1 only",
+        simclr::core::Parallelism::Internal => "any (a thread pool inside the stage)",
         simclr::core::Parallelism::Parallel { ordered: true } => "any (output keeps input order)",
         simclr::core::Parallelism::Parallel { ordered: false } => "any (output order not kept)",
     }

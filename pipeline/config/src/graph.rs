@@ -45,8 +45,12 @@ pub struct Node {
     pub id: String,
     /// Its kind.
     pub kind: &'static StageKind,
-    /// Worker threads.
+    /// `workers` as written (for [`Parallelism::Internal`] kinds, the stage's own pool size).
     pub workers: usize,
+    /// Runtime threads running the stage: `workers`, or 1 for [`Parallelism::Internal`] kinds.
+    pub threads: usize,
+    /// The `params` node, for tools that inspect a stage's configuration (`simclr preview`).
+    pub params: simclr_core::Value,
     /// Whether the runtime must keep input order on output (parallel, ordered kinds).
     pub ordered: bool,
     /// Indices into [`Graph::edges`] of its inputs, in definition order.
@@ -535,6 +539,8 @@ fn resolve(
             id: s.entry.id.clone(),
             kind,
             workers: s.entry.workers,
+            threads: if kind.parallelism == Parallelism::Internal { 1 } else { s.entry.workers },
+            params: s.entry.params.clone(),
             ordered: matches!(kind.parallelism, Parallelism::Parallel { ordered: true }),
             inputs: Vec::new(),
             outputs: Vec::new(),

@@ -74,6 +74,9 @@ impl fmt::Display for OutputPort {
 pub enum Parallelism {
     /// One thread only (`workers` must be 1): stateful stages, sinks that write files.
     Single,
+    /// One runtime thread; the stage runs its own pool of `workers` threads internally
+    /// (see [`BuildContext::workers`]), e.g. a rayon pool over a chunk of messages.
+    Internal,
     /// `workers: N` instances, each fed a share of the input.
     Parallel {
         /// Whether output must leave in input order. The runtime then hands inputs out

@@ -11,11 +11,13 @@
 //! - [`value`]: a YAML-agnostic value tree that keeps line:column for every node, and a serde
 //!   deserializer over it, so stage parameters are parsed with exact error locations.
 //! - [`metrics`]: metric names shared by the runtime and reports.
+//! - [`rng`]: the deterministic generator keyed by (seed, epoch, index, view).
 
 pub mod error;
 pub mod kind;
 pub mod message;
 pub mod metrics;
+pub mod rng;
 pub mod stage;
 pub mod value;
 
@@ -26,4 +28,6 @@ pub use kind::{
 };
 pub use message::{Batch, Image, Message, PortType, Record, SampleId, ViewPair};
 pub use stage::{Emitter, Outputs, Source, Stage, StageContext, TestOutputs};
+pub use rng::Rng;
+pub use stage::{Signals, StageLog};
 pub use value::{Loc, Value, ValueError, ValueKind};

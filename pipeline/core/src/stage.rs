@@ -4,8 +4,8 @@
 //! what it produces to [`Outputs`]. The runtime owns the threads, the bounded edges, the
 //! timing and the shutdown.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::error::StageError;
 use crate::message::{Message, PortType};
@@ -163,6 +163,51 @@ impl Signals {
     }
 }
 
+/// Items a stage skipped and remarks it wants in the run report, shared by its workers.
+#[derive(Debug, Default)]
+pub struct StageLog {
+    skipped: AtomicU64,
+    examples: Mutex<Vec<String>>,
+    notes: Mutex<Vec<String>>,
+}
+
+/// Skipped items named in the report, at most.
+const MAX_SKIP_EXAMPLES: usize = 5;
+
+impl StageLog {
+    /// Count one skipped item; the first few are named in the report.
+    pub fn skip(&self, what: String) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut examples) = self.examples.lock()
+            && examples.len() < MAX_SKIP_EXAMPLES
+        {
+            examples.push(what);
+        }
+    }
+
+    /// Add a line to the stage's entry in the run report (a checksum, a count, a warning).
+    pub fn note(&self, text: String) {
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.push(text);
+        }
+    }
+
+    /// How many items were skipped.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// The first skipped items, described.
+    pub fn skip_examples(&self) -> Vec<String> {
+        self.examples.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// The notes, in order.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+}
+
 /// What a stage knows about where it runs.
 #[derive(Clone, Debug)]
 pub struct StageContext {
@@ -173,6 +218,7 @@ pub struct StageContext {
     inputs: Arc<[String]>,
     current_input: usize,
     signals: Signals,
+    log: Arc<StageLog>,
 }
 
 impl StageContext {
@@ -194,7 +240,30 @@ impl StageContext {
             inputs,
             current_input: 0,
             signals,
+            log: Arc::new(StageLog::default()),
         }
+    }
+
+    /// Use `log` (shared by the stage's workers) for skips and notes.
+    #[must_use]
+    pub fn with_log(mut self, log: Arc<StageLog>) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Count an item skipped under `on_error: skip` (it is named in the run report).
+    pub fn skip(&self, what: impl std::fmt::Display) {
+        self.log.skip(what.to_string());
+    }
+
+    /// Add a line to this stage's entry in the run report.
+    pub fn note(&self, text: impl std::fmt::Display) {
+        self.log.note(text.to_string());
+    }
+
+    /// The stage's log.
+    pub fn log(&self) -> &StageLog {
+        &self.log
     }
 
     /// A context for unit tests: worker 0 of 1, seed 0, no inputs.

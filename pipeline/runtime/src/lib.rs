@@ -238,7 +238,7 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
     for node in &graph.nodes {
         let is_source = node.inputs.is_empty();
         let mut list = Vec::new();
-        for w in 0..node.workers {
+        for w in 0..node.threads {
             let instance = node.factory.instance(w);
             let built = match &instance {
                 Instance::Source(s) => {
@@ -275,6 +275,7 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
     }
 
     // Threads.
+    let logs: Vec<Arc<simclr_core::StageLog>> = graph.nodes.iter().map(|_| Arc::new(simclr_core::StageLog::default())).collect();
     let (done_tx, done_rx) = unbounded::<usize>();
     let mut handles: Vec<(String, Option<thread::JoinHandle<()>>)> = Vec::new();
     let mut counters: Vec<Vec<Arc<Counters>>> = Vec::new();
@@ -298,13 +299,13 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
             .enumerate()
             .filter_map(|(i, &e)| edge_rx[e].take().map(|rx| (i, rx)))
             .collect();
-        let node_counters: Vec<Arc<Counters>> = (0..node.workers)
+        let node_counters: Vec<Arc<Counters>> = (0..node.threads)
             .map(|_| Arc::new(Counters::default()))
             .collect();
         counters.push(node_counters.clone());
         let limit_share = |w: usize| {
             options.item_limit.map(|l| {
-                let k = node.workers as u64;
+                let k = node.threads as u64;
                 l / k + u64::from((w as u64) < l % k)
             })
         };
@@ -313,8 +314,9 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
             stage_id: node.id.clone(),
             kind: node.kind.name,
             worker: w,
-            workers: node.workers,
+            workers: node.threads,
             seed: graph.seed,
+            log: logs[n].clone(),
             inputs: inputs.clone(),
             output_type: node.output_type,
             counters: node_counters[w].clone(),
@@ -343,20 +345,20 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
             }
         };
         let worker_name = |w: usize| {
-            if node.workers > 1 {
+            if node.threads > 1 {
                 format!("{}#{w}", node.id)
             } else {
                 node.id.clone()
             }
         };
 
-        if node.ordered && node.workers > 1 {
+        if node.ordered && node.threads > 1 {
             // Dispatcher -> private worker inputs; worker outputs -> collector -> edges.
             let mut worker_in: Vec<Receiver<(usize, Message)>> = Vec::new();
             let mut worker_in_tx: Vec<Sender<(usize, Message)>> = Vec::new();
             let mut worker_out_rx: Vec<Receiver<Envelope>> = Vec::new();
             let mut worker_out_tx: Vec<Sender<Envelope>> = Vec::new();
-            for _ in 0..node.workers {
+            for _ in 0..node.threads {
                 let (tx, rx) = bounded(1);
                 worker_in_tx.push(tx);
                 worker_in.push(rx);
@@ -509,6 +511,7 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
     let report = report::build(
         graph,
         &counters,
+        &logs,
         &edge_counters,
         wall_ns,
         error.as_ref(),
@@ -534,7 +537,7 @@ fn empty_run(graph: &Graph, shared: &Shared) -> Run {
         .nodes
         .iter()
         .map(|n| {
-            (0..n.workers)
+            (0..n.threads)
                 .map(|_| Arc::new(Counters::default()))
                 .collect()
         })
@@ -544,8 +547,10 @@ fn empty_run(graph: &Graph, shared: &Shared) -> Run {
         .iter()
         .map(|_| Arc::new(EdgeCounters::default()))
         .collect();
+    let logs: Vec<Arc<simclr_core::StageLog>> =
+        graph.nodes.iter().map(|_| Arc::new(simclr_core::StageLog::default())).collect();
     Run {
-        report: report::build(graph, &counters, &edges, shared.now_ns(), None, false),
+        report: report::build(graph, &counters, &logs, &edges, shared.now_ns(), None, false),
         trace: None,
     }
 }

@@ -63,6 +63,12 @@ pub struct StageReport {
     pub items_per_second: f64,
     /// Mean busy milliseconds per message, per worker.
     pub ms_per_item: f64,
+    /// Items skipped under `on_error: skip`.
+    pub skipped: u64,
+    /// The first skipped items, described.
+    pub skipped_examples: Vec<String>,
+    /// Remarks the stage added (checksums, counts, warnings).
+    pub notes: Vec<String>,
 }
 
 /// One edge's sampled occupancy.
@@ -126,6 +132,7 @@ fn ratio(a: f64, b: f64) -> f64 {
 pub(crate) fn build(
     graph: &Graph,
     counters: &[Vec<Arc<Counters>>],
+    logs: &[Arc<simclr_core::StageLog>],
     edges: &[Arc<EdgeCounters>],
     wall_ns: u64,
     error: Option<&RunError>,
@@ -133,7 +140,7 @@ pub(crate) fn build(
 ) -> RunReport {
     let wall = secs(wall_ns);
     let mut stages = Vec::new();
-    for (node, workers) in graph.nodes.iter().zip(counters) {
+    for ((node, workers), log) in graph.nodes.iter().zip(counters).zip(logs) {
         let load = |f: fn(&Counters) -> u64| workers.iter().map(|c| f(c)).sum::<u64>();
         let lifetime_ns: u64 = workers
             .iter()
@@ -180,6 +187,9 @@ pub(crate) fn build(
             } else {
                 0.0
             },
+            skipped: log.skipped(),
+            skipped_examples: log.skip_examples(),
+            notes: log.notes(),
         });
     }
     let edges: Vec<EdgeReport> = graph
@@ -232,6 +242,10 @@ pub(crate) fn build(
         match node.kind.parallelism {
             Parallelism::Parallel { .. } => Some(format!(
                 "`{id}` runs {} worker(s) and allows more: raise `workers:` on it",
+                node.workers
+            )),
+            Parallelism::Internal => Some(format!(
+                "`{id}` runs a pool of {} thread(s): raise `workers:` on it if cores are idle",
                 node.workers
             )),
             Parallelism::Single => Some(format!(
@@ -401,6 +415,14 @@ impl fmt::Display for RunReport {
                 "starved (waiting for input, upstream too slow): {}",
                 list.join(", ")
             )?;
+        }
+        for s in self.stages.iter().filter(|s| s.skipped > 0) {
+            writeln!(f, "skipped: `{}` skipped {} item(s), e.g. {}", s.id, s.skipped, s.skipped_examples.join("; "))?;
+        }
+        for s in &self.stages {
+            for note in &s.notes {
+                writeln!(f, "{}: {note}", s.id)?;
+            }
         }
         if let Some(hint) = &self.hint {
             writeln!(f, "hint: {hint}")?;

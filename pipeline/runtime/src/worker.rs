@@ -52,6 +52,7 @@ pub(crate) struct WorkerSetup {
     pub worker: usize,
     pub workers: usize,
     pub seed: u64,
+    pub log: Arc<simclr_core::StageLog>,
     pub inputs: Arc<[String]>,
     pub output_type: Option<PortType>,
     pub counters: Arc<Counters>,
@@ -116,7 +117,8 @@ pub(crate) fn run_worker(s: WorkerSetup, instance: Instance, mut input: Inputs, 
         s.seed,
         s.inputs.clone(),
         signals.clone(),
-    );
+    )
+    .with_log(s.log.clone());
     let mut trace = s
         .shared
         .trace
