@@ -1,0 +1,359 @@
+//! What every source shares: options, the dataset trait, and the driver that streams a
+//! dataset epoch by epoch in a seeded order.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use simclr_core::rng::{Rng, stream};
+use simclr_core::{Image, Message, SampleId, Source, StageContext, StageError};
+
+/// What to do with an item that cannot be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Stop the run with an error naming the item.
+    #[default]
+    Fail,
+    /// Count it, name it in the run summary, and go on.
+    Skip,
+}
+
+/// Options shared by every source (flattened into each kind's parameters).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+pub struct SourceOptions {
+    /// Passes over the dataset.
+    #[serde(default = "one")]
+    pub epochs: u32,
+    /// Shuffle the order in every epoch (seeded by the definition's seed and the epoch).
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    /// Use only the first `limit` items of the dataset.
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// `fail` stops the run at an unreadable item; `skip` counts it and goes on.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self { epochs: 1, shuffle: true, limit: None, on_error: OnError::Fail }
+    }
+}
+
+/// Why one item could not be produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemError {
+    /// What the item is (a path, `record 17 of data_batch_1.bin`).
+    pub item: String,
+    /// What went wrong.
+    pub cause: String,
+}
+
+impl fmt::Display for ItemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.item, self.cause)
+    }
+}
+
+/// A random-access dataset of images.
+pub trait Dataset: Send + Sync {
+    /// Number of items.
+    fn len(&self) -> u64;
+
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Item `index`: `(height, width, channels, HWC pixels, label)`.
+    ///
+    /// # Errors
+    /// An item that cannot be read or decoded.
+    fn get(&self, index: u64) -> Result<Sample, ItemError>;
+}
+
+/// One decoded item.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// 1 or 3.
+    pub channels: u8,
+    /// HWC bytes.
+    pub pixels: Arc<[u8]>,
+    /// Class label, if known.
+    pub label: Option<u32>,
+}
+
+/// Loads a dataset once for all of a stage's workers (on the first worker's `on_start`).
+pub type SharedDataset = Arc<OnceLock<Result<Arc<dyn Dataset>, String>>>;
+
+/// Streams a dataset: worker `w` of `n` produces stream positions `w, w + n, ...` over
+/// `epochs × len` positions; position `p` of epoch `e` is item `perm_e[p]`.
+pub struct DatasetSource {
+    shared: SharedDataset,
+    load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync>,
+    data: Option<Arc<dyn Dataset>>,
+    options: SourceOptions,
+    /// Items before `limit` (known at build time, for the progress bar).
+    expected_len: u64,
+    next: u64,
+    step: u64,
+    order: Option<(u32, Vec<u64>)>,
+}
+
+impl DatasetSource {
+    /// A driver for worker `worker` of `workers`. `load` opens the dataset; `expected_len` is
+    /// its size as seen at build time.
+    pub fn new(
+        shared: SharedDataset,
+        load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync>,
+        options: SourceOptions,
+        expected_len: u64,
+        worker: usize,
+        workers: usize,
+    ) -> Self {
+        Self { shared, load, data: None, options, expected_len, next: worker as u64, step: workers.max(1) as u64, order: None }
+    }
+
+    fn used_len(&self, len: u64) -> u64 {
+        self.options.limit.map_or(len, |l| l.min(len))
+    }
+
+    /// Item index at position `pos` of `epoch`.
+    fn index(&mut self, seed: u64, epoch: u32, pos: u64, n: u64) -> u64 {
+        if !self.options.shuffle {
+            return pos;
+        }
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut perm: Vec<u64> = (0..n).collect();
+            Rng::from_key(&[seed, u64::from(epoch), stream::SHUFFLE]).shuffle(&mut perm);
+            self.order = Some((epoch, perm));
+        }
+        self.order.as_ref().map_or(pos, |(_, perm)| perm[pos as usize])
+    }
+}
+
+impl Source for DatasetSource {
+    fn on_start(&mut self, _cx: &mut StageContext) -> Result<(), StageError> {
+        let loaded = self.shared.get_or_init(|| (self.load)());
+        match loaded {
+            Ok(data) => {
+                self.data = Some(data.clone());
+                Ok(())
+            }
+            Err(e) => Err(StageError::msg(e.clone())),
+        }
+    }
+
+    fn next(&mut self, cx: &mut StageContext) -> Result<Option<Message>, StageError> {
+        let Some(data) = self.data.clone() else {
+            return Err(StageError::msg("dataset not loaded (on_start did not run)"));
+        };
+        let n = self.used_len(data.len());
+        let total = n * u64::from(self.options.epochs);
+        loop {
+            if self.next >= total || n == 0 {
+                return Ok(None);
+            }
+            let position = self.next;
+            self.next += self.step;
+            let epoch = (position / n) as u32;
+            let index = self.index(cx.seed(), epoch, position % n, n);
+            match data.get(index) {
+                Ok(s) => {
+                    return Ok(Some(Message::Image(Image {
+                        id: SampleId { epoch, index },
+                        label: s.label,
+                        width: s.width,
+                        height: s.height,
+                        channels: s.channels,
+                        pixels: s.pixels,
+                    })));
+                }
+                Err(e) if self.options.on_error == OnError::Skip => cx.skip(e),
+                Err(e) => return Err(StageError::msg(format!("{e} (set `on_error: skip` to skip unreadable items)"))),
+            }
+        }
+    }
+
+    fn len_hint(&self) -> Option<u64> {
+        let total = self.used_len(self.expected_len) * u64::from(self.options.epochs);
+        Some(total.saturating_sub(self.next).div_ceil(self.step))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Numbers(u64);
+
+    impl Dataset for Numbers {
+        fn len(&self) -> u64 {
+            self.0
+        }
+        fn get(&self, index: u64) -> Result<Sample, ItemError> {
+            if index == 3 {
+                return Err(ItemError { item: "item 3".into(), cause: "unreadable".into() });
+            }
+            Ok(Sample { width: 1, height: 1, channels: 1, pixels: Arc::from(vec![index as u8]), label: Some(index as u32) })
+        }
+    }
+
+    fn drain(options: SourceOptions, workers: usize) -> (Vec<(u32, u64)>, u64) {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for w in 0..workers {
+            let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> = Arc::new(|| Ok(Arc::new(Numbers(10)) as Arc<dyn Dataset>));
+            let mut src = DatasetSource::new(Arc::new(OnceLock::new()), load, options.clone(), 10, w, workers);
+            let mut cx = StageContext::for_test("images");
+            src.on_start(&mut cx).expect("loads");
+            while let Some(Message::Image(img)) = src.next(&mut cx).expect("no failure") {
+                out.push((img.id.epoch, img.id.index));
+            }
+            skipped += cx.log().skipped();
+        }
+        (out, skipped)
+    }
+
+    #[test]
+    fn epochs_are_shuffled_differently_and_cover_the_dataset() {
+        let options = SourceOptions { epochs: 2, on_error: OnError::Skip, ..SourceOptions::default() };
+        let (items, skipped) = drain(options, 1);
+        assert_eq!(skipped, 2, "item 3 skipped in each epoch");
+        let e0: Vec<u64> = items.iter().filter(|(e, _)| *e == 0).map(|(_, i)| *i).collect();
+        let e1: Vec<u64> = items.iter().filter(|(e, _)| *e == 1).map(|(_, i)| *i).collect();
+        assert_ne!(e0, e1, "each epoch has its own order");
+        let mut sorted = e0.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 2, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn workers_split_positions_and_limit_applies_before_shuffle() {
+        let options = SourceOptions { limit: Some(6), on_error: OnError::Skip, ..SourceOptions::default() };
+        let (mut items, _) = drain(options.clone(), 3);
+        items.sort_unstable();
+        assert_eq!(items, vec![(0, 0), (0, 1), (0, 2), (0, 4), (0, 5)]);
+        let (one, _) = drain(options, 1);
+        assert_eq!(one.len(), 5);
+    }
+
+    #[test]
+    fn fail_policy_names_the_item() {
+        let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> = Arc::new(|| Ok(Arc::new(Numbers(10)) as Arc<dyn Dataset>));
+        let options = SourceOptions { shuffle: false, ..SourceOptions::default() };
+        let mut src = DatasetSource::new(Arc::new(OnceLock::new()), load, options, 10, 0, 1);
+        let mut cx = StageContext::for_test("images");
+        src.on_start(&mut cx).expect("loads");
+        for _ in 0..3 {
+            src.next(&mut cx).expect("fine");
+        }
+        let err = src.next(&mut cx).expect_err("item 3");
+        assert_eq!(err.to_string(), "item 3: unreadable (set `on_error: skip` to skip unreadable items)");
+    }
+}
+
+/// Which part of a dataset with a fixed split to read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// The training part.
+    #[default]
+    Train,
+    /// The test part.
+    Test,
+}
+
+/// A factory of [`DatasetSource`] workers sharing one lazily loaded dataset.
+pub fn factory(
+    options: SourceOptions,
+    expected_len: u64,
+    load: impl Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync + 'static,
+    workers: usize,
+) -> simclr_core::StageFactory {
+    let shared: SharedDataset = Arc::new(OnceLock::new());
+    let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> = Arc::new(load);
+    simclr_core::StageFactory::source(move |worker| {
+        DatasetSource::new(shared.clone(), load.clone(), options.clone(), expected_len, worker, workers)
+    })
+}
+
+/// Declares a source's parameter struct with the shared [`SourceOptions`] fields appended
+/// (serde's `flatten` cannot be combined with `deny_unknown_fields`).
+#[macro_export]
+macro_rules! source_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+            /// Passes over the dataset.
+            #[serde(default = "crate::common::default_epochs")]
+            pub epochs: u32,
+            /// Shuffle the order in every epoch (seeded by the definition's seed and the epoch).
+            #[serde(default = "crate::common::default_shuffle")]
+            pub shuffle: bool,
+            /// Use only the first `limit` items of the dataset.
+            #[serde(default)]
+            pub limit: Option<u64>,
+            /// `fail` stops the run at an unreadable item; `skip` counts it, names it in the run
+            /// summary and goes on.
+            #[serde(default)]
+            pub on_error: $crate::common::OnError,
+        }
+
+        impl $name {
+            /// The options every source shares.
+            pub fn source_options(&self) -> $crate::common::SourceOptions {
+                $crate::common::SourceOptions {
+                    epochs: self.epochs,
+                    shuffle: self.shuffle,
+                    limit: self.limit,
+                    on_error: self.on_error,
+                }
+            }
+        }
+    };
+}
+
+/// Default `epochs`.
+pub fn default_epochs() -> u32 {
+    1
+}
+
+/// Default `shuffle`.
+pub fn default_shuffle() -> bool {
+    true
+}
+
+/// Check the shared options; `Err((field, message, help))` on a bad value.
+pub fn check_options(options: &SourceOptions) -> Result<(), (&'static str, String, &'static str)> {
+    if options.epochs == 0 {
+        return Err(("epochs", "`epochs` must be at least 1".into(), "one epoch is one pass over the dataset"));
+    }
+    if options.limit == Some(0) {
+        return Err(("limit", "`limit` must be at least 1".into(), "leave `limit` out to use the whole dataset"));
+    }
+    Ok(())
+}

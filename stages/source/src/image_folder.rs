@@ -1,0 +1,162 @@
+//! `image_folder`: a folder tree of images; the class is the sub-folder's name.
+//!
+//! `root/cat/001.jpg` gets the label of `cat` (classes are numbered in sorted name order);
+//! images directly under `root` are unlabelled. JPEG, PNG, WebP, BMP and GIF are decoded
+//! through the `image` crate, in parallel: with `workers: N`, N threads each decode every
+//! N-th item and the runtime keeps the stream in order.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use simclr_core::{BuildContext, InputPorts, OutputPort, ParamError, Parallelism, PortType, StageFactory, StageKind};
+
+use crate::common::{Dataset, ItemError, Sample, check_options, factory};
+
+const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];
+
+crate::source_config! {
+    /// Parameters of `image_folder`.
+    pub struct ImageFolderConfig {
+        /// Root folder; each sub-folder is a class.
+        pub path: String,
+        /// Label images by their sub-folder (otherwise every image is unlabelled).
+        #[serde(default = "yes")]
+        pub labels: bool,
+        /// 3 (RGB) or 1 (gray): images are converted when decoded.
+        #[serde(default = "three")]
+        pub channels: u8,
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn three() -> u8 {
+    3
+}
+
+/// The `image_folder` kind.
+pub static KIND: StageKind = StageKind {
+    name: "image_folder",
+    summary: "a folder tree of JPEG/PNG/WebP/BMP/GIF images (class = sub-folder), decoded in parallel workers",
+    input: InputPorts::None,
+    output: OutputPort::Emits(PortType::Images),
+    parallelism: Parallelism::Parallel { ordered: true },
+    example: "\
+name: image-folder-example
+stages:
+  images:
+    kind: image_folder
+    workers: 2
+    params: { path: data/photos, on_error: skip }
+  drain: { kind: sink, inputs: [images] }
+",
+    params: || schemars::schema_for!(ImageFolderConfig),
+    build,
+};
+
+/// Image files under `root`, sorted, with their class index; and the class names.
+///
+/// # Errors
+/// An unreadable folder.
+pub fn scan(root: &Path, labels: bool) -> Result<(Vec<(PathBuf, Option<u32>)>, Vec<String>), String> {
+    let mut classes: Vec<String> = Vec::new();
+    let mut files: Vec<(PathBuf, Option<String>)> = Vec::new();
+    let mut stack: Vec<(PathBuf, Option<String>)> = vec![(root.to_owned(), None)];
+    while let Some((dir, class)) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let path = entry.path();
+            if path.is_dir() {
+                let sub = class.clone().or_else(|| (labels).then(|| entry.file_name().to_string_lossy().into_owned()));
+                stack.push((path, sub));
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            {
+                files.push((path, class.clone()));
+            }
+        }
+    }
+    files.sort();
+    for (_, class) in &files {
+        if let Some(c) = class
+            && !classes.contains(c)
+        {
+            classes.push(c.clone());
+        }
+    }
+    classes.sort();
+    let files = files
+        .into_iter()
+        .map(|(p, c)| {
+            let label = c.and_then(|c| classes.iter().position(|x| *x == c)).map(|i| i as u32);
+            (p, label)
+        })
+        .collect();
+    Ok((files, classes))
+}
+
+/// Image files, decoded on demand.
+#[derive(Debug)]
+pub struct ImageFolder {
+    files: Vec<(PathBuf, Option<u32>)>,
+    channels: u8,
+}
+
+impl ImageFolder {
+    /// A dataset over `files` decoded to `channels` channels.
+    pub fn new(files: Vec<(PathBuf, Option<u32>)>, channels: u8) -> Self {
+        Self { files, channels }
+    }
+}
+
+impl Dataset for ImageFolder {
+    fn len(&self) -> u64 {
+        self.files.len() as u64
+    }
+
+    fn get(&self, index: u64) -> Result<Sample, ItemError> {
+        let (path, label) = self.files.get(index as usize).ok_or_else(|| ItemError {
+            item: format!("image {index}"),
+            cause: "out of range".into(),
+        })?;
+        let fail = |cause: String| ItemError { item: path.display().to_string(), cause };
+        let decoded = image::ImageReader::open(path)
+            .map_err(|e| fail(e.to_string()))?
+            .with_guessed_format()
+            .map_err(|e| fail(e.to_string()))?
+            .decode()
+            .map_err(|e| fail(format!("cannot decode: {e}")))?;
+        let (width, height) = (decoded.width(), decoded.height());
+        let pixels: Vec<u8> = if self.channels == 1 { decoded.into_luma8().into_raw() } else { decoded.into_rgb8().into_raw() };
+        Ok(Sample { width, height, channels: self.channels, pixels: Arc::from(pixels), label: *label })
+    }
+}
+
+fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
+    let config: ImageFolderConfig = cx.parse()?;
+    let options = config.source_options();
+    check_options(&options).map_err(|(field, msg, help)| cx.invalid(field, msg, help))?;
+    if config.channels != 1 && config.channels != 3 {
+        return Err(cx.invalid("channels", format!("`channels` must be 1 or 3, found {}", config.channels), "1 decodes to gray, 3 to RGB"));
+    }
+    let root = Path::new(&config.path);
+    if !root.is_dir() {
+        return Err(cx.invalid("path", format!("{} is not a folder", root.display()), "point `path` at a folder of images, one sub-folder per class"));
+    }
+    let (files, _classes) = scan(root, config.labels).map_err(|msg| cx.invalid("path", msg, "check the folder's permissions"))?;
+    if files.is_empty() {
+        return Err(cx.invalid(
+            "path",
+            format!("no images ({}) under {}", EXTENSIONS.join(", "), root.display()),
+            "point `path` at a folder of images, one sub-folder per class",
+        ));
+    }
+    let n = files.len() as u64;
+    let channels = config.channels;
+    Ok(factory(options, n, move || Ok(Arc::new(ImageFolder::new(files.clone(), channels)) as Arc<dyn Dataset>), cx.workers))
+}
