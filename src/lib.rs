@@ -11,6 +11,8 @@
 pub use simclr_config as config;
 pub use simclr_core as core;
 pub use simclr_runtime as runtime;
+pub use simclr_stage_augment as augment;
+pub use simclr_stage_source as source;
 
 pub mod registry {
     //! The explicit, ordered list of stage kinds. Add a kind here to make it usable from YAML.
@@ -19,7 +21,12 @@ pub mod registry {
 
     /// Every user-facing stage kind, in the order `simclr stages` lists them.
     pub fn user() -> Registry {
-        Registry::new(simclr_stage_util::KINDS.iter().copied())
+        let kinds = simclr_stage_source::KINDS
+            .iter()
+            .chain(simclr_stage_augment::KINDS)
+            .chain(simclr_stage_util::KINDS)
+            .copied();
+        Registry::new(kinds)
     }
 
     /// The user-facing kinds plus the runtime's test-only kinds (slow, failing, panicking,

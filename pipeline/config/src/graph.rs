@@ -539,7 +539,11 @@ fn resolve(
             id: s.entry.id.clone(),
             kind,
             workers: s.entry.workers,
-            threads: if kind.parallelism == Parallelism::Internal { 1 } else { s.entry.workers },
+            threads: if kind.parallelism == Parallelism::Internal {
+                1
+            } else {
+                s.entry.workers
+            },
             params: s.entry.params.clone(),
             ordered: matches!(kind.parallelism, Parallelism::Parallel { ordered: true }),
             inputs: Vec::new(),

@@ -27,7 +27,7 @@ pub use kind::{
     StageKind,
 };
 pub use message::{Batch, Image, Message, PortType, Record, SampleId, ViewPair};
-pub use stage::{Emitter, Outputs, Source, Stage, StageContext, TestOutputs};
 pub use rng::Rng;
+pub use stage::{Emitter, Outputs, Source, Stage, StageContext, TestOutputs};
 pub use stage::{Signals, StageLog};
 pub use value::{Loc, Value, ValueError, ValueKind};

@@ -42,7 +42,12 @@ impl Rng {
             h = splitmix64(&mut st);
         }
         let mut st = h;
-        let s = [splitmix64(&mut st), splitmix64(&mut st), splitmix64(&mut st), splitmix64(&mut st)];
+        let s = [
+            splitmix64(&mut st),
+            splitmix64(&mut st),
+            splitmix64(&mut st),
+            splitmix64(&mut st),
+        ];
         Self { s }
     }
 
@@ -72,7 +77,11 @@ impl Rng {
 
     /// Uniform in [lo, hi) (or `lo` when the range is empty).
     pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        if hi <= lo { lo } else { lo + (hi - lo) * self.next_f64() }
+        if hi <= lo {
+            lo
+        } else {
+            lo + (hi - lo) * self.next_f64()
+        }
     }
 
     /// `true` with probability `p`.
@@ -98,7 +107,11 @@ impl Rng {
 
     /// Uniform integer in `lo..=hi`.
     pub fn range_inclusive(&mut self, lo: i64, hi: i64) -> i64 {
-        if hi <= lo { lo } else { lo + self.below((hi - lo) as u64 + 1) as i64 }
+        if hi <= lo {
+            lo
+        } else {
+            lo + self.below((hi - lo) as u64 + 1) as i64
+        }
     }
 
     /// Shuffle `items` in place (Fisher-Yates).
@@ -116,9 +129,24 @@ mod tests {
 
     #[test]
     fn same_key_same_stream_different_key_different_stream() {
-        let a: Vec<u64> = (0..4).map({ let mut r = Rng::for_sample(1, 0, 5, 1); move |_| r.next_u64() }).collect();
-        let b: Vec<u64> = (0..4).map({ let mut r = Rng::for_sample(1, 0, 5, 1); move |_| r.next_u64() }).collect();
-        let c: Vec<u64> = (0..4).map({ let mut r = Rng::for_sample(1, 0, 5, 2); move |_| r.next_u64() }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::for_sample(1, 0, 5, 1);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::for_sample(1, 0, 5, 1);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let c: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::for_sample(1, 0, 5, 2);
+                move |_| r.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -134,7 +162,10 @@ mod tests {
         for _ in 0..60_000 {
             counts[r.below(6) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (9_300..10_700).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (9_300..10_700).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]

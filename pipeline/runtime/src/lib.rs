@@ -275,7 +275,11 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
     }
 
     // Threads.
-    let logs: Vec<Arc<simclr_core::StageLog>> = graph.nodes.iter().map(|_| Arc::new(simclr_core::StageLog::default())).collect();
+    let logs: Vec<Arc<simclr_core::StageLog>> = graph
+        .nodes
+        .iter()
+        .map(|_| Arc::new(simclr_core::StageLog::default()))
+        .collect();
     let (done_tx, done_rx) = unbounded::<usize>();
     let mut handles: Vec<(String, Option<thread::JoinHandle<()>>)> = Vec::new();
     let mut counters: Vec<Vec<Arc<Counters>>> = Vec::new();
@@ -547,10 +551,21 @@ fn empty_run(graph: &Graph, shared: &Shared) -> Run {
         .iter()
         .map(|_| Arc::new(EdgeCounters::default()))
         .collect();
-    let logs: Vec<Arc<simclr_core::StageLog>> =
-        graph.nodes.iter().map(|_| Arc::new(simclr_core::StageLog::default())).collect();
+    let logs: Vec<Arc<simclr_core::StageLog>> = graph
+        .nodes
+        .iter()
+        .map(|_| Arc::new(simclr_core::StageLog::default()))
+        .collect();
     Run {
-        report: report::build(graph, &counters, &logs, &edges, shared.now_ns(), None, false),
+        report: report::build(
+            graph,
+            &counters,
+            &logs,
+            &edges,
+            shared.now_ns(),
+            None,
+            false,
+        ),
         trace: None,
     }
 }

@@ -417,7 +417,13 @@ impl fmt::Display for RunReport {
             )?;
         }
         for s in self.stages.iter().filter(|s| s.skipped > 0) {
-            writeln!(f, "skipped: `{}` skipped {} item(s), e.g. {}", s.id, s.skipped, s.skipped_examples.join("; "))?;
+            writeln!(
+                f,
+                "skipped: `{}` skipped {} item(s), e.g. {}",
+                s.id,
+                s.skipped,
+                s.skipped_examples.join("; ")
+            )?;
         }
         for s in &self.stages {
             for note in &s.notes {

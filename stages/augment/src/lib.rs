@@ -1,1 +1,24 @@
-//! placeholder
+//! `simclr-stage-augment`: the augmentation half of the data pipeline.
+//!
+//! - [`transform`]: the [`Transform`] trait (draw parameters from an RNG, or apply explicit
+//!   ones, so every augmentation can be logged, replayed and tested), [`Params`], policies,
+//!   and [`register_transform`] for custom transforms.
+//! - [`ops`]: the built-ins, with torchvision's names, parameters and semantics.
+//! - [`views`]: the `views` stage (t, t' per image on a rayon pool).
+//! - [`batch`]: the `batch` stage (2N views, NCHW float32).
+//!
+//! Sits between the sources (`simclr-stage-source`) and the model stages.
+#![deny(missing_docs)]
+
+pub mod batch;
+pub mod img;
+pub mod ops;
+pub mod resample;
+pub mod transform;
+pub mod views;
+
+pub use img::{Img, Pixels, Shape};
+pub use transform::{Params, Policy, Transform, TransformError, TransformKind, register_transform};
+
+/// The kinds of this crate, in the order `simclr stages` lists them.
+pub const KINDS: &[&simclr_core::StageKind] = &[&views::KIND, &batch::KIND];

@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use simclr_core::{BuildContext, InputPorts, OutputPort, ParamError, Parallelism, PortType, StageFactory, StageKind};
+use simclr_core::{
+    BuildContext, InputPorts, OutputPort, Parallelism, ParamError, PortType, StageFactory,
+    StageKind,
+};
 
 use crate::common::{Dataset, ItemError, Sample, Split, check_options, factory};
 
@@ -36,7 +39,13 @@ impl Variant {
     fn files(self, split: Split) -> Vec<&'static str> {
         match (self, split) {
             (Variant::Cifar10, Split::Train) => {
-                vec!["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"]
+                vec![
+                    "data_batch_1.bin",
+                    "data_batch_2.bin",
+                    "data_batch_3.bin",
+                    "data_batch_4.bin",
+                    "data_batch_5.bin",
+                ]
             }
             (Variant::Cifar10, Split::Test) => vec!["test_batch.bin"],
             (Variant::Cifar100, Split::Train) => vec!["train.bin"],
@@ -86,7 +95,12 @@ stages:
 fn resolve(config: &CifarConfig) -> Result<Vec<(PathBuf, u64)>, String> {
     let path = Path::new(&config.path);
     let files: Vec<PathBuf> = if path.is_dir() {
-        config.variant.files(config.split).iter().map(|f| path.join(f)).collect()
+        config
+            .variant
+            .files(config.split)
+            .iter()
+            .map(|f| path.join(f))
+            .collect()
     } else if path.is_file() {
         vec![path.to_owned()]
     } else {
@@ -145,10 +159,13 @@ impl Dataset for CifarDataset {
     fn get(&self, index: u64) -> Result<Sample, ItemError> {
         let len = self.variant.record_len();
         let start = index as usize * len;
-        let record = self.records.get(start..start + len).ok_or_else(|| ItemError {
-            item: format!("record {index}"),
-            cause: "out of range".into(),
-        })?;
+        let record = self
+            .records
+            .get(start..start + len)
+            .ok_or_else(|| ItemError {
+                item: format!("record {index}"),
+                cause: "out of range".into(),
+            })?;
         let (label, planes) = match self.variant {
             Variant::Cifar10 => (record[0], &record[1..]),
             Variant::Cifar100 => (record[1], &record[2..]),
@@ -160,7 +177,13 @@ impl Dataset for CifarDataset {
             hwc[3 * i + 1] = planes[plane + i];
             hwc[3 * i + 2] = planes[2 * plane + i];
         }
-        Ok(Sample { width: SIDE as u32, height: SIDE as u32, channels: 3, pixels: Arc::from(hwc), label: Some(u32::from(label)) })
+        Ok(Sample {
+            width: SIDE as u32,
+            height: SIDE as u32,
+            channels: 3,
+            pixels: Arc::from(hwc),
+            label: Some(u32::from(label)),
+        })
     }
 }
 
@@ -173,5 +196,10 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     })?;
     let n: u64 = files.iter().map(|(_, n)| n).sum();
     let variant = config.variant;
-    Ok(factory(options, n, move || CifarDataset::load(variant, &files).map(|d| Arc::new(d) as Arc<dyn Dataset>), cx.workers))
+    Ok(factory(
+        options,
+        n,
+        move || CifarDataset::load(variant, &files).map(|d| Arc::new(d) as Arc<dyn Dataset>),
+        cx.workers,
+    ))
 }

@@ -47,7 +47,12 @@ fn yes() -> bool {
 
 impl Default for SourceOptions {
     fn default() -> Self {
-        Self { epochs: 1, shuffle: true, limit: None, on_error: OnError::Fail }
+        Self {
+            epochs: 1,
+            shuffle: true,
+            limit: None,
+            on_error: OnError::Fail,
+        }
     }
 }
 
@@ -126,7 +131,16 @@ impl DatasetSource {
         worker: usize,
         workers: usize,
     ) -> Self {
-        Self { shared, load, data: None, options, expected_len, next: worker as u64, step: workers.max(1) as u64, order: None }
+        Self {
+            shared,
+            load,
+            data: None,
+            options,
+            expected_len,
+            next: worker as u64,
+            step: workers.max(1) as u64,
+            order: None,
+        }
     }
 
     fn used_len(&self, len: u64) -> u64 {
@@ -143,7 +157,9 @@ impl DatasetSource {
             Rng::from_key(&[seed, u64::from(epoch), stream::SHUFFLE]).shuffle(&mut perm);
             self.order = Some((epoch, perm));
         }
-        self.order.as_ref().map_or(pos, |(_, perm)| perm[pos as usize])
+        self.order
+            .as_ref()
+            .map_or(pos, |(_, perm)| perm[pos as usize])
     }
 }
 
@@ -185,7 +201,11 @@ impl Source for DatasetSource {
                     })));
                 }
                 Err(e) if self.options.on_error == OnError::Skip => cx.skip(e),
-                Err(e) => return Err(StageError::msg(format!("{e} (set `on_error: skip` to skip unreadable items)"))),
+                Err(e) => {
+                    return Err(StageError::msg(format!(
+                        "{e} (set `on_error: skip` to skip unreadable items)"
+                    )));
+                }
             }
         }
     }
@@ -208,9 +228,18 @@ mod tests {
         }
         fn get(&self, index: u64) -> Result<Sample, ItemError> {
             if index == 3 {
-                return Err(ItemError { item: "item 3".into(), cause: "unreadable".into() });
+                return Err(ItemError {
+                    item: "item 3".into(),
+                    cause: "unreadable".into(),
+                });
             }
-            Ok(Sample { width: 1, height: 1, channels: 1, pixels: Arc::from(vec![index as u8]), label: Some(index as u32) })
+            Ok(Sample {
+                width: 1,
+                height: 1,
+                channels: 1,
+                pixels: Arc::from(vec![index as u8]),
+                label: Some(index as u32),
+            })
         }
     }
 
@@ -218,8 +247,16 @@ mod tests {
         let mut out = Vec::new();
         let mut skipped = 0;
         for w in 0..workers {
-            let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> = Arc::new(|| Ok(Arc::new(Numbers(10)) as Arc<dyn Dataset>));
-            let mut src = DatasetSource::new(Arc::new(OnceLock::new()), load, options.clone(), 10, w, workers);
+            let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> =
+                Arc::new(|| Ok(Arc::new(Numbers(10)) as Arc<dyn Dataset>));
+            let mut src = DatasetSource::new(
+                Arc::new(OnceLock::new()),
+                load,
+                options.clone(),
+                10,
+                w,
+                workers,
+            );
             let mut cx = StageContext::for_test("images");
             src.on_start(&mut cx).expect("loads");
             while let Some(Message::Image(img)) = src.next(&mut cx).expect("no failure") {
@@ -232,11 +269,23 @@ mod tests {
 
     #[test]
     fn epochs_are_shuffled_differently_and_cover_the_dataset() {
-        let options = SourceOptions { epochs: 2, on_error: OnError::Skip, ..SourceOptions::default() };
+        let options = SourceOptions {
+            epochs: 2,
+            on_error: OnError::Skip,
+            ..SourceOptions::default()
+        };
         let (items, skipped) = drain(options, 1);
         assert_eq!(skipped, 2, "item 3 skipped in each epoch");
-        let e0: Vec<u64> = items.iter().filter(|(e, _)| *e == 0).map(|(_, i)| *i).collect();
-        let e1: Vec<u64> = items.iter().filter(|(e, _)| *e == 1).map(|(_, i)| *i).collect();
+        let e0: Vec<u64> = items
+            .iter()
+            .filter(|(e, _)| *e == 0)
+            .map(|(_, i)| *i)
+            .collect();
+        let e1: Vec<u64> = items
+            .iter()
+            .filter(|(e, _)| *e == 1)
+            .map(|(_, i)| *i)
+            .collect();
         assert_ne!(e0, e1, "each epoch has its own order");
         let mut sorted = e0.clone();
         sorted.sort_unstable();
@@ -245,7 +294,11 @@ mod tests {
 
     #[test]
     fn workers_split_positions_and_limit_applies_before_shuffle() {
-        let options = SourceOptions { limit: Some(6), on_error: OnError::Skip, ..SourceOptions::default() };
+        let options = SourceOptions {
+            limit: Some(6),
+            on_error: OnError::Skip,
+            ..SourceOptions::default()
+        };
         let (mut items, _) = drain(options.clone(), 3);
         items.sort_unstable();
         assert_eq!(items, vec![(0, 0), (0, 1), (0, 2), (0, 4), (0, 5)]);
@@ -255,8 +308,12 @@ mod tests {
 
     #[test]
     fn fail_policy_names_the_item() {
-        let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> = Arc::new(|| Ok(Arc::new(Numbers(10)) as Arc<dyn Dataset>));
-        let options = SourceOptions { shuffle: false, ..SourceOptions::default() };
+        let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> =
+            Arc::new(|| Ok(Arc::new(Numbers(10)) as Arc<dyn Dataset>));
+        let options = SourceOptions {
+            shuffle: false,
+            ..SourceOptions::default()
+        };
         let mut src = DatasetSource::new(Arc::new(OnceLock::new()), load, options, 10, 0, 1);
         let mut cx = StageContext::for_test("images");
         src.on_start(&mut cx).expect("loads");
@@ -264,7 +321,10 @@ mod tests {
             src.next(&mut cx).expect("fine");
         }
         let err = src.next(&mut cx).expect_err("item 3");
-        assert_eq!(err.to_string(), "item 3: unreadable (set `on_error: skip` to skip unreadable items)");
+        assert_eq!(
+            err.to_string(),
+            "item 3: unreadable (set `on_error: skip` to skip unreadable items)"
+        );
     }
 }
 
@@ -289,7 +349,14 @@ pub fn factory(
     let shared: SharedDataset = Arc::new(OnceLock::new());
     let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> = Arc::new(load);
     simclr_core::StageFactory::source(move |worker| {
-        DatasetSource::new(shared.clone(), load.clone(), options.clone(), expected_len, worker, workers)
+        DatasetSource::new(
+            shared.clone(),
+            load.clone(),
+            options.clone(),
+            expected_len,
+            worker,
+            workers,
+        )
     })
 }
 
@@ -350,10 +417,18 @@ pub fn default_shuffle() -> bool {
 /// Check the shared options; `Err((field, message, help))` on a bad value.
 pub fn check_options(options: &SourceOptions) -> Result<(), (&'static str, String, &'static str)> {
     if options.epochs == 0 {
-        return Err(("epochs", "`epochs` must be at least 1".into(), "one epoch is one pass over the dataset"));
+        return Err((
+            "epochs",
+            "`epochs` must be at least 1".into(),
+            "one epoch is one pass over the dataset",
+        ));
     }
     if options.limit == Some(0) {
-        return Err(("limit", "`limit` must be at least 1".into(), "leave `limit` out to use the whole dataset"));
+        return Err((
+            "limit",
+            "`limit` must be at least 1".into(),
+            "leave `limit` out to use the whole dataset",
+        ));
     }
     Ok(())
 }

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flate2::read::GzDecoder;
-use simclr_core::{BuildContext, InputPorts, OutputPort, ParamError, Parallelism, PortType, StageFactory, StageKind};
+use simclr_core::{
+    BuildContext, InputPorts, OutputPort, Parallelism, ParamError, PortType, StageFactory,
+    StageKind,
+};
 
 use crate::common::{Dataset, ItemError, Sample, Split, check_options, factory};
 
@@ -65,14 +68,17 @@ fn resolve(config: &IdxConfig) -> Result<(PathBuf, Option<PathBuf>), String> {
             Split::Test => "t10k",
         };
         let find = |stem: &str| {
-            [format!("{prefix}-{stem}-ubyte.gz"), format!("{prefix}-{stem}-ubyte"), format!("{prefix}-{stem}.idx3-ubyte")]
-                .into_iter()
-                .map(|name| path.join(name))
-                .find(|p| p.is_file())
+            [
+                format!("{prefix}-{stem}-ubyte.gz"),
+                format!("{prefix}-{stem}-ubyte"),
+                format!("{prefix}-{stem}.idx3-ubyte"),
+            ]
+            .into_iter()
+            .map(|name| path.join(name))
+            .find(|p| p.is_file())
         };
-        let images = find("images-idx3").ok_or_else(|| {
-            format!("no `{prefix}-images-idx3-ubyte[.gz]` in {}", path.display())
-        })?;
+        let images = find("images-idx3")
+            .ok_or_else(|| format!("no `{prefix}-images-idx3-ubyte[.gz]` in {}", path.display()))?;
         return Ok((images, find("labels-idx1")));
     }
     if path.is_file() {
@@ -85,27 +91,51 @@ fn open(path: &Path) -> Result<Box<dyn Read>, String> {
     use std::io::BufRead;
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut reader = BufReader::new(file);
-    let gz = reader.fill_buf().map_err(|e| format!("{}: {e}", path.display()))?.starts_with(&[0x1f, 0x8b]);
-    Ok(if gz { Box::new(GzDecoder::new(reader)) } else { Box::new(reader) })
+    let gz = reader
+        .fill_buf()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .starts_with(&[0x1f, 0x8b]);
+    Ok(if gz {
+        Box::new(GzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    })
 }
 
 /// Read an IDX header: the dims.
 fn read_header(reader: &mut dyn Read, path: &Path, want_dims: u8) -> Result<Vec<u32>, String> {
     let mut head = [0u8; 4];
-    reader.read_exact(&mut head).map_err(|e| format!("{}: cannot read the IDX header: {e}", path.display()))?;
+    reader
+        .read_exact(&mut head)
+        .map_err(|e| format!("{}: cannot read the IDX header: {e}", path.display()))?;
     if head[0] != 0 || head[1] != 0 {
-        return Err(format!("{}: not an IDX file (magic bytes {:02x} {:02x}, expected 00 00)", path.display(), head[0], head[1]));
+        return Err(format!(
+            "{}: not an IDX file (magic bytes {:02x} {:02x}, expected 00 00)",
+            path.display(),
+            head[0],
+            head[1]
+        ));
     }
     if head[2] != 0x08 {
-        return Err(format!("{}: IDX element type 0x{:02x} is not supported (only 0x08, unsigned bytes)", path.display(), head[2]));
+        return Err(format!(
+            "{}: IDX element type 0x{:02x} is not supported (only 0x08, unsigned bytes)",
+            path.display(),
+            head[2]
+        ));
     }
     if head[3] != want_dims {
-        return Err(format!("{}: IDX file has {} dimensions, expected {want_dims}", path.display(), head[3]));
+        return Err(format!(
+            "{}: IDX file has {} dimensions, expected {want_dims}",
+            path.display(),
+            head[3]
+        ));
     }
     let mut dims = Vec::new();
     for _ in 0..want_dims {
         let mut d = [0u8; 4];
-        reader.read_exact(&mut d).map_err(|e| format!("{}: truncated IDX header: {e}", path.display()))?;
+        reader
+            .read_exact(&mut d)
+            .map_err(|e| format!("{}: truncated IDX header: {e}", path.display()))?;
         dims.push(u32::from_be_bytes(d));
     }
     Ok(dims)
@@ -116,9 +146,18 @@ fn read_body(reader: &mut dyn Read, path: &Path, expected: usize) -> Result<Vec<
     reader
         .take(expected as u64 + 1)
         .read_to_end(&mut data)
-        .map_err(|e| format!("{}: cannot read the data (corrupt gzip stream?): {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "{}: cannot read the data (corrupt gzip stream?): {e}",
+                path.display()
+            )
+        })?;
     if data.len() < expected {
-        return Err(format!("{}: truncated: the header promises {expected} bytes of data, the file holds {}", path.display(), data.len()));
+        return Err(format!(
+            "{}: truncated: the header promises {expected} bytes of data, the file holds {}",
+            path.display(),
+            data.len()
+        ));
     }
     data.truncate(expected);
     Ok(data)
@@ -142,19 +181,33 @@ impl IdxDataset {
         let mut reader = open(images)?;
         let dims = read_header(reader.as_mut(), images, 3)?;
         let (n, rows, cols) = (dims[0], dims[1], dims[2]);
-        let data = read_body(reader.as_mut(), images, n as usize * rows as usize * cols as usize)?;
+        let data = read_body(
+            reader.as_mut(),
+            images,
+            n as usize * rows as usize * cols as usize,
+        )?;
         let labels = match labels {
             None => None,
             Some(path) => {
                 let mut reader = open(path)?;
                 let dims = read_header(reader.as_mut(), path, 1)?;
                 if dims[0] != n {
-                    return Err(format!("{}: {} labels for {n} images in {}", path.display(), dims[0], images.display()));
+                    return Err(format!(
+                        "{}: {} labels for {n} images in {}",
+                        path.display(),
+                        dims[0],
+                        images.display()
+                    ));
                 }
                 Some(read_body(reader.as_mut(), path, n as usize)?)
             }
         };
-        Ok(Self { rows, cols, images: data, labels })
+        Ok(Self {
+            rows,
+            cols,
+            images: data,
+            labels,
+        })
     }
 }
 
@@ -166,16 +219,23 @@ impl Dataset for IdxDataset {
     fn get(&self, index: u64) -> Result<Sample, ItemError> {
         let size = self.rows as usize * self.cols as usize;
         let start = index as usize * size;
-        let pixels = self.images.get(start..start + size).ok_or_else(|| ItemError {
-            item: format!("image {index}"),
-            cause: "out of range".into(),
-        })?;
+        let pixels = self
+            .images
+            .get(start..start + size)
+            .ok_or_else(|| ItemError {
+                item: format!("image {index}"),
+                cause: "out of range".into(),
+            })?;
         Ok(Sample {
             width: self.cols,
             height: self.rows,
             channels: 1,
             pixels: Arc::from(pixels),
-            label: self.labels.as_ref().and_then(|l| l.get(index as usize)).map(|&l| u32::from(l)),
+            label: self
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(index as usize))
+                .map(|&l| u32::from(l)),
         })
     }
 }
@@ -190,8 +250,19 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     // Read the header now so a wrong file is reported with its location in the definition.
     let n = open(&images)
         .and_then(|mut r| read_header(r.as_mut(), &images, 3))
-        .map_err(|msg| cx.invalid("path", msg, "point `path` at an IDX images file or the folder holding one"))?[0];
-    Ok(factory(options, u64::from(n), move || {
-        IdxDataset::load(&images, labels.as_deref()).map(|d| Arc::new(d) as Arc<dyn Dataset>)
-    }, cx.workers))
+        .map_err(|msg| {
+            cx.invalid(
+                "path",
+                msg,
+                "point `path` at an IDX images file or the folder holding one",
+            )
+        })?[0];
+    Ok(factory(
+        options,
+        u64::from(n),
+        move || {
+            IdxDataset::load(&images, labels.as_deref()).map(|d| Arc::new(d) as Arc<dyn Dataset>)
+        },
+        cx.workers,
+    ))
 }

@@ -8,7 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use simclr_core::{BuildContext, InputPorts, OutputPort, ParamError, Parallelism, PortType, StageFactory, StageKind};
+use simclr_core::{
+    BuildContext, InputPorts, OutputPort, Parallelism, ParamError, PortType, StageFactory,
+    StageKind,
+};
 
 use crate::common::{Dataset, ItemError, Sample, check_options, factory};
 
@@ -60,7 +63,10 @@ stages:
 ///
 /// # Errors
 /// An unreadable folder.
-pub fn scan(root: &Path, labels: bool) -> Result<(Vec<(PathBuf, Option<u32>)>, Vec<String>), String> {
+pub fn scan(
+    root: &Path,
+    labels: bool,
+) -> Result<(Vec<(PathBuf, Option<u32>)>, Vec<String>), String> {
     let mut classes: Vec<String> = Vec::new();
     let mut files: Vec<(PathBuf, Option<String>)> = Vec::new();
     let mut stack: Vec<(PathBuf, Option<String>)> = vec![(root.to_owned(), None)];
@@ -70,7 +76,9 @@ pub fn scan(root: &Path, labels: bool) -> Result<(Vec<(PathBuf, Option<u32>)>, V
             let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
             let path = entry.path();
             if path.is_dir() {
-                let sub = class.clone().or_else(|| (labels).then(|| entry.file_name().to_string_lossy().into_owned()));
+                let sub = class
+                    .clone()
+                    .or_else(|| (labels).then(|| entry.file_name().to_string_lossy().into_owned()));
                 stack.push((path, sub));
             } else if path
                 .extension()
@@ -93,7 +101,9 @@ pub fn scan(root: &Path, labels: bool) -> Result<(Vec<(PathBuf, Option<u32>)>, V
     let files = files
         .into_iter()
         .map(|(p, c)| {
-            let label = c.and_then(|c| classes.iter().position(|x| *x == c)).map(|i| i as u32);
+            let label = c
+                .and_then(|c| classes.iter().position(|x| *x == c))
+                .map(|i| i as u32);
             (p, label)
         })
         .collect();
@@ -124,7 +134,10 @@ impl Dataset for ImageFolder {
             item: format!("image {index}"),
             cause: "out of range".into(),
         })?;
-        let fail = |cause: String| ItemError { item: path.display().to_string(), cause };
+        let fail = |cause: String| ItemError {
+            item: path.display().to_string(),
+            cause,
+        };
         let decoded = image::ImageReader::open(path)
             .map_err(|e| fail(e.to_string()))?
             .with_guessed_format()
@@ -132,8 +145,18 @@ impl Dataset for ImageFolder {
             .decode()
             .map_err(|e| fail(format!("cannot decode: {e}")))?;
         let (width, height) = (decoded.width(), decoded.height());
-        let pixels: Vec<u8> = if self.channels == 1 { decoded.into_luma8().into_raw() } else { decoded.into_rgb8().into_raw() };
-        Ok(Sample { width, height, channels: self.channels, pixels: Arc::from(pixels), label: *label })
+        let pixels: Vec<u8> = if self.channels == 1 {
+            decoded.into_luma8().into_raw()
+        } else {
+            decoded.into_rgb8().into_raw()
+        };
+        Ok(Sample {
+            width,
+            height,
+            channels: self.channels,
+            pixels: Arc::from(pixels),
+            label: *label,
+        })
     }
 }
 
@@ -142,21 +165,39 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let options = config.source_options();
     check_options(&options).map_err(|(field, msg, help)| cx.invalid(field, msg, help))?;
     if config.channels != 1 && config.channels != 3 {
-        return Err(cx.invalid("channels", format!("`channels` must be 1 or 3, found {}", config.channels), "1 decodes to gray, 3 to RGB"));
+        return Err(cx.invalid(
+            "channels",
+            format!("`channels` must be 1 or 3, found {}", config.channels),
+            "1 decodes to gray, 3 to RGB",
+        ));
     }
     let root = Path::new(&config.path);
     if !root.is_dir() {
-        return Err(cx.invalid("path", format!("{} is not a folder", root.display()), "point `path` at a folder of images, one sub-folder per class"));
+        return Err(cx.invalid(
+            "path",
+            format!("{} is not a folder", root.display()),
+            "point `path` at a folder of images, one sub-folder per class",
+        ));
     }
-    let (files, _classes) = scan(root, config.labels).map_err(|msg| cx.invalid("path", msg, "check the folder's permissions"))?;
+    let (files, _classes) = scan(root, config.labels)
+        .map_err(|msg| cx.invalid("path", msg, "check the folder's permissions"))?;
     if files.is_empty() {
         return Err(cx.invalid(
             "path",
-            format!("no images ({}) under {}", EXTENSIONS.join(", "), root.display()),
+            format!(
+                "no images ({}) under {}",
+                EXTENSIONS.join(", "),
+                root.display()
+            ),
             "point `path` at a folder of images, one sub-folder per class",
         ));
     }
     let n = files.len() as u64;
     let channels = config.channels;
-    Ok(factory(options, n, move || Ok(Arc::new(ImageFolder::new(files.clone(), channels)) as Arc<dyn Dataset>), cx.workers))
+    Ok(factory(
+        options,
+        n,
+        move || Ok(Arc::new(ImageFolder::new(files.clone(), channels)) as Arc<dyn Dataset>),
+        cx.workers,
+    ))
 }

@@ -19,5 +19,9 @@ pub mod image_folder;
 pub mod synthetic;
 
 /// The kinds of this crate, in the order `simclr stages` lists them.
-pub const KINDS: &[&simclr_core::StageKind] =
-    &[&synthetic::KIND, &idx::KIND, &cifar::KIND, &image_folder::KIND];
+pub const KINDS: &[&simclr_core::StageKind] = &[
+    &synthetic::KIND,
+    &idx::KIND,
+    &cifar::KIND,
+    &image_folder::KIND,
+];

@@ -11,13 +11,26 @@ use std::f64::consts::PI;
 use std::sync::Arc;
 
 use simclr_core::rng::{Rng, stream};
-use simclr_core::{BuildContext, InputPorts, OutputPort, ParamError, Parallelism, PortType, StageFactory, StageKind};
+use simclr_core::{
+    BuildContext, InputPorts, OutputPort, Parallelism, ParamError, PortType, StageFactory,
+    StageKind,
+};
 
 use crate::common::{Dataset, ItemError, Sample, check_options, factory};
 
 /// Class names, in label order.
-pub const CLASSES: [&str; 10] =
-    ["disk", "square", "triangle", "ring", "plus", "h_stripes", "v_stripes", "d_stripes", "checker", "dots"];
+pub const CLASSES: [&str; 10] = [
+    "disk",
+    "square",
+    "triangle",
+    "ring",
+    "plus",
+    "h_stripes",
+    "v_stripes",
+    "d_stripes",
+    "checker",
+    "dots",
+];
 
 crate::source_config! {
     /// Parameters of `synthetic`.
@@ -126,11 +139,18 @@ impl Synthetic {
                     v > -k && v - u * 3f64.sqrt() < radius && v + u * 3f64.sqrt() < radius
                 }
                 3 => r < radius && r > radius * 0.55,
-                4 => (u.abs() < radius * 0.3 && v.abs() < radius) || (v.abs() < radius * 0.3 && u.abs() < radius),
+                4 => {
+                    (u.abs() < radius * 0.3 && v.abs() < radius)
+                        || (v.abs() < radius * 0.3 && u.abs() < radius)
+                }
                 5 => ((y / period + phase).fract()) < 0.5,
                 6 => ((x / period + phase).fract()) < 0.5,
                 7 => (((x + y) / (period * 1.2) + phase).fract()) < 0.5,
-                8 => ((x / period + phase).floor() as i64 + (y / period + phase).floor() as i64).rem_euclid(2) == 0,
+                8 => {
+                    ((x / period + phase).floor() as i64 + (y / period + phase).floor() as i64)
+                        .rem_euclid(2)
+                        == 0
+                }
                 _ => {
                     let gx = (x / period + phase).fract() - 0.5;
                     let gy = (y / period + phase).fract() - 0.5;
@@ -151,7 +171,9 @@ impl Synthetic {
                     }
                 }
                 let noise = rng.uniform(-0.03, 0.03);
-                let rgb: [f64; 3] = std::array::from_fn(|c| (fg[c] * cover + bg[c] * (1.0 - cover) + noise).clamp(0.0, 1.0));
+                let rgb: [f64; 3] = std::array::from_fn(|c| {
+                    (fg[c] * cover + bg[c] * (1.0 - cover) + noise).clamp(0.0, 1.0)
+                });
                 let at = (py * side + px) * channels;
                 if channels == 1 {
                     out[at] = (luma(rgb) * 255.0).round() as u8;
@@ -173,7 +195,13 @@ impl Dataset for Synthetic {
 
     fn get(&self, index: u64) -> Result<Sample, ItemError> {
         let (pixels, label) = self.render(index);
-        Ok(Sample { width: self.size, height: self.size, channels: self.channels, pixels: Arc::from(pixels), label: Some(label) })
+        Ok(Sample {
+            width: self.size,
+            height: self.size,
+            channels: self.channels,
+            pixels: Arc::from(pixels),
+            label: Some(label),
+        })
     }
 }
 
@@ -182,19 +210,42 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let options = config.source_options();
     check_options(&options).map_err(|(field, msg, help)| cx.invalid(field, msg, help))?;
     if !(1..=10).contains(&config.classes) {
-        return Err(cx.invalid("classes", format!("`classes` must be 1-10, found {}", config.classes), "the dataset has ten classes: five shapes and five textures"));
+        return Err(cx.invalid(
+            "classes",
+            format!("`classes` must be 1-10, found {}", config.classes),
+            "the dataset has ten classes: five shapes and five textures",
+        ));
     }
     if !(8..=1024).contains(&config.size) {
-        return Err(cx.invalid("size", format!("`size` must be 8-1024 pixels, found {}", config.size), "32 matches CIFAR"));
+        return Err(cx.invalid(
+            "size",
+            format!("`size` must be 8-1024 pixels, found {}", config.size),
+            "32 matches CIFAR",
+        ));
     }
     if config.channels != 1 && config.channels != 3 {
-        return Err(cx.invalid("channels", format!("`channels` must be 1 or 3, found {}", config.channels), "1 renders gray, 3 RGB"));
+        return Err(cx.invalid(
+            "channels",
+            format!("`channels` must be 1 or 3, found {}", config.channels),
+            "1 renders gray, 3 RGB",
+        ));
     }
     if config.count == 0 {
         return Err(cx.invalid("count", "`count` must be at least 1", "e.g. `count: 4096`"));
     }
-    let data = Synthetic { seed: cx.seed, count: config.count, size: config.size, classes: config.classes, channels: config.channels };
-    Ok(factory(options, config.count, move || Ok(Arc::new(data.clone()) as Arc<dyn Dataset>), cx.workers))
+    let data = Synthetic {
+        seed: cx.seed,
+        count: config.count,
+        size: config.size,
+        classes: config.classes,
+        channels: config.channels,
+    };
+    Ok(factory(
+        options,
+        config.count,
+        move || Ok(Arc::new(data.clone()) as Arc<dyn Dataset>),
+        cx.workers,
+    ))
 }
 
 #[cfg(test)]
@@ -203,12 +254,25 @@ mod tests {
 
     #[test]
     fn items_are_deterministic_labelled_and_varied() {
-        let data = Synthetic { seed: 3, count: 100, size: 32, classes: 10, channels: 3 };
+        let data = Synthetic {
+            seed: 3,
+            count: 100,
+            size: 32,
+            classes: 10,
+            channels: 3,
+        };
         let a = data.get(17).expect("item");
-        assert_eq!(a, data.get(17).expect("again"), "a pure function of (seed, index)");
+        assert_eq!(
+            a,
+            data.get(17).expect("again"),
+            "a pure function of (seed, index)"
+        );
         assert_eq!(a.label, Some(7));
         assert_eq!(a.pixels.len(), 32 * 32 * 3);
-        let other_seed = Synthetic { seed: 4, ..data.clone() };
+        let other_seed = Synthetic {
+            seed: 4,
+            ..data.clone()
+        };
         assert_ne!(a.pixels, other_seed.get(17).expect("item").pixels);
         // Every class draws something: the image is not a flat background.
         for i in 0..10 {

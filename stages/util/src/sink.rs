@@ -16,6 +16,10 @@ pub struct SinkConfig {
     /// short (Ctrl-C, `--items`).
     #[serde(default)]
     pub expect: Option<u64>,
+    /// Report an order-sensitive digest (FNV-1a, 64 bits) of everything received: two runs
+    /// that print the same digest received byte-identical streams.
+    #[serde(default)]
+    pub digest: bool,
 }
 
 /// The `sink` kind.
@@ -44,6 +48,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let config: SinkConfig = cx.parse()?;
     Ok(StageFactory::stage(move |_| Sink {
         expect: config.expect,
+        digest: config.digest.then_some(FNV_OFFSET),
         messages: 0,
         bytes: 0,
     }))
@@ -53,6 +58,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
 #[derive(Debug)]
 pub struct Sink {
     expect: Option<u64>,
+    digest: Option<u64>,
     messages: u64,
     bytes: u64,
 }
@@ -66,6 +72,9 @@ impl Stage for Sink {
     ) -> Result<(), StageError> {
         self.messages += 1;
         self.bytes += msg.payload_bytes() as u64;
+        if let Some(h) = &mut self.digest {
+            digest_message(h, &msg);
+        }
         Ok(())
     }
 
@@ -74,6 +83,9 @@ impl Stage for Sink {
         _out: &mut Outputs<'_>,
         cx: &mut StageContext,
     ) -> Result<(), StageError> {
+        if let Some(h) = self.digest {
+            cx.note(format!("digest {h:016x} over {} messages", self.messages));
+        }
         match self.expect {
             // A stream cut short by a stop request or an item limit cannot meet the count.
             Some(n) if n != self.messages && !cx.stream_truncated() => {
@@ -84,6 +96,55 @@ impl Stage for Sink {
             }
             _ => Ok(()),
         }
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(h: &mut u64, bytes: &[u8]) {
+    for &b in bytes {
+        *h ^= u64::from(b);
+        *h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+fn digest_floats(h: &mut u64, xs: &[f32]) {
+    for x in xs {
+        fnv(h, &x.to_bits().to_le_bytes());
+    }
+}
+
+/// Fold a message's content (not just its payload bytes) into an FNV-1a digest.
+fn digest_message(h: &mut u64, msg: &Message) {
+    let id = |h: &mut u64, id: &simclr_core::SampleId| {
+        fnv(h, &id.epoch.to_le_bytes());
+        fnv(h, &id.index.to_le_bytes());
+    };
+    match msg {
+        Message::Record(r) => {
+            fnv(h, &r.seq.to_le_bytes());
+            fnv(h, &r.payload);
+        }
+        Message::Image(i) => {
+            id(h, &i.id);
+            fnv(h, &i.pixels);
+        }
+        Message::ViewPair(p) => {
+            id(h, &p.id);
+            digest_floats(h, &p.first);
+            digest_floats(h, &p.second);
+        }
+        Message::Batch(b) => {
+            fnv(h, &b.step.to_le_bytes());
+            for i in &b.ids {
+                id(h, i);
+            }
+            for d in b.shape {
+                fnv(h, &(d as u64).to_le_bytes());
+            }
+            digest_floats(h, &b.data);
+        }
+        _ => fnv(h, msg.port_type().name().as_bytes()),
     }
 }
 

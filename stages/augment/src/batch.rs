@@ -1,0 +1,165 @@
+//! `batch`: collates N view pairs into one contiguous float32 NCHW buffer of 2N views;
+//! views 2k and 2k+1 are the pair of sample k.
+
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use simclr_core::{
+    Batch, BuildContext, InputPorts, Message, OutputPort, Outputs, Parallelism, ParamError,
+    PortType, SampleId, Stage, StageContext, StageError, StageFactory, StageKind, ViewPair,
+};
+
+/// Parameters of `batch`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Samples per batch, N (the batch holds 2N views).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Drop each epoch's last, incomplete batch (SimCLR's loss wants full batches).
+    #[serde(default = "yes")]
+    pub drop_last: bool,
+}
+
+fn default_batch() -> usize {
+    256
+}
+fn yes() -> bool {
+    true
+}
+
+/// The `batch` kind.
+pub static KIND: StageKind = StageKind {
+    name: "batch",
+    summary: "collates N view pairs into one float32 NCHW batch of 2N views (2k, 2k+1 = pair k)",
+    input: InputPorts::Accepts(&[PortType::ViewPairs]),
+    output: OutputPort::Emits(PortType::Batches),
+    parallelism: Parallelism::Single,
+    example: "\
+name: batch-example
+stages:
+  images: { kind: synthetic, params: { count: 256 } }
+  views: { kind: views, inputs: [images], params: { size: 32 } }
+  batches: { kind: batch, inputs: [views], params: { batch_size: 64 } }
+  drain: { kind: sink, inputs: [batches], params: { expect: 4 } }
+",
+    params: || schemars::schema_for!(BatchConfig),
+    build,
+};
+
+fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
+    let config: BatchConfig = cx.parse()?;
+    if config.batch_size == 0 {
+        return Err(cx.invalid(
+            "batch_size",
+            "`batch_size` must be at least 1",
+            "SimCLR uses 256 to 4096; small machines 64-256",
+        ));
+    }
+    Ok(StageFactory::stage(move |_| Batcher {
+        config: config.clone(),
+        pending: Vec::new(),
+        step: 0,
+    }))
+}
+
+/// Collates pairs.
+pub struct Batcher {
+    config: BatchConfig,
+    pending: Vec<ViewPair>,
+    step: u64,
+}
+
+impl Batcher {
+    /// A batcher with these parameters.
+    pub fn new(config: BatchConfig) -> Self {
+        Self {
+            config,
+            pending: Vec::new(),
+            step: 0,
+        }
+    }
+
+    fn emit(&mut self, out: &mut Outputs<'_>) -> Result<(), StageError> {
+        let pairs = std::mem::take(&mut self.pending);
+        let Some(first) = pairs.first() else {
+            return Ok(());
+        };
+        let [c, h, w] = first.shape;
+        let mut data = Vec::with_capacity(2 * pairs.len() * c * h * w);
+        for p in &pairs {
+            data.extend_from_slice(&p.first);
+            data.extend_from_slice(&p.second);
+        }
+        let batch = Batch {
+            step: self.step,
+            epoch: first.id.epoch,
+            ids: pairs.iter().map(|p| p.id).collect::<Vec<SampleId>>(),
+            shape: [2 * pairs.len(), c, h, w],
+            data: Arc::from(data),
+        };
+        self.step += 1;
+        out.push(Message::Batch(batch))
+    }
+}
+
+impl Stage for Batcher {
+    fn process(
+        &mut self,
+        msg: Message,
+        out: &mut Outputs<'_>,
+        cx: &mut StageContext,
+    ) -> Result<(), StageError> {
+        let Message::ViewPair(pair) = msg else {
+            return Err(StageError::UnexpectedMessage {
+                expected: "view_pairs",
+                got: msg.port_type().name(),
+            });
+        };
+        if let Some(head) = self.pending.first() {
+            if head.id.epoch != pair.id.epoch {
+                if self.config.drop_last {
+                    cx.note(format!(
+                        "dropped {} samples at the end of epoch {}",
+                        self.pending.len(),
+                        head.id.epoch
+                    ));
+                    self.pending.clear();
+                } else {
+                    self.emit(out)?;
+                }
+            } else if head.shape != pair.shape {
+                return Err(StageError::msg(format!(
+                    "sample {} has views of shape {:?} but the batch holds {:?}; give every view one size (e.g. `random_resized_crop: {{ size: 32 }}`)",
+                    pair.id.index, pair.shape, head.shape
+                )));
+            }
+        }
+        self.pending.push(pair);
+        if self.pending.len() == self.config.batch_size {
+            self.emit(out)?;
+        }
+        Ok(())
+    }
+
+    fn on_finish(
+        &mut self,
+        out: &mut Outputs<'_>,
+        cx: &mut StageContext,
+    ) -> Result<(), StageError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.config.drop_last {
+            cx.note(format!(
+                "dropped the last {} samples (incomplete batch)",
+                self.pending.len()
+            ));
+            self.pending.clear();
+            Ok(())
+        } else {
+            self.emit(out)
+        }
+    }
+}
