@@ -13,6 +13,9 @@ use simclr::config::{Graph, Registry};
 use simclr::core::StageKind;
 use simclr::runtime::{self, RunOptions};
 
+mod bench;
+mod preview;
+
 /// SimCLR contrastive learning as YAML-defined dataflow pipelines.
 #[derive(Parser)]
 #[command(name = "simclr", version, about, propagate_version = true)]
@@ -54,6 +57,41 @@ enum Command {
         #[command(flatten)]
         measure: MeasureArgs,
     },
+    /// Draw a PNG grid of the views a definition makes: one row per sample, original, t, t'.
+    Preview {
+        /// Definition file (with a `views` stage fed by a source).
+        file: PathBuf,
+        /// Output PNG.
+        #[arg(long, default_value = "grid.png")]
+        out: PathBuf,
+        /// Samples (rows).
+        #[arg(long, default_value_t = 16)]
+        n: usize,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Augmentation throughput (pairs/s) on three suites, with a per-transform breakdown.
+    Augment {
+        /// Print one JSON object keyed by suite.
+        #[arg(long)]
+        json: bool,
+        /// A folder of JPEGs for suite (c) (default: generated photo-sized JPEGs).
+        #[arg(long, value_name = "DIR")]
+        images: Option<PathBuf>,
+        /// Seconds of measurement per suite.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -89,6 +127,13 @@ fn main() -> ExitCode {
             measure,
         } => execute(&file, &registry, run_dir, &measure, true),
         Command::Profile { file, measure } => execute(&file, &registry, None, &measure, false),
+        Command::Preview { file, out, n } => preview_command(&file, &registry, &out, n),
+        Command::Bench { what: BenchCommand::Augment { json, images, seconds, threads } } => {
+            bench::augment(json, images.as_deref(), seconds, threads.max(1)).map(|text| {
+                println!("{text}");
+                ExitCode::SUCCESS
+            })
+        }
     };
     match result {
         Ok(code) => code,
@@ -99,6 +144,19 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+fn preview_command(file: &Path, registry: &Registry, out: &Path, n: usize) -> Result<ExitCode> {
+    let graph = match simclr::config::load_file(file, registry, &LoadOptions::default()) {
+        Ok(graph) => graph,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let (w, h) = preview::preview(&graph, out, n.max(1))?;
+    println!("wrote {} ({w}x{h} px): one row per sample, columns original, t, t'", out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {

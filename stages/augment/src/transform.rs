@@ -328,6 +328,19 @@ impl Policy {
         Ok(())
     }
 
+    /// [`Policy::run`] skipping normalizations: what the views look like as pictures. The
+    /// random stream is the same as [`Policy::run`]'s (normalizations draw nothing), so the
+    /// result is exactly the training view before normalization.
+    ///
+    /// # Errors
+    /// As for [`Policy::run`].
+    pub fn run_for_display(&self, img: &mut Img, rng: &mut Rng) -> Result<(), TransformError> {
+        for op in self.ops.iter().filter(|o| !o.is_normalize()) {
+            op.run(img, rng).map_err(|e| TransformError(format!("{}: {e}", op.name())))?;
+        }
+        Ok(())
+    }
+
     /// Re-apply a logged run.
     ///
     /// # Errors
