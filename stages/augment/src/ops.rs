@@ -920,28 +920,37 @@ fn reflect(i: isize, n: usize) -> usize {
     (if m < n { m } else { period - m }) as usize
 }
 
-/// Separable blur of each plane with reflect padding.
+/// Separable blur of each plane with reflect padding (torchvision's `padding_mode="reflect"`).
+///
+/// Both passes are written as one multiply-add of a whole row per kernel tap, which the
+/// compiler vectorises; the reflected borders are materialised once per row.
 pub fn blur_planes(chw: &mut [f32], height: usize, width: usize, kernel: &[f32]) {
-    let half = (kernel.len() / 2) as isize;
+    let half = kernel.len() / 2;
+    let mut padded = vec![0f32; width + 2 * half];
     let mut tmp = vec![0f32; height * width];
+    let rows: Vec<usize> = (0..height + 2 * half).map(|i| reflect(i as isize - half as isize, height)).collect();
     for plane in chw.chunks_exact_mut(height * width) {
         for y in 0..height {
             let row = &plane[y * width..(y + 1) * width];
-            for x in 0..width {
-                let mut acc = 0f32;
-                for (k, &w) in kernel.iter().enumerate() {
-                    acc += w * row[reflect(x as isize + k as isize - half, width)];
+            for (i, p) in padded.iter_mut().enumerate() {
+                *p = row[reflect(i as isize - half as isize, width)];
+            }
+            let out = &mut tmp[y * width..(y + 1) * width];
+            out.fill(0.0);
+            for (k, &w) in kernel.iter().enumerate() {
+                for (o, &v) in out.iter_mut().zip(&padded[k..k + width]) {
+                    *o += w * v;
                 }
-                tmp[y * width + x] = acc;
             }
         }
         for y in 0..height {
-            for x in 0..width {
-                let mut acc = 0f32;
-                for (k, &w) in kernel.iter().enumerate() {
-                    acc += w * tmp[reflect(y as isize + k as isize - half, height) * width + x];
+            let out = &mut plane[y * width..(y + 1) * width];
+            out.fill(0.0);
+            for (k, &w) in kernel.iter().enumerate() {
+                let src = rows[y + k];
+                for (o, &v) in out.iter_mut().zip(&tmp[src * width..(src + 1) * width]) {
+                    *o += w * v;
                 }
-                plane[y * width + x] = acc;
             }
         }
     }
