@@ -36,11 +36,24 @@ fn policy(yaml: &str) -> Result<Policy> {
 }
 
 fn synthetic(size: u32, channels: u8, n: u64) -> Vec<Image> {
-    let data = simclr::source::synthetic::Synthetic { seed: 1, count: n, size, classes: 10, channels };
+    let data = simclr::source::synthetic::Synthetic {
+        seed: 1,
+        count: n,
+        size,
+        classes: 10,
+        channels,
+    };
     (0..n)
         .map(|i| {
             let (pixels, label) = data.render(i);
-            Image { id: SampleId { epoch: 0, index: i }, label: Some(label), width: size, height: size, channels, pixels: pixels.into() }
+            Image {
+                id: SampleId { epoch: 0, index: i },
+                label: Some(label),
+                width: size,
+                height: size,
+                channels,
+                pixels: pixels.into(),
+            }
         })
         .collect()
 }
@@ -51,7 +64,11 @@ fn photos(n: u64) -> Result<Vec<Arc<[u8]>>> {
         .map(|i| {
             let mut rng = Rng::from_key(&[i, 0xC0FFEE]);
             let (a, b) = (rng.uniform(0.0, 6.28), rng.uniform(0.02, 0.06));
-            let (cx, cy, r) = (rng.uniform(100.0, 400.0), rng.uniform(80.0, 300.0), rng.uniform(40.0, 120.0));
+            let (cx, cy, r) = (
+                rng.uniform(100.0, 400.0),
+                rng.uniform(80.0, 300.0),
+                rng.uniform(40.0, 120.0),
+            );
             let img = image::RgbImage::from_fn(500, 375, |x, y| {
                 let (xf, yf) = (f64::from(x), f64::from(y));
                 let inside = (xf - cx).hypot(yf - cy) < r;
@@ -76,20 +93,40 @@ fn jpegs_from(dir: &Path) -> Result<Vec<Arc<[u8]>>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg")))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg"))
+        })
         .collect();
     files.sort();
     files.truncate(256);
     if files.is_empty() {
         bail!("no .jpg/.jpeg files in {}", dir.display());
     }
-    files.iter().map(|p| std::fs::read(p).map(Arc::from).with_context(|| format!("cannot read {}", p.display()))).collect()
+    files
+        .iter()
+        .map(|p| {
+            std::fs::read(p)
+                .map(Arc::from)
+                .with_context(|| format!("cannot read {}", p.display()))
+        })
+        .collect()
 }
 
 fn decode(bytes: &[u8], index: u64) -> Result<Image> {
-    let img = image::load_from_memory(bytes).context("cannot decode a JPEG")?.into_rgb8();
+    let img = image::load_from_memory(bytes)
+        .context("cannot decode a JPEG")?
+        .into_rgb8();
     let (width, height) = img.dimensions();
-    Ok(Image { id: SampleId { epoch: 0, index }, label: None, width, height, channels: 3, pixels: img.into_raw().into() })
+    Ok(Image {
+        id: SampleId { epoch: 0, index },
+        label: None,
+        width,
+        height,
+        channels: 3,
+        pixels: img.into_raw().into(),
+    })
 }
 
 fn suites(images: Option<&Path>) -> Result<Vec<Suite>> {
@@ -97,19 +134,25 @@ fn suites(images: Option<&Path>) -> Result<Vec<Suite>> {
         Suite {
             key: "a",
             description: "28x28 gray: crop(28, 0.08-1), flip, jitter(0.4, 0.4) p0.8",
-            policy: policy("[{random_resized_crop: {size: 28}}, horizontal_flip, {random_apply: {p: 0.8, transforms: [{color_jitter: {brightness: 0.4, contrast: 0.4}}]}}]")?,
+            policy: policy(
+                "[{random_resized_crop: {size: 28}}, horizontal_flip, {random_apply: {p: 0.8, transforms: [{color_jitter: {brightness: 0.4, contrast: 0.4}}]}}]",
+            )?,
             inputs: Inputs::Decoded(synthetic(28, 1, 512)),
         },
         Suite {
             key: "b",
             description: "32x32 RGB: crop(32), flip, jitter(.4,.4,.4,.1) p0.8, gray 0.2, normalize",
-            policy: policy("[{random_resized_crop: {size: 32}}, horizontal_flip, {random_apply: {p: 0.8, transforms: [{color_jitter: {brightness: 0.4, contrast: 0.4, saturation: 0.4, hue: 0.1}}]}}, {random_grayscale: {p: 0.2}}, {normalize: {mean: [0.4914, 0.4822, 0.4465], std: [0.247, 0.243, 0.261]}}]")?,
+            policy: policy(
+                "[{random_resized_crop: {size: 32}}, horizontal_flip, {random_apply: {p: 0.8, transforms: [{color_jitter: {brightness: 0.4, contrast: 0.4, saturation: 0.4, hue: 0.1}}]}}, {random_grayscale: {p: 0.2}}, {normalize: {mean: [0.4914, 0.4822, 0.4465], std: [0.247, 0.243, 0.261]}}]",
+            )?,
             inputs: Inputs::Decoded(synthetic(32, 3, 512)),
         },
         Suite {
             key: "c",
             description: "JPEG ~500x375 -> decode, crop(224), flip, jitter(.8,.8,.8,.2) p0.8, gray 0.2, blur(23) p0.5, normalize",
-            policy: policy("[{random_resized_crop: {size: 224}}, horizontal_flip, {random_apply: {p: 0.8, transforms: [{color_jitter: {brightness: 0.8, contrast: 0.8, saturation: 0.8, hue: 0.2}}]}}, {random_grayscale: {p: 0.2}}, {random_apply: {p: 0.5, transforms: [{gaussian_blur: {kernel_size: 23, sigma: [0.1, 2.0]}}]}}, {normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}]")?,
+            policy: policy(
+                "[{random_resized_crop: {size: 224}}, horizontal_flip, {random_apply: {p: 0.8, transforms: [{color_jitter: {brightness: 0.8, contrast: 0.8, saturation: 0.8, hue: 0.2}}]}}, {random_grayscale: {p: 0.2}}, {random_apply: {p: 0.5, transforms: [{gaussian_blur: {kernel_size: 23, sigma: [0.1, 2.0]}}]}}, {normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}]",
+            )?,
             inputs: Inputs::Jpeg(match images {
                 Some(dir) => jpegs_from(dir)?,
                 None => photos(24)?,
@@ -133,14 +176,25 @@ fn one_pair(suite: &Suite, i: u64) -> Result<()> {
 
 /// Pairs per second on `threads` threads for about `seconds`.
 fn throughput(suite: &Suite, threads: usize, seconds: f64) -> Result<f64> {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("thread pool")?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("thread pool")?;
     let chunk = 64u64;
     // Warm-up (allocator, resizer tables).
-    pool.install(|| (0..chunk).into_par_iter().try_for_each(|i| one_pair(suite, i)))?;
+    pool.install(|| {
+        (0..chunk)
+            .into_par_iter()
+            .try_for_each(|i| one_pair(suite, i))
+    })?;
     let start = Instant::now();
     let mut done = 0u64;
     while start.elapsed().as_secs_f64() < seconds {
-        pool.install(|| (done..done + chunk).into_par_iter().try_for_each(|i| one_pair(suite, i)))?;
+        pool.install(|| {
+            (done..done + chunk)
+                .into_par_iter()
+                .try_for_each(|i| one_pair(suite, i))
+        })?;
         done += chunk;
     }
     Ok(done as f64 / start.elapsed().as_secs_f64())
@@ -163,7 +217,10 @@ fn breakdown(suite: &Suite, pairs: u64) -> Result<Vec<(String, f64)>> {
         for which in [stream::VIEW_T, stream::VIEW_T_PRIME] {
             let mut img = Img::from_image(&image);
             let mut rng = Rng::for_sample(7, 0, i, which);
-            suite.policy.run_timed(&mut img, &mut rng, Some(&mut timings)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            suite
+                .policy
+                .run_timed(&mut img, &mut rng, Some(&mut timings))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let t = Instant::now();
             std::hint::black_box(img.to_f32());
             if let Some(last) = timings.last_mut() {
@@ -175,7 +232,10 @@ fn breakdown(suite: &Suite, pairs: u64) -> Result<Vec<(String, f64)>> {
     let mut rows = Vec::new();
     if decode_time > Duration::ZERO {
         // Decoding happens once per pair; report it per view like the rest.
-        rows.push(("jpeg decode".to_owned(), decode_time.as_secs_f64() * 1e6 / views));
+        rows.push((
+            "jpeg decode".to_owned(),
+            decode_time.as_secs_f64() * 1e6 / views,
+        ));
     }
     for (op, t) in suite.policy.ops().iter().zip(&timings) {
         rows.push((op.name().to_owned(), t.as_secs_f64() * 1e6 / views));
@@ -189,19 +249,28 @@ pub fn augment(json: bool, images: Option<&Path>, seconds: f64, threads: usize) 
     let mut report = serde_json::Map::new();
     if !json {
         out.push_str(&format!("augmentation throughput, {threads} threads, ~{seconds} s per suite (pairs = two views)\n\n"));
-        out.push_str(&format!("{:<5} {:>10} {:>13} {:>7}  {}\n", "suite", "pairs/s", "torchvision", "ratio", "what"));
+        out.push_str(&format!(
+            "{:<5} {:>10} {:>13} {:>7}  {}\n",
+            "suite", "pairs/s", "torchvision", "ratio", "what"
+        ));
     }
     let mut breakdowns = Vec::new();
     for suite in suites(images)? {
         let rate = throughput(&suite, threads, seconds)?;
-        let reference = TORCHVISION.iter().find(|(k, _)| *k == suite.key).map_or(f64::NAN, |(_, v)| *v);
+        let reference = TORCHVISION
+            .iter()
+            .find(|(k, _)| *k == suite.key)
+            .map_or(f64::NAN, |(_, v)| *v);
         let pairs = match suite.inputs {
             Inputs::Decoded(_) => 2000,
             Inputs::Jpeg(_) => 60,
         };
         let costs = breakdown(&suite, pairs)?;
         if json {
-            let costs_json: serde_json::Map<String, serde_json::Value> = costs.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+            let costs_json: serde_json::Map<String, serde_json::Value> = costs
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                .collect();
             report.insert(
                 suite.key.to_owned(),
                 serde_json::json!({
@@ -214,17 +283,31 @@ pub fn augment(json: bool, images: Option<&Path>, seconds: f64, threads: usize) 
                 }),
             );
         } else {
-            out.push_str(&format!("{:<5} {:>10.0} {:>13.0} {:>6.1}x  {}\n", suite.key, rate, reference, rate / reference, suite.description));
+            out.push_str(&format!(
+                "{:<5} {:>10.0} {:>13.0} {:>6.1}x  {}\n",
+                suite.key,
+                rate,
+                reference,
+                rate / reference,
+                suite.description
+            ));
         }
         breakdowns.push((suite.key, costs));
     }
     if json {
-        return Ok(serde_json::to_string_pretty(&serde_json::Value::Object(report))?);
+        return Ok(serde_json::to_string_pretty(&serde_json::Value::Object(
+            report,
+        ))?);
     }
-    out.push_str("\nper-transform cost, one thread, microseconds per view (share of the view's time):\n");
+    out.push_str(
+        "\nper-transform cost, one thread, microseconds per view (share of the view's time):\n",
+    );
     for (key, costs) in breakdowns {
         let total: f64 = costs.iter().map(|(_, v)| v).sum();
-        let parts: Vec<String> = costs.iter().map(|(k, v)| format!("{k} {v:.1} ({:.0}%)", 100.0 * v / total)).collect();
+        let parts: Vec<String> = costs
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1} ({:.0}%)", 100.0 * v / total))
+            .collect();
         out.push_str(&format!("{key}: {}\n", parts.join(", ")));
     }
     out.push_str("\n(the last transform's time includes the final float conversion; torchvision figures: PIL path, DataLoader with 2 workers, same machine, benches/reference/augment_torchvision.py)\n");

@@ -128,12 +128,18 @@ fn main() -> ExitCode {
         } => execute(&file, &registry, run_dir, &measure, true),
         Command::Profile { file, measure } => execute(&file, &registry, None, &measure, false),
         Command::Preview { file, out, n } => preview_command(&file, &registry, &out, n),
-        Command::Bench { what: BenchCommand::Augment { json, images, seconds, threads } } => {
-            bench::augment(json, images.as_deref(), seconds, threads.max(1)).map(|text| {
-                println!("{text}");
-                ExitCode::SUCCESS
-            })
-        }
+        Command::Bench {
+            what:
+                BenchCommand::Augment {
+                    json,
+                    images,
+                    seconds,
+                    threads,
+                },
+        } => bench::augment(json, images.as_deref(), seconds, threads.max(1)).map(|text| {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,
@@ -155,7 +161,10 @@ fn preview_command(file: &Path, registry: &Registry, out: &Path, n: usize) -> Re
         }
     };
     let (w, h) = preview::preview(&graph, out, n.max(1))?;
-    println!("wrote {} ({w}x{h} px): one row per sample, columns original, t, t'", out.display());
+    println!(
+        "wrote {} ({w}x{h} px): one row per sample, columns original, t, t'",
+        out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -103,8 +103,11 @@ fn with_fixtures(kind: &str, example: &str) -> String {
             let folder = dir.join("cifar-10-batches-bin");
             std::fs::create_dir_all(&folder).expect("fixture dir");
             for i in 1..=5 {
-                let record: Vec<u8> = std::iter::once(i as u8).chain((0..3072).map(|p| (p % 256) as u8)).collect();
-                std::fs::write(folder.join(format!("data_batch_{i}.bin")), record.repeat(2)).expect("fixture");
+                let record: Vec<u8> = std::iter::once(i as u8)
+                    .chain((0..3072).map(|p| (p % 256) as u8))
+                    .collect();
+                std::fs::write(folder.join(format!("data_batch_{i}.bin")), record.repeat(2))
+                    .expect("fixture");
             }
             example.replace("data/cifar-10-batches-bin", &folder.to_string_lossy())
         }
@@ -112,7 +115,9 @@ fn with_fixtures(kind: &str, example: &str) -> String {
             let folder = dir.join("photos");
             for class in ["a", "b"] {
                 std::fs::create_dir_all(folder.join(class)).expect("fixture dir");
-                image::RgbImage::from_pixel(8, 6, image::Rgb([10, 200, 30])).save(folder.join(class).join("x.png")).expect("fixture");
+                image::RgbImage::from_pixel(8, 6, image::Rgb([10, 200, 30]))
+                    .save(folder.join(class).join("x.png"))
+                    .expect("fixture");
             }
             example.replace("data/photos", &folder.to_string_lossy())
         }

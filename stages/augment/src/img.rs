@@ -113,6 +113,11 @@ impl Img {
         }
     }
 
+    /// The image as float32 CHW, consuming it (no copy when already float).
+    pub fn into_f32(mut self) -> Vec<f32> {
+        std::mem::take(self.f32_mut())
+    }
+
     /// The image as 8-bit HWC, clamping floats to [0, 1] (for previews).
     pub fn to_u8_hwc(&self) -> Vec<u8> {
         match &self.pixels {

@@ -676,48 +676,77 @@ pub fn adjust_saturation(chw: &mut [f32], channels: usize, plane: usize, f: f32)
 }
 
 /// Hue: rotate the hue by `shift` turns in HSV space (no-op on gray images), following
-/// torchvision's `_rgb2hsv` / `_hsv2rgb`.
+/// torchvision's `_rgb2hsv` / `_hsv2rgb`. Written without `floor`/`fmod` (library calls on
+/// baseline x86-64): every wrapped quantity is known to lie in a small positive range.
 pub fn adjust_hue(chw: &mut [f32], channels: usize, plane: usize, shift: f32) {
     if channels != 3 {
         return;
     }
     let (r, rest) = chw.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
-    for i in 0..plane {
-        let (rv, gv, bv) = (r[i], g[i], b[i]);
+    for ((rp, gp), bp) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
+        let (rv, gv, bv) = (*rp, *gp, *bp);
         let maxc = rv.max(gv).max(bv);
         let minc = rv.min(gv).min(bv);
         let cr = maxc - minc;
-        let eqc = cr == 0.0;
-        let s = cr / if eqc { 1.0 } else { maxc };
-        let div = if eqc { 1.0 } else { cr };
-        let (rc, gc, bc) = ((maxc - rv) / div, (maxc - gv) / div, (maxc - bv) / div);
-        let h = if maxc == rv {
+        let (s, inv) = if cr == 0.0 {
+            (0.0, 1.0)
+        } else {
+            (cr / maxc, 1.0 / cr)
+        };
+        let (rc, gc, bc) = ((maxc - rv) * inv, (maxc - gv) * inv, (maxc - bv) * inv);
+        // torchvision's masked sum, kept branch-free (selects) so the loop vectorises.
+        let is_r = maxc == rv;
+        let is_g = maxc == gv && !is_r;
+        let h = if is_r {
             bc - gc
-        } else if maxc == gv {
+        } else if is_g {
             2.0 + rc - bc
         } else {
             4.0 + gc - rc
         };
-        let h = ((h / 6.0 + 1.0) % 1.0 + shift).rem_euclid(1.0);
+        // h / 6 + 1 lies in [5/6, 2): its fractional part by truncation.
+        let turns = h * (1.0 / 6.0) + 1.0;
+        let mut hue = turns - (turns as i32) as f32 + shift;
+        hue += if hue < 0.0 { 1.0 } else { 0.0 };
+        hue -= if hue >= 1.0 { 1.0 } else { 0.0 };
         let v = maxc;
-        let h6 = h * 6.0;
-        let sector = h6.floor();
-        let f = h6 - sector;
+        let h6 = hue * 6.0;
+        let sector = (h6 as i32).min(5);
+        let f = h6 - sector as f32;
         let p = (v * (1.0 - s)).clamp(0.0, 1.0);
         let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
         let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
-        let (nr, ng, nb) = match (sector as i32).rem_euclid(6) {
-            0 => (v, t, p),
-            1 => (q, v, p),
-            2 => (p, v, t),
-            3 => (p, q, v),
-            4 => (t, p, v),
-            _ => (v, p, q),
+        let nr = if sector == 0 || sector == 5 {
+            v
+        } else if sector == 1 {
+            q
+        } else if sector <= 3 {
+            p
+        } else {
+            t
         };
-        r[i] = nr;
-        g[i] = ng;
-        b[i] = nb;
+        let ng = if sector == 0 {
+            t
+        } else if sector <= 2 {
+            v
+        } else if sector == 3 {
+            q
+        } else {
+            p
+        };
+        let nb = if sector <= 1 {
+            p
+        } else if sector == 2 {
+            t
+        } else if sector <= 4 {
+            v
+        } else {
+            q
+        };
+        *rp = nr;
+        *gp = ng;
+        *bp = nb;
     }
 }
 
@@ -920,6 +949,18 @@ fn reflect(i: isize, n: usize) -> usize {
     (if m < n { m } else { period - m }) as usize
 }
 
+/// Drop the symmetric tail taps whose weight is below f32 resolution (1e-7 of the total): a
+/// 23-tap kernel at sigma 0.5 has 5 taps that matter. The kept weights are not renormalised,
+/// so the result differs from the full kernel's by less than 1e-6 of a pixel's range.
+pub fn trim_kernel(kernel: Vec<f32>) -> Vec<f32> {
+    let tail = kernel
+        .iter()
+        .take(kernel.len() / 2)
+        .take_while(|&&w| w < 1e-7)
+        .count();
+    kernel[tail..kernel.len() - tail].to_vec()
+}
+
 /// Separable blur of each plane with reflect padding (torchvision's `padding_mode="reflect"`).
 ///
 /// Both passes are written as one multiply-add of a whole row per kernel tap, which the
@@ -928,12 +969,16 @@ pub fn blur_planes(chw: &mut [f32], height: usize, width: usize, kernel: &[f32])
     let half = kernel.len() / 2;
     let mut padded = vec![0f32; width + 2 * half];
     let mut tmp = vec![0f32; height * width];
-    let rows: Vec<usize> = (0..height + 2 * half).map(|i| reflect(i as isize - half as isize, height)).collect();
+    let rows: Vec<usize> = (0..height + 2 * half)
+        .map(|i| reflect(i as isize - half as isize, height))
+        .collect();
     for plane in chw.chunks_exact_mut(height * width) {
         for y in 0..height {
             let row = &plane[y * width..(y + 1) * width];
-            for (i, p) in padded.iter_mut().enumerate() {
-                *p = row[reflect(i as isize - half as isize, width)];
+            padded[half..half + width].copy_from_slice(row);
+            for i in 0..half {
+                padded[i] = row[reflect(i as isize - half as isize, width)];
+                padded[half + width + i] = row[reflect((width + i) as isize, width)];
             }
             let out = &mut tmp[y * width..(y + 1) * width];
             out.fill(0.0);
@@ -981,7 +1026,7 @@ impl Transform for GaussianBlur {
             return Err(wrong("sigma", params));
         };
         let shape = img.shape;
-        let kernel = gaussian_kernel(self.kernel_for(shape), sigma);
+        let kernel = trim_kernel(gaussian_kernel(self.kernel_for(shape), sigma));
         blur_planes(img.f32_mut(), shape.height, shape.width, &kernel);
         Ok(())
     }

@@ -336,7 +336,8 @@ impl Policy {
     /// As for [`Policy::run`].
     pub fn run_for_display(&self, img: &mut Img, rng: &mut Rng) -> Result<(), TransformError> {
         for op in self.ops.iter().filter(|o| !o.is_normalize()) {
-            op.run(img, rng).map_err(|e| TransformError(format!("{}: {e}", op.name())))?;
+            op.run(img, rng)
+                .map_err(|e| TransformError(format!("{}: {e}", op.name())))?;
         }
         Ok(())
     }

@@ -200,12 +200,13 @@ pub fn make_pair(
             b.shape.width
         )));
     }
+    let shape = [a.shape.channels, a.shape.height, a.shape.width];
     Ok(ViewPair {
         id: image.id,
         label: image.label,
-        shape: [a.shape.channels, a.shape.height, a.shape.width],
-        first: Arc::from(a.to_f32()),
-        second: Arc::from(b.to_f32()),
+        shape,
+        first: Arc::from(a.into_f32()),
+        second: Arc::from(b.into_f32()),
     })
 }
 
