@@ -469,3 +469,80 @@ stages:
         "the help lists the transforms: {d}"
     );
 }
+
+#[derive(Debug)]
+struct Fill(f32);
+
+impl Transform for Fill {
+    fn name(&self) -> &str {
+        "test_fill"
+    }
+    fn sample(&self, _shape: Shape, rng: &mut Rng) -> Params {
+        Params::Values(vec![self.0 + rng.uniform(0.0, 0.0) as f32])
+    }
+    fn apply(&self, img: &mut Img, params: &Params) -> Result<(), simclr::augment::TransformError> {
+        let Params::Values(v) = params else {
+            return Err(simclr::augment::TransformError("values".into()));
+        };
+        img.f32_mut().fill(v[0]);
+        Ok(())
+    }
+}
+
+fn build_fill(
+    node: &simclr::core::Value,
+    path: &str,
+) -> Result<Box<dyn Transform>, simclr::core::ParamError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct C {
+        value: f32,
+    }
+    let c: C = simclr::augment::transform::parse_config(node, path)?;
+    Ok(Box::new(Fill(c.value)))
+}
+
+#[test]
+fn a_registered_custom_transform_is_usable_by_name() {
+    use simclr::augment::transform::TransformKind;
+    simclr::augment::register_transform(TransformKind {
+        name: "test_fill",
+        summary: "fill",
+        build: build_fill,
+    })
+    .expect("registers");
+    assert!(
+        simclr::augment::register_transform(TransformKind {
+            name: "resize",
+            summary: "x",
+            build: build_fill
+        })
+        .is_err(),
+        "built-in names are taken"
+    );
+    let root = simclr::config::yaml::parse(
+        "[{ resize: { size: [4, 5] } }, { test_fill: { value: 0.25 } }]",
+    )
+    .expect("yaml");
+    let policy = Policy::parse(&root, "t").expect("policy");
+    let mut img = pattern();
+    policy
+        .run(&mut img, &mut Rng::from_key(&[1]))
+        .expect("runs");
+    assert_eq!(
+        img.shape,
+        Shape {
+            channels: 3,
+            height: 4,
+            width: 5
+        }
+    );
+    assert!(img.to_f32().iter().all(|&v| v == 0.25));
+    let bad = simclr::config::yaml::parse("[{ test_fill: { valeu: 1 } }]").expect("yaml");
+    let err = Policy::parse(&bad, "t").expect_err("unknown key");
+    assert!(
+        err.message.contains("unknown field `valeu`"),
+        "{}",
+        err.message
+    );
+}

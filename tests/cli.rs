@@ -248,3 +248,67 @@ fn ctrl_c_stops_the_sources_drains_and_exits_130() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn preview_writes_a_png_grid_of_the_expected_size() {
+    let dir = scratch("cli-preview");
+    let out = dir.join("grid.png");
+    let result = simclr(&[
+        "preview",
+        "definitions/augment-synthetic.yaml",
+        "--out",
+        &out.to_string_lossy(),
+        "--n",
+        "5",
+    ]);
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    let png = image::open(&out).expect("a valid PNG");
+    // 32-pixel views upscaled x3 to 96-pixel cells, 3 columns and 5 rows with 4-pixel gaps.
+    assert_eq!(
+        (png.width(), png.height()),
+        (3 * 96 + 4 * 4, 5 * (96 + 4) + 4)
+    );
+    let rgb = png.to_rgb8();
+    let cell = |col: u32, row: u32| -> Vec<u8> {
+        let (x0, y0) = (4 + col * 100, 4 + row * 100);
+        (0..96)
+            .flat_map(|y| (0..96).flat_map(move |x| [x0 + x, y0 + y]))
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .flat_map(|p| rgb.get_pixel(p[0], p[1]).0)
+            .collect()
+    };
+    assert_ne!(cell(1, 0), cell(2, 0), "t and t' differ");
+    assert_ne!(cell(0, 0), cell(1, 0), "the view differs from the original");
+    let bad = simclr(&[
+        "preview",
+        "definitions/runtime-smoke.yaml",
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("has no `views` stage"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+#[test]
+fn bench_augment_prints_json_per_suite() {
+    let out = simclr(&["bench", "augment", "--json", "--seconds", "0.2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&text(&out.stdout)).expect("json");
+    for suite in ["a", "b", "c"] {
+        assert!(
+            json[suite]["pairs_per_s"].as_f64().is_some_and(|r| r > 0.0),
+            "{json}"
+        );
+        assert!(
+            json[suite]["us_per_view"]["random_resized_crop"]
+                .as_f64()
+                .is_some(),
+            "{json}"
+        );
+    }
+}
