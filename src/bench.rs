@@ -247,24 +247,80 @@ fn breakdown(suite: &Suite, pairs: u64) -> Result<Vec<(String, f64)>> {
     Ok(rows)
 }
 
-/// Run every suite and print a table (or JSON).
-pub fn augment(json: bool, images: Option<&Path>, seconds: f64, threads: usize) -> Result<String> {
+/// Run `benches/reference/augment_torchvision.py` with `python` and read its pairs/s.
+fn measure_torchvision(
+    python: &str,
+    images: Option<&Path>,
+    seconds: f64,
+) -> Result<Vec<(String, f64)>> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference/augment_torchvision.py");
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(&script).arg("--seconds").arg(seconds.to_string());
+    if let Some(dir) = images {
+        cmd.arg("--images").arg(dir);
+    }
+    let out = cmd.output().with_context(|| format!("cannot run `{python}` (the torchvision reference needs Python with torch and torchvision)"))?;
+    if !out.status.success() {
+        bail!(
+            "the torchvision reference failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rates: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_owned(), it.next()?.parse().ok()?))
+        })
+        .collect();
+    if rates.len() != 3 {
+        bail!("unexpected output from the torchvision reference:\n{text}");
+    }
+    Ok(rates)
+}
+
+/// Run every suite and print a table (or JSON). With `reference` (a Python interpreter with
+/// torch and torchvision), torchvision is measured in the same run; otherwise its figures
+/// quoted above are used.
+pub fn augment(
+    json: bool,
+    images: Option<&Path>,
+    seconds: f64,
+    threads: usize,
+    reference: Option<&str>,
+) -> Result<String> {
+    let measured = reference
+        .map(|python| measure_torchvision(python, images, seconds))
+        .transpose()?;
     let mut out = String::new();
     let mut report = serde_json::Map::new();
     if !json {
         out.push_str(&format!("augmentation throughput, {threads} threads, ~{seconds} s per suite (pairs = two views)\n\n"));
+        let source = if measured.is_some() {
+            "torchvision now"
+        } else {
+            "torchvision*"
+        };
         out.push_str(&format!(
-            "{:<5} {:>10} {:>13} {:>7}  {}\n",
-            "suite", "pairs/s", "torchvision", "ratio", "what"
+            "{:<5} {:>10} {:>15} {:>7}  {}\n",
+            "suite", "pairs/s", source, "ratio", "what"
         ));
     }
     let mut breakdowns = Vec::new();
     for suite in suites(images)? {
         let rate = throughput(&suite, threads, seconds)?;
-        let reference = TORCHVISION
-            .iter()
-            .find(|(k, _)| *k == suite.key)
-            .map_or(f64::NAN, |(_, v)| *v);
+        let reference = match &measured {
+            Some(rates) => rates
+                .iter()
+                .find(|(k, _)| k == suite.key)
+                .map_or(f64::NAN, |(_, v)| *v),
+            None => TORCHVISION
+                .iter()
+                .find(|(k, _)| *k == suite.key)
+                .map_or(f64::NAN, |(_, v)| *v),
+        };
         // About a third of the measuring time again for the breakdown.
         let pairs = match suite.inputs {
             Inputs::Decoded(_) => ((seconds * 700.0) as u64).clamp(50, 2000),
@@ -282,6 +338,7 @@ pub fn augment(json: bool, images: Option<&Path>, seconds: f64, threads: usize) 
                     "description": suite.description,
                     "pairs_per_s": rate,
                     "torchvision_pairs_per_s": reference,
+                    "torchvision_measured": measured.is_some(),
                     "ratio": rate / reference,
                     "threads": threads,
                     "us_per_view": costs_json,
@@ -289,7 +346,7 @@ pub fn augment(json: bool, images: Option<&Path>, seconds: f64, threads: usize) 
             );
         } else {
             out.push_str(&format!(
-                "{:<5} {:>10.0} {:>13.0} {:>6.1}x  {}\n",
+                "{:<5} {:>10.0} {:>15.0} {:>6.1}x  {}\n",
                 suite.key,
                 rate,
                 reference,
@@ -315,6 +372,6 @@ pub fn augment(json: bool, images: Option<&Path>, seconds: f64, threads: usize) 
             .collect();
         out.push_str(&format!("{key}: {}\n", parts.join(", ")));
     }
-    out.push_str("\n(the last transform's time includes the final float conversion; torchvision figures: PIL path, DataLoader with 2 workers, same machine, benches/reference/augment_torchvision.py)\n");
+    out.push_str("\n(the last transform's time includes the final float conversion; torchvision: PIL path, DataLoader with 2 workers, benches/reference/augment_torchvision.py; * = figures quoted from an earlier run on this machine, `--reference python3` measures it in this run)\n");
     Ok(out)
 }

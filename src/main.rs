@@ -91,6 +91,9 @@ enum BenchCommand {
         /// Threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Measure torchvision in the same run with this Python (needs torch and torchvision).
+        #[arg(long, value_name = "PYTHON")]
+        reference: Option<String>,
     },
 }
 
@@ -135,8 +138,16 @@ fn main() -> ExitCode {
                     images,
                     seconds,
                     threads,
+                    reference,
                 },
-        } => bench::augment(json, images.as_deref(), seconds, threads.max(1)).map(|text| {
+        } => bench::augment(
+            json,
+            images.as_deref(),
+            seconds,
+            threads.max(1),
+            reference.as_deref(),
+        )
+        .map(|text| {
             println!("{text}");
             ExitCode::SUCCESS
         }),

@@ -193,6 +193,7 @@ impl Shared {
 /// # Errors
 /// The first stage failure, with the measurements up to it.
 pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
+    let cpu_at_start = report::process_cpu_seconds();
     let shared = Arc::new(Shared {
         signals: Signals {
             stop: options.stop.clone(),
@@ -487,6 +488,9 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
         }
     }
     let wall_ns = shared.now_ns();
+    let cpu_seconds = report::process_cpu_seconds()
+        .zip(cpu_at_start)
+        .map(|(end, start)| end - start);
     sampler_stop.store(true, Ordering::SeqCst);
     if let Some(Ok(Some(edges))) = sampler.map(thread::JoinHandle::join)
         && let Ok(mut all) = traces.lock()
@@ -518,6 +522,7 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
         &logs,
         &edge_counters,
         wall_ns,
+        cpu_seconds,
         error.as_ref(),
         stopped,
     );
@@ -563,6 +568,7 @@ fn empty_run(graph: &Graph, shared: &Shared) -> Run {
             &logs,
             &edges,
             shared.now_ns(),
+            None,
             None,
             false,
         ),

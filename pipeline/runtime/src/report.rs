@@ -115,6 +115,11 @@ pub struct RunReport {
     pub starved: Vec<String>,
     /// A suggestion for the bottleneck, if there is an obvious one.
     pub hint: Option<String>,
+    /// Cores the process kept busy on average (user + system CPU time / wall time), where
+    /// the platform reports it.
+    pub cpu_cores_used: Option<f64>,
+    /// Cores available to the process.
+    pub cpu_cores: usize,
 }
 
 fn secs(ns: u64) -> f64 {
@@ -135,6 +140,7 @@ pub(crate) fn build(
     logs: &[Arc<simclr_core::StageLog>],
     edges: &[Arc<EdgeCounters>],
     wall_ns: u64,
+    cpu_seconds: Option<f64>,
     error: Option<&RunError>,
     stopped: bool,
 ) -> RunReport {
@@ -216,11 +222,16 @@ pub(crate) fn build(
         })
         .collect();
 
-    let bottleneck = stages
-        .iter()
-        .filter(|s| s.utilization >= MIN_BUSY)
-        .max_by(|a, b| a.utilization.total_cmp(&b.utilization))
-        .map(|s| s.id.clone());
+    // The bottleneck is the busiest stage that is not itself held back by a full output:
+    // a stage blocked on its consumer is limited by that consumer, however busy it looks.
+    let busiest = |free_only: bool| {
+        stages
+            .iter()
+            .filter(|s| s.utilization >= MIN_BUSY && (!free_only || s.blocked_fraction < WAIT_FLAG))
+            .max_by(|a, b| a.utilization.total_cmp(&b.utilization))
+            .map(|s| s.id.clone())
+    };
+    let bottleneck = busiest(true).or_else(|| busiest(false));
     let mut blocked: Vec<&StageReport> = stages
         .iter()
         .filter(|s| s.blocked_fraction >= WAIT_FLAG)
@@ -271,6 +282,8 @@ pub(crate) fn build(
         edges,
         bottleneck,
         hint,
+        cpu_cores_used: cpu_seconds.filter(|_| wall > 0.0).map(|c| c / wall),
+        cpu_cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
     }
 }
 
@@ -430,6 +443,17 @@ impl fmt::Display for RunReport {
                 writeln!(f, "{}: {note}", s.id)?;
             }
         }
+        if let Some(used) = self.cpu_cores_used {
+            let cores = self.cpu_cores;
+            if used >= 0.9 * cores as f64 {
+                writeln!(
+                    f,
+                    "cpu: {used:.1} of {cores} cores busy on average: the machine is saturated, so stages also wait for a core and busy shares overstate their own cost"
+                )?;
+            } else {
+                writeln!(f, "cpu: {used:.1} of {cores} cores busy on average")?;
+            }
+        }
         if let Some(hint) = &self.hint {
             writeln!(f, "hint: {hint}")?;
         }
@@ -453,4 +477,17 @@ pub(crate) fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
+}
+
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, in clock ticks
+/// of 1/100 s, the fixed USER_HZ of Linux's user interface); `None` elsewhere.
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name (which may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the full line, 12 and 13 after the name.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }

@@ -89,9 +89,21 @@ impl Img {
             let plane = height * width;
             let mut chw = vec![0f32; channels * plane];
             const SCALE: f32 = 1.0 / 255.0;
-            for (i, px) in hwc.chunks_exact(channels).enumerate() {
-                for (c, &v) in px.iter().enumerate() {
-                    chw[c * plane + i] = f32::from(v) * SCALE;
+            if channels == 3 {
+                // De-interleave through fixed-size pixels: no inner loop, vectorisable.
+                let (pixels, _) = hwc.as_chunks::<3>();
+                let (r, rest) = chw.split_at_mut(plane);
+                let (g, b) = rest.split_at_mut(plane);
+                for (((px, r), g), b) in pixels.iter().zip(r).zip(g).zip(b) {
+                    *r = f32::from(px[0]) * SCALE;
+                    *g = f32::from(px[1]) * SCALE;
+                    *b = f32::from(px[2]) * SCALE;
+                }
+            } else {
+                for (i, px) in hwc.chunks_exact(channels).enumerate() {
+                    for (c, &v) in px.iter().enumerate() {
+                        chw[c * plane + i] = f32::from(v) * SCALE;
+                    }
                 }
             }
             self.pixels = Pixels::F32(chw);

@@ -533,14 +533,26 @@ impl Transform for Flip {
         } = img.shape;
         match &mut img.pixels {
             Pixels::U8(hwc) => {
-                let mut out = vec![0u8; hwc.len()];
                 let row = width * channels;
-                for y in 0..height {
+                let mut out = vec![0u8; hwc.len()];
+                for (y, dst) in out.chunks_exact_mut(row).enumerate() {
                     let sy = if self.vertical { height - 1 - y } else { y };
-                    for x in 0..width {
-                        let sx = if self.vertical { x } else { width - 1 - x };
-                        let (d, s) = (y * row + x * channels, sy * row + sx * channels);
-                        out[d..d + channels].copy_from_slice(&hwc[s..s + channels]);
+                    let src = &hwc[sy * row..(sy + 1) * row];
+                    if self.vertical {
+                        dst.copy_from_slice(src);
+                    } else if channels == 3 {
+                        let (d, _) = dst.as_chunks_mut::<3>();
+                        let (s, _) = src.as_chunks::<3>();
+                        for (d, s) in d.iter_mut().zip(s.iter().rev()) {
+                            *d = *s;
+                        }
+                    } else {
+                        for (d, s) in dst
+                            .chunks_exact_mut(channels)
+                            .zip(src.chunks_exact(channels).rev())
+                        {
+                            d.copy_from_slice(s);
+                        }
                     }
                 }
                 *hwc = out.into();
@@ -684,70 +696,95 @@ pub fn adjust_hue(chw: &mut [f32], channels: usize, plane: usize, shift: f32) {
     }
     let (r, rest) = chw.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
-    for ((rp, gp), bp) in r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut()) {
-        let (rv, gv, bv) = (*rp, *gp, *bp);
-        let maxc = rv.max(gv).max(bv);
-        let minc = rv.min(gv).min(bv);
-        let cr = maxc - minc;
-        let (s, inv) = if cr == 0.0 {
-            (0.0, 1.0)
-        } else {
-            (cr / maxc, 1.0 / cr)
-        };
-        let (rc, gc, bc) = ((maxc - rv) * inv, (maxc - gv) * inv, (maxc - bv) * inv);
-        // torchvision's masked sum, kept branch-free (selects) so the loop vectorises.
-        let is_r = maxc == rv;
-        let is_g = maxc == gv && !is_r;
-        let h = if is_r {
-            bc - gc
-        } else if is_g {
-            2.0 + rc - bc
-        } else {
-            4.0 + gc - rc
-        };
-        // h / 6 + 1 lies in [5/6, 2): its fractional part by truncation.
-        let turns = h * (1.0 / 6.0) + 1.0;
-        let mut hue = turns - (turns as i32) as f32 + shift;
-        hue += if hue < 0.0 { 1.0 } else { 0.0 };
-        hue -= if hue >= 1.0 { 1.0 } else { 0.0 };
-        let v = maxc;
-        let h6 = hue * 6.0;
-        let sector = (h6 as i32).min(5);
-        let f = h6 - sector as f32;
-        let p = (v * (1.0 - s)).clamp(0.0, 1.0);
-        let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
-        let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
-        let nr = if sector == 0 || sector == 5 {
-            v
-        } else if sector == 1 {
-            q
-        } else if sector <= 3 {
-            p
-        } else {
-            t
-        };
-        let ng = if sector == 0 {
-            t
-        } else if sector <= 2 {
-            v
-        } else if sector == 3 {
-            q
-        } else {
-            p
-        };
-        let nb = if sector <= 1 {
-            p
-        } else if sector == 2 {
-            t
-        } else if sector <= 4 {
-            v
-        } else {
-            q
-        };
-        *rp = nr;
-        *gp = ng;
-        *bp = nb;
+    // Eight pixels at a time through fixed-size lanes, which the compiler turns into SIMD.
+    const LANES: usize = 8;
+    let mut rc = r.chunks_exact_mut(LANES);
+    let mut gc = g.chunks_exact_mut(LANES);
+    let mut bc = b.chunks_exact_mut(LANES);
+    for ((r8, g8), b8) in (&mut rc).zip(&mut gc).zip(&mut bc) {
+        let mut out = [[0f32; LANES]; 3];
+        for l in 0..LANES {
+            let (nr, ng, nb) = hue_pixel(r8[l], g8[l], b8[l], shift);
+            out[0][l] = nr;
+            out[1][l] = ng;
+            out[2][l] = nb;
+        }
+        r8.copy_from_slice(&out[0]);
+        g8.copy_from_slice(&out[1]);
+        b8.copy_from_slice(&out[2]);
     }
+    for ((rp, gp), bp) in rc
+        .into_remainder()
+        .iter_mut()
+        .zip(gc.into_remainder())
+        .zip(bc.into_remainder())
+    {
+        (*rp, *gp, *bp) = hue_pixel(*rp, *gp, *bp, shift);
+    }
+}
+
+/// One pixel of [`adjust_hue`], branch-free (selects only) so lanes vectorise.
+#[inline(always)]
+fn hue_pixel(rv: f32, gv: f32, bv: f32, shift: f32) -> (f32, f32, f32) {
+    let maxc = rv.max(gv).max(bv);
+    let minc = rv.min(gv).min(bv);
+    let cr = maxc - minc;
+    let flat = cr == 0.0;
+    let s = if flat { 0.0 } else { cr / maxc };
+    let inv = 1.0 / if flat { 1.0 } else { cr };
+    let (rc, gc, bc) = ((maxc - rv) * inv, (maxc - gv) * inv, (maxc - bv) * inv);
+    // torchvision's masked sum of the three hue formulas.
+    let is_r = maxc == rv;
+    let is_g = (maxc == gv) & !is_r;
+    let h = if is_r {
+        bc - gc
+    } else if is_g {
+        2.0 + rc - bc
+    } else {
+        4.0 + gc - rc
+    };
+    // h / 6 + 1 lies in [5/6, 2), so its fractional part needs one compare, not `floor`;
+    // everything below is float compares and selects, which vectorise.
+    let turns = h * (1.0 / 6.0) + 1.0;
+    let mut hue = turns - if turns >= 1.0 { 1.0 } else { 0.0 } + shift;
+    hue += if hue < 0.0 { 1.0 } else { 0.0 };
+    hue -= if hue >= 1.0 { 1.0 } else { 0.0 };
+    let v = maxc;
+    let h6 = hue * 6.0;
+    let step = |edge: f32| if h6 >= edge { 1.0f32 } else { 0.0 };
+    let sector = step(1.0) + step(2.0) + step(3.0) + step(4.0) + step(5.0);
+    let f = h6 - sector;
+    let p = (v * (1.0 - s)).clamp(0.0, 1.0);
+    let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
+    let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
+    let nr = if (h6 < 1.0) | (h6 >= 5.0) {
+        v
+    } else if h6 < 2.0 {
+        q
+    } else if h6 < 4.0 {
+        p
+    } else {
+        t
+    };
+    let ng = if h6 < 1.0 {
+        t
+    } else if h6 < 3.0 {
+        v
+    } else if h6 < 4.0 {
+        q
+    } else {
+        p
+    };
+    let nb = if h6 < 2.0 {
+        p
+    } else if h6 < 3.0 {
+        t
+    } else if h6 < 5.0 {
+        v
+    } else {
+        q
+    };
+    (nr, ng, nb)
 }
 
 impl Transform for ColorJitter {
