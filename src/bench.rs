@@ -63,7 +63,10 @@ fn photos(n: u64) -> Result<Vec<Arc<[u8]>>> {
     (0..n)
         .map(|i| {
             let mut rng = Rng::from_key(&[i, 0xC0FFEE]);
-            let (a, b) = (rng.uniform(0.0, 6.28), rng.uniform(0.02, 0.06));
+            let (a, b) = (
+                rng.uniform(0.0, std::f64::consts::TAU),
+                rng.uniform(0.02, 0.06),
+            );
             let (cx, cy, r) = (
                 rng.uniform(100.0, 400.0),
                 rng.uniform(80.0, 300.0),

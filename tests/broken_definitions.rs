@@ -91,7 +91,7 @@ stages:
             e(
                 10,
                 15,
-                "stage `drain` (kind `sink`): unknown field `expected`, expected `expect`"
+                "stage `drain` (kind `sink`): unknown field `expected`, expected `expect` or `digest`"
             ),
         ]
     );

@@ -134,6 +134,7 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
     graph: &Graph,
     counters: &[Vec<Arc<Counters>>],

@@ -757,7 +757,7 @@ fn hue_pixel(rv: f32, gv: f32, bv: f32, shift: f32) -> (f32, f32, f32) {
     let p = (v * (1.0 - s)).clamp(0.0, 1.0);
     let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
     let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
-    let nr = if (h6 < 1.0) | (h6 >= 5.0) {
+    let nr = if !(1.0..5.0).contains(&h6) {
         v
     } else if h6 < 2.0 {
         q

@@ -59,14 +59,14 @@ stages:
     build,
 };
 
+/// Image files with their class index.
+pub type LabelledFiles = Vec<(PathBuf, Option<u32>)>;
+
 /// Image files under `root`, sorted, with their class index; and the class names.
 ///
 /// # Errors
 /// An unreadable folder.
-pub fn scan(
-    root: &Path,
-    labels: bool,
-) -> Result<(Vec<(PathBuf, Option<u32>)>, Vec<String>), String> {
+pub fn scan(root: &Path, labels: bool) -> Result<(LabelledFiles, Vec<String>), String> {
     let mut classes: Vec<String> = Vec::new();
     let mut files: Vec<(PathBuf, Option<String>)> = Vec::new();
     let mut stack: Vec<(PathBuf, Option<String>)> = vec![(root.to_owned(), None)];

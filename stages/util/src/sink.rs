@@ -178,12 +178,14 @@ mod tests {
     fn an_expected_count_is_checked_at_the_end() {
         let mut ok = Sink {
             expect: Some(5),
+            digest: None,
             messages: 0,
             bytes: 0,
         };
         feed(&mut ok, 5).expect("five arrived");
         let mut short = Sink {
             expect: Some(5),
+            digest: None,
             messages: 0,
             bytes: 0,
         };
