@@ -14,6 +14,7 @@ pub mod batch;
 pub mod img;
 pub mod ops;
 pub mod resample;
+pub mod simd;
 pub mod transform;
 pub mod views;
 

@@ -651,13 +651,16 @@ fn gray_of(chw: &[f32], plane: usize, out: &mut [f32]) {
     }
 }
 
+crate::simd::dispatch! {
 /// Brightness: `x * f`, clamped.
 pub fn adjust_brightness(chw: &mut [f32], f: f32) {
     for x in chw {
         *x = (*x * f).clamp(0.0, 1.0);
     }
 }
+}
 
+crate::simd::dispatch! {
 /// Contrast: blend with the mean gray level of the image.
 pub fn adjust_contrast(chw: &mut [f32], channels: usize, plane: usize, f: f32) {
     let mean = if channels == 3 {
@@ -672,7 +675,9 @@ pub fn adjust_contrast(chw: &mut [f32], channels: usize, plane: usize, f: f32) {
         *x = (f * *x + offset).clamp(0.0, 1.0);
     }
 }
+}
 
+crate::simd::dispatch! {
 /// Saturation: blend with the image's own gray version (no-op on gray images).
 pub fn adjust_saturation(chw: &mut [f32], channels: usize, plane: usize, f: f32) {
     if channels != 3 {
@@ -686,7 +691,9 @@ pub fn adjust_saturation(chw: &mut [f32], channels: usize, plane: usize, f: f32)
         }
     }
 }
+}
 
+crate::simd::dispatch! {
 /// Hue: rotate the hue by `shift` turns in HSV space (no-op on gray images), following
 /// torchvision's `_rgb2hsv` / `_hsv2rgb`. Written without `floor`/`fmod` (library calls on
 /// baseline x86-64): every wrapped quantity is known to lie in a small positive range.
@@ -721,6 +728,7 @@ pub fn adjust_hue(chw: &mut [f32], channels: usize, plane: usize, shift: f32) {
     {
         (*rp, *gp, *bp) = hue_pixel(*rp, *gp, *bp, shift);
     }
+}
 }
 
 /// One pixel of [`adjust_hue`], branch-free (selects only) so lanes vectorise.
@@ -998,6 +1006,7 @@ pub fn trim_kernel(kernel: Vec<f32>) -> Vec<f32> {
     kernel[tail..kernel.len() - tail].to_vec()
 }
 
+crate::simd::dispatch! {
 /// Separable blur of each plane with reflect padding (torchvision's `padding_mode="reflect"`).
 ///
 /// Both passes are written as one multiply-add of a whole row per kernel tap, which the
@@ -1036,6 +1045,7 @@ pub fn blur_planes(chw: &mut [f32], height: usize, width: usize, kernel: &[f32])
             }
         }
     }
+}
 }
 
 impl GaussianBlur {
