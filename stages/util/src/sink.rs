@@ -108,9 +108,11 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
     }
 }
 
+/// Floats are folded a 32-bit word at a time (FNV-1a over words): 4x fewer steps than bytes.
 fn digest_floats(h: &mut u64, xs: &[f32]) {
     for x in xs {
-        fnv(h, &x.to_bits().to_le_bytes());
+        *h ^= u64::from(x.to_bits());
+        *h = h.wrapping_mul(0x0100_0000_01b3);
     }
 }
 
