@@ -206,6 +206,33 @@ fn return_credits(s: &WorkerSetup) {
     }
 }
 
+/// Run one stage call with outputs wired to `out`: adds its busy time (the call's wall time
+/// less the time it spent blocked on full outputs) and returns its result, start and length.
+fn timed_call<T>(
+    s: &WorkerSetup,
+    out: &mut Target,
+    trace: &mut Option<ThreadTrace>,
+    call: impl FnOnce(&mut Outputs<'_>) -> Result<T, StageError>,
+) -> (Result<T, StageError>, Instant, Duration) {
+    let start = Instant::now();
+    let mut emitter = WorkerEmitter {
+        target: out,
+        signals: &s.shared.signals,
+        counters: &s.counters,
+        trace,
+        shared: &s.shared,
+        blocked: Duration::ZERO,
+    };
+    let result = {
+        let mut outputs = Outputs::new(&mut emitter, s.output_type);
+        guarded(|| call(&mut outputs))
+    };
+    let blocked = emitter.blocked;
+    let total = start.elapsed();
+    add(&s.counters.busy_ns, total.saturating_sub(blocked));
+    (result, start, total)
+}
+
 fn stage_loop(
     s: &WorkerSetup,
     stage: &mut dyn Stage,
@@ -230,22 +257,8 @@ fn stage_loop(
         s.counters.items_in.fetch_add(1, Ordering::Relaxed);
         acquire_credit(s, trace)?;
         cx.set_current_input(index);
-        let t1 = Instant::now();
-        let mut emitter = WorkerEmitter {
-            target: out,
-            signals: &signals,
-            counters: &s.counters,
-            trace,
-            shared: &s.shared,
-            blocked: Duration::ZERO,
-        };
-        let result = {
-            let mut outputs = Outputs::new(&mut emitter, s.output_type);
-            guarded(|| stage.process(msg, &mut outputs, cx))
-        };
-        let blocked = emitter.blocked;
-        let total = t1.elapsed();
-        add(&s.counters.busy_ns, total.saturating_sub(blocked));
+        let (result, t1, total) =
+            timed_call(s, out, trace, |outputs| stage.process(msg, outputs, cx));
         if let Some(trace) = trace.as_mut() {
             trace.span(&s.stage_id, "process", s.shared.start, t1, total);
         }
@@ -256,22 +269,7 @@ fn stage_loop(
     if signals.is_cancelled() {
         return Err(StageError::Cancelled);
     }
-    let t1 = Instant::now();
-    let mut emitter = WorkerEmitter {
-        target: out,
-        signals: &signals,
-        counters: &s.counters,
-        trace,
-        shared: &s.shared,
-        blocked: Duration::ZERO,
-    };
-    let result = {
-        let mut outputs = Outputs::new(&mut emitter, s.output_type);
-        guarded(|| stage.on_finish(&mut outputs, cx))
-    };
-    let blocked = emitter.blocked;
-    add(&s.counters.busy_ns, t1.elapsed().saturating_sub(blocked));
-    result
+    timed_call(s, out, trace, |outputs| stage.on_finish(outputs, cx)).0
 }
 
 fn source_loop(
@@ -299,15 +297,7 @@ fn source_loop(
         }
         let Some(msg) = next? else { break };
         produced += 1;
-        let mut emitter = WorkerEmitter {
-            target: out,
-            signals: &signals,
-            counters: &s.counters,
-            trace,
-            shared: &s.shared,
-            blocked: Duration::ZERO,
-        };
-        Outputs::new(&mut emitter, s.output_type).push(msg)?;
+        timed_call(s, out, trace, |outputs| outputs.push(msg)).0?;
         return_credits(s);
         out.done(&signals)?;
     }

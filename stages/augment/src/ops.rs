@@ -186,6 +186,27 @@ fn check_p(node: &Value, path: &str, p: f64) -> Result<(), ParamError> {
     }
 }
 
+/// Check a `[min, max]` parameter: `0 < min <= max` (and `max <= upper` when given).
+fn check_range(
+    node: &Value,
+    path: &str,
+    key: &str,
+    (lo, hi): (f64, f64),
+    upper: Option<f64>,
+    help: &str,
+) -> Result<(), ParamError> {
+    if 0.0 < lo && lo <= hi && upper.is_none_or(|u| hi <= u) {
+        return Ok(());
+    }
+    let bound = upper.map_or(String::new(), |u| format!(" <= {u}"));
+    Err(invalid(
+        node.get(key).unwrap_or(node),
+        &join_path(path, key),
+        format!("`{key}` must satisfy 0 < min <= max{bound}, found [{lo}, {hi}]"),
+        help,
+    ))
+}
+
 fn wrong(expected: &str, got: &Params) -> TransformError {
     TransformError(format!("expected {expected} parameters, got {got:?}"))
 }
@@ -227,28 +248,22 @@ pub struct RandomResizedCrop {
 
 fn build_rrc(node: &Value, path: &str) -> Result<Box<dyn Transform>, ParamError> {
     let c: RrcConfig = parse_config(node, path)?;
-    if !(0.0 < c.scale.0 && c.scale.0 <= c.scale.1 && c.scale.1 <= 1.0) {
-        return Err(invalid(
-            node.get("scale").unwrap_or(node),
-            &join_path(path, "scale"),
-            format!(
-                "`scale` must satisfy 0 < min <= max <= 1, found [{}, {}]",
-                c.scale.0, c.scale.1
-            ),
-            "SimCLR uses [0.08, 1.0]",
-        ));
-    }
-    if !(0.0 < c.ratio.0 && c.ratio.0 <= c.ratio.1) {
-        return Err(invalid(
-            node.get("ratio").unwrap_or(node),
-            &join_path(path, "ratio"),
-            format!(
-                "`ratio` must satisfy 0 < min <= max, found [{}, {}]",
-                c.ratio.0, c.ratio.1
-            ),
-            "torchvision uses [3/4, 4/3]",
-        ));
-    }
+    check_range(
+        node,
+        path,
+        "scale",
+        c.scale,
+        Some(1.0),
+        "SimCLR uses [0.08, 1.0]",
+    )?;
+    check_range(
+        node,
+        path,
+        "ratio",
+        c.ratio,
+        None,
+        "torchvision uses [3/4, 4/3]",
+    )?;
     Ok(Box::new(RandomResizedCrop {
         size: (c.size.0, c.size.1),
         scale: c.scale,
@@ -953,17 +968,7 @@ fn build_blur(node: &Value, path: &str) -> Result<Box<dyn Transform>, ParamError
             "SimCLR uses 0.1",
         ));
     }
-    if !(0.0 < c.sigma.0 && c.sigma.0 <= c.sigma.1) {
-        return Err(invalid(
-            node.get("sigma").unwrap_or(node),
-            &join_path(path, "sigma"),
-            format!(
-                "`sigma` must satisfy 0 < min <= max, found [{}, {}]",
-                c.sigma.0, c.sigma.1
-            ),
-            "SimCLR uses [0.1, 2.0]",
-        ));
-    }
+    check_range(node, path, "sigma", c.sigma, None, "SimCLR uses [0.1, 2.0]")?;
     Ok(Box::new(GaussianBlur {
         kernel_size: c.kernel_size.map(|k| k as usize),
         kernel_fraction,
