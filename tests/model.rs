@@ -1,0 +1,195 @@
+//! The model-side building blocks against independent computations (issue #4).
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use simclr_stage_model::loss::nt_xent;
+use simclr_stage_model::optim::{DEFAULT_TRUST, Lars, Optimizer, Param, Sgd};
+
+/// Values printed by `python tests/reference/nt_xent_reference.py` (float64 NumPy: the loss
+/// written out from the paper's eq. (1) with loops, gradient by central finite differences).
+const REFERENCE_LOSS: f64 = 1.266793373171307;
+const REFERENCE_GRAD: [f64; 24] = [
+    -0.21321436682875117,
+    -0.15294786359643098,
+    -0.021233598657133257,
+    0.11949514278075668,
+    0.10516850357245033,
+    -0.01580090158714853,
+    -0.12443002284090454,
+    -0.16472001407308312,
+    0.35758993022216856,
+    0.4222224807559627,
+    0.28375803795555044,
+    0.002799429466016079,
+    -0.2624510635484967,
+    0.014873321796393668,
+    0.27727338980376715,
+    0.39340912605378975,
+    -0.12241293434467337,
+    -0.19693300046252915,
+    -0.1749940577999709,
+    -0.06307599220711779,
+    0.22585232473115724,
+    0.14200956055532288,
+    -0.009574911308263268,
+    -0.15856093704691432,
+];
+
+fn reference_z() -> Vec<f64> {
+    (0..6)
+        .flat_map(|i| (0..4).map(move |j| (1.3 * i as f64 + 0.7 * j as f64).sin() + 0.1 * j as f64))
+        .collect()
+}
+
+#[test]
+fn nt_xent_matches_the_numpy_reference() {
+    let z = Var::from_vec(reference_z(), (6, 4), &Device::Cpu).expect("z");
+    let loss = nt_xent(z.as_tensor(), 0.5).expect("loss");
+    let value = loss.to_scalar::<f64>().expect("scalar");
+    assert!((value - REFERENCE_LOSS).abs() < 1e-12, "{value}");
+    let grads = loss.backward().expect("backward");
+    let g: Vec<f64> = grads
+        .get(z.as_tensor())
+        .expect("grad")
+        .flatten_all()
+        .expect("flat")
+        .to_vec1()
+        .expect("vec");
+    for (i, (got, want)) in g.iter().zip(REFERENCE_GRAD).enumerate() {
+        assert!((got - want).abs() < 1e-8, "grad[{i}]: {got} vs {want}");
+    }
+    // f32 agrees to float precision.
+    let z32 = Tensor::from_vec(reference_z(), (6, 4), &Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::F32))
+        .expect("z32");
+    let v32 = nt_xent(&z32, 0.5)
+        .and_then(|l| l.to_scalar::<f32>())
+        .expect("f32 loss");
+    assert!((f64::from(v32) - REFERENCE_LOSS).abs() < 1e-5);
+}
+
+#[test]
+fn aligned_pairs_with_orthogonal_negatives_give_the_analytic_value() {
+    // N samples, both views of sample k equal to e_k: s(i, partner) = 1, s(i, other) = 0.
+    // l = -log(e^{1/τ} / (e^{1/τ} + (2N - 2)·e^0)) for every view.
+    let (n, tau) = (4usize, 0.2f64);
+    let mut rows = vec![0f64; 2 * n * n];
+    for k in 0..n {
+        rows[(2 * k) * n + k] = 1.0;
+        rows[(2 * k + 1) * n + k] = 3.0; // Scale does not matter: cosine similarity.
+    }
+    let z = Tensor::from_vec(rows, (2 * n, n), &Device::Cpu).expect("z");
+    let value = nt_xent(&z, tau)
+        .and_then(|l| l.to_scalar::<f64>())
+        .expect("loss");
+    let e = (1.0 / tau).exp();
+    let expected = -(e / (e + (2 * n - 2) as f64)).ln();
+    assert!((value - expected).abs() < 1e-12, "{value} vs {expected}");
+    // Perfectly correlated views of one vector everywhere: ln(2N - 1).
+    let same = Tensor::ones((2 * n, n), DType::F64, &Device::Cpu).expect("ones");
+    let value = nt_xent(&same, tau)
+        .and_then(|l| l.to_scalar::<f64>())
+        .expect("loss");
+    assert!((value - ((2 * n - 1) as f64).ln()).abs() < 1e-12);
+}
+
+#[test]
+fn nt_xent_rejects_bad_shapes() {
+    let odd = Tensor::zeros((3, 4), DType::F32, &Device::Cpu).expect("t");
+    assert!(
+        nt_xent(&odd, 0.5)
+            .expect_err("odd")
+            .to_string()
+            .contains("even")
+    );
+    let z = Tensor::ones((2, 4), DType::F32, &Device::Cpu).expect("t");
+    assert!(nt_xent(&z, 0.0).is_err());
+}
+
+fn grads_for(pairs: &[(&Var, Vec<f64>)]) -> GradStore {
+    // Build a loss whose gradient w.r.t. each var is the given vector: sum(var * g).
+    let mut loss: Option<Tensor> = None;
+    for (var, g) in pairs {
+        let g = Tensor::from_vec(g.clone(), var.shape(), &Device::Cpu).expect("g");
+        let term = (var.as_tensor() * g)
+            .and_then(|t| t.sum_all())
+            .expect("term");
+        loss = Some(match loss {
+            Some(l) => (l + term).expect("sum"),
+            None => term,
+        });
+    }
+    loss.expect("one var").backward().expect("backward")
+}
+
+fn values(v: &Var) -> Vec<f64> {
+    v.as_tensor()
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("values")
+}
+
+#[test]
+fn lars_step_matches_a_hand_computation_with_exclusions() {
+    let w = Var::from_vec(vec![3.0f64, 4.0], (1, 2), &Device::Cpu).expect("w");
+    let b = Var::from_vec(vec![1.0f64], 1, &Device::Cpu).expect("b");
+    let params = vec![
+        Param::new("fc.weight", w.clone()),
+        Param::new("fc.bias", b.clone()),
+    ];
+    assert!(params[0].adapt && !params[1].adapt);
+    let mut lars = Lars::new(params, 0.9, DEFAULT_TRUST, 0.1, false);
+    // Step 1, lr 1: weight g' = [0.6, 0.8] + 0.1·[3, 4] = [0.9, 1.2], ‖w‖ = 5, ‖g'‖ = 1.5,
+    // trust = 0.001·5/1.5; v = trust·g' = [0.003, 0.004]; w = [2.997, 3.996].
+    // Bias: no decay, trust 1: v = 0.5, b = 0.5.
+    lars.step(&grads_for(&[(&w, vec![0.6, 0.8]), (&b, vec![0.5])]), 1.0)
+        .expect("step");
+    let (w1, b1) = (values(&w), values(&b));
+    assert!(
+        (w1[0] - 2.997).abs() < 1e-12 && (w1[1] - 3.996).abs() < 1e-12,
+        "{w1:?}"
+    );
+    assert!((b1[0] - 0.5).abs() < 1e-12, "{b1:?}");
+    // Step 2, same gradients, lr 1: bias v = 0.9·0.5 + 0.5 = 0.95, b = 0.5 - 0.95 = -0.45.
+    // Weight: g' = [0.6 + 0.2997, 0.8 + 0.3996] = [0.8997, 1.1996], ‖g'‖ = 1.49955,
+    // ‖w‖ = 4.995, trust = 0.001·4.995/1.49955; v = 0.9·[0.003, 0.004] + trust·g'.
+    lars.step(&grads_for(&[(&w, vec![0.6, 0.8]), (&b, vec![0.5])]), 1.0)
+        .expect("step");
+    let trust = 0.001 * (2.997f64.hypot(3.996)) / (0.8997f64.hypot(1.1996));
+    let expected = [
+        2.997 - (0.0027 + trust * 0.8997),
+        3.996 - (0.0036 + trust * 1.1996),
+    ];
+    let (w2, b2) = (values(&w), values(&b));
+    assert!(
+        (w2[0] - expected[0]).abs() < 1e-12 && (w2[1] - expected[1]).abs() < 1e-12,
+        "{w2:?} vs {expected:?}"
+    );
+    assert!((b2[0] + 0.45).abs() < 1e-12, "{b2:?}");
+}
+
+#[test]
+fn sgd_with_momentum_and_decay_matches_pytorch_semantics() {
+    let w = Var::from_vec(vec![1.0f64, -2.0], (1, 2), &Device::Cpu).expect("w");
+    let mut sgd = Sgd::new(vec![Param::new("conv.weight", w.clone())], 0.9, false, 0.01);
+    // PyTorch: d = g + λw; v = μv + d (v = d at the first step); w -= lr·v.
+    sgd.step(&grads_for(&[(&w, vec![0.5, 0.5])]), 0.1)
+        .expect("step");
+    let d1 = [0.5 + 0.01, 0.5 - 0.02];
+    let w1 = [1.0 - 0.1 * d1[0], -2.0 - 0.1 * d1[1]];
+    let got = values(&w);
+    assert!(
+        (got[0] - w1[0]).abs() < 1e-12 && (got[1] - w1[1]).abs() < 1e-12,
+        "{got:?}"
+    );
+    sgd.step(&grads_for(&[(&w, vec![0.5, 0.5])]), 0.1)
+        .expect("step");
+    let d2 = [0.5 + 0.01 * w1[0], 0.5 + 0.01 * w1[1]];
+    let v2 = [0.9 * d1[0] + d2[0], 0.9 * d1[1] + d2[1]];
+    let got = values(&w);
+    assert!(
+        (got[0] - (w1[0] - 0.1 * v2[0])).abs() < 1e-12
+            && (got[1] - (w1[1] - 0.1 * v2[1])).abs() < 1e-12,
+        "{got:?}"
+    );
+}
