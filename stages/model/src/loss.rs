@@ -23,7 +23,7 @@ pub fn nt_xent(z: &Tensor, temperature: f64) -> Result<Tensor> {
     if rows == 0 || rows % 2 != 0 {
         candle_core::bail!("nt_xent: expected an even, non-zero number of views, got {rows}");
     }
-    if !(temperature > 0.0) {
+    if temperature.is_nan() || temperature <= 0.0 {
         candle_core::bail!("nt_xent: temperature must be positive, got {temperature}");
     }
     // Cosine similarity: normalise rows (as F.normalize, with the norm floored at 1e-12).
