@@ -193,3 +193,132 @@ fn sgd_with_momentum_and_decay_matches_pytorch_semantics() {
         "{got:?}"
     );
 }
+
+mod encoder {
+    use candle_core::{DType, Device, ModuleT, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+    use simclr_stage_model::resnet::{ResNet, ResNetConfig, Stem};
+
+    fn build(depth: usize, width: usize, zero: bool) -> (VarMap, ResNet) {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let config = ResNetConfig {
+            depth,
+            width,
+            stem: Stem::Cifar,
+            in_channels: 3,
+            zero_init_residual: zero,
+        };
+        let net = ResNet::new(vb, config).expect("builds");
+        (map, net)
+    }
+
+    fn input() -> Tensor {
+        let v: Vec<f32> = (0..4 * 3 * 8 * 8)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        Tensor::from_vec(v, (4, 3, 8, 8), &Device::Cpu).expect("input")
+    }
+
+    fn get(map: &VarMap, name: &str) -> Vec<f32> {
+        let data = map.data().lock().expect("varmap");
+        data.get(name)
+            .unwrap_or_else(|| panic!("no `{name}`"))
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("values")
+    }
+
+    #[test]
+    fn resnet18_has_torchvision_names_and_shapes() {
+        let (map, net) = build(18, 4, false);
+        let names: Vec<String> = map.data().lock().expect("varmap").keys().cloned().collect();
+        // torchvision's resnet18 state dict without `fc.*` and `num_batches_tracked`:
+        // 20 convolutions + 20 BatchNorms x 4 tensors.
+        assert_eq!(names.len(), 100, "{names:?}");
+        for name in [
+            "conv1.weight",
+            "bn1.running_mean",
+            "layer1.0.conv1.weight",
+            "layer2.0.downsample.0.weight",
+            "layer2.0.downsample.1.running_var",
+            "layer4.1.bn2.bias",
+        ] {
+            assert!(names.iter().any(|n| n == name), "missing {name}");
+        }
+        let h = net.forward_t(&input(), true).expect("forward");
+        assert_eq!(h.dims(), &[4, 32]);
+        assert_eq!(net.config().feature_dim(), 32);
+        let (_, net50) = build(50, 2, false);
+        assert_eq!(
+            net50.forward_t(&input(), true).expect("forward").dims(),
+            &[4, 2 * 8 * 4]
+        );
+    }
+
+    #[test]
+    fn batchnorm_statistics_update_in_training_and_are_used_in_eval() {
+        let (map, net) = build(18, 4, false);
+        let x = input();
+        assert!(get(&map, "bn1.running_mean").iter().all(|&v| v == 0.0));
+        let train_out = net.forward_t(&x, true).expect("train forward");
+        let after_train = get(&map, "bn1.running_mean");
+        assert!(
+            after_train.iter().any(|&v| v != 0.0),
+            "training updates running statistics"
+        );
+        assert!(
+            get(&map, "layer3.1.bn2.running_var")
+                .iter()
+                .any(|&v| (v - 1.0).abs() > 1e-6)
+        );
+        let eval1 = net.forward_t(&x, false).expect("eval");
+        let eval2 = net.forward_t(&x, false).expect("eval");
+        assert_eq!(
+            get(&map, "bn1.running_mean"),
+            after_train,
+            "eval leaves statistics alone"
+        );
+        let (e1, e2, t): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+            eval1.flatten_all().and_then(|t| t.to_vec1()).expect("v"),
+            eval2.flatten_all().and_then(|t| t.to_vec1()).expect("v"),
+            train_out
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .expect("v"),
+        );
+        assert_eq!(e1, e2, "eval is deterministic");
+        assert_ne!(
+            e1, t,
+            "eval normalises with running statistics, not the batch's"
+        );
+    }
+
+    #[test]
+    fn zero_init_residual_zeroes_each_blocks_last_batchnorm() {
+        let (map, _) = build(18, 4, true);
+        assert!(get(&map, "layer1.0.bn2.weight").iter().all(|&v| v == 0.0));
+        assert!(get(&map, "layer1.0.bn1.weight").iter().all(|&v| v == 1.0));
+        let (map50, _) = build(50, 2, true);
+        assert!(get(&map50, "layer2.1.bn3.weight").iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn unsupported_depth_is_an_error() {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let config = ResNetConfig {
+            depth: 20,
+            width: 4,
+            stem: Stem::Cifar,
+            in_channels: 3,
+            zero_init_residual: false,
+        };
+        let err = ResNet::new(vb, config).expect_err("depth 20");
+        assert!(
+            err.to_string().contains("depth 20 is not supported"),
+            "{err}"
+        );
+    }
+}

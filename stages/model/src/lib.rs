@@ -11,4 +11,5 @@
 
 pub mod loss;
 pub mod optim;
+pub mod resnet;
 pub mod schedule;

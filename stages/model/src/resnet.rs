@@ -1,0 +1,228 @@
+//! The encoder f: ResNet-18/34/50 with BatchNorm in training mode, parameters named as in
+//! torchvision's state dicts (`conv1.weight`, `layer1.0.bn1.running_mean`, ...).
+//!
+//! > "We opt for simplicity and adopt the commonly used ResNet to obtain h_i = f(x̃_i) =
+//! > ResNet(x̃_i) where h_i ∈ R^d is the output after the average pooling layer."
+//! > — [0] SimCLR, Chen et al. 2020, arXiv:2002.05709, §2.1.
+//!
+//! candle's stock ResNet runs BatchNorm in inference mode only; here every BatchNorm goes
+//! through `ModuleT::forward_t(xs, train)`, which normalises with batch statistics and
+//! updates the running mean and (unbiased) variance in training mode, as PyTorch does.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+
+/// The stem of the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stem {
+    /// 3×3 convolution, stride 1, no max-pool (CIFAR-sized inputs).
+    Cifar,
+}
+
+/// Architecture of an encoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResNetConfig {
+    /// 18, 34 or 50.
+    pub depth: usize,
+    /// Channels of the first stage (64 standard; 16 for small machines).
+    pub width: usize,
+    /// The stem.
+    pub stem: Stem,
+    /// Input channels (1 or 3).
+    pub in_channels: usize,
+    /// Start the last BatchNorm of every residual block at zero (each block starts as the
+    /// identity), as torchvision's `zero_init_residual`.
+    pub zero_init_residual: bool,
+}
+
+impl ResNetConfig {
+    fn blocks(&self) -> Result<([usize; 4], bool)> {
+        Ok(match self.depth {
+            18 => ([2, 2, 2, 2], false),
+            34 => ([3, 4, 6, 3], false),
+            50 => ([3, 4, 6, 3], true),
+            d => candle_core::bail!("resnet: depth {d} is not supported (18, 34 or 50)"),
+        })
+    }
+
+    /// Size of the representation h.
+    pub fn feature_dim(&self) -> usize {
+        let expansion = if self.depth == 50 { 4 } else { 1 };
+        8 * self.width * expansion
+    }
+}
+
+fn conv(
+    vb: VarBuilder<'_>,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)
+}
+
+fn bn(vb: VarBuilder<'_>, c: usize, zero: bool) -> Result<BatchNorm> {
+    let cfg = BatchNormConfig {
+        eps: 1e-5,
+        remove_mean: true,
+        affine: true,
+        momentum: 0.1,
+    };
+    if zero {
+        // torchvision's zero_init_residual: gamma = 0 for the block's last BatchNorm.
+        let weight = vb.get_with_hints(c, "weight", candle_nn::Init::Const(0.0))?;
+        let bias = vb.get_with_hints(c, "bias", candle_nn::Init::Const(0.0))?;
+        let running_mean = vb.get_with_hints(c, "running_mean", candle_nn::Init::Const(0.0))?;
+        let running_var = vb.get_with_hints(c, "running_var", candle_nn::Init::Const(1.0))?;
+        BatchNorm::new(c, running_mean, running_var, weight, bias, cfg.eps)
+    } else {
+        candle_nn::batch_norm(c, cfg, vb)
+    }
+}
+
+/// A residual block (basic for 18/34, bottleneck for 50).
+#[derive(Debug)]
+struct Block {
+    convs: Vec<(Conv2d, BatchNorm)>,
+    downsample: Option<(Conv2d, BatchNorm)>,
+}
+
+impl Block {
+    fn new(
+        vb: VarBuilder<'_>,
+        cin: usize,
+        planes: usize,
+        stride: usize,
+        bottleneck: bool,
+        zero_last: bool,
+    ) -> Result<Self> {
+        let expansion = if bottleneck { 4 } else { 1 };
+        let cout = planes * expansion;
+        let convs = if bottleneck {
+            vec![
+                (
+                    conv(vb.pp("conv1"), cin, planes, 1, 1, 0)?,
+                    bn(vb.pp("bn1"), planes, false)?,
+                ),
+                (
+                    conv(vb.pp("conv2"), planes, planes, 3, stride, 1)?,
+                    bn(vb.pp("bn2"), planes, false)?,
+                ),
+                (
+                    conv(vb.pp("conv3"), planes, cout, 1, 1, 0)?,
+                    bn(vb.pp("bn3"), cout, zero_last)?,
+                ),
+            ]
+        } else {
+            vec![
+                (
+                    conv(vb.pp("conv1"), cin, planes, 3, stride, 1)?,
+                    bn(vb.pp("bn1"), planes, false)?,
+                ),
+                (
+                    conv(vb.pp("conv2"), planes, cout, 3, 1, 1)?,
+                    bn(vb.pp("bn2"), cout, zero_last)?,
+                ),
+            ]
+        };
+        let downsample = if stride != 1 || cin != cout {
+            Some((
+                conv(vb.pp("downsample.0"), cin, cout, 1, stride, 0)?,
+                bn(vb.pp("downsample.1"), cout, false)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self { convs, downsample })
+    }
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut ys = xs.clone();
+        let last = self.convs.len() - 1;
+        for (i, (c, b)) in self.convs.iter().enumerate() {
+            ys = b.forward_t(&c.forward(&ys)?, train)?;
+            if i != last {
+                ys = ys.relu()?;
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some((c, b)) => b.forward_t(&c.forward(xs)?, train)?,
+            None => xs.clone(),
+        };
+        (ys + shortcut)?.relu()
+    }
+}
+
+/// The encoder f: images `[B, C, H, W]` → representations h `[B, feature_dim]`.
+#[derive(Debug)]
+pub struct ResNet {
+    stem: (Conv2d, BatchNorm),
+    layers: Vec<Block>,
+    config: ResNetConfig,
+}
+
+impl ResNet {
+    /// Build with variables from `vb` (named as torchvision's state dict).
+    ///
+    /// # Errors
+    /// An unsupported depth, or a variable of the wrong shape in `vb`.
+    pub fn new(vb: VarBuilder<'_>, config: ResNetConfig) -> Result<Self> {
+        let (counts, bottleneck) = config.blocks()?;
+        let Stem::Cifar = config.stem;
+        let stem = (
+            conv(vb.pp("conv1"), config.in_channels, config.width, 3, 1, 1)?,
+            bn(vb.pp("bn1"), config.width, false)?,
+        );
+        let expansion = if bottleneck { 4 } else { 1 };
+        let mut layers = Vec::new();
+        let mut cin = config.width;
+        for (stage, &count) in counts.iter().enumerate() {
+            let planes = config.width << stage;
+            for i in 0..count {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let name = format!("layer{}.{i}", stage + 1);
+                layers.push(Block::new(
+                    vb.pp(name),
+                    cin,
+                    planes,
+                    stride,
+                    bottleneck,
+                    config.zero_init_residual,
+                )?);
+                cin = planes * expansion;
+            }
+        }
+        Ok(Self {
+            stem,
+            layers,
+            config,
+        })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> ResNetConfig {
+        self.config
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut ys = self
+            .stem
+            .1
+            .forward_t(&self.stem.0.forward(xs)?, train)?
+            .relu()?;
+        for block in &self.layers {
+            ys = block.forward_t(&ys, train)?;
+        }
+        // Global average pooling over H and W: h = [B, C].
+        ys.mean(3)?.mean(2)
+    }
+}
