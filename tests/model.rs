@@ -322,3 +322,144 @@ mod encoder {
         );
     }
 }
+
+mod head {
+    use candle_core::{DType, Device, ModuleT, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+    use simclr_stage_model::projector::{Projector, ProjectorKind};
+
+    fn head(kind: ProjectorKind) -> (VarMap, Projector) {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let p = Projector::new(vb, 8, kind).expect("builds");
+        (map, p)
+    }
+
+    #[test]
+    fn none_linear_and_mlp_heads_have_the_declared_shapes_and_parameters() {
+        let h = Tensor::ones((5, 8), DType::F32, &Device::Cpu).expect("h");
+        let (map, none) = head(ProjectorKind::None);
+        assert_eq!(
+            none.forward_t(&h, true)
+                .expect("z")
+                .to_vec2::<f32>()
+                .expect("v"),
+            h.to_vec2::<f32>().expect("v")
+        );
+        assert!(map.all_vars().is_empty());
+        let (map, linear) = head(ProjectorKind::Linear { out: 3 });
+        assert_eq!(linear.forward_t(&h, true).expect("z").dims(), &[5, 3]);
+        assert_eq!(map.all_vars().len(), 2);
+        let (map, mlp) = head(ProjectorKind::Mlp {
+            layers: 3,
+            hidden: 16,
+            out: 4,
+            batch_norm: true,
+        });
+        let z = mlp.forward_t(&h, true).expect("z");
+        assert_eq!(z.dims(), &[5, 4]);
+        let mut names: Vec<String> = map.data().lock().expect("varmap").keys().cloned().collect();
+        names.sort();
+        // Two hidden layers without bias + BatchNorm (4 tensors each), last layer with bias.
+        assert_eq!(
+            names,
+            vec![
+                "head.0.weight",
+                "head.1.weight",
+                "head.2.bias",
+                "head.2.weight",
+                "head_bn.0.bias",
+                "head_bn.0.running_mean",
+                "head_bn.0.running_var",
+                "head_bn.0.weight",
+                "head_bn.1.bias",
+                "head_bn.1.running_mean",
+                "head_bn.1.running_var",
+                "head_bn.1.weight",
+            ]
+        );
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        assert!(
+            Projector::new(
+                vb,
+                8,
+                ProjectorKind::Mlp {
+                    layers: 1,
+                    hidden: 4,
+                    out: 2,
+                    batch_norm: false
+                }
+            )
+            .is_err()
+        );
+    }
+}
+
+#[test]
+fn a_few_sgd_steps_lower_the_nt_xent_loss_of_encoder_and_head() {
+    use candle_core::ModuleT;
+    use candle_nn::{VarBuilder, VarMap};
+    use simclr_stage_model::projector::{Projector, ProjectorKind};
+    use simclr_stage_model::resnet::{ResNet, ResNetConfig, Stem};
+
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+    let config = ResNetConfig {
+        depth: 18,
+        width: 4,
+        stem: Stem::Cifar,
+        in_channels: 3,
+        zero_init_residual: false,
+    };
+    let encoder = ResNet::new(vb.pp("encoder"), config).expect("encoder");
+    let head = Projector::new(
+        vb.pp("projector"),
+        config.feature_dim(),
+        ProjectorKind::Mlp {
+            layers: 2,
+            hidden: 32,
+            out: 16,
+            batch_norm: false,
+        },
+    )
+    .expect("head");
+    // 8 samples, two views each: view 2k+1 is view 2k plus a little structured noise.
+    let views: Vec<f32> = (0..16)
+        .flat_map(|v| {
+            let k = v / 2;
+            (0..3 * 8 * 8).map(move |i| {
+                (((i * (k + 3)) % 17) as f32 / 8.0 - 1.0)
+                    + if v % 2 == 1 {
+                        0.05 * ((i % 5) as f32 - 2.0)
+                    } else {
+                        0.0
+                    }
+            })
+        })
+        .collect();
+    let x = Tensor::from_vec(views, (16, 3, 8, 8), &Device::Cpu).expect("x");
+    let params: Vec<Param> = {
+        let data = map.data().lock().expect("varmap");
+        let mut named: Vec<(String, Var)> = data
+            .iter()
+            .filter(|(n, _)| !n.contains("running_"))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named.into_iter().map(|(n, v)| Param::new(n, v)).collect()
+    };
+    let mut sgd = Sgd::new(params, 0.9, false, 1e-4);
+    let mut losses = Vec::new();
+    for _ in 0..6 {
+        let z = head
+            .forward_t(&encoder.forward_t(&x, true).expect("h"), true)
+            .expect("z");
+        let loss = nt_xent(&z, 0.5).expect("loss");
+        losses.push(loss.to_scalar::<f32>().expect("scalar"));
+        sgd.step(&loss.backward().expect("backward"), 0.05)
+            .expect("step");
+    }
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(losses[5] < losses[0] - 0.05, "the loss falls: {losses:?}");
+}

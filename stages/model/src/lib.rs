@@ -11,5 +11,6 @@
 
 pub mod loss;
 pub mod optim;
+pub mod projector;
 pub mod resnet;
 pub mod schedule;
