@@ -14,6 +14,7 @@ use simclr::core::StageKind;
 use simclr::runtime::{self, RunOptions};
 
 mod bench;
+mod bench_train;
 mod preview;
 
 /// SimCLR contrastive learning as YAML-defined dataflow pipelines.
@@ -95,6 +96,22 @@ enum BenchCommand {
         #[arg(long, value_name = "PYTHON")]
         reference: Option<String>,
     },
+    /// One training step (ResNet-18 CIFAR stem + MLP head + NT-Xent + LARS): forward,
+    /// backward and optimizer time for widths x {32x32x3, 28x28x1}.
+    Train {
+        /// Print JSON (one object per configuration).
+        #[arg(long)]
+        json: bool,
+        /// Encoder widths.
+        #[arg(long, value_delimiter = ',', default_value = "16,64")]
+        widths: Vec<usize>,
+        /// Samples per batch (the batch holds twice as many views).
+        #[arg(long, default_value_t = 128)]
+        pairs: usize,
+        /// Measured steps per configuration (after one warm-up step).
+        #[arg(long, default_value_t = 2)]
+        steps: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -148,6 +165,18 @@ fn main() -> ExitCode {
             reference.as_deref(),
         )
         .map(|text| {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }),
+        Command::Bench {
+            what:
+                BenchCommand::Train {
+                    json,
+                    widths,
+                    pairs,
+                    steps,
+                },
+        } => bench_train::train(json, &widths, pairs.max(1), steps).map(|text| {
             println!("{text}");
             ExitCode::SUCCESS
         }),

@@ -312,3 +312,39 @@ fn bench_augment_prints_json_per_suite() {
         );
     }
 }
+
+#[test]
+fn bench_train_prints_json_per_configuration() {
+    let out = simclr(&[
+        "bench", "train", "--json", "--widths", "2", "--pairs", "4", "--steps", "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&text(&out.stdout)).expect("json");
+    let rows = json.as_array().expect("one object per configuration");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (
+            rows[0]["width"].as_u64(),
+            rows[0]["channels"].as_u64(),
+            rows[0]["size"].as_u64()
+        ),
+        (Some(2), Some(3), Some(32))
+    );
+    assert_eq!(
+        (rows[1]["channels"].as_u64(), rows[1]["size"].as_u64()),
+        (Some(1), Some(28))
+    );
+    for row in rows {
+        assert!(
+            row["ms_per_step"].as_f64().is_some_and(|ms| ms > 0.0),
+            "{row}"
+        );
+        let split = row["forward_ms"].as_f64().unwrap_or(0.0)
+            + row["backward_ms"].as_f64().unwrap_or(0.0)
+            + row["optimizer_ms"].as_f64().unwrap_or(0.0);
+        assert!(
+            (split - row["ms_per_step"].as_f64().unwrap_or(0.0)).abs() < 1e-6,
+            "{row}"
+        );
+    }
+}

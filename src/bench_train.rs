@@ -1,0 +1,154 @@
+//! `simclr bench train`: one SimCLR training step (ResNet-18 CIFAR stem + MLP head + NT-Xent
+//! + LARS) split into forward, backward and optimizer time, per configuration.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use simclr_stage_model::loss::nt_xent;
+use simclr_stage_model::optim::{DEFAULT_TRUST, Lars, Optimizer, Param};
+use simclr_stage_model::projector::{Projector, ProjectorKind};
+use simclr_stage_model::resnet::{ResNet, ResNetConfig, Stem};
+
+/// One measured configuration.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    width: usize,
+    channels: usize,
+    size: usize,
+    pairs: usize,
+    forward_ms: f64,
+    backward_ms: f64,
+    optimizer_ms: f64,
+    ms_per_step: f64,
+    views_per_s: f64,
+    peak_rss_mb: Option<f64>,
+}
+
+/// Peak resident memory of this process so far (Linux), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn measure(width: usize, channels: usize, size: usize, pairs: usize, steps: usize) -> Result<Row> {
+    let device = Device::Cpu;
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &device);
+    let config = ResNetConfig {
+        depth: 18,
+        width,
+        stem: Stem::Cifar,
+        in_channels: channels,
+        zero_init_residual: false,
+    };
+    let encoder = ResNet::new(vb.pp("encoder"), config)?;
+    let dim = config.feature_dim();
+    let head = Projector::new(
+        vb.pp("projector"),
+        dim,
+        ProjectorKind::Mlp {
+            layers: 2,
+            hidden: dim,
+            out: 128,
+            batch_norm: false,
+        },
+    )?;
+    let params: Vec<Param> = {
+        let data = map
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("variable map poisoned"))?;
+        let mut named: Vec<(String, Var)> = data
+            .iter()
+            .filter(|(n, _)| !n.contains("running_"))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named.into_iter().map(|(n, v)| Param::new(n, v)).collect()
+    };
+    let mut optimizer = Lars::new(params, 0.9, DEFAULT_TRUST, 1e-6, false);
+    let views = 2 * pairs;
+    let x =
+        Tensor::randn(0f32, 1.0, (views, channels, size, size), &device).context("input batch")?;
+    let (mut fwd, mut bwd, mut opt) = (0.0, 0.0, 0.0);
+    for step in 0..=steps {
+        let t0 = Instant::now();
+        let z = head.forward_t(&encoder.forward_t(&x, true)?, true)?;
+        let loss = nt_xent(&z, 0.5)?;
+        let _value = loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        optimizer.step(&grads, 0.1)?;
+        let t3 = Instant::now();
+        // Step 0 warms up allocator and kernels and is not counted.
+        if step > 0 {
+            fwd += (t1 - t0).as_secs_f64();
+            bwd += (t2 - t1).as_secs_f64();
+            opt += (t3 - t2).as_secs_f64();
+        }
+    }
+    let n = steps as f64;
+    let total = (fwd + bwd + opt) / n;
+    Ok(Row {
+        width,
+        channels,
+        size,
+        pairs,
+        forward_ms: 1e3 * fwd / n,
+        backward_ms: 1e3 * bwd / n,
+        optimizer_ms: 1e3 * opt / n,
+        ms_per_step: 1e3 * total,
+        views_per_s: views as f64 / total,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// Run the configurations (widths × {32²×3, 28²×1}) and print a table or JSON.
+pub fn train(json: bool, widths: &[usize], pairs: usize, steps: usize) -> Result<String> {
+    let mut rows = Vec::new();
+    for &width in widths {
+        for (channels, size) in [(3, 32), (1, 28)] {
+            rows.push(measure(width, channels, size, pairs, steps.max(1))?);
+        }
+    }
+    if json {
+        return Ok(serde_json::to_string_pretty(&rows)?);
+    }
+    let mut out = format!(
+        "SimCLR training step, ResNet-18 CIFAR stem + MLP head + NT-Xent + LARS, fp32 CPU, {pairs} pairs ({} views), mean of {steps} step(s) after one warm-up\n\n",
+        2 * pairs
+    );
+    out.push_str(&format!(
+        "{:<6} {:<9} {:>11} {:>12} {:>13} {:>11} {:>9} {:>9}\n",
+        "width",
+        "input",
+        "forward ms",
+        "backward ms",
+        "optimizer ms",
+        "ms/step",
+        "views/s",
+        "peak MB"
+    ));
+    for r in &rows {
+        out.push_str(&format!(
+            "{:<6} {:<9} {:>11.0} {:>12.0} {:>13.1} {:>11.0} {:>9.1} {:>9.0}\n",
+            r.width,
+            format!("{}x{}x{}", r.size, r.size, r.channels),
+            r.forward_ms,
+            r.backward_ms,
+            r.optimizer_ms,
+            r.ms_per_step,
+            r.views_per_s,
+            r.peak_rss_mb.unwrap_or(f64::NAN)
+        ));
+    }
+    out.push_str(
+        "\n(peak MB is the process's high-water mark so far, so it only grows down the table)\n",
+    );
+    Ok(out)
+}
