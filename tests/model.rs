@@ -463,3 +463,48 @@ fn a_few_sgd_steps_lower_the_nt_xent_loss_of_encoder_and_head() {
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(losses[5] < losses[0] - 0.05, "the loss falls: {losses:?}");
 }
+
+#[test]
+fn small_cnn_shapes_names_and_training_mode_batchnorm() {
+    use candle_core::ModuleT;
+    use candle_nn::{VarBuilder, VarMap};
+    use simclr_stage_model::small_cnn::SmallCnn;
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+    let net = SmallCnn::new(vb, 1, 4).expect("builds");
+    let x = Tensor::from_vec(
+        (0..2 * 28 * 28)
+            .map(|i| (i % 13) as f32 / 6.0 - 1.0)
+            .collect::<Vec<f32>>(),
+        (2, 1, 28, 28),
+        &Device::Cpu,
+    )
+    .expect("x");
+    let h = net.forward_t(&x, true).expect("forward");
+    assert_eq!(h.dims(), &[2, net.feature_dim()]);
+    assert_eq!(net.feature_dim(), 32);
+    let data = map.data().lock().expect("varmap");
+    assert_eq!(
+        data.len(),
+        4 * 5,
+        "4 layers: conv weight + 4 BatchNorm tensors"
+    );
+    let mean: Vec<f32> = data["features.0.bn.running_mean"]
+        .as_tensor()
+        .to_vec1()
+        .expect("v");
+    assert!(
+        mean.iter().any(|&v| v != 0.0),
+        "training mode updates running statistics"
+    );
+    drop(data);
+    let map = VarMap::new();
+    assert!(
+        SmallCnn::new(
+            VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+            3,
+            0
+        )
+        .is_err()
+    );
+}

@@ -14,3 +14,4 @@ pub mod optim;
 pub mod projector;
 pub mod resnet;
 pub mod schedule;
+pub mod small_cnn;

@@ -1,0 +1,68 @@
+//! `small_cnn`: a four-layer convolutional encoder for fast tests and tiny experiments.
+//!
+//! conv3×3 → BN → ReLU, four times, with widths w, 2w, 4w, 8w and strides 1, 2, 2, 2, then
+//! global average pooling: h has 8w features. BatchNorm runs in training mode like the
+//! ResNet's. Parameters are named `features.{i}.conv.weight` and `features.{i}.bn.*`.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+
+/// The encoder.
+#[derive(Debug)]
+pub struct SmallCnn {
+    layers: Vec<(Conv2d, BatchNorm)>,
+    width: usize,
+}
+
+impl SmallCnn {
+    /// Build with base width `width` for `in_channels` input channels.
+    ///
+    /// # Errors
+    /// A zero width or channel count, or a variable of the wrong shape in `vb`.
+    pub fn new(vb: VarBuilder<'_>, in_channels: usize, width: usize) -> Result<Self> {
+        if width == 0 || in_channels == 0 {
+            candle_core::bail!("small_cnn: width and input channels must be positive");
+        }
+        let mut layers = Vec::new();
+        let mut cin = in_channels;
+        for (i, (mult, stride)) in [(1, 1), (2, 2), (4, 2), (8, 2)].into_iter().enumerate() {
+            let cout = width * mult;
+            let vb = vb.pp(format!("features.{i}"));
+            let conv = candle_nn::conv2d_no_bias(
+                cin,
+                cout,
+                3,
+                Conv2dConfig {
+                    padding: 1,
+                    stride,
+                    ..Default::default()
+                },
+                vb.pp("conv"),
+            )?;
+            let cfg = BatchNormConfig {
+                eps: 1e-5,
+                remove_mean: true,
+                affine: true,
+                momentum: 0.1,
+            };
+            layers.push((conv, candle_nn::batch_norm(cout, cfg, vb.pp("bn"))?));
+            cin = cout;
+        }
+        Ok(Self { layers, width })
+    }
+
+    /// Size of the representation h (8 × width).
+    pub fn feature_dim(&self) -> usize {
+        8 * self.width
+    }
+}
+
+impl ModuleT for SmallCnn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut ys = xs.clone();
+        for (conv, bn) in &self.layers {
+            ys = bn.forward_t(&conv.forward(&ys)?, train)?.relu()?;
+        }
+        ys.mean(3)?.mean(2)
+    }
+}
