@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use simclr_stage_model::loss::nt_xent;
-use simclr_stage_model::optim::{DEFAULT_TRUST, Lars, Optimizer, Param};
+use simclr_stage_model::optim::{DEFAULT_TRUST, Lars, Optimizer, trainable_params};
 use simclr_stage_model::projector::{Projector, ProjectorKind};
 use simclr_stage_model::resnet::{ResNet, ResNetConfig, Stem};
 
@@ -57,19 +57,7 @@ fn measure(width: usize, channels: usize, size: usize, pairs: usize, steps: usiz
             batch_norm: false,
         },
     )?;
-    let params: Vec<Param> = {
-        let data = map
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("variable map poisoned"))?;
-        let mut named: Vec<(String, Var)> = data
-            .iter()
-            .filter(|(n, _)| !n.contains("running_"))
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        named.into_iter().map(|(n, v)| Param::new(n, v)).collect()
-    };
+    let params = trainable_params(&map)?;
     let mut optimizer = Lars::new(params, 0.9, DEFAULT_TRUST, 1e-6, false);
     let views = 2 * pairs;
     let x =

@@ -439,16 +439,7 @@ fn a_few_sgd_steps_lower_the_nt_xent_loss_of_encoder_and_head() {
         })
         .collect();
     let x = Tensor::from_vec(views, (16, 3, 8, 8), &Device::Cpu).expect("x");
-    let params: Vec<Param> = {
-        let data = map.data().lock().expect("varmap");
-        let mut named: Vec<(String, Var)> = data
-            .iter()
-            .filter(|(n, _)| !n.contains("running_"))
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        named.into_iter().map(|(n, v)| Param::new(n, v)).collect()
-    };
+    let params = simclr_stage_model::optim::trainable_params(&map).expect("params");
     let mut sgd = Sgd::new(params, 0.9, false, 1e-4);
     let mut losses = Vec::new();
     for _ in 0..6 {

@@ -36,6 +36,40 @@ impl Param {
     }
 }
 
+/// The trainable parameters of a variable map, sorted by name: every variable except
+/// BatchNorm running statistics (which get no gradient).
+///
+/// # Errors
+/// A poisoned variable map.
+pub fn trainable_params(map: &candle_nn::VarMap) -> Result<Vec<Param>> {
+    let data = map
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("variable map poisoned".into()))?;
+    let mut named: Vec<(String, Var)> = data
+        .iter()
+        .filter(|(n, _)| !n.contains("running_"))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(named.into_iter().map(|(n, v)| Param::new(n, v)).collect())
+}
+
+/// Check and take optimizer state restored from a checkpoint.
+fn restore(
+    optimizer: &str,
+    state: Vec<Option<Tensor>>,
+    params: usize,
+) -> Result<Vec<Option<Tensor>>> {
+    if state.len() != params {
+        candle_core::bail!(
+            "{optimizer}: state for {} parameters, have {params}",
+            state.len()
+        );
+    }
+    Ok(state)
+}
+
 /// What every optimizer offers.
 pub trait Optimizer {
     /// Apply one update with learning rate `lr`.
@@ -115,14 +149,7 @@ impl Optimizer for Sgd {
     }
 
     fn set_state(&mut self, state: Vec<Option<Tensor>>) -> Result<()> {
-        if state.len() != self.params.len() {
-            candle_core::bail!(
-                "sgd: state for {} parameters, have {}",
-                state.len(),
-                self.params.len()
-            );
-        }
-        self.velocity = state;
+        self.velocity = restore("sgd", state, self.params.len())?;
         Ok(())
     }
 }
@@ -221,14 +248,7 @@ impl Optimizer for Lars {
     }
 
     fn set_state(&mut self, state: Vec<Option<Tensor>>) -> Result<()> {
-        if state.len() != self.params.len() {
-            candle_core::bail!(
-                "lars: state for {} parameters, have {}",
-                state.len(),
-                self.params.len()
-            );
-        }
-        self.velocity = state;
+        self.velocity = restore("lars", state, self.params.len())?;
         Ok(())
     }
 }
