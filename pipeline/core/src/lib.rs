@@ -10,13 +10,11 @@
 //!   parameters and how to build it.
 //! - [`value`]: a YAML-agnostic value tree that keeps line:column for every node, and a serde
 //!   deserializer over it, so stage parameters are parsed with exact error locations.
-//! - [`metrics`]: metric names shared by the runtime and reports.
 //! - [`rng`]: the deterministic generator keyed by (seed, epoch, index, view).
 
 pub mod error;
 pub mod kind;
 pub mod message;
-pub mod metrics;
 pub mod rng;
 pub mod stage;
 pub mod value;

@@ -75,14 +75,6 @@ impl Value {
             .map(|(_, v)| v)
     }
 
-    /// The key node for `key`, for pointing an error at the key rather than its value.
-    pub fn key(&self, key: &str) -> Option<&Value> {
-        self.entries()?
-            .iter()
-            .find(|(k, _)| k.as_str() == Some(key))
-            .map(|(k, _)| k)
-    }
-
     /// The entries if this is a mapping.
     pub fn entries(&self) -> Option<&[(Value, Value)]> {
         match &self.kind {

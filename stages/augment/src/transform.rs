@@ -275,18 +275,6 @@ impl Policy {
         &self.ops
     }
 
-    /// The same policy without its normalizations (to show views as pictures).
-    pub fn split_normalize(&self) -> (Vec<&dyn Transform>, usize) {
-        let kept: Vec<&dyn Transform> = self
-            .ops
-            .iter()
-            .filter(|o| !o.is_normalize())
-            .map(|o| o.as_ref())
-            .collect();
-        let removed = self.ops.len() - kept.len();
-        (kept, removed)
-    }
-
     /// The output shape for an input of `input`.
     pub fn output_shape(&self, input: Shape) -> Shape {
         self.ops.iter().fold(input, |s, op| op.output_shape(s))

@@ -20,36 +20,25 @@ pub enum OnError {
     Skip,
 }
 
-/// Options shared by every source (flattened into each kind's parameters).
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+/// Options shared by every source: the fields `source_config!` appends to each kind's
+/// parameters, gathered for the driver.
+#[derive(Clone, Debug)]
 pub struct SourceOptions {
     /// Passes over the dataset.
-    #[serde(default = "one")]
     pub epochs: u32,
     /// Shuffle the order in every epoch (seeded by the definition's seed and the epoch).
-    #[serde(default = "yes")]
     pub shuffle: bool,
     /// Use only the first `limit` items of the dataset.
-    #[serde(default)]
     pub limit: Option<u64>,
     /// `fail` stops the run at an unreadable item; `skip` counts it and goes on.
-    #[serde(default)]
     pub on_error: OnError,
-}
-
-fn one() -> u32 {
-    1
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Default for SourceOptions {
     fn default() -> Self {
         Self {
-            epochs: 1,
-            shuffle: true,
+            epochs: default_epochs(),
+            shuffle: default_shuffle(),
             limit: None,
             on_error: OnError::Fail,
         }
