@@ -45,9 +45,18 @@ enum Command {
     Run {
         /// Definition file.
         file: PathBuf,
-        /// Run folder, overriding the definition's `run_dir`.
+        /// Run folder, overriding the definition's `run_dir` (and, with --resume, the resumed
+        /// run's folder).
         #[arg(long)]
         run_dir: Option<PathBuf>,
+        /// Stop training after this many steps in all (the schedule keeps its full length,
+        /// so --resume continues it).
+        #[arg(long)]
+        max_steps: Option<u64>,
+        /// Continue from a checkpoint: a run folder (its latest checkpoint), a checkpoints
+        /// folder, or one checkpoint folder.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
         #[command(flatten)]
         measure: MeasureArgs,
     },
@@ -144,9 +153,13 @@ fn main() -> ExitCode {
         Command::Run {
             file,
             run_dir,
+            max_steps,
+            resume,
             measure,
-        } => execute(&file, &registry, run_dir, &measure, true),
-        Command::Profile { file, measure } => execute(&file, &registry, None, &measure, false),
+        } => run_command(&file, &registry, run_dir, max_steps, resume, &measure),
+        Command::Profile { file, measure } => {
+            execute(&file, &registry, LoadOptions::default(), &measure, false)
+        }
         Command::Preview { file, out, n } => preview_command(&file, &registry, &out, n),
         Command::Bench {
             what:
@@ -347,20 +360,74 @@ fn install_interrupt(stop: Arc<AtomicBool>) {
     }
 }
 
-fn execute(
+/// `simclr run`: resolve the checkpoint to resume from, then run.
+fn run_command(
     file: &Path,
     registry: &Registry,
     run_dir: Option<PathBuf>,
+    max_steps: Option<u64>,
+    resume: Option<PathBuf>,
+    measure: &MeasureArgs,
+) -> Result<ExitCode> {
+    let mut options = LoadOptions {
+        run_dir,
+        max_steps,
+        ..LoadOptions::default()
+    };
+    if let Some(from) = &resume {
+        let checkpoint = match simclr::model::stage::checkpoint::find_checkpoint(from) {
+            Ok(c) => c,
+            Err(message) => {
+                eprintln!("error: cannot resume: {message}");
+                return Ok(ExitCode::from(EXIT_FAILED));
+            }
+        };
+        if options.run_dir.is_none() && from.join("checkpoints").join("latest").is_file() {
+            options.run_dir = Some(from.clone());
+        }
+        if let Ok(text) = std::fs::read_to_string(file) {
+            let hash = simclr::model::stage::checkpoint::text_hash(&text);
+            if hash != checkpoint.info.definition_hash {
+                eprintln!(
+                    "warning: {} differs from the definition the checkpoint was trained with ({}); the run continues with the new one",
+                    file.display(),
+                    checkpoint.dir.join("definition.yaml").display()
+                );
+            }
+        }
+        eprintln!(
+            "resuming from {} (step {}, epoch {}, loss {:.4})",
+            checkpoint.dir.display(),
+            checkpoint.info.steps,
+            checkpoint.info.epoch,
+            checkpoint.info.loss
+        );
+        options.resume = Some(checkpoint.resume_point());
+    }
+    execute(file, registry, options, measure, true)
+}
+
+fn execute(
+    file: &Path,
+    registry: &Registry,
+    options: LoadOptions,
     measure: &MeasureArgs,
     is_run: bool,
 ) -> Result<ExitCode> {
-    let graph: Graph = match simclr::config::load_file(file, registry, &LoadOptions { run_dir }) {
+    let resuming = options.resume.is_some();
+    let graph: Graph = match simclr::config::load_file(file, registry, &options) {
         Ok(graph) => graph,
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
+    if is_run && !resuming && graph.run_dir.join("checkpoints").join("latest").is_file() {
+        eprintln!(
+            "warning: {} holds checkpoints of an earlier run; this run replaces them as it writes its own (--run-dir picks another folder, --resume continues that run)",
+            graph.run_dir.display()
+        );
+    }
     if is_run {
         std::fs::create_dir_all(&graph.run_dir)
             .with_context(|| format!("cannot create the run folder {}", graph.run_dir.display()))?;

@@ -65,11 +65,18 @@ fn every_kind_has_a_unique_name_docs_and_a_runnable_example() {
             );
         }
         let example = with_fixtures(kind.name, kind.example);
+        // Training examples write a run folder: keep it out of the working tree.
+        let run_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("example-runs")
+            .join(kind.name);
         let graph = load_str(
             Path::new(kind.name),
             &example,
             &registry,
-            &LoadOptions::default(),
+            &LoadOptions {
+                run_dir: Some(run_dir),
+                ..LoadOptions::default()
+            },
         )
         .unwrap_or_else(|d| panic!("example of `{}`:\n{d}", kind.name));
         let options = RunOptions {

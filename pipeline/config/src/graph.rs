@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use simclr_core::value::join_path;
 use simclr_core::{
     BuildContext, InputPorts, Loc, OutputPort, Parallelism, PortType, StageFactory, StageKind,
+    StreamFacts,
 };
 
 use crate::definition::{self, StageEntry};
@@ -95,6 +96,10 @@ pub struct Credit {
 pub struct LoadOptions {
     /// Replace the definition's `run_dir`.
     pub run_dir: Option<PathBuf>,
+    /// Resume from this checkpoint (every stage sees it while being built).
+    pub resume: Option<simclr_core::ResumePoint>,
+    /// Stop training after this many steps in all.
+    pub max_steps: Option<u64>,
 }
 
 /// Read, parse and validate a definition file.
@@ -162,9 +167,14 @@ pub fn load_str(
                 seed: def.seed,
                 device: &def.device,
                 run_dir: &run_dir,
+                resume: options.resume.as_ref(),
+                max_steps: options.max_steps,
+                definition: text,
                 ..cx
             };
-            (kind.build)(&cx)
+            let factory = (kind.build)(&cx)?;
+            let published = cx.published.borrow().unwrap_or(cx.upstream);
+            Ok((factory, published))
         },
     );
     if !diags.is_empty() {
@@ -204,7 +214,7 @@ fn resolve(
     build: impl Fn(
         &'static StageKind,
         BuildContext<'_>,
-    ) -> Result<StageFactory, simclr_core::ParamError>,
+    ) -> Result<(StageFactory, StreamFacts), simclr_core::ParamError>,
 ) -> Option<Built> {
     // Unique ids; later duplicates are reported and dropped.
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -483,10 +493,12 @@ fn resolve(
 
     // Build every stage whose kind is known: parameters are checked even when the graph has
     // other problems, so one run of `simclr validate` shows them all.
-    let mut factories: Vec<Option<StageFactory>> = Vec::with_capacity(stages.len());
-    for s in &stages {
+    // Built in topological order, so each sees the stream facts its producers published.
+    let mut factories: Vec<Option<StageFactory>> = (0..stages.len()).map(|_| None).collect();
+    let mut facts: Vec<StreamFacts> = vec![StreamFacts::default(); stages.len()];
+    for &i in &order {
+        let s = &stages[i];
         let Some(kind) = s.kind else {
-            factories.push(None);
             continue;
         };
         let params_path = join_path(&join_path("stages", &s.entry.id), "params");
@@ -500,9 +512,21 @@ fn resolve(
             run_dir: Path::new(""),
             workers: s.entry.workers,
             input_type,
+            upstream: s
+                .inputs
+                .first()
+                .map(|&(from, _, _)| facts[from])
+                .unwrap_or_default(),
+            published: std::cell::RefCell::new(None),
+            resume: None,
+            max_steps: None,
+            definition: "",
         };
         match build(kind, cx) {
-            Ok(f) => factories.push(Some(f)),
+            Ok((f, published)) => {
+                factories[i] = Some(f);
+                facts[i] = published;
+            }
             Err(e) => {
                 diags.push(Diagnostic {
                     loc: Some(e.loc.unwrap_or(s.entry.params.loc)),
@@ -515,7 +539,6 @@ fn resolve(
                         format!("`simclr stages {}` lists this kind's parameters", kind.name)
                     })),
                 });
-                factories.push(None);
             }
         }
     }

@@ -4,8 +4,9 @@
 //! The registry itself is an explicit list (`simclr::registry`), greppable and tested for
 //! duplicate names; there is no inventory or typetag magic.
 
+use std::cell::RefCell;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
@@ -137,6 +138,42 @@ impl fmt::Debug for StageFactory {
     }
 }
 
+/// What is known, at build time, about the stream arriving on a stage's inputs: sources
+/// publish their length and epochs, batchers their batch size, and stages downstream read
+/// them (a trainer derives its schedule's total steps from them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamFacts {
+    /// Samples per epoch, when the source knows it before running.
+    pub items_per_epoch: Option<u64>,
+    /// Passes over the data.
+    pub epochs: Option<u32>,
+    /// Samples (N, not 2N views) per batch.
+    pub batch_size: Option<usize>,
+    /// Batches per epoch.
+    pub batches_per_epoch: Option<u64>,
+}
+
+impl StreamFacts {
+    /// Total batches of the run, when known.
+    pub fn total_batches(&self) -> Option<u64> {
+        Some(self.batches_per_epoch? * u64::from(self.epochs?))
+    }
+}
+
+/// Where a resumed run starts: read from a checkpoint before the graph is built, so every
+/// stage can pick up from it (sources skip what was consumed, model stages load weights).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The checkpoint folder.
+    pub checkpoint: PathBuf,
+    /// Training steps completed (the next batch is step `step`).
+    pub step: u64,
+    /// Epoch of the next sample.
+    pub epoch: u32,
+    /// Samples of `epoch` consumed (stream positions, after shuffling).
+    pub position: u64,
+}
+
 /// What a kind's `build` function may know about the stage it configures.
 #[derive(Debug)]
 pub struct BuildContext<'a> {
@@ -156,9 +193,24 @@ pub struct BuildContext<'a> {
     pub workers: usize,
     /// The port type arriving on its inputs (`None` for sources).
     pub input_type: Option<PortType>,
+    /// What is known about the stream on its (first) input.
+    pub upstream: StreamFacts,
+    /// Set by the kind to describe its output stream; unset, the input's facts pass through.
+    pub published: RefCell<Option<StreamFacts>>,
+    /// The checkpoint a resumed run starts from.
+    pub resume: Option<&'a ResumePoint>,
+    /// Stop training after this many steps in all (`simclr run --max-steps`).
+    pub max_steps: Option<u64>,
+    /// The definition's text (checkpoints keep a copy).
+    pub definition: &'a str,
 }
 
 impl BuildContext<'_> {
+    /// Describe the stream this stage emits (see [`StreamFacts`]).
+    pub fn publish(&self, facts: StreamFacts) {
+        *self.published.borrow_mut() = Some(facts);
+    }
+
     /// Deserialize the parameters into the kind's config struct.
     ///
     /// # Errors

@@ -21,10 +21,10 @@ pub mod value;
 
 pub use error::StageError;
 pub use kind::{
-    BuildContext, InputPorts, Instance, OutputPort, Parallelism, ParamError, StageFactory,
+    BuildContext, ResumePoint, StreamFacts, InputPorts, Instance, OutputPort, Parallelism, ParamError, StageFactory,
     StageKind,
 };
-pub use message::{Batch, Image, Message, PortType, Record, SampleId, ViewPair};
+pub use message::{Activations, Batch, Image, Message, PortType, Record, SampleId, ViewPair};
 pub use rng::Rng;
 pub use stage::{Emitter, Outputs, Source, Stage, StageContext, TestOutputs};
 pub use stage::{Signals, StageLog};

@@ -4,6 +4,7 @@
 //! starts, that the producer's output kind is one the consumer accepts. Payloads are behind
 //! `Arc`, so fanning a message out to several consumers copies pointers, not pixels.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
@@ -20,6 +21,13 @@ pub enum PortType {
     ViewPairs,
     /// Collated batches of 2N views as one contiguous float32 NCHW buffer.
     Batches,
+    /// Representations h = f(x) of a batch, from an encoder (model tensors, see [`Activations`]).
+    Features,
+    /// Projections z = g(h) of a batch, from a projection head.
+    Projections,
+    /// The state after one optimizer step (weights, optimizer state, position), for
+    /// checkpoint sinks and monitors.
+    TrainStates,
 }
 
 impl PortType {
@@ -29,6 +37,9 @@ impl PortType {
         PortType::Images,
         PortType::ViewPairs,
         PortType::Batches,
+        PortType::Features,
+        PortType::Projections,
+        PortType::TrainStates,
     ];
 
     /// The snake_case name used in definitions, errors and `simclr stages`.
@@ -38,6 +49,9 @@ impl PortType {
             PortType::Images => "images",
             PortType::ViewPairs => "view_pairs",
             PortType::Batches => "batches",
+            PortType::Features => "features",
+            PortType::Projections => "projections",
+            PortType::TrainStates => "train_states",
         }
     }
 }
@@ -116,6 +130,51 @@ pub struct Batch {
     pub data: Arc<[f32]>,
 }
 
+/// A batch's tensors on their way through the model stages (h, z), or the state after a
+/// training step. The payload's type belongs to the model stages (it holds device tensors
+/// still attached to the autograd graph); the runtime only moves it.
+#[derive(Clone)]
+pub struct Activations {
+    /// The training step the batch is for (the batch's position in the run, from 0).
+    pub step: u64,
+    /// Epoch its samples belong to.
+    pub epoch: u32,
+    /// The N samples of the batch, in order.
+    pub ids: Arc<[SampleId]>,
+    /// Shape of the main tensor (e.g. `[2N, 512]`).
+    pub shape: Vec<usize>,
+    /// The model stages' payload.
+    pub payload: Arc<dyn Any + Send + Sync>,
+}
+
+impl Activations {
+    /// The payload as `T`, if it is one.
+    pub fn payload<T: Any>(&self) -> Option<&T> {
+        self.payload.downcast_ref::<T>()
+    }
+}
+
+impl fmt::Debug for Activations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Activations")
+            .field("step", &self.step)
+            .field("epoch", &self.epoch)
+            .field("samples", &self.ids.len())
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Activations {
+    /// Same step and shape, and the very same payload.
+    fn eq(&self, other: &Self) -> bool {
+        self.step == other.step
+            && self.epoch == other.epoch
+            && self.shape == other.shape
+            && Arc::ptr_eq(&self.payload, &other.payload)
+    }
+}
+
 /// A message on an edge.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -128,6 +187,12 @@ pub enum Message {
     ViewPair(ViewPair),
     /// See [`Batch`].
     Batch(Batch),
+    /// h of a batch (see [`Activations`]).
+    Features(Activations),
+    /// z of a batch (see [`Activations`]).
+    Projections(Activations),
+    /// The state after an optimizer step (see [`Activations`]).
+    TrainState(Activations),
 }
 
 impl Message {
@@ -138,6 +203,9 @@ impl Message {
             Message::Image(_) => PortType::Images,
             Message::ViewPair(_) => PortType::ViewPairs,
             Message::Batch(_) => PortType::Batches,
+            Message::Features(_) => PortType::Features,
+            Message::Projections(_) => PortType::Projections,
+            Message::TrainState(_) => PortType::TrainStates,
         }
     }
 
@@ -148,6 +216,10 @@ impl Message {
             Message::Image(i) => i.pixels.len(),
             Message::ViewPair(p) => 4 * (p.first.len() + p.second.len()),
             Message::Batch(b) => 4 * b.data.len(),
+            Message::Features(a) | Message::Projections(a) => {
+                4 * a.shape.iter().product::<usize>()
+            }
+            Message::TrainState(_) => 0,
         }
     }
 }

@@ -144,6 +144,9 @@ pub struct Signals {
     /// Set when a source ended its stream early (stop request or item limit), so stages that
     /// check totals at the end know the stream was cut short.
     pub truncated: Arc<AtomicBool>,
+    /// Set by a stage that has done what the run is for (a trainer that reached its last
+    /// step): sources stop producing and the pipeline drains, as for a stop request.
+    pub finished: Arc<AtomicBool>,
 }
 
 impl Signals {
@@ -159,7 +162,9 @@ impl Signals {
 
     /// Whether sources should stop producing (stop requested or cancelled).
     pub fn should_stop(&self) -> bool {
-        self.stop.load(Ordering::Relaxed) || self.is_cancelled()
+        self.stop.load(Ordering::Relaxed)
+            || self.finished.load(Ordering::Relaxed)
+            || self.is_cancelled()
     }
 }
 
@@ -169,6 +174,7 @@ pub struct StageLog {
     skipped: AtomicU64,
     examples: Mutex<Vec<String>>,
     notes: Mutex<Vec<String>>,
+    status: Mutex<String>,
 }
 
 /// Skipped items named in the report, at most.
@@ -190,6 +196,18 @@ impl StageLog {
         if let Ok(mut notes) = self.notes.lock() {
             notes.push(text);
         }
+    }
+
+    /// Replace the stage's one-line live status (shown next to the progress bar).
+    pub fn set_status(&self, text: String) {
+        if let Ok(mut status) = self.status.lock() {
+            *status = text;
+        }
+    }
+
+    /// The live status line (empty when the stage sets none).
+    pub fn status(&self) -> String {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// How many items were skipped.
@@ -261,6 +279,12 @@ impl StageContext {
         self.log.note(text.to_string());
     }
 
+    /// Show `text` as this stage's live status next to the progress bar (e.g. a trainer's
+    /// step, loss and learning rate).
+    pub fn set_status(&self, text: impl std::fmt::Display) {
+        self.log.set_status(text.to_string());
+    }
+
     /// The stage's log.
     pub fn log(&self) -> &StageLog {
         &self.log
@@ -315,6 +339,12 @@ impl StageContext {
     /// Whether a source should stop producing.
     pub fn should_stop(&self) -> bool {
         self.signals.should_stop()
+    }
+
+    /// Declare the run's work done (e.g. the last training step was taken): sources stop
+    /// and the pipeline drains. Not an interruption: the run still ends successfully.
+    pub fn finish_run(&self) {
+        self.signals.finished.store(true, Ordering::SeqCst);
     }
 
     /// Whether some source ended its stream early (a stop request or `--items`): totals

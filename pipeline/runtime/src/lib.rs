@@ -445,6 +445,7 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
         let shared = shared.clone();
         let interval = options.sample_interval;
         let progress = options.progress;
+        let logs = logs.clone();
         thread::Builder::new()
             .name("sampler".into())
             .spawn(move || {
@@ -457,6 +458,7 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
                     total_hint,
                     interval,
                     progress,
+                    &logs,
                 )
             })
             .ok()

@@ -470,9 +470,9 @@ pub(crate) fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
         _ => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
     };
     let template = if total.is_some_and(|n| n > 0) {
-        "{elapsed_precise} [{bar:30}] {human_pos}/{human_len} items  {per_sec}  eta {eta}"
+        "{elapsed_precise} [{bar:30}] {human_pos}/{human_len} items  {per_sec}  eta {eta}  {msg}"
     } else {
-        "{spinner} {elapsed_precise} {human_pos} items  {per_sec}"
+        "{spinner} {elapsed_precise} {human_pos} items  {per_sec}  {msg}"
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));

@@ -243,6 +243,7 @@ fn stage_loop(
 ) -> Result<(), StageError> {
     let signals = s.shared.signals.clone();
     start(s, || stage.on_start(cx))?;
+    let mut holding_credit = false;
     loop {
         let t0 = Instant::now();
         let next = input.recv(&signals);
@@ -255,14 +256,21 @@ fn stage_loop(
         }
         let Some((index, msg)) = next? else { break };
         s.counters.items_in.fetch_add(1, Ordering::Relaxed);
-        acquire_credit(s, trace)?;
+        // A paced stage that emitted nothing for its last message put nothing into the loop,
+        // so it keeps the credit it took for it instead of waiting for one to come back.
+        if !holding_credit {
+            acquire_credit(s, trace)?;
+        }
         cx.set_current_input(index);
+        let emitted_before = s.counters.items_out.load(Ordering::Relaxed);
         let (result, t1, total) =
             timed_call(s, out, trace, |outputs| stage.process(msg, outputs, cx));
         if let Some(trace) = trace.as_mut() {
             trace.span(&s.stage_id, "process", s.shared.start, t1, total);
         }
         result?;
+        holding_credit = s.credit_in.is_some()
+            && s.counters.items_out.load(Ordering::Relaxed) == emitted_before;
         return_credits(s);
         out.done(&signals)?;
     }
@@ -365,6 +373,7 @@ pub(crate) fn sample(
     total: Option<u64>,
     interval: Duration,
     progress: bool,
+    logs: &[Arc<simclr_core::StageLog>],
 ) -> Option<ThreadTrace> {
     const MAX_COUNTER_EVENTS: usize = 200_000;
     let bar = progress.then(|| crate::report::progress_bar(total));
@@ -400,6 +409,14 @@ pub(crate) fn sample(
                 .map(|c| c.items_out.load(Ordering::Relaxed))
                 .sum();
             bar.set_position(produced);
+            let status: Vec<String> = logs
+                .iter()
+                .map(|l| l.status())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if !status.is_empty() {
+                bar.set_message(status.join("  "));
+            }
             last_draw = Instant::now();
         }
         std::thread::sleep(interval);

@@ -57,10 +57,33 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             "SimCLR uses 256 to 4096; small machines 64-256",
         ));
     }
+    let per_epoch = cx.upstream.items_per_epoch.map(|n| {
+        let b = config.batch_size as u64;
+        if config.drop_last { n / b } else { n.div_ceil(b) }
+    });
+    if per_epoch == Some(0) {
+        if let Some(n) = cx.upstream.items_per_epoch {
+            return Err(cx.invalid(
+                "batch_size",
+                format!(
+                    "`batch_size: {}` is larger than the {n} samples of an epoch, so with `drop_last: true` no batch is ever emitted",
+                    config.batch_size
+                ),
+                "lower `batch_size`, use more samples, or set `drop_last: false`",
+            ));
+        }
+    }
+    cx.publish(simclr_core::StreamFacts {
+        batch_size: Some(config.batch_size),
+        batches_per_epoch: per_epoch,
+        ..cx.upstream
+    });
+    // A resumed run's first batch is the step after the checkpoint's.
+    let first_step = cx.resume.map_or(0, |r| r.step);
     Ok(StageFactory::stage(move |_| Batcher {
         config: config.clone(),
         pending: Vec::new(),
-        step: 0,
+        step: first_step,
     }))
 }
 

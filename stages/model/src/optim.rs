@@ -1,5 +1,6 @@
-//! Optimizers over candle variables: SGD (momentum, Nesterov, weight decay) and LARS.
-//! candle-nn ships plain SGD (no momentum) and AdamW only.
+//! Optimizers over candle variables: SGD (momentum, Nesterov, weight decay), LARS and AdamW.
+//! candle-nn ships plain SGD (no momentum) and an AdamW without parameter exclusions or
+//! checkpointable state.
 //!
 //! Parameters are registered with their names; following SimCLR, biases and BatchNorm
 //! parameters (1-D tensors) are excluded from weight decay and from LARS's trust ratio.
@@ -55,37 +56,73 @@ pub fn trainable_params(map: &candle_nn::VarMap) -> Result<Vec<Param>> {
     Ok(named.into_iter().map(|(n, v)| Param::new(n, v)).collect())
 }
 
-/// Check and take optimizer state restored from a checkpoint.
-fn restore(
-    optimizer: &str,
-    state: Vec<Option<Tensor>>,
-    params: usize,
-) -> Result<Vec<Option<Tensor>>> {
-    if state.len() != params {
-        candle_core::bail!(
-            "{optimizer}: state for {} parameters, have {params}",
-            state.len()
-        );
-    }
-    Ok(state)
-}
+/// Named optimizer state, as saved in checkpoints: `<param>.<buffer>` → tensor.
+pub type NamedState = std::collections::HashMap<String, Tensor>;
 
 /// What every optimizer offers.
-pub trait Optimizer {
+pub trait Optimizer: Send {
     /// Apply one update with learning rate `lr`.
     ///
     /// # Errors
     /// A tensor operation failure.
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()>;
 
-    /// The optimizer's state tensors (momentum buffers), in parameter order, for checkpoints.
-    fn state(&self) -> Vec<Option<Tensor>>;
+    /// The optimizer's state (momentum buffers, moment estimates, step count), named
+    /// `<param>.<buffer>`, for checkpoints. The tensors are never modified in place later, so
+    /// the returned handles stay valid after further steps.
+    fn state(&self) -> NamedState;
 
     /// Restore state saved by [`Optimizer::state`].
     ///
     /// # Errors
-    /// A state of the wrong length.
-    fn set_state(&mut self, state: Vec<Option<Tensor>>) -> Result<()>;
+    /// A buffer for an unknown parameter or of the wrong shape.
+    fn set_state(&mut self, state: NamedState) -> Result<()>;
+}
+
+/// Save one buffer per parameter as `<name>.<buffer>`.
+fn save_buffers(params: &[Param], buffers: &[Option<Tensor>], buffer: &str, out: &mut NamedState) {
+    for (p, b) in params.iter().zip(buffers) {
+        if let Some(b) = b {
+            out.insert(format!("{}.{buffer}", p.name), b.clone());
+        }
+    }
+}
+
+/// Take the `<name>.<buffer>` entries of `state` into one buffer per parameter.
+fn load_buffers(
+    optimizer: &str,
+    params: &[Param],
+    state: &mut NamedState,
+    buffer: &str,
+) -> Result<Vec<Option<Tensor>>> {
+    params
+        .iter()
+        .map(|p| {
+            let Some(t) = state.remove(&format!("{}.{buffer}", p.name)) else {
+                return Ok(None);
+            };
+            if t.dims() != p.var.dims() {
+                candle_core::bail!(
+                    "{optimizer}: saved `{buffer}` of `{}` has shape {:?}, the parameter {:?}",
+                    p.name,
+                    t.dims(),
+                    p.var.dims()
+                );
+            }
+            Ok(Some(t.to_device(p.var.device())?.to_dtype(p.var.dtype())?))
+        })
+        .collect()
+}
+
+/// Fail on state entries no parameter claimed (a checkpoint of another model).
+fn check_consumed(optimizer: &str, state: &NamedState) -> Result<()> {
+    if let Some(name) = state.keys().min() {
+        candle_core::bail!(
+            "{optimizer}: the saved state has `{name}` (and {} more entries) for no parameter of this model",
+            state.len() - 1
+        );
+    }
+    Ok(())
 }
 
 /// SGD: `v = μ·v + (g + λ·w)`, `w -= lr·v` (Nesterov: `w -= lr·(g' + μ·v)`), as PyTorch.
@@ -144,13 +181,15 @@ impl Optimizer for Sgd {
         Ok(())
     }
 
-    fn state(&self) -> Vec<Option<Tensor>> {
-        self.velocity.clone()
+    fn state(&self) -> NamedState {
+        let mut out = NamedState::new();
+        save_buffers(&self.params, &self.velocity, "momentum", &mut out);
+        out
     }
 
-    fn set_state(&mut self, state: Vec<Option<Tensor>>) -> Result<()> {
-        self.velocity = restore("sgd", state, self.params.len())?;
-        Ok(())
+    fn set_state(&mut self, mut state: NamedState) -> Result<()> {
+        self.velocity = load_buffers("sgd", &self.params, &mut state, "momentum")?;
+        check_consumed("sgd", &state)
     }
 }
 
@@ -243,12 +282,105 @@ impl Optimizer for Lars {
         Ok(())
     }
 
-    fn state(&self) -> Vec<Option<Tensor>> {
-        self.velocity.clone()
+    fn state(&self) -> NamedState {
+        let mut out = NamedState::new();
+        save_buffers(&self.params, &self.velocity, "momentum", &mut out);
+        out
     }
 
-    fn set_state(&mut self, state: Vec<Option<Tensor>>) -> Result<()> {
-        self.velocity = restore("lars", state, self.params.len())?;
+    fn set_state(&mut self, mut state: NamedState) -> Result<()> {
+        self.velocity = load_buffers("lars", &self.params, &mut state, "momentum")?;
+        check_consumed("lars", &state)
+    }
+}
+
+/// AdamW (Loshchilov & Hutter 2019), as `torch.optim.AdamW`:
+///
+/// ```text
+/// w = w − lr·λ·w                     (decoupled weight decay; adapted parameters only)
+/// m = β1·m + (1 − β1)·g,  v = β2·v + (1 − β2)·g²
+/// w = w − lr · (m / (1 − β1^t)) / (√(v / (1 − β2^t)) + ε)
+/// ```
+#[derive(Debug)]
+pub struct AdamW {
+    params: Vec<Param>,
+    betas: (f64, f64),
+    eps: f64,
+    weight_decay: f64,
+    t: u64,
+    m: Vec<Option<Tensor>>,
+    v: Vec<Option<Tensor>>,
+}
+
+impl AdamW {
+    /// AdamW over `params`.
+    pub fn new(params: Vec<Param>, betas: (f64, f64), eps: f64, weight_decay: f64) -> Self {
+        let n = params.len();
+        Self {
+            params,
+            betas,
+            eps,
+            weight_decay,
+            t: 0,
+            m: vec![None; n],
+            v: vec![None; n],
+        }
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.t += 1;
+        let (b1, b2) = self.betas;
+        let c1 = 1.0 - b1.powi(self.t as i32);
+        let c2 = 1.0 - b2.powi(self.t as i32);
+        for ((p, m), v) in self.params.iter().zip(&mut self.m).zip(&mut self.v) {
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let w = p.var.as_tensor();
+            let w = if p.adapt && self.weight_decay != 0.0 {
+                (w * (1.0 - lr * self.weight_decay))?
+            } else {
+                w.clone()
+            };
+            let next_m = match m.as_ref() {
+                Some(prev) => ((prev * b1)? + (g * (1.0 - b1))?)?,
+                None => (g * (1.0 - b1))?,
+            };
+            let next_v = match v.as_ref() {
+                Some(prev) => ((prev * b2)? + (g.sqr()? * (1.0 - b2))?)?,
+                None => (g.sqr()? * (1.0 - b2))?,
+            };
+            let denom = ((&next_v / c2)?.sqrt()? + self.eps)?;
+            let update = ((&next_m / c1)? / denom)?;
+            p.var.set(&(w - (update * lr)?)?)?;
+            *m = Some(next_m);
+            *v = Some(next_v);
+        }
         Ok(())
+    }
+
+    fn state(&self) -> NamedState {
+        let mut out = NamedState::new();
+        save_buffers(&self.params, &self.m, "exp_avg", &mut out);
+        save_buffers(&self.params, &self.v, "exp_avg_sq", &mut out);
+        if let Ok(t) = Tensor::new(&[self.t as f64], &candle_core::Device::Cpu) {
+            out.insert("step".into(), t);
+        }
+        out
+    }
+
+    fn set_state(&mut self, mut state: NamedState) -> Result<()> {
+        self.m = load_buffers("adamw", &self.params, &mut state, "exp_avg")?;
+        self.v = load_buffers("adamw", &self.params, &mut state, "exp_avg_sq")?;
+        self.t = match state.remove("step") {
+            Some(t) => t.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?
+                .first()
+                .copied()
+                .unwrap_or(0.0) as u64,
+            None => 0,
+        };
+        check_consumed("adamw", &state)
     }
 }

@@ -17,6 +17,60 @@ use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 pub enum Stem {
     /// 3×3 convolution, stride 1, no max-pool (CIFAR-sized inputs).
     Cifar,
+    /// 7×7 convolution, stride 2, padding 3, then 3×3 max-pool, stride 2, padding 1
+    /// (torchvision's ImageNet ResNet).
+    ImageNet,
+}
+
+/// 3×3 max-pooling with stride 2 and padding 1 (`nn.MaxPool2d(3, 2, 1)`), built from ops
+/// that candle differentiates on every device: candle's own `max_pool2d` has no padding and
+/// no backward pass when the stride differs from the kernel size.
+///
+/// Output `o[i, j] = max(x[2i-1..=2i+1, 2j-1..=2j+1])` over the positions inside the image.
+/// Where several inputs tie for the maximum, the gradient is shared between them (candle's
+/// rule for `maximum`); PyTorch gives it to one of them.
+///
+/// # Errors
+/// A tensor that is not 4-D.
+pub fn max_pool_3x3_s2(xs: &Tensor) -> Result<Tensor> {
+    let (_b, _c, h, w) = xs.dims4()?;
+    let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+    // Pad with -inf: one row/column before, and after up to 2·out + 2 (an even size, so the
+    // padded tensor splits into pairs of rows/columns).
+    let (hp, wp) = (2 * ho + 2, 2 * wo + 2);
+    let xs = pad_neg_inf(xs, 2, 1, hp - h - 1)?;
+    let xs = pad_neg_inf(&xs, 3, 1, wp - w - 1)?;
+    // Rows: padded row 2i + d for d in 0, 1, 2 = pair i slot 0, pair i slot 1, pair i+1 slot 0.
+    let rows = |xs: &Tensor| -> Result<Tensor> {
+        let (b, c, hp, wp) = xs.dims4()?;
+        let pairs = xs.reshape((b, c, hp / 2, 2, wp))?;
+        let even = pairs.narrow(3, 0, 1)?.squeeze(3)?;
+        let odd = pairs.narrow(3, 1, 1)?.squeeze(3)?;
+        let a = even.narrow(2, 0, hp / 2 - 1)?;
+        let b_ = odd.narrow(2, 0, hp / 2 - 1)?;
+        let c_ = even.narrow(2, 1, hp / 2 - 1)?;
+        a.maximum(&b_)?.maximum(&c_)
+    };
+    let ys = rows(&xs)?; // [B, C, ho, wp]
+    let ys = rows(&ys.transpose(2, 3)?.contiguous()?)?; // [B, C, wo, ho]
+    ys.transpose(2, 3)?.contiguous()
+}
+
+fn pad_neg_inf(xs: &Tensor, dim: usize, before: usize, after: usize) -> Result<Tensor> {
+    let mut parts = Vec::with_capacity(3);
+    let shape = |n: usize| {
+        let mut dims = xs.dims().to_vec();
+        dims[dim] = n;
+        dims
+    };
+    if before > 0 {
+        parts.push(Tensor::full(f32::NEG_INFINITY, shape(before), xs.device())?.to_dtype(xs.dtype())?);
+    }
+    parts.push(xs.clone());
+    if after > 0 {
+        parts.push(Tensor::full(f32::NEG_INFINITY, shape(after), xs.device())?.to_dtype(xs.dtype())?);
+    }
+    Tensor::cat(&parts, dim)
 }
 
 /// Architecture of an encoder.
@@ -175,11 +229,11 @@ impl ResNet {
     /// An unsupported depth, or a variable of the wrong shape in `vb`.
     pub fn new(vb: VarBuilder<'_>, config: ResNetConfig) -> Result<Self> {
         let (counts, bottleneck) = config.blocks()?;
-        let Stem::Cifar = config.stem;
-        let stem = (
-            conv(vb.pp("conv1"), config.in_channels, config.width, 3, 1, 1)?,
-            bn(vb.pp("bn1"), config.width, false)?,
-        );
+        let stem_conv = match config.stem {
+            Stem::Cifar => conv(vb.pp("conv1"), config.in_channels, config.width, 3, 1, 1)?,
+            Stem::ImageNet => conv(vb.pp("conv1"), config.in_channels, config.width, 7, 2, 3)?,
+        };
+        let stem = (stem_conv, bn(vb.pp("bn1"), config.width, false)?);
         let expansion = if bottleneck { 4 } else { 1 };
         let mut layers = Vec::new();
         let mut cin = config.width;
@@ -219,6 +273,9 @@ impl ModuleT for ResNet {
             .1
             .forward_t(&self.stem.0.forward(xs)?, train)?
             .relu()?;
+        if self.config.stem == Stem::ImageNet {
+            ys = max_pool_3x3_s2(&ys)?;
+        }
         for block in &self.layers {
             ys = block.forward_t(&ys, train)?;
         }

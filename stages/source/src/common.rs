@@ -107,6 +107,8 @@ pub struct DatasetSource {
     next: u64,
     step: u64,
     order: Option<(u32, Vec<u64>)>,
+    /// Where a resumed run starts: (epoch, stream position within it).
+    resume_at: Option<(u32, u64)>,
 }
 
 impl DatasetSource {
@@ -129,7 +131,16 @@ impl DatasetSource {
             next: worker as u64,
             step: workers.max(1) as u64,
             order: None,
+            resume_at: None,
         }
+    }
+
+    /// Start at stream position `position` of epoch `epoch` (a resumed run), instead of at
+    /// the beginning. Worker `w` then produces positions `start + w, start + w + n, ...`.
+    #[must_use]
+    pub fn resuming_at(mut self, epoch: u32, position: u64) -> Self {
+        self.resume_at = Some((epoch, position));
+        self
     }
 
     fn used_len(&self, len: u64) -> u64 {
@@ -158,6 +169,10 @@ impl Source for DatasetSource {
         match loaded {
             Ok(data) => {
                 self.data = Some(data.clone());
+                if let Some((epoch, position)) = self.resume_at.take() {
+                    let n = self.used_len(data.len());
+                    self.next += u64::from(epoch) * n + position;
+                }
                 Ok(())
             }
             Err(e) => Err(StageError::msg(e.clone())),
@@ -328,24 +343,37 @@ pub enum Split {
     Test,
 }
 
-/// A factory of [`DatasetSource`] workers sharing one lazily loaded dataset.
+/// A factory of [`DatasetSource`] workers sharing one lazily loaded dataset. Publishes the
+/// stream's length and epochs, and starts where a resumed run left off.
 pub fn factory(
+    cx: &simclr_core::BuildContext<'_>,
     options: SourceOptions,
     expected_len: u64,
     load: impl Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync + 'static,
-    workers: usize,
 ) -> simclr_core::StageFactory {
     let shared: SharedDataset = Arc::new(OnceLock::new());
     let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> = Arc::new(load);
+    let used = options.limit.map_or(expected_len, |l| l.min(expected_len));
+    cx.publish(simclr_core::StreamFacts {
+        items_per_epoch: Some(used),
+        epochs: Some(options.epochs),
+        ..simclr_core::StreamFacts::default()
+    });
+    let resume = cx.resume.map(|r| (r.epoch, r.position));
+    let workers = cx.workers;
     simclr_core::StageFactory::source(move |worker| {
-        DatasetSource::new(
+        let source = DatasetSource::new(
             shared.clone(),
             load.clone(),
             options.clone(),
             expected_len,
             worker,
             workers,
-        )
+        );
+        match resume {
+            Some((epoch, position)) => source.resuming_at(epoch, position),
+            None => source,
+        }
     })
 }
 

@@ -258,11 +258,11 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             )
         })?[0];
     Ok(factory(
+        cx,
         options,
         u64::from(n),
         move || {
             IdxDataset::load(&images, labels.as_deref()).map(|d| Arc::new(d) as Arc<dyn Dataset>)
         },
-        cx.workers,
     ))
 }

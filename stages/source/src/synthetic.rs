@@ -241,10 +241,10 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         channels: config.channels,
     };
     Ok(factory(
+        cx,
         options,
         config.count,
         move || Ok(Arc::new(data.clone()) as Arc<dyn Dataset>),
-        cx.workers,
     ))
 }
 

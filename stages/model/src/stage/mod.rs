@@ -1,0 +1,254 @@
+//! The model stages: encoders (`resnet`, `small_cnn`), the projection head (`projector`), the
+//! loss and optimizer (`nt_xent`) and the checkpoint sink (`checkpoint`).
+//!
+//! A batch's tensors travel between them as [`Forward`] payloads: the output tensor, still
+//! attached to candle's autograd graph, and the parameter groups of every stage it went
+//! through. The trainer at the end of the chain computes the loss, runs one backward pass
+//! through all of them and updates every group. A credit edge from the trainer back to the
+//! encoder keeps SGD synchronous: the encoder starts step k+1 only after step k's update. Each
+//! group counts its updates, and the trainer refuses a batch computed with stale weights (a
+//! definition without the credit edge), naming the fix.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use simclr_core::{Activations, BuildContext, ParamError, SampleId, StageError};
+
+pub mod checkpoint;
+pub mod encoder;
+pub mod head;
+pub mod train;
+
+/// What a parameter group is to the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The encoder f: kept after training.
+    Encoder,
+    /// The projection head g: thrown away after training.
+    Projector,
+}
+
+/// The parameters of one model stage, shared with the trainer that updates them.
+pub struct ParamGroup {
+    /// The stage id; checkpoints store the group as `<stage>.safetensors`.
+    pub stage: String,
+    /// Encoder or projector.
+    pub role: Role,
+    /// The stage kind (`resnet`, `small_cnn`, `projector`).
+    pub kind: String,
+    /// The architecture, as the stage's resolved parameters (written into checkpoints).
+    pub spec: serde_json::Value,
+    /// Every variable (trainable parameters and BatchNorm running statistics), named as in
+    /// torchvision's state dicts.
+    pub vars: VarMap,
+    /// Optimizer updates applied so far.
+    pub version: AtomicU64,
+}
+
+impl std::fmt::Debug for ParamGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParamGroup")
+            .field("stage", &self.stage)
+            .field("role", &self.role)
+            .field("kind", &self.kind)
+            .field("version", &self.version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ParamGroup {
+    /// Updates applied so far.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+}
+
+/// A batch's tensor on its way through the model stages.
+#[derive(Debug)]
+pub struct Forward {
+    /// h or z: `[2N, d]`.
+    pub tensor: Tensor,
+    /// Every group the tensor depends on, with the group's version when it was used.
+    pub groups: Vec<(Arc<ParamGroup>, u64)>,
+    /// Seconds each stage spent on this batch's forward pass, in order.
+    pub timings: Vec<(String, f64)>,
+    /// The batch's input views (2N).
+    pub views: usize,
+}
+
+impl Forward {
+    /// Wrap as a message payload, keeping the batch's identity.
+    pub fn into_activations(
+        self,
+        step: u64,
+        epoch: u32,
+        ids: Arc<[SampleId]>,
+    ) -> Activations {
+        let shape = self.tensor.dims().to_vec();
+        Activations {
+            step,
+            epoch,
+            ids,
+            shape,
+            payload: Arc::new(self),
+        }
+    }
+}
+
+/// One group's tensors copied at the end of a step.
+#[derive(Debug, Clone)]
+pub struct GroupSnapshot {
+    /// Stage id.
+    pub stage: String,
+    /// Encoder or projector.
+    pub role: Role,
+    /// Stage kind.
+    pub kind: String,
+    /// Architecture.
+    pub spec: serde_json::Value,
+    /// Every variable, by name.
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// The state after one optimizer step: everything a checkpoint holds.
+#[derive(Debug, Clone)]
+pub struct TrainState {
+    /// Steps completed (this state is after step `steps - 1`).
+    pub steps: u64,
+    /// Epoch of the next sample.
+    pub epoch: u32,
+    /// Samples of `epoch` consumed.
+    pub position: u64,
+    /// The step's loss.
+    pub loss: f64,
+    /// The step's learning rate.
+    pub lr: f64,
+    /// Steps in the schedule.
+    pub total_steps: u64,
+    /// The definition's seed.
+    pub seed: u64,
+    /// Weights and BatchNorm statistics, per group.
+    pub groups: Vec<GroupSnapshot>,
+    /// The optimizer's name (`lars`, `sgd`, `adamw`).
+    pub optimizer: String,
+    /// Its state, named `<stage>.<param>.<buffer>`.
+    pub optimizer_state: Vec<(String, Tensor)>,
+}
+
+/// The candle device named by a definition's `device:` (`cpu`, `cuda`, `cuda:N`, `auto`).
+///
+/// # Errors
+/// CUDA asked of a build without the `cuda` feature, or a device that cannot be opened.
+pub fn device(spec: &str) -> Result<Device, String> {
+    let cuda_index = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "auto" => {
+            return Ok(if cfg!(feature = "cuda") {
+                Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+            } else {
+                Device::Cpu
+            });
+        }
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => n,
+            None => return Err(format!("unknown device `{other}` (cpu, cuda, cuda:N or auto)")),
+        },
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(format!(
+            "device `{spec}`: this build has no CUDA support; rebuild with `cargo build --release --features cuda`, or use `device: cpu`"
+        ));
+    }
+    Device::new_cuda(cuda_index).map_err(|e| format!("device `{spec}`: cannot open it: {e}"))
+}
+
+/// Check `device:` at build time, so `simclr validate` reports a CUDA device on a CPU build.
+pub(crate) fn check_device(cx: &BuildContext<'_>) -> Result<(), ParamError> {
+    if cx.device != "cpu" && cx.device != "auto" && !cfg!(feature = "cuda") {
+        return Err(ParamError {
+            message: format!(
+                "device `{}` needs a build with CUDA support, and this one has none",
+                cx.device
+            ),
+            help: Some(
+                "rebuild with `cargo build --release --features cuda`, or set `device: cpu`".into(),
+            ),
+            loc: None,
+            path: "device".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A candle error in stage code, as a stage error.
+pub(crate) fn candle_err(what: &str) -> impl FnOnce(candle_core::Error) -> StageError + '_ {
+    move |e| StageError::msg(format!("{what}: {e}"))
+}
+
+/// Serialise a stage's parameters for checkpoints.
+pub(crate) fn spec_of<T: serde::Serialize>(config: &T) -> serde_json::Value {
+    serde_json::to_value(config).unwrap_or(serde_json::Value::Null)
+}
+
+/// Load a group's variables from `<checkpoint>/<stage>.safetensors`: every variable must be
+/// there with its shape (a checkpoint of another architecture is refused, naming the tensor).
+pub(crate) fn load_group(
+    vars: &VarMap,
+    checkpoint: &std::path::Path,
+    stage: &str,
+) -> Result<(), StageError> {
+    let file = checkpoint.join(format!("{stage}.safetensors"));
+    let fail = |e: String| {
+        StageError::msg(format!(
+            "cannot resume stage `{stage}` from {}: {e}",
+            file.display()
+        ))
+    };
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| fail("variable map poisoned".into()))?;
+    let Some(device) = data.values().next().map(|v| v.device().clone()) else {
+        return Ok(());
+    };
+    let saved = candle_core::safetensors::load(&file, &device).map_err(|e| fail(e.to_string()))?;
+    for (name, var) in data.iter() {
+        let Some(t) = saved.get(name) else {
+            return Err(fail(format!("it has no tensor `{name}` (a different architecture?)")));
+        };
+        if t.dims() != var.dims() {
+            return Err(fail(format!(
+                "`{name}` has shape {:?} there, {:?} here (a different architecture?)",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(t).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Copy every variable of a group (a snapshot that later in-place updates do not touch).
+pub(crate) fn snapshot(group: &ParamGroup) -> candle_core::Result<GroupSnapshot> {
+    let data = group
+        .vars
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("variable map poisoned".into()))?;
+    let mut tensors: Vec<(String, Tensor)> = data
+        .iter()
+        .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+        .collect::<candle_core::Result<_>>()?;
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(GroupSnapshot {
+        stage: group.stage.clone(),
+        role: group.role,
+        kind: group.kind.clone(),
+        spec: group.spec.clone(),
+        tensors,
+    })
+}

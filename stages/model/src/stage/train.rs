@@ -1,0 +1,575 @@
+//! The `nt_xent` stage: NT-Xent loss over the 2N projections, one backward pass through every
+//! model stage, and the optimizer step (LARS, SGD or AdamW) on a warm-up + cosine schedule.
+//!
+//! Per step it appends a line to `steps.jsonl` in the run folder (step, epoch, loss, lr,
+//! images/s, seconds per stage), shows step, loss, lr, images/s and ETA next to the progress
+//! bar, and emits the state after the update (weights copied, optimizer state) for checkpoint
+//! sinks. At the end it draws `loss.png`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use simclr_core::{
+    Activations, BuildContext, InputPorts, Message, OutputPort, Outputs, Parallelism,
+    ParamError, PortType, Stage, StageContext, StageError, StageFactory, StageKind,
+};
+
+use super::{Forward, ParamGroup, TrainState, candle_err, snapshot};
+use crate::loss::nt_xent;
+use crate::optim::{AdamW, Lars, NamedState, Optimizer, Sgd, trainable_params};
+use crate::schedule::{LrScaling, WarmupCosine};
+
+/// The optimizer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerChoice {
+    /// LARS (SimCLR's optimizer): momentum, trust ratio, weight decay; biases and BatchNorm
+    /// parameters excluded from both.
+    #[default]
+    Lars,
+    /// SGD with momentum (optionally Nesterov) and weight decay.
+    Sgd,
+    /// AdamW with decoupled weight decay.
+    Adamw,
+}
+
+impl OptimizerChoice {
+    fn name(self) -> &'static str {
+        match self {
+            OptimizerChoice::Lars => "lars",
+            OptimizerChoice::Sgd => "sgd",
+            OptimizerChoice::Adamw => "adamw",
+        }
+    }
+}
+
+/// Parameters of `nt_xent`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    /// NT-Xent temperature τ (SimCLR: 0.5 for CIFAR-10, 0.1 for ImageNet with large batches).
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// `lars`, `sgd` or `adamw`.
+    #[serde(default)]
+    pub optimizer: OptimizerChoice,
+    /// Base learning rate, scaled by `lr_scaling`. Unset: 0.3 for lars, 0.06 for sgd (both
+    /// ·B/256), 0.001 for adamw.
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// `linear` (base·B/256), `sqrt` (base·√B) or `none`. Unset: linear for lars and sgd, none
+    /// for adamw.
+    #[serde(default)]
+    pub lr_scaling: Option<LrScaling>,
+    /// Linear warm-up steps before the cosine decay. Unset: 10% of the total steps.
+    #[serde(default)]
+    pub warmup_steps: Option<u64>,
+    /// Steps of the schedule. Unset: batches per epoch × epochs, as the data stages declare.
+    #[serde(default)]
+    pub total_steps: Option<u64>,
+    /// Stop after this many steps in all (the schedule still spans `total_steps`, so a
+    /// resumed run continues it); `simclr run --max-steps` overrides it.
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    /// Momentum of lars and sgd.
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// Nesterov momentum (lars and sgd).
+    #[serde(default)]
+    pub nesterov: bool,
+    /// Weight decay (not applied to biases and BatchNorm parameters). Unset: 1e-6 for lars
+    /// (SimCLR), 5e-4 for sgd, 0.05 for adamw.
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
+    /// LARS trust coefficient η.
+    #[serde(default = "default_trust")]
+    pub trust_coefficient: f64,
+    /// AdamW's β1, β2.
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// AdamW's ε.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Write `steps.jsonl` and `loss.png` into the run folder.
+    #[serde(default = "yes")]
+    pub metrics: bool,
+}
+
+fn default_temperature() -> f64 {
+    0.5
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_trust() -> f64 {
+    crate::optim::DEFAULT_TRUST
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn yes() -> bool {
+    true
+}
+
+impl TrainParams {
+    /// The base learning rate (explicit or the optimizer's default).
+    pub fn base_lr(&self) -> f64 {
+        self.lr.unwrap_or(match self.optimizer {
+            OptimizerChoice::Lars => 0.3,
+            OptimizerChoice::Sgd => 0.06,
+            OptimizerChoice::Adamw => 0.001,
+        })
+    }
+
+    /// The scaling rule (explicit or the optimizer's default).
+    pub fn scaling(&self) -> LrScaling {
+        self.lr_scaling.unwrap_or(match self.optimizer {
+            OptimizerChoice::Adamw => LrScaling::None,
+            _ => LrScaling::Linear,
+        })
+    }
+
+    /// The weight decay (explicit or the optimizer's default).
+    pub fn decay(&self) -> f64 {
+        self.weight_decay.unwrap_or(match self.optimizer {
+            OptimizerChoice::Lars => 1e-6,
+            OptimizerChoice::Sgd => 5e-4,
+            OptimizerChoice::Adamw => 0.05,
+        })
+    }
+
+    /// The schedule for `total` steps at `batch_size` samples per batch.
+    pub fn schedule(&self, total: u64, batch_size: usize) -> WarmupCosine {
+        WarmupCosine {
+            peak: self.scaling().peak(self.base_lr(), batch_size),
+            warmup: self.warmup_steps.unwrap_or(total / 10),
+            total,
+        }
+    }
+
+    /// The optimizer over `params`.
+    pub fn optimizer(&self, params: Vec<crate::optim::Param>) -> Box<dyn Optimizer> {
+        match self.optimizer {
+            OptimizerChoice::Lars => Box::new(Lars::new(
+                params,
+                self.momentum,
+                self.trust_coefficient,
+                self.decay(),
+                self.nesterov,
+            )),
+            OptimizerChoice::Sgd => Box::new(Sgd::new(
+                params,
+                self.momentum,
+                self.nesterov,
+                self.decay(),
+            )),
+            OptimizerChoice::Adamw => Box::new(AdamW::new(
+                params,
+                (self.betas[0], self.betas[1]),
+                self.eps,
+                self.decay(),
+            )),
+        }
+    }
+}
+
+/// The trainable parameters of some groups, named `<stage>.<param>`, in group order.
+///
+/// # Errors
+/// A poisoned variable map.
+pub fn group_params(groups: &[Arc<ParamGroup>]) -> candle_core::Result<Vec<crate::optim::Param>> {
+    let mut all = Vec::new();
+    for g in groups {
+        for mut p in trainable_params(&g.vars)? {
+            p.name = format!("{}.{}", g.stage, p.name);
+            all.push(p);
+        }
+    }
+    Ok(all)
+}
+
+/// `nt_xent`.
+pub static NT_XENT: StageKind = StageKind {
+    name: "nt_xent",
+    summary: "NT-Xent loss over the 2N views, backward through every model stage, optimizer step (lars | sgd | adamw) on a warm-up + cosine schedule; emits the state after each step",
+    input: InputPorts::Accepts(&[PortType::Projections, PortType::Features]),
+    output: OutputPort::Emits(PortType::TrainStates),
+    parallelism: Parallelism::Single,
+    example: super::encoder::const_format_example!("small_cnn", "{ width: 4 }"),
+    params: || schemars::schema_for!(TrainParams),
+    build,
+};
+
+fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
+    let params: TrainParams = cx.parse()?;
+    if !(params.temperature > 0.0 && params.temperature.is_finite()) {
+        return Err(cx.invalid(
+            "temperature",
+            format!("`temperature` must be positive, found {}", params.temperature),
+            "SimCLR uses 0.5 (CIFAR-10) or 0.1 (ImageNet)",
+        ));
+    }
+    if !(params.base_lr() > 0.0 && params.base_lr().is_finite()) {
+        return Err(cx.invalid(
+            "lr",
+            format!("`lr` must be positive, found {}", params.base_lr()),
+            "e.g. `lr: 0.3` with lars",
+        ));
+    }
+    if !(0.0..1.0).contains(&params.momentum) {
+        return Err(cx.invalid(
+            "momentum",
+            format!("`momentum` must be in [0, 1), found {}", params.momentum),
+            "0.9 is standard",
+        ));
+    }
+    if params.decay() < 0.0 {
+        return Err(cx.invalid("weight_decay", "`weight_decay` must be ≥ 0", "SimCLR uses 1e-6 with lars"));
+    }
+    let total = match params.total_steps.or(cx.upstream.total_batches()) {
+        Some(0) => {
+            return Err(cx.invalid(
+                "total_steps",
+                "the run has 0 training steps",
+                "give the source more samples or epochs, or lower `batch_size`",
+            ));
+        }
+        Some(n) => n,
+        None => {
+            return Err(cx.invalid(
+                "total_steps",
+                "cannot tell how many steps the run has: the data stages do not declare their length",
+                "set `total_steps:` (the schedule's length in batches)",
+            ));
+        }
+    };
+    if params.warmup_steps.is_some_and(|w| w > total) {
+        return Err(cx.invalid(
+            "warmup_steps",
+            format!("`warmup_steps` exceeds the {total} steps of the run"),
+            "SimCLR warms up for about 10 epochs out of 100-1000",
+        ));
+    }
+    let max_steps = cx.max_steps.or(params.max_steps);
+    let stage = cx.stage_id.to_owned();
+    let run_dir = cx.run_dir.to_owned();
+    let seed = cx.seed;
+    let resume = cx.resume.cloned();
+    let batch_size = cx.upstream.batch_size;
+    Ok(StageFactory::stage(move |_| Trainer {
+        stage: stage.clone(),
+        params: params.clone(),
+        total,
+        max_steps,
+        batch_size,
+        seed,
+        run_dir: run_dir.clone(),
+        resume: resume.clone(),
+        next_step: resume.as_ref().map_or(0, |r| r.step),
+        epoch: resume.as_ref().map_or(0, |r| r.epoch),
+        position: resume.as_ref().map_or(0, |r| r.position),
+        optimizer: None,
+        groups: Vec::new(),
+        schedule: None,
+        log: None,
+        history: Vec::new(),
+        started: Instant::now(),
+        last_step_end: None,
+        first_step: None,
+    }))
+}
+
+struct Trainer {
+    stage: String,
+    params: TrainParams,
+    total: u64,
+    max_steps: Option<u64>,
+    batch_size: Option<usize>,
+    seed: u64,
+    run_dir: PathBuf,
+    resume: Option<simclr_core::ResumePoint>,
+    next_step: u64,
+    epoch: u32,
+    position: u64,
+    optimizer: Option<Box<dyn Optimizer>>,
+    groups: Vec<Arc<ParamGroup>>,
+    schedule: Option<WarmupCosine>,
+    log: Option<BufWriter<File>>,
+    /// (step, loss) of every step of the run, earlier segments of a resumed run included.
+    history: Vec<(u64, f64)>,
+    started: Instant,
+    last_step_end: Option<Instant>,
+    first_step: Option<u64>,
+}
+
+impl Trainer {
+    fn steps_file(&self) -> PathBuf {
+        self.run_dir.join("steps.jsonl")
+    }
+
+    /// Open `steps.jsonl`: fresh, or (resuming) keeping the lines before the resume step.
+    fn open_log(&mut self) -> Result<(), StageError> {
+        if !self.params.metrics {
+            return Ok(());
+        }
+        let path = self.steps_file();
+        std::fs::create_dir_all(&self.run_dir).map_err(|e| {
+            StageError::msg(format!("cannot create the run folder {}: {e}", self.run_dir.display()))
+        })?;
+        let mut kept = Vec::new();
+        if let Some(resume) = &self.resume
+            && let Ok(file) = File::open(&path)
+        {
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let step = v.get("step").and_then(serde_json::Value::as_u64);
+                let loss = v.get("loss").and_then(serde_json::Value::as_f64);
+                if let (Some(step), Some(loss)) = (step, loss)
+                    && step < resume.step
+                {
+                    self.history.push((step, loss));
+                    kept.push(line);
+                }
+            }
+        }
+        let file = File::create(&path)
+            .map_err(|e| StageError::msg(format!("cannot write {}: {e}", path.display())))?;
+        let mut w = BufWriter::new(file);
+        for line in kept {
+            writeln!(w, "{line}").map_err(|e| StageError::msg(format!("{}: {e}", path.display())))?;
+        }
+        self.log = Some(w);
+        Ok(())
+    }
+
+    /// Build the optimizer over the groups the first batch went through.
+    fn init(&mut self, fwd: &Forward, samples: usize) -> Result<(), StageError> {
+        self.groups = fwd.groups.iter().map(|(g, _)| g.clone()).collect();
+        let params = group_params(&self.groups).map_err(candle_err("parameters"))?;
+        let mut optimizer = self.params.optimizer(params);
+        if let Some(resume) = &self.resume {
+            let file = resume.checkpoint.join("optimizer.safetensors");
+            let state: NamedState = candle_core::safetensors::load(&file, fwd.tensor.device())
+                .map_err(|e| {
+                    StageError::msg(format!("cannot resume the optimizer from {}: {e}", file.display()))
+                })?
+                .into_iter()
+                .collect();
+            optimizer.set_state(state).map_err(|e| {
+                StageError::msg(format!("cannot resume the optimizer from {}: {e}", file.display()))
+            })?;
+        }
+        self.optimizer = Some(optimizer);
+        self.schedule = Some(self.params.schedule(self.total, self.batch_size.unwrap_or(samples)));
+        Ok(())
+    }
+
+    fn step(&mut self, act: &Activations, cx: &StageContext) -> Result<TrainState, StageError> {
+        let Some(fwd) = act.payload::<Forward>() else {
+            return Err(StageError::msg("projections without a model payload"));
+        };
+        if act.step != self.next_step {
+            return Err(StageError::msg(format!(
+                "expected batch {} but got batch {}: batches must arrive in order",
+                self.next_step, act.step
+            )));
+        }
+        if self.optimizer.is_none() {
+            self.init(fwd, act.ids.len())?;
+        }
+        for (group, used) in &fwd.groups {
+            let now = group.version();
+            if *used != now {
+                return Err(StageError::msg(format!(
+                    "step {}: stage `{}` computed this batch with weights from before the previous update (synchronous SGD needs the encoder paced by this stage: add `credit: {{ from: {} }}` to the encoder)",
+                    act.step, group.stage, self.stage
+                )));
+            }
+        }
+        let t0 = Instant::now();
+        let loss = nt_xent(&fwd.tensor, self.params.temperature).map_err(candle_err("nt_xent"))?;
+        let value = f64::from(
+            loss.to_scalar::<f32>()
+                .map_err(candle_err("nt_xent"))?,
+        );
+        let lr = self.schedule.map_or(0.0, |s| s.lr(act.step));
+        if !value.is_finite() {
+            return Err(StageError::msg(format!(
+                "the loss is {value} at step {} (lr {lr:.4}): training diverged; lower `lr` or raise `warmup_steps`",
+                act.step
+            )));
+        }
+        let t1 = Instant::now();
+        let grads = loss.backward().map_err(candle_err("backward"))?;
+        let t2 = Instant::now();
+        let Some(optimizer) = self.optimizer.as_mut() else {
+            return Err(StageError::msg("optimizer not built"));
+        };
+        optimizer.step(&grads, lr).map_err(candle_err("optimizer step"))?;
+        drop(grads);
+        for g in &self.groups {
+            g.version.fetch_add(1, Ordering::SeqCst);
+        }
+        let t3 = Instant::now();
+        if act.epoch != self.epoch {
+            self.epoch = act.epoch;
+            self.position = 0;
+        }
+        self.position += act.ids.len() as u64;
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| snapshot(g))
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(candle_err("snapshot"))?;
+        let mut optimizer_state: Vec<(String, candle_core::Tensor)> =
+            optimizer.state().into_iter().collect();
+        optimizer_state.sort_by(|a, b| a.0.cmp(&b.0));
+        self.next_step = act.step + 1;
+
+        // Metrics: the step's wall time is measured between step ends, so it includes any
+        // wait for data (images/s is the pipeline's training throughput).
+        let now = Instant::now();
+        let wall = self
+            .last_step_end
+            .map_or_else(|| (now - t0).as_secs_f64() + fwd_secs(fwd), |t| (now - t).as_secs_f64());
+        self.last_step_end = Some(now);
+        self.first_step.get_or_insert(act.step);
+        let images_per_s = act.ids.len() as f64 / wall.max(1e-9);
+        self.history.push((act.step, value));
+        if let Some(log) = self.log.as_mut() {
+            let mut stages = serde_json::Map::new();
+            for (id, secs) in &fwd.timings {
+                stages.insert(id.clone(), (*secs).into());
+            }
+            stages.insert("loss".into(), (t1 - t0).as_secs_f64().into());
+            stages.insert("backward".into(), (t2 - t1).as_secs_f64().into());
+            stages.insert("optimizer".into(), (t3 - t2).as_secs_f64().into());
+            let line = serde_json::json!({
+                "step": act.step,
+                "epoch": act.epoch,
+                "loss": value,
+                "lr": lr,
+                "images_per_s": images_per_s,
+                "step_seconds": wall,
+                "elapsed_seconds": self.started.elapsed().as_secs_f64(),
+                "stage_seconds": stages,
+            });
+            writeln!(log, "{line}")
+                .and_then(|()| log.flush())
+                .map_err(|e| StageError::msg(format!("cannot append to steps.jsonl: {e}")))?;
+        }
+        let end = self.max_steps.map_or(self.total, |m| m.min(self.total));
+        let done_here = self.next_step - self.first_step.unwrap_or(0);
+        let left = end.saturating_sub(self.next_step);
+        let per_step = self.started.elapsed().as_secs_f64() / done_here.max(1) as f64;
+        cx.set_status(format!(
+            "step {}/{end}  loss {value:.4}  lr {lr:.4}  {images_per_s:.0} img/s  eta {}",
+            self.next_step,
+            human_secs(per_step * left as f64)
+        ));
+        Ok(TrainState {
+            steps: self.next_step,
+            epoch: self.epoch,
+            position: self.position,
+            loss: value,
+            lr,
+            total_steps: self.total,
+            seed: self.seed,
+            groups,
+            optimizer: self.params.optimizer.name().to_owned(),
+            optimizer_state,
+        })
+    }
+}
+
+fn fwd_secs(fwd: &Forward) -> f64 {
+    fwd.timings.iter().map(|(_, s)| s).sum()
+}
+
+/// `93s` → `1m33s`.
+fn human_secs(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+impl Stage for Trainer {
+    fn on_start(&mut self, _cx: &mut StageContext) -> Result<(), StageError> {
+        self.started = Instant::now();
+        self.open_log()
+    }
+
+    fn process(
+        &mut self,
+        msg: Message,
+        out: &mut Outputs<'_>,
+        cx: &mut StageContext,
+    ) -> Result<(), StageError> {
+        let act = match msg {
+            Message::Projections(a) | Message::Features(a) => a,
+            other => {
+                return Err(StageError::UnexpectedMessage {
+                    expected: "projections",
+                    got: other.port_type().name(),
+                });
+            }
+        };
+        let end = self.max_steps.map_or(self.total, |m| m.min(self.total));
+        if self.next_step >= end {
+            // Batches already in flight when the last step was taken.
+            cx.finish_run();
+            return Ok(());
+        }
+        let state = self.step(&act, cx)?;
+        if state.steps >= end {
+            cx.finish_run();
+        }
+        out.push(Message::TrainState(Activations {
+            step: act.step,
+            epoch: act.epoch,
+            ids: act.ids.clone(),
+            shape: Vec::new(),
+            payload: Arc::new(state),
+        }))
+    }
+
+    fn on_finish(&mut self, _out: &mut Outputs<'_>, cx: &mut StageContext) -> Result<(), StageError> {
+        if let Some(log) = self.log.as_mut() {
+            log.flush()
+                .map_err(|e| StageError::msg(format!("cannot write steps.jsonl: {e}")))?;
+        }
+        let (Some(first), Some(last)) = (self.history.first(), self.history.last()) else {
+            cx.note("no training step was taken");
+            return Ok(());
+        };
+        cx.note(format!(
+            "steps {}..{}: loss {:.4} -> {:.4}",
+            first.0,
+            last.0 + 1,
+            first.1,
+            last.1
+        ));
+        if self.params.metrics {
+            let path = self.run_dir.join("loss.png");
+            crate::plot::loss_curve(&self.history, &path)
+                .map_err(|e| StageError::msg(format!("cannot draw {}: {e}", path.display())))?;
+            cx.note(format!("loss curve: {}", path.display()));
+        }
+        Ok(())
+    }
+}
