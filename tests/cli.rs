@@ -348,3 +348,104 @@ fn bench_train_prints_json_per_configuration() {
         );
     }
 }
+
+const TRAINING: &str = "\
+name: crash-test
+seed: 3
+stages:
+  images: { kind: synthetic, params: { count: 48, size: 16 } }
+  views: { kind: views, inputs: [images], params: { size: 16 } }
+  batches: { kind: batch, inputs: [views], params: { batch_size: 8 } }
+  encoder: { kind: small_cnn, inputs: [batches], credit: { from: train }, params: { width: 4 } }
+  head: { kind: projector, inputs: [encoder], params: { hidden: 16, out: 8 } }
+  train: { kind: nt_xent, inputs: [head], params: { optimizer: sgd, lr: 0.5 } }
+  checkpoints: { kind: checkpoint, inputs: [train], params: { every: 2, keep_last: 2 } }
+";
+
+fn encoder_bytes(run: &Path) -> Vec<u8> {
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).expect("latest");
+    std::fs::read(run.join("checkpoints").join(latest.trim()).join("encoder.safetensors"))
+        .expect("weights")
+}
+
+/// The process dies (abort, as `kill -9` or a power cut would) in the middle of writing the
+/// second checkpoint's weights. The first checkpoint stays the latest and loadable, the
+/// half-written one is ignored, and `--resume` finishes the run with weights bit-identical to
+/// a run that never crashed.
+#[test]
+fn a_crash_while_writing_a_checkpoint_leaves_the_previous_one_and_resume_works() {
+    let dir = scratch("crash-checkpoint");
+    let def = dir.join("train.yaml");
+    std::fs::write(&def, TRAINING).expect("definition");
+    let def = def.to_str().expect("utf-8 path");
+    let (clean, crashed) = (dir.join("clean"), dir.join("crashed"));
+
+    let out = simclr(&["run", def, "--quiet", "--run-dir", clean.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Files written per checkpoint: encoder, head, optimizer; the 4th is the second
+    // checkpoint's encoder weights.
+    let out = Command::new(env!("CARGO_BIN_EXE_simclr"))
+        .args(["run", def, "--quiet", "--run-dir", crashed.to_str().expect("path")])
+        .env("SIMCLR_FAILPOINT", "checkpoint-write:4")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "the failpoint aborts the process");
+    assert!(text(&out.stderr).contains("SIMCLR_FAILPOINT"), "{}", text(&out.stderr));
+    let ckpts = crashed.join("checkpoints");
+    assert_eq!(
+        std::fs::read_to_string(ckpts.join("latest")).expect("latest").trim(),
+        "step-00000002"
+    );
+    assert!(ckpts.join(".step-00000004.tmp").is_dir(), "the interrupted write is left as a temp folder");
+    assert!(!ckpts.join("step-00000004").exists());
+
+    let out = simclr(&["run", def, "--quiet", "--resume", crashed.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("resuming from") && stderr.contains("step 2"), "{stderr}");
+    assert!(!ckpts.join(".step-00000004.tmp").exists(), "the next write cleans up");
+    assert_eq!(
+        std::fs::read_to_string(ckpts.join("latest")).expect("latest").trim(),
+        "step-00000006"
+    );
+    assert_eq!(encoder_bytes(&clean), encoder_bytes(&crashed), "bit-identical weights");
+    // keep_last: 2.
+    let mut kept: Vec<String> = std::fs::read_dir(&ckpts)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["step-00000004", "step-00000006"]);
+}
+
+#[test]
+fn run_max_steps_stops_training_and_resume_of_nothing_is_a_clear_error() {
+    let dir = scratch("max-steps");
+    let def = dir.join("train.yaml");
+    std::fs::write(&def, TRAINING).expect("definition");
+    let run = dir.join("run");
+    let out = simclr(&[
+        "run",
+        def.to_str().expect("path"),
+        "--quiet",
+        "--max-steps",
+        "3",
+        "--run-dir",
+        run.to_str().expect("path"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let steps = std::fs::read_to_string(run.join("steps.jsonl")).expect("steps");
+    assert_eq!(steps.lines().count(), 3);
+    for key in ["\"loss\"", "\"lr\"", "\"images_per_s\"", "\"epoch\"", "\"stage_seconds\""] {
+        assert!(steps.contains(key), "{key} in {steps}");
+    }
+    assert!(run.join("loss.png").is_file() && run.join("definition.yaml").is_file());
+    assert!(text(&out.stdout).contains("steps 0..3"), "{}", text(&out.stdout));
+
+    let out = simclr(&["run", def.to_str().expect("path"), "--resume", dir.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no checkpoint found"), "{}", text(&out.stderr));
+}
