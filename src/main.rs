@@ -57,6 +57,10 @@ enum Command {
         /// folder, or one checkpoint folder.
         #[arg(long, value_name = "RUN_DIR")]
         resume: Option<PathBuf>,
+        /// Override a value of the definition: `--set stages.images.params.path=/data/x`
+        /// (the value is YAML; repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
         #[command(flatten)]
         measure: MeasureArgs,
     },
@@ -155,8 +159,14 @@ fn main() -> ExitCode {
             run_dir,
             max_steps,
             resume,
+            set,
             measure,
-        } => run_command(&file, &registry, run_dir, max_steps, resume, &measure),
+        } => match parse_overrides(&set) {
+            Ok(overrides) => run_command(
+                &file, &registry, run_dir, max_steps, resume, overrides, &measure,
+            ),
+            Err(e) => Err(e),
+        },
         Command::Profile { file, measure } => {
             execute(&file, &registry, LoadOptions::default(), &measure, false)
         }
@@ -360,6 +370,18 @@ fn install_interrupt(stop: Arc<AtomicBool>) {
     }
 }
 
+/// `KEY.PATH=VALUE` pairs of `--set`.
+fn parse_overrides(set: &[String]) -> Result<Vec<(String, String)>> {
+    set.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            _ => Err(anyhow::anyhow!(
+                "--set {s}: expected KEY.PATH=VALUE, e.g. --set stages.images.params.count=512"
+            )),
+        })
+        .collect()
+}
+
 /// `simclr run`: resolve the checkpoint to resume from, then run.
 fn run_command(
     file: &Path,
@@ -367,11 +389,13 @@ fn run_command(
     run_dir: Option<PathBuf>,
     max_steps: Option<u64>,
     resume: Option<PathBuf>,
+    overrides: Vec<(String, String)>,
     measure: &MeasureArgs,
 ) -> Result<ExitCode> {
     let mut options = LoadOptions {
         run_dir,
         max_steps,
+        overrides,
         ..LoadOptions::default()
     };
     if let Some(from) = &resume {

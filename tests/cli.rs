@@ -364,8 +364,12 @@ stages:
 
 fn encoder_bytes(run: &Path) -> Vec<u8> {
     let latest = std::fs::read_to_string(run.join("checkpoints/latest")).expect("latest");
-    std::fs::read(run.join("checkpoints").join(latest.trim()).join("encoder.safetensors"))
-        .expect("weights")
+    std::fs::read(
+        run.join("checkpoints")
+            .join(latest.trim())
+            .join("encoder.safetensors"),
+    )
+    .expect("weights")
 }
 
 /// The process dies (abort, as `kill -9` or a power cut would) in the middle of writing the
@@ -380,36 +384,75 @@ fn a_crash_while_writing_a_checkpoint_leaves_the_previous_one_and_resume_works()
     let def = def.to_str().expect("utf-8 path");
     let (clean, crashed) = (dir.join("clean"), dir.join("crashed"));
 
-    let out = simclr(&["run", def, "--quiet", "--run-dir", clean.to_str().expect("path")]);
+    let out = simclr(&[
+        "run",
+        def,
+        "--quiet",
+        "--run-dir",
+        clean.to_str().expect("path"),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     // Files written per checkpoint: encoder, head, optimizer; the 4th is the second
     // checkpoint's encoder weights.
     let out = Command::new(env!("CARGO_BIN_EXE_simclr"))
-        .args(["run", def, "--quiet", "--run-dir", crashed.to_str().expect("path")])
+        .args([
+            "run",
+            def,
+            "--quiet",
+            "--run-dir",
+            crashed.to_str().expect("path"),
+        ])
         .env("SIMCLR_FAILPOINT", "checkpoint-write:4")
         .output()
         .expect("runs");
     assert!(!out.status.success(), "the failpoint aborts the process");
-    assert!(text(&out.stderr).contains("SIMCLR_FAILPOINT"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("SIMCLR_FAILPOINT"),
+        "{}",
+        text(&out.stderr)
+    );
     let ckpts = crashed.join("checkpoints");
     assert_eq!(
-        std::fs::read_to_string(ckpts.join("latest")).expect("latest").trim(),
+        std::fs::read_to_string(ckpts.join("latest"))
+            .expect("latest")
+            .trim(),
         "step-00000002"
     );
-    assert!(ckpts.join(".step-00000004.tmp").is_dir(), "the interrupted write is left as a temp folder");
+    assert!(
+        ckpts.join(".step-00000004.tmp").is_dir(),
+        "the interrupted write is left as a temp folder"
+    );
     assert!(!ckpts.join("step-00000004").exists());
 
-    let out = simclr(&["run", def, "--quiet", "--resume", crashed.to_str().expect("path")]);
+    let out = simclr(&[
+        "run",
+        def,
+        "--quiet",
+        "--resume",
+        crashed.to_str().expect("path"),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("resuming from") && stderr.contains("step 2"), "{stderr}");
-    assert!(!ckpts.join(".step-00000004.tmp").exists(), "the next write cleans up");
+    assert!(
+        stderr.contains("resuming from") && stderr.contains("step 2"),
+        "{stderr}"
+    );
+    assert!(
+        !ckpts.join(".step-00000004.tmp").exists(),
+        "the next write cleans up"
+    );
     assert_eq!(
-        std::fs::read_to_string(ckpts.join("latest")).expect("latest").trim(),
+        std::fs::read_to_string(ckpts.join("latest"))
+            .expect("latest")
+            .trim(),
         "step-00000006"
     );
-    assert_eq!(encoder_bytes(&clean), encoder_bytes(&crashed), "bit-identical weights");
+    assert_eq!(
+        encoder_bytes(&clean),
+        encoder_bytes(&crashed),
+        "bit-identical weights"
+    );
     // keep_last: 2.
     let mut kept: Vec<String> = std::fs::read_dir(&ckpts)
         .expect("dir")
@@ -439,13 +482,32 @@ fn run_max_steps_stops_training_and_resume_of_nothing_is_a_clear_error() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let steps = std::fs::read_to_string(run.join("steps.jsonl")).expect("steps");
     assert_eq!(steps.lines().count(), 3);
-    for key in ["\"loss\"", "\"lr\"", "\"images_per_s\"", "\"epoch\"", "\"stage_seconds\""] {
+    for key in [
+        "\"loss\"",
+        "\"lr\"",
+        "\"images_per_s\"",
+        "\"epoch\"",
+        "\"stage_seconds\"",
+    ] {
         assert!(steps.contains(key), "{key} in {steps}");
     }
     assert!(run.join("loss.png").is_file() && run.join("definition.yaml").is_file());
-    assert!(text(&out.stdout).contains("steps 0..3"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("steps 0..3"),
+        "{}",
+        text(&out.stdout)
+    );
 
-    let out = simclr(&["run", def.to_str().expect("path"), "--resume", dir.to_str().expect("path")]);
+    let out = simclr(&[
+        "run",
+        def.to_str().expect("path"),
+        "--resume",
+        dir.to_str().expect("path"),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no checkpoint found"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no checkpoint found"),
+        "{}",
+        text(&out.stderr)
+    );
 }

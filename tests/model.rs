@@ -507,7 +507,10 @@ fn adamw_matches_a_hand_computation_with_exclusions_and_resumes_exactly() {
         let w = Var::from_vec(vec![1.0f64, -2.0], (1, 2), &Device::Cpu).expect("w");
         let b = Var::from_vec(vec![0.5f64], 1, &Device::Cpu).expect("b");
         let opt = AdamW::new(
-            vec![Param::new("fc.weight", w.clone()), Param::new("fc.bias", b.clone())],
+            vec![
+                Param::new("fc.weight", w.clone()),
+                Param::new("fc.bias", b.clone()),
+            ],
             (0.9, 0.999),
             1e-8,
             0.1,
@@ -539,7 +542,10 @@ fn adamw_matches_a_hand_computation_with_exclusions_and_resumes_exactly() {
             (w_now[0] - ew[0]).abs() < 1e-12 && (w_now[1] - ew[1]).abs() < 1e-12,
             "step {t}: {w_now:?} vs {ew:?}"
         );
-        assert!((b_now[0] - eb).abs() < 1e-12, "step {t}: bias {b_now:?} vs {eb}");
+        assert!(
+            (b_now[0] - eb).abs() < 1e-12,
+            "step {t}: bias {b_now:?} vs {eb}"
+        );
     }
     // The first step moves each weight by about lr (Adam's normalised step) plus the decay.
     assert!((values(&w)[0] - 1.0).abs() > 0.25);
@@ -556,7 +562,10 @@ fn adamw_matches_a_hand_computation_with_exclusions_and_resumes_exactly() {
     assert_eq!(values(&b), values(&b2_));
     // A state for another model is refused, naming the entry.
     let mut foreign = opt.state();
-    foreign.insert("other.weight.exp_avg".into(), Tensor::zeros(2, DType::F64, &Device::Cpu).expect("t"));
+    foreign.insert(
+        "other.weight.exp_avg".into(),
+        Tensor::zeros(2, DType::F64, &Device::Cpu).expect("t"),
+    );
     let (_, _, mut opt3) = new();
     let err = opt3.set_state(foreign).expect_err("foreign state");
     assert!(err.to_string().contains("other.weight.exp_avg"), "{err}");
@@ -570,7 +579,9 @@ fn imagenet_stem_max_pool_matches_a_direct_loop() {
     for (h, w) in [(8, 8), (7, 7), (5, 6), (1, 3)] {
         let n = 2 * 3 * h * w;
         // Distinct values (no ties), scrambled.
-        let xs: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1009) as f32 / 100.0 - 5.0).collect();
+        let xs: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1009) as f32 / 100.0 - 5.0)
+            .collect();
         let x = Var::from_vec(xs.clone(), (2, 3, h, w), &Device::Cpu).expect("x");
         let y = max_pool_3x3_s2(x.as_tensor()).expect("pool");
         let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
@@ -579,7 +590,9 @@ fn imagenet_stem_max_pool_matches_a_direct_loop() {
         let loss = (&y * Tensor::from_vec(r.clone(), (2, 3, ho, wo), &Device::Cpu).expect("r"))
             .and_then(|t| t.sum_all())
             .expect("loss");
-        let grad: Vec<f32> = loss.backward().expect("backward")
+        let grad: Vec<f32> = loss
+            .backward()
+            .expect("backward")
             .get(x.as_tensor())
             .expect("grad")
             .flatten_all()
@@ -636,7 +649,51 @@ fn imagenet_stem_resnet_shapes() {
     let h = net.forward_t(&x, true).expect("forward");
     assert_eq!(h.dims(), &[2, 32]);
     // And it trains: the gradient reaches the stem.
-    let grads = h.sqr().and_then(|t| t.sum_all()).and_then(|l| l.backward()).expect("grads");
+    let grads = h
+        .sqr()
+        .and_then(|t| t.sum_all())
+        .and_then(|l| l.backward())
+        .expect("grads");
     let stem = map.data().lock().expect("map")["conv1.weight"].clone();
     assert!(grads.get(stem.as_tensor()).is_some());
+}
+
+/// Optimizer state must not keep autograd history: a momentum buffer computed from the
+/// previous one and the gradient would otherwise chain every step's graph (activations
+/// included) to the next, and memory would grow by the activations of a step per step.
+#[test]
+fn optimizer_state_is_detached_from_the_graph() {
+    use simclr_stage_model::optim::AdamW;
+    let make = |which: usize| -> (Var, Box<dyn Optimizer>) {
+        let w = Var::from_vec(vec![1.0f64, -2.0, 0.5, 3.0], (2, 2), &Device::Cpu).expect("w");
+        let params = vec![Param::new("fc.weight", w.clone())];
+        let opt: Box<dyn Optimizer> = match which {
+            0 => Box::new(Lars::new(params, 0.9, DEFAULT_TRUST, 1e-4, false)),
+            1 => Box::new(Sgd::new(params, 0.9, true, 1e-4)),
+            _ => Box::new(AdamW::new(params, (0.9, 0.999), 1e-8, 0.01)),
+        };
+        (w, opt)
+    };
+    for which in 0..3 {
+        let (w, mut opt) = make(which);
+        for _ in 0..3 {
+            // A loss with a real graph: sum((w·w)²).
+            let loss = w
+                .as_tensor()
+                .matmul(w.as_tensor())
+                .and_then(|t| t.sqr())
+                .and_then(|t| t.sum_all())
+                .expect("loss");
+            opt.step(&loss.backward().expect("grads"), 0.01)
+                .expect("step");
+        }
+        let state = opt.state();
+        assert!(!state.is_empty());
+        for (name, t) in &state {
+            assert!(
+                !t.track_op(),
+                "optimizer {which}: `{name}` keeps autograd history"
+            );
+        }
+    }
 }

@@ -22,7 +22,9 @@ use simclr::model::stage::train::{TrainParams, group_params};
 use simclr::runtime::{self, RunOptions};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("training").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("training")
+        .join(name);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
@@ -179,7 +181,12 @@ fn pipelined_training_equals_a_sequential_loop() {
     }
     assert_eq!(pipelined, sequential);
     assert!(
-        sequential.iter().map(|s| s.1).collect::<Vec<_>>().windows(2).any(|w| w[0] != w[1]),
+        sequential
+            .iter()
+            .map(|s| s.1)
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0] != w[1]),
         "the weights change between steps"
     );
 }
@@ -204,7 +211,11 @@ fn checkpoint_tensors(dir: &Path) -> HashMap<String, Vec<f32>> {
             if name == "step" {
                 continue;
             }
-            let v = t.flatten_all().expect("flat").to_vec1::<f32>().expect("f32");
+            let v = t
+                .flatten_all()
+                .expect("flat")
+                .to_vec1::<f32>()
+                .expect("f32");
             out.insert(format!("{file}/{name}"), v);
         }
     }
@@ -257,7 +268,11 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     );
     assert_eq!((a.info.steps, b.info.steps), (6, 6));
     let (ta, tb) = (checkpoint_tensors(&a.dir), checkpoint_tensors(&b.dir));
-    assert!(ta.len() > 100, "encoder, head and optimizer tensors: {}", ta.len());
+    assert!(
+        ta.len() > 100,
+        "encoder, head and optimizer tensors: {}",
+        ta.len()
+    );
     assert_eq!(ta.len(), tb.len());
     for (name, va) in &ta {
         let vb = &tb[name];
@@ -266,7 +281,11 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
             "{name} differs after resume"
         );
     }
-    assert_eq!(losses(&straight), losses(&split), "steps.jsonl continues, not restarts");
+    assert_eq!(
+        losses(&straight),
+        losses(&split),
+        "steps.jsonl continues, not restarts"
+    );
     // Every 2 steps and at the end, all kept (keep_last: 0).
     let kept: Vec<String> = std::fs::read_dir(straight.join("checkpoints"))
         .expect("dir")

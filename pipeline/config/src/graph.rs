@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use simclr_core::value::join_path;
 use simclr_core::{
     BuildContext, InputPorts, Loc, OutputPort, Parallelism, PortType, StageFactory, StageKind,
-    StreamFacts,
+    StreamFacts, Value, ValueKind,
 };
 
 use crate::definition::{self, StageEntry};
@@ -100,6 +100,9 @@ pub struct LoadOptions {
     pub resume: Option<simclr_core::ResumePoint>,
     /// Stop training after this many steps in all.
     pub max_steps: Option<u64>,
+    /// `(dotted.key.path, YAML value)` pairs replacing or adding values of the definition
+    /// before it is read (`simclr run --set stages.images.params.path=/data/cifar`).
+    pub overrides: Vec<(String, String)>,
 }
 
 /// Read, parse and validate a definition file.
@@ -144,6 +147,21 @@ pub fn load_str(
             return Err(Diagnostics::new(file, text, vec![d]));
         }
     };
+    let mut root = root;
+    for (path, value) in &options.overrides {
+        if let Err(message) = apply_override(&mut root, path, value) {
+            let d = Diagnostic {
+                loc: None,
+                path: path.clone(),
+                message: format!("--set {path}={value}: {message}"),
+                help: Some(
+                    "`--set` takes KEY.PATH=VALUE, e.g. `--set stages.images.params.count=512`"
+                        .into(),
+                ),
+            };
+            return Err(Diagnostics::new(file, text, vec![d]));
+        }
+    }
     let mut diags = Vec::new();
     let def = definition::read(&root, &mut diags);
     let run_dir = options
@@ -195,6 +213,53 @@ pub fn load_str(
         edges,
         credits,
     })
+}
+
+/// Set `path` (dotted keys) of `root` to the YAML `value`, creating missing mappings. The new
+/// nodes take the location of what they replace, so later diagnostics point at the file.
+fn apply_override(root: &mut Value, path: &str, value: &str) -> Result<(), String> {
+    let mut parsed =
+        yaml::parse(value).map_err(|e| format!("the value is not YAML: {}", e.message))?;
+    let keys: Vec<&str> = path.split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err("the key path has an empty part".into());
+    }
+    let mut node = root;
+    for (depth, key) in keys.iter().enumerate() {
+        let loc = node.loc;
+        if node.is_null() {
+            node.kind = ValueKind::Map(Vec::new());
+        }
+        let ValueKind::Map(entries) = &mut node.kind else {
+            return Err(format!("`{}` is not a mapping", keys[..depth].join(".")));
+        };
+        let at = match entries.iter().position(|(k, _)| k.as_str() == Some(key)) {
+            Some(i) => i,
+            None => {
+                entries.push((
+                    Value::new(loc, ValueKind::Str((*key).to_owned())),
+                    Value::new(loc, ValueKind::Null),
+                ));
+                entries.len() - 1
+            }
+        };
+        node = &mut entries[at].1;
+    }
+    relocate(&mut parsed, node.loc);
+    *node = parsed;
+    Ok(())
+}
+
+fn relocate(v: &mut Value, loc: Loc) {
+    v.loc = loc;
+    match &mut v.kind {
+        ValueKind::Seq(items) => items.iter_mut().for_each(|i| relocate(i, loc)),
+        ValueKind::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+            relocate(k, loc);
+            relocate(v, loc);
+        }),
+        _ => {}
+    }
 }
 
 type Built = (Vec<Node>, Vec<Edge>, Vec<Credit>);
@@ -515,7 +580,11 @@ fn resolve(
             upstream: s
                 .inputs
                 .first()
-                .map(|&(from, _, _)| facts[from])
+                .map(|&(from, _, _)| {
+                    let mut f = facts[from];
+                    f.incomplete |= stages[from].kind.is_some() && factories[from].is_none();
+                    f
+                })
                 .unwrap_or_default(),
             published: std::cell::RefCell::new(None),
             resume: None,

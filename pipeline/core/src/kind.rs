@@ -151,6 +151,9 @@ pub struct StreamFacts {
     pub batch_size: Option<usize>,
     /// Batches per epoch.
     pub batches_per_epoch: Option<u64>,
+    /// A stage upstream could not be configured (its error is reported), so missing facts
+    /// are not worth a second error.
+    pub incomplete: bool,
 }
 
 impl StreamFacts {

@@ -21,8 +21,8 @@ pub mod value;
 
 pub use error::StageError;
 pub use kind::{
-    BuildContext, ResumePoint, StreamFacts, InputPorts, Instance, OutputPort, Parallelism, ParamError, StageFactory,
-    StageKind,
+    BuildContext, InputPorts, Instance, OutputPort, Parallelism, ParamError, ResumePoint,
+    StageFactory, StageKind, StreamFacts,
 };
 pub use message::{Activations, Batch, Image, Message, PortType, Record, SampleId, ViewPair};
 pub use rng::Rng;

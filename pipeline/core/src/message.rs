@@ -216,9 +216,7 @@ impl Message {
             Message::Image(i) => i.pixels.len(),
             Message::ViewPair(p) => 4 * (p.first.len() + p.second.len()),
             Message::Batch(b) => 4 * b.data.len(),
-            Message::Features(a) | Message::Projections(a) => {
-                4 * a.shape.iter().product::<usize>()
-            }
+            Message::Features(a) | Message::Projections(a) => 4 * a.shape.iter().product::<usize>(),
             Message::TrainState(_) => 0,
         }
     }

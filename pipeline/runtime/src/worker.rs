@@ -269,8 +269,8 @@ fn stage_loop(
             trace.span(&s.stage_id, "process", s.shared.start, t1, total);
         }
         result?;
-        holding_credit = s.credit_in.is_some()
-            && s.counters.items_out.load(Ordering::Relaxed) == emitted_before;
+        holding_credit =
+            s.credit_in.is_some() && s.counters.items_out.load(Ordering::Relaxed) == emitted_before;
         return_credits(s);
         out.done(&signals)?;
     }

@@ -59,10 +59,16 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     }
     let per_epoch = cx.upstream.items_per_epoch.map(|n| {
         let b = config.batch_size as u64;
-        if config.drop_last { n / b } else { n.div_ceil(b) }
+        if config.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
     });
-    if per_epoch == Some(0) {
-        if let Some(n) = cx.upstream.items_per_epoch {
+    if per_epoch == Some(0)
+        && let Some(n) = cx.upstream.items_per_epoch
+    {
+        {
             return Err(cx.invalid(
                 "batch_size",
                 format!(

@@ -57,18 +57,14 @@ pub fn seeded(map: &VarMap, seed: u64, stage: &str) -> Result<()> {
             }
             2 if name.ends_with("weight") => {
                 let bound = 1.0 / (dims[1] as f64).sqrt();
-                (0..n)
-                    .map(|_| rng.uniform(-bound, bound) as f32)
-                    .collect()
+                (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect()
             }
             1 if name.ends_with(".bias") => {
                 let weight = format!("{}weight", &name[..name.len() - "bias".len()]);
                 match fan_in_of_linear(&weight) {
                     Some(fan_in) => {
                         let bound = 1.0 / (fan_in as f64).sqrt();
-                        (0..n)
-                            .map(|_| rng.uniform(-bound, bound) as f32)
-                            .collect()
+                        (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect()
                     }
                     None => continue,
                 }
@@ -116,8 +112,14 @@ mod tests {
         assert!((std - 0.118).abs() < 0.03, "conv std {std}");
         for name in ["head.0.weight", "head.0.bias"] {
             let v = &a.iter().find(|(n, _)| n == name).expect("linear").1;
-            assert!(v.iter().all(|x| x.abs() <= 0.3536), "{name} within the bound");
-            assert!(v.iter().any(|x| x.abs() > 0.1), "{name} is random, not constant");
+            assert!(
+                v.iter().all(|x| x.abs() <= 0.3536),
+                "{name} within the bound"
+            );
+            assert!(
+                v.iter().any(|x| x.abs() > 0.1),
+                "{name} is random, not constant"
+            );
         }
     }
 }

@@ -171,7 +171,7 @@ impl Optimizer for Sgd {
                 } else {
                     next.clone()
                 };
-                *v = Some(next);
+                *v = Some(next.detach());
                 update
             } else {
                 g
@@ -276,7 +276,7 @@ impl Optimizer for Lars {
             } else {
                 next.clone()
             };
-            *v = Some(next);
+            *v = Some(next.detach());
             p.var.set(&(w - update)?)?;
         }
         Ok(())
@@ -355,8 +355,8 @@ impl Optimizer for AdamW {
             let denom = ((&next_v / c2)?.sqrt()? + self.eps)?;
             let update = ((&next_m / c1)? / denom)?;
             p.var.set(&(w - (update * lr)?)?)?;
-            *m = Some(next_m);
-            *v = Some(next_v);
+            *m = Some(next_m.detach());
+            *v = Some(next_v.detach());
         }
         Ok(())
     }
@@ -375,7 +375,10 @@ impl Optimizer for AdamW {
         self.m = load_buffers("adamw", &self.params, &mut state, "exp_avg")?;
         self.v = load_buffers("adamw", &self.params, &mut state, "exp_avg_sq")?;
         self.t = match state.remove("step") {
-            Some(t) => t.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?
+            Some(t) => t
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1::<f64>()?
                 .first()
                 .copied()
                 .unwrap_or(0.0) as u64,

@@ -139,7 +139,12 @@ pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), String> {
         }
         let raw = Rgb([160, 190, 230]);
         for w in finite.windows(2) {
-            line(&mut img, (px(w[0].0 as f64), py(w[0].1)), (px(w[1].0 as f64), py(w[1].1)), raw);
+            line(
+                &mut img,
+                (px(w[0].0 as f64), py(w[0].1)),
+                (px(w[1].0 as f64), py(w[1].1)),
+                raw,
+            );
         }
         // Moving average over a window of ~2% of the steps.
         let k = (finite.len() / 50).max(1);
@@ -160,7 +165,13 @@ pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), String> {
     }
     line(&mut img, (x0, y0), (x0, y1), axis);
     line(&mut img, (x0, y1), (x1, y1), axis);
-    text(&mut img, (x0 + x1) / 2 - text_width("step") / 2, y1 + 28, "step", axis);
+    text(
+        &mut img,
+        (x0 + x1) / 2 - text_width("step") / 2,
+        y1 + 28,
+        "step",
+        axis,
+    );
     text(&mut img, 8, TOP - 22, "loss", axis);
     img.save(path).map_err(|e| e.to_string())
 }
@@ -181,7 +192,9 @@ mod tests {
         // The curve starts high on the left and ends low on the right: find the dark-blue
         // pixels in the first and last columns of the plot area.
         let blue_rows = |x: u32| -> Vec<u32> {
-            (0..H).filter(|&y| *img.get_pixel(x, y) == Rgb([20, 70, 160])).collect()
+            (0..H)
+                .filter(|&y| *img.get_pixel(x, y) == Rgb([20, 70, 160]))
+                .collect()
         };
         let (left, right) = (blue_rows(LEFT as u32 + 2), blue_rows(W - RIGHT as u32 - 2));
         assert!(!left.is_empty() && !right.is_empty());

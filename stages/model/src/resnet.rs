@@ -64,11 +64,15 @@ fn pad_neg_inf(xs: &Tensor, dim: usize, before: usize, after: usize) -> Result<T
         dims
     };
     if before > 0 {
-        parts.push(Tensor::full(f32::NEG_INFINITY, shape(before), xs.device())?.to_dtype(xs.dtype())?);
+        parts.push(
+            Tensor::full(f32::NEG_INFINITY, shape(before), xs.device())?.to_dtype(xs.dtype())?,
+        );
     }
     parts.push(xs.clone());
     if after > 0 {
-        parts.push(Tensor::full(f32::NEG_INFINITY, shape(after), xs.device())?.to_dtype(xs.dtype())?);
+        parts.push(
+            Tensor::full(f32::NEG_INFINITY, shape(after), xs.device())?.to_dtype(xs.dtype())?,
+        );
     }
     Tensor::cat(&parts, dim)
 }

@@ -196,10 +196,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     })?;
     let n: u64 = files.iter().map(|(_, n)| n).sum();
     let variant = config.variant;
-    Ok(factory(
-        cx,
-        options,
-        n,
-        move || CifarDataset::load(variant, &files).map(|d| Arc::new(d) as Arc<dyn Dataset>),
-    ))
+    Ok(factory(cx, options, n, move || {
+        CifarDataset::load(variant, &files).map(|d| Arc::new(d) as Arc<dyn Dataset>)
+    }))
 }

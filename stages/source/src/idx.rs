@@ -257,12 +257,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
                 "point `path` at an IDX images file or the folder holding one",
             )
         })?[0];
-    Ok(factory(
-        cx,
-        options,
-        u64::from(n),
-        move || {
-            IdxDataset::load(&images, labels.as_deref()).map(|d| Arc::new(d) as Arc<dyn Dataset>)
-        },
-    ))
+    Ok(factory(cx, options, u64::from(n), move || {
+        IdxDataset::load(&images, labels.as_deref()).map(|d| Arc::new(d) as Arc<dyn Dataset>)
+    }))
 }

@@ -194,10 +194,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     }
     let n = files.len() as u64;
     let channels = config.channels;
-    Ok(factory(
-        cx,
-        options,
-        n,
-        move || Ok(Arc::new(ImageFolder::new(files.clone(), channels)) as Arc<dyn Dataset>),
-    ))
+    Ok(factory(cx, options, n, move || {
+        Ok(Arc::new(ImageFolder::new(files.clone(), channels)) as Arc<dyn Dataset>)
+    }))
 }

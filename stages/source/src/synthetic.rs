@@ -240,12 +240,9 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         classes: config.classes,
         channels: config.channels,
     };
-    Ok(factory(
-        cx,
-        options,
-        config.count,
-        move || Ok(Arc::new(data.clone()) as Arc<dyn Dataset>),
-    ))
+    Ok(factory(cx, options, config.count, move || {
+        Ok(Arc::new(data.clone()) as Arc<dyn Dataset>)
+    }))
 }
 
 #[cfg(test)]

@@ -77,7 +77,10 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     if params.dir.is_absolute() || params.dir.components().any(|c| c.as_os_str() == "..") {
         return Err(cx.invalid(
             "dir",
-            format!("`dir` must be a folder inside the run folder, found {}", params.dir.display()),
+            format!(
+                "`dir` must be a folder inside the run folder, found {}",
+                params.dir.display()
+            ),
             "e.g. `dir: checkpoints`; `simclr run --run-dir` moves the whole run",
         ));
     }
@@ -104,8 +107,8 @@ struct CheckpointSink {
 
 impl CheckpointSink {
     fn write(&mut self, state: &TrainState, cx: &StageContext) -> Result<(), StageError> {
-        let dir = write_checkpoint(&self.root, state, &self.definition, self.keep_last)
-            .map_err(|e| {
+        let dir =
+            write_checkpoint(&self.root, state, &self.definition, self.keep_last).map_err(|e| {
                 StageError::msg(format!(
                     "cannot write the checkpoint of step {} under {}: {e}",
                     state.steps,
@@ -113,7 +116,11 @@ impl CheckpointSink {
                 ))
             })?;
         self.written = Some(state.steps);
-        cx.set_status(format!("saved {}", dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())));
+        cx.set_status(format!(
+            "saved {}",
+            dir.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        ));
         Ok(())
     }
 }
@@ -141,7 +148,11 @@ impl Stage for CheckpointSink {
         Ok(())
     }
 
-    fn on_finish(&mut self, _out: &mut Outputs<'_>, cx: &mut StageContext) -> Result<(), StageError> {
+    fn on_finish(
+        &mut self,
+        _out: &mut Outputs<'_>,
+        cx: &mut StageContext,
+    ) -> Result<(), StageError> {
         if let Some(state) = self.last.take()
             && self.written != Some(state.steps)
         {
@@ -234,14 +245,22 @@ fn failpoint(path: &Path) -> std::io::Result<()> {
     let Ok(spec) = std::env::var("SIMCLR_FAILPOINT") else {
         return Ok(());
     };
-    let Some(n) = spec.strip_prefix("checkpoint-write:").and_then(|n| n.parse::<u64>().ok())
+    let Some(n) = spec
+        .strip_prefix("checkpoint-write:")
+        .and_then(|n| n.parse::<u64>().ok())
     else {
         return Ok(());
     };
     if FILES.fetch_add(1, Ordering::SeqCst) + 1 == n {
         let len = fs::metadata(path)?.len();
-        fs::OpenOptions::new().write(true).open(path)?.set_len(len / 2)?;
-        eprintln!("SIMCLR_FAILPOINT: aborting while writing {}", path.display());
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(len / 2)?;
+        eprintln!(
+            "SIMCLR_FAILPOINT: aborting while writing {}",
+            path.display()
+        );
         std::process::abort();
     }
     Ok(())
@@ -385,11 +404,16 @@ pub fn find_checkpoint(path: &Path) -> Result<Checkpoint, String> {
         parent.join(name.trim())
     };
     let state = dir.join("state.json");
-    let text = fs::read_to_string(&state)
-        .map_err(|e| format!("cannot read {}: {e}", state.display()))?;
+    let text =
+        fs::read_to_string(&state).map_err(|e| format!("cannot read {}: {e}", state.display()))?;
     let info: CheckpointInfo = serde_json::from_str(&text)
         .map_err(|e| format!("{}: not a checkpoint state: {e}", state.display()))?;
-    for file in info.groups.iter().map(|g| g.file.as_str()).chain(["optimizer.safetensors"]) {
+    for file in info
+        .groups
+        .iter()
+        .map(|g| g.file.as_str())
+        .chain(["optimizer.safetensors"])
+    {
         let path = dir.join(file);
         candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
             .map_err(|e| format!("{}: unreadable: {e}", path.display()))?;

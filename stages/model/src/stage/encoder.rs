@@ -211,7 +211,6 @@ pub static SMALL_CNN: StageKind = StageKind {
     build: build_small_cnn,
 };
 
-
 fn check_channels(cx: &BuildContext<'_>, channels: usize) -> Result<(), ParamError> {
     if channels != 1 && channels != 3 {
         return Err(cx.invalid(

@@ -92,13 +92,20 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     if params.head == HeadChoice::Mlp && params.layers < 2 {
         return Err(cx.invalid(
             "layers",
-            format!("an mlp head needs at least 2 layers, found {}", params.layers),
+            format!(
+                "an mlp head needs at least 2 layers, found {}",
+                params.layers
+            ),
             "use `head: linear` for a single layer",
         ));
     }
     if params.out == 0 || params.hidden == Some(0) {
         let field = if params.out == 0 { "out" } else { "hidden" };
-        return Err(cx.invalid(field, format!("`{field}` must be at least 1"), "SimCLR uses out: 128"));
+        return Err(cx.invalid(
+            field,
+            format!("`{field}` must be at least 1"),
+            "SimCLR uses out: 128",
+        ));
     }
     let stage = cx.stage_id.to_owned();
     let seed = cx.seed;

@@ -81,12 +81,7 @@ pub struct Forward {
 
 impl Forward {
     /// Wrap as a message payload, keeping the batch's identity.
-    pub fn into_activations(
-        self,
-        step: u64,
-        epoch: u32,
-        ids: Arc<[SampleId]>,
-    ) -> Activations {
+    pub fn into_activations(self, step: u64, epoch: u32, ids: Arc<[SampleId]>) -> Activations {
         let shape = self.tensor.dims().to_vec();
         Activations {
             step,
@@ -153,9 +148,16 @@ pub fn device(spec: &str) -> Result<Device, String> {
             });
         }
         "cuda" => 0,
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => n,
-            None => return Err(format!("unknown device `{other}` (cpu, cuda, cuda:N or auto)")),
+            None => {
+                return Err(format!(
+                    "unknown device `{other}` (cpu, cuda, cuda:N or auto)"
+                ));
+            }
         },
     };
     if !cfg!(feature = "cuda") {
@@ -218,7 +220,9 @@ pub(crate) fn load_group(
     let saved = candle_core::safetensors::load(&file, &device).map_err(|e| fail(e.to_string()))?;
     for (name, var) in data.iter() {
         let Some(t) = saved.get(name) else {
-            return Err(fail(format!("it has no tensor `{name}` (a different architecture?)")));
+            return Err(fail(format!(
+                "it has no tensor `{name}` (a different architecture?)"
+            )));
         };
         if t.dims() != var.dims() {
             return Err(fail(format!(

@@ -16,8 +16,8 @@ use std::time::Instant;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use simclr_core::{
-    Activations, BuildContext, InputPorts, Message, OutputPort, Outputs, Parallelism,
-    ParamError, PortType, Stage, StageContext, StageError, StageFactory, StageKind,
+    Activations, BuildContext, InputPorts, Message, OutputPort, Outputs, Parallelism, ParamError,
+    PortType, Stage, StageContext, StageError, StageFactory, StageKind,
 };
 
 use super::{Forward, ParamGroup, TrainState, candle_err, snapshot};
@@ -166,12 +166,9 @@ impl TrainParams {
                 self.decay(),
                 self.nesterov,
             )),
-            OptimizerChoice::Sgd => Box::new(Sgd::new(
-                params,
-                self.momentum,
-                self.nesterov,
-                self.decay(),
-            )),
+            OptimizerChoice::Sgd => {
+                Box::new(Sgd::new(params, self.momentum, self.nesterov, self.decay()))
+            }
             OptimizerChoice::Adamw => Box::new(AdamW::new(
                 params,
                 (self.betas[0], self.betas[1]),
@@ -214,7 +211,10 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     if !(params.temperature > 0.0 && params.temperature.is_finite()) {
         return Err(cx.invalid(
             "temperature",
-            format!("`temperature` must be positive, found {}", params.temperature),
+            format!(
+                "`temperature` must be positive, found {}",
+                params.temperature
+            ),
             "SimCLR uses 0.5 (CIFAR-10) or 0.1 (ImageNet)",
         ));
     }
@@ -233,7 +233,11 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         ));
     }
     if params.decay() < 0.0 {
-        return Err(cx.invalid("weight_decay", "`weight_decay` must be ≥ 0", "SimCLR uses 1e-6 with lars"));
+        return Err(cx.invalid(
+            "weight_decay",
+            "`weight_decay` must be ≥ 0",
+            "SimCLR uses 1e-6 with lars",
+        ));
     }
     let total = match params.total_steps.or(cx.upstream.total_batches()) {
         Some(0) => {
@@ -244,6 +248,8 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             ));
         }
         Some(n) => n,
+        // An upstream stage failed to configure and says so; don't pile on.
+        None if cx.upstream.incomplete => 1,
         None => {
             return Err(cx.invalid(
                 "total_steps",
@@ -323,7 +329,10 @@ impl Trainer {
         }
         let path = self.steps_file();
         std::fs::create_dir_all(&self.run_dir).map_err(|e| {
-            StageError::msg(format!("cannot create the run folder {}: {e}", self.run_dir.display()))
+            StageError::msg(format!(
+                "cannot create the run folder {}: {e}",
+                self.run_dir.display()
+            ))
         })?;
         let mut kept = Vec::new();
         if let Some(resume) = &self.resume
@@ -347,7 +356,8 @@ impl Trainer {
             .map_err(|e| StageError::msg(format!("cannot write {}: {e}", path.display())))?;
         let mut w = BufWriter::new(file);
         for line in kept {
-            writeln!(w, "{line}").map_err(|e| StageError::msg(format!("{}: {e}", path.display())))?;
+            writeln!(w, "{line}")
+                .map_err(|e| StageError::msg(format!("{}: {e}", path.display())))?;
         }
         self.log = Some(w);
         Ok(())
@@ -362,16 +372,25 @@ impl Trainer {
             let file = resume.checkpoint.join("optimizer.safetensors");
             let state: NamedState = candle_core::safetensors::load(&file, fwd.tensor.device())
                 .map_err(|e| {
-                    StageError::msg(format!("cannot resume the optimizer from {}: {e}", file.display()))
+                    StageError::msg(format!(
+                        "cannot resume the optimizer from {}: {e}",
+                        file.display()
+                    ))
                 })?
                 .into_iter()
                 .collect();
             optimizer.set_state(state).map_err(|e| {
-                StageError::msg(format!("cannot resume the optimizer from {}: {e}", file.display()))
+                StageError::msg(format!(
+                    "cannot resume the optimizer from {}: {e}",
+                    file.display()
+                ))
             })?;
         }
         self.optimizer = Some(optimizer);
-        self.schedule = Some(self.params.schedule(self.total, self.batch_size.unwrap_or(samples)));
+        self.schedule = Some(
+            self.params
+                .schedule(self.total, self.batch_size.unwrap_or(samples)),
+        );
         Ok(())
     }
 
@@ -399,10 +418,7 @@ impl Trainer {
         }
         let t0 = Instant::now();
         let loss = nt_xent(&fwd.tensor, self.params.temperature).map_err(candle_err("nt_xent"))?;
-        let value = f64::from(
-            loss.to_scalar::<f32>()
-                .map_err(candle_err("nt_xent"))?,
-        );
+        let value = f64::from(loss.to_scalar::<f32>().map_err(candle_err("nt_xent"))?);
         let lr = self.schedule.map_or(0.0, |s| s.lr(act.step));
         if !value.is_finite() {
             return Err(StageError::msg(format!(
@@ -416,7 +432,9 @@ impl Trainer {
         let Some(optimizer) = self.optimizer.as_mut() else {
             return Err(StageError::msg("optimizer not built"));
         };
-        optimizer.step(&grads, lr).map_err(candle_err("optimizer step"))?;
+        optimizer
+            .step(&grads, lr)
+            .map_err(candle_err("optimizer step"))?;
         drop(grads);
         for g in &self.groups {
             g.version.fetch_add(1, Ordering::SeqCst);
@@ -441,9 +459,10 @@ impl Trainer {
         // Metrics: the step's wall time is measured between step ends, so it includes any
         // wait for data (images/s is the pipeline's training throughput).
         let now = Instant::now();
-        let wall = self
-            .last_step_end
-            .map_or_else(|| (now - t0).as_secs_f64() + fwd_secs(fwd), |t| (now - t).as_secs_f64());
+        let wall = self.last_step_end.map_or_else(
+            || (now - t0).as_secs_f64() + fwd_secs(fwd),
+            |t| (now - t).as_secs_f64(),
+        );
         self.last_step_end = Some(now);
         self.first_step.get_or_insert(act.step);
         let images_per_s = act.ids.len() as f64 / wall.max(1e-9);
@@ -548,7 +567,11 @@ impl Stage for Trainer {
         }))
     }
 
-    fn on_finish(&mut self, _out: &mut Outputs<'_>, cx: &mut StageContext) -> Result<(), StageError> {
+    fn on_finish(
+        &mut self,
+        _out: &mut Outputs<'_>,
+        cx: &mut StageContext,
+    ) -> Result<(), StageError> {
         if let Some(log) = self.log.as_mut() {
             log.flush()
                 .map_err(|e| StageError::msg(format!("cannot write steps.jsonl: {e}")))?;
