@@ -68,16 +68,14 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     if per_epoch == Some(0)
         && let Some(n) = cx.upstream.items_per_epoch
     {
-        {
-            return Err(cx.invalid(
-                "batch_size",
-                format!(
-                    "`batch_size: {}` is larger than the {n} samples of an epoch, so with `drop_last: true` no batch is ever emitted",
-                    config.batch_size
-                ),
-                "lower `batch_size`, use more samples, or set `drop_last: false`",
-            ));
-        }
+        return Err(cx.invalid(
+            "batch_size",
+            format!(
+                "`batch_size: {}` is larger than the {n} samples of an epoch, so with `drop_last: true` no batch is ever emitted",
+                config.batch_size
+            ),
+            "lower `batch_size`, use more samples, or set `drop_last: false`",
+        ));
     }
     cx.publish(simclr_core::StreamFacts {
         batch_size: Some(config.batch_size),
