@@ -511,3 +511,86 @@ fn run_max_steps_stops_training_and_resume_of_nothing_is_a_clear_error() {
         text(&out.stderr)
     );
 }
+
+/// Ctrl-C in the middle of training: the step in progress finishes, queued batches are
+/// dropped, a checkpoint of the last completed step is written, exit 130; `--resume` then
+/// continues from exactly that step.
+#[test]
+fn ctrl_c_during_training_saves_a_checkpoint_of_the_last_step_and_resume_continues() {
+    let dir = scratch("cli-interrupt-training");
+    let def = dir.join("train.yaml");
+    // Many steps, no periodic checkpoints: only the interruption writes one.
+    std::fs::write(
+        &def,
+        TRAINING
+            .replace("count: 48", "count: 4096")
+            .replace("every: 2, keep_last: 2", "every: 0"),
+    )
+    .expect("definition");
+    let run = dir.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_simclr"))
+        .args([
+            "run",
+            def.to_str().expect("path"),
+            "--quiet",
+            "--run-dir",
+            run.to_str().expect("path"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait for a few steps.
+    let steps_file = run.join("steps.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&steps_file).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "training started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    let done = std::fs::read_to_string(&steps_file)
+        .expect("steps")
+        .lines()
+        .count();
+    assert!(done < 4096 / 8, "stopped early: {done} steps");
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).expect("a checkpoint");
+    assert_eq!(
+        latest.trim(),
+        format!("step-{done:08}"),
+        "checkpoint of the last step taken"
+    );
+
+    let out = simclr(&[
+        "run",
+        def.to_str().expect("path"),
+        "--quiet",
+        "--max-steps",
+        &(done + 2).to_string(),
+        "--resume",
+        run.to_str().expect("path"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let steps: Vec<u64> = std::fs::read_to_string(&steps_file)
+        .expect("steps")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["step"]
+                .as_u64()
+                .expect("step")
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        (0..done as u64 + 2).collect::<Vec<_>>(),
+        "no step lost or repeated"
+    );
+}

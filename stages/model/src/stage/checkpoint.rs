@@ -141,6 +141,9 @@ impl Stage for CheckpointSink {
         let Ok(state) = act.payload.downcast::<TrainState>() else {
             return Err(StageError::msg("train state without a model payload"));
         };
+        // Replacing (dropping) the previous state frees device memory: the CUDA context
+        // must be current on this thread for that too.
+        bind_state(&state)?;
         if self.every > 0 && state.steps % self.every == 0 {
             self.write(&state, cx)?;
         }
@@ -153,6 +156,9 @@ impl Stage for CheckpointSink {
         _out: &mut Outputs<'_>,
         cx: &mut StageContext,
     ) -> Result<(), StageError> {
+        if let Some(state) = &self.last {
+            bind_state(state)?;
+        }
         if let Some(state) = self.last.take()
             && self.written != Some(state.steps)
         {
@@ -165,6 +171,14 @@ impl Stage for CheckpointSink {
             ));
         }
         Ok(())
+    }
+}
+
+/// Make the device of a state's tensors current on this thread.
+fn bind_state(state: &TrainState) -> Result<(), StageError> {
+    match state.groups.first().and_then(|g| g.tensors.first()) {
+        Some((_, t)) => super::bind(t.device()),
+        None => Ok(()),
     }
 }
 

@@ -324,6 +324,7 @@ struct Encoder {
 impl Stage for Encoder {
     fn on_start(&mut self, _cx: &mut StageContext) -> Result<(), StageError> {
         let device = device(&self.device_spec).map_err(StageError::msg)?;
+        super::bind(&device)?;
         let built = build_encoder(&self.arch, &device, self.seed, &self.stage)
             .map_err(candle_err("cannot build the encoder"))?;
         if let Some(checkpoint) = &self.resume {
@@ -375,6 +376,7 @@ impl Stage for Encoder {
                 shape[1]
             )));
         }
+        super::bind(device)?;
         let t0 = Instant::now();
         let x = Tensor::from_slice(&data, (shape[0], shape[1], shape[2], shape[3]), device)
             .map_err(candle_err("input batch"))?;

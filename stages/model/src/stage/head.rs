@@ -166,6 +166,7 @@ impl Stage for Head {
         let Some(fwd) = act.payload::<Forward>() else {
             return Err(StageError::msg("features without a model payload"));
         };
+        super::bind(fwd.tensor.device())?;
         let t0 = Instant::now();
         let (_, input) = fwd.tensor.dims2().map_err(candle_err("h"))?;
         if self.model.is_none() {

@@ -186,9 +186,33 @@ pub(crate) fn check_device(cx: &BuildContext<'_>) -> Result<(), ParamError> {
     Ok(())
 }
 
-/// A candle error in stage code, as a stage error.
+/// A candle error in stage code, as a stage error (without the backtrace candle appends to
+/// some errors: the message names the stage and the operation already).
 pub(crate) fn candle_err(what: &str) -> impl FnOnce(candle_core::Error) -> StageError + '_ {
-    move |e| StageError::msg(format!("{what}: {e}"))
+    move |e| {
+        let text = e.to_string();
+        let text = text.split("\n   0: ").next().unwrap_or(&text).trim_end();
+        StageError::msg(format!("{what}: {text}"))
+    }
+}
+
+/// Make `device` current on the calling thread. A CUDA context is bound per thread, and the
+/// model stages use one device from several threads (encoder, head, trainer, checkpoint
+/// sink); a no-op on the CPU.
+///
+/// # Errors
+/// The driver refuses the context.
+pub fn bind(device: &Device) -> Result<(), StageError> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        d.cuda_stream().context().bind_to_thread().map_err(|e| {
+            StageError::msg(format!(
+                "cannot make the CUDA context current on this thread: {e}"
+            ))
+        })?;
+    }
+    let _ = device;
+    Ok(())
 }
 
 /// Serialise a stage's parameters for checkpoints.

@@ -404,6 +404,7 @@ impl Trainer {
                 self.next_step, act.step
             )));
         }
+        super::bind(fwd.tensor.device())?;
         if self.optimizer.is_none() {
             self.init(fwd, act.ids.len())?;
         }
@@ -548,6 +549,9 @@ impl Stage for Trainer {
                 });
             }
         };
+        if let Some(fwd) = act.payload::<Forward>() {
+            super::bind(fwd.tensor.device())?;
+        }
         let end = self.max_steps.map_or(self.total, |m| m.min(self.total));
         if self.next_step >= end {
             // Batches already in flight when the last step was taken.
