@@ -697,3 +697,24 @@ fn optimizer_state_is_detached_from_the_graph() {
         }
     }
 }
+
+/// LARS with a zero weight (a fresh zero-initialised layer) falls back to a trust ratio of 1,
+/// as SimCLR's implementation does, instead of dividing by zero.
+#[test]
+fn lars_uses_ratio_one_when_a_norm_is_zero() {
+    let w = Var::from_vec(vec![0.0f64, 0.0], (1, 2), &Device::Cpu).expect("w");
+    let mut lars = Lars::new(
+        vec![Param::new("fc.weight", w.clone())],
+        0.9,
+        DEFAULT_TRUST,
+        0.1,
+        false,
+    );
+    lars.step(&grads_for(&[(&w, vec![0.5, -1.0])]), 0.1)
+        .expect("step");
+    let got = values(&w);
+    assert!(
+        (got[0] + 0.05).abs() < 1e-12 && (got[1] - 0.1).abs() < 1e-12,
+        "{got:?}"
+    );
+}

@@ -235,12 +235,9 @@ impl Lars {
     }
 }
 
-fn norm(t: &Tensor) -> Result<f64> {
-    t.sqr()?
-        .sum_all()?
-        .sqrt()?
-        .to_dtype(candle_core::DType::F64)?
-        .to_scalar::<f64>()
+/// ‖t‖₂ as a 0-d tensor on t's device (no host round trip).
+fn norm(t: &Tensor) -> Result<Tensor> {
+    t.sqr()?.sum_all()?.sqrt()
 }
 
 impl Optimizer for Lars {
@@ -256,17 +253,22 @@ impl Optimizer for Lars {
                 } else {
                     g.clone()
                 };
+                // The trust ratio stays on the device: reading the norms back to the host
+                // would synchronise the device twice per parameter.
                 let (wn, gn) = (norm(w)?, norm(&g)?);
-                let ratio = if wn > 0.0 && gn > 0.0 {
-                    self.trust * wn / gn
-                } else {
-                    1.0
-                };
-                (g, ratio)
+                let both_positive = wn.gt(0.0)?.mul(&gn.gt(0.0)?)?;
+                let ratio = both_positive.where_cond(
+                    &((wn * self.trust)? / gn)?,
+                    &Tensor::ones((), w.dtype(), w.device())?,
+                )?;
+                (g, Some(ratio))
             } else {
-                (g.clone(), 1.0)
+                (g.clone(), None)
             };
-            let scaled = (&g * (lr * ratio))?;
+            let scaled = match ratio {
+                Some(ratio) => g.broadcast_mul(&(ratio * lr)?)?,
+                None => (&g * lr)?,
+            };
             let next = match v.as_ref() {
                 Some(prev) => ((prev * self.momentum)? + &scaled)?,
                 None => scaled.clone(),
