@@ -24,6 +24,60 @@ struct Row {
     ms_per_step: f64,
     views_per_s: f64,
     peak_rss_mb: Option<f64>,
+    /// PyTorch's ms/step for the same configuration, measured in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    torch_ms_per_step: Option<f64>,
+    /// `ms_per_step / torch_ms_per_step` (above 1: slower than PyTorch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_to_torch: Option<f64>,
+}
+
+/// One configuration as the PyTorch reference prints it.
+#[derive(Debug, serde::Deserialize)]
+struct TorchRow {
+    width: usize,
+    channels: usize,
+    size: usize,
+    ms_per_step: f64,
+}
+
+/// Run `benches/reference/train_step_torch.py` with `python` on the same configurations.
+fn measure_torch(
+    python: &str,
+    widths: &[usize],
+    pairs: usize,
+    steps: usize,
+) -> Result<Vec<TorchRow>> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/reference/train_step_torch.py");
+    let widths: Vec<String> = widths.iter().map(ToString::to_string).collect();
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args(["--widths", &widths.join(","), "--pairs", &pairs.to_string()])
+        .args([
+            "--steps",
+            &steps.to_string(),
+            "--threads",
+            &rayon::current_num_threads().to_string(),
+        ])
+        .output()
+        .with_context(|| {
+            format!("cannot run `{python}` (the PyTorch reference needs Python with torch)")
+        })?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "the PyTorch reference failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            serde_json::from_str(l)
+                .with_context(|| format!("unexpected line from the PyTorch reference: {l}"))
+        })
+        .collect()
 }
 
 /// Peak resident memory of this process so far (Linux), in MB.
@@ -93,15 +147,35 @@ fn measure(width: usize, channels: usize, size: usize, pairs: usize, steps: usiz
         ms_per_step: 1e3 * total,
         views_per_s: views as f64 / total,
         peak_rss_mb: peak_rss_mb(),
+        torch_ms_per_step: None,
+        ratio_to_torch: None,
     })
 }
 
-/// Run the configurations (widths × {32²×3, 28²×1}) and print a table or JSON.
-pub fn train(json: bool, widths: &[usize], pairs: usize, steps: usize) -> Result<String> {
+/// Run the configurations (widths × {32²×3, 28²×1}) and print a table or JSON. With
+/// `reference` (a Python interpreter with torch), PyTorch runs the same configurations in the
+/// same run and the ratios are printed.
+pub fn train(
+    json: bool,
+    widths: &[usize],
+    pairs: usize,
+    steps: usize,
+    reference: Option<&str>,
+) -> Result<String> {
     let mut rows = Vec::new();
     for &width in widths {
         for (channels, size) in [(3, 32), (1, 28)] {
             rows.push(measure(width, channels, size, pairs, steps.max(1))?);
+        }
+    }
+    if let Some(python) = reference {
+        let torch = measure_torch(python, widths, pairs, steps.max(1))?;
+        for r in &mut rows {
+            let t = torch
+                .iter()
+                .find(|t| (t.width, t.channels, t.size) == (r.width, r.channels, r.size));
+            r.torch_ms_per_step = t.map(|t| t.ms_per_step);
+            r.ratio_to_torch = t.map(|t| r.ms_per_step / t.ms_per_step);
         }
     }
     if json {
@@ -122,6 +196,11 @@ pub fn train(json: bool, widths: &[usize], pairs: usize, steps: usize) -> Result
         "views/s",
         "peak MB"
     ));
+    let with_torch = rows.iter().any(|r| r.torch_ms_per_step.is_some());
+    if with_torch {
+        out.pop();
+        out.push_str(&format!(" {:>10} {:>8}\n", "torch ms", "× torch"));
+    }
     for r in &rows {
         out.push_str(&format!(
             "{:<6} {:<9} {:>11.0} {:>12.0} {:>13.1} {:>11.0} {:>9.1} {:>9.0}\n",
@@ -134,9 +213,16 @@ pub fn train(json: bool, widths: &[usize], pairs: usize, steps: usize) -> Result
             r.views_per_s,
             r.peak_rss_mb.unwrap_or(f64::NAN)
         ));
+        if let (Some(t), Some(ratio)) = (r.torch_ms_per_step, r.ratio_to_torch) {
+            out.pop();
+            out.push_str(&format!(" {t:>10.0} {ratio:>8.2}\n"));
+        }
     }
     out.push_str(
         "\n(peak MB is the process's high-water mark so far, so it only grows down the table)\n",
     );
+    if with_torch {
+        out.push_str("(torch: benches/reference/train_step_torch.py, same step, same threads, measured in this run; × torch above 1 means slower)\n");
+    }
     Ok(out)
 }

@@ -124,6 +124,10 @@ enum BenchCommand {
         /// Measured steps per configuration (after one warm-up step).
         #[arg(long, default_value_t = 2)]
         steps: usize,
+        /// Also run the PyTorch reference (benches/reference/train_step_torch.py) with this
+        /// Python interpreter and print the ratios.
+        #[arg(long, value_name = "PYTHON")]
+        reference: Option<String>,
     },
 }
 
@@ -198,11 +202,14 @@ fn main() -> ExitCode {
                     widths,
                     pairs,
                     steps,
+                    reference,
                 },
-        } => bench_train::train(json, &widths, pairs.max(1), steps).map(|text| {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }),
+        } => bench_train::train(json, &widths, pairs.max(1), steps, reference.as_deref()).map(
+            |text| {
+                println!("{text}");
+                ExitCode::SUCCESS
+            },
+        ),
     };
     match result {
         Ok(code) => code,
