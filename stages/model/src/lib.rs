@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod init;
+pub mod kernels;
 pub mod loss;
 pub mod optim;
 pub mod plot;

@@ -10,7 +10,9 @@
 //! updates the running mean and (unbiased) variance in training mode, as PyTorch does.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
+
+use crate::kernels::conv::Conv;
 
 /// The stem of the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,13 +119,8 @@ fn conv(
     k: usize,
     stride: usize,
     padding: usize,
-) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)
+) -> Result<Conv> {
+    Conv::new(vb, cin, cout, k, stride, padding)
 }
 
 fn bn(vb: VarBuilder<'_>, c: usize, zero: bool) -> Result<BatchNorm> {
@@ -148,8 +145,8 @@ fn bn(vb: VarBuilder<'_>, c: usize, zero: bool) -> Result<BatchNorm> {
 /// A residual block (basic for 18/34, bottleneck for 50).
 #[derive(Debug)]
 struct Block {
-    convs: Vec<(Conv2d, BatchNorm)>,
-    downsample: Option<(Conv2d, BatchNorm)>,
+    convs: Vec<(Conv, BatchNorm)>,
+    downsample: Option<(Conv, BatchNorm)>,
 }
 
 impl Block {
@@ -221,7 +218,7 @@ impl Block {
 /// The encoder f: images `[B, C, H, W]` → representations h `[B, feature_dim]`.
 #[derive(Debug)]
 pub struct ResNet {
-    stem: (Conv2d, BatchNorm),
+    stem: (Conv, BatchNorm),
     layers: Vec<Block>,
     config: ResNetConfig,
 }

@@ -5,12 +5,14 @@
 //! ResNet's. Parameters are named `features.{i}.conv.weight` and `features.{i}.bn.*`.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
+
+use crate::kernels::conv::Conv;
 
 /// The encoder.
 #[derive(Debug)]
 pub struct SmallCnn {
-    layers: Vec<(Conv2d, BatchNorm)>,
+    layers: Vec<(Conv, BatchNorm)>,
     width: usize,
 }
 
@@ -28,17 +30,7 @@ impl SmallCnn {
         for (i, (mult, stride)) in [(1, 1), (2, 2), (4, 2), (8, 2)].into_iter().enumerate() {
             let cout = width * mult;
             let vb = vb.pp(format!("features.{i}"));
-            let conv = candle_nn::conv2d_no_bias(
-                cin,
-                cout,
-                3,
-                Conv2dConfig {
-                    padding: 1,
-                    stride,
-                    ..Default::default()
-                },
-                vb.pp("conv"),
-            )?;
+            let conv = Conv::new(vb.pp("conv"), cin, cout, 3, stride, 1)?;
             let cfg = BatchNormConfig {
                 eps: 1e-5,
                 remove_mean: true,

@@ -1,0 +1,386 @@
+//! 2-D convolution (no bias, dilation 1, groups 1) as a candle custom op with our own CPU
+//! kernels for the forward pass and both gradients:
+//!
+//! - forward, per image: `cols = im2col(x)` (`[C·kh·kw, Ho·Wo]`), `y = W · cols`;
+//! - input gradient, per image: `dcols = Wᵀ · dy`, `dx = col2im(dcols)`;
+//! - weight gradient: `dW = Σ_n dy_n · cols_nᵀ`, summed over fixed chunks of the batch in a fixed
+//!   order (bit-for-bit reproducible whatever the thread scheduling).
+//!
+//! Images are spread over the rayon pool; the products run on the `gemm` crate's packed kernels.
+//! candle's own CPU convolution computes the input gradient with a direct transposed
+//! convolution (no GEMM), which is most of a ResNet training step. Other devices and dtypes
+//! use candle's convolution.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{View, matmul};
+
+/// Geometry of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    padding: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn new(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Result<Self> {
+        let (&[n, c, h, wi], &[cout, cin, kh, kw]) = (x, w) else {
+            candle_core::bail!("conv2d: expected 4-D input and weight, got {x:?} and {w:?}");
+        };
+        if cin != c {
+            candle_core::bail!("conv2d: input has {c} channels, the weight expects {cin}");
+        }
+        if stride == 0 || h + 2 * padding < kh || wi + 2 * padding < kw {
+            candle_core::bail!("conv2d: kernel {kh}×{kw} does not fit {h}×{wi} with padding {padding}");
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w: wi,
+            cout,
+            kh,
+            kw,
+            stride,
+            padding,
+            ho: (h + 2 * padding - kh) / stride + 1,
+            wo: (wi + 2 * padding - kw) / stride + 1,
+        })
+    }
+
+    /// Rows of the column matrix: C·kh·kw.
+    fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// Output positions per image: Ho·Wo.
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    fn image(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// A 1×1, stride-1, unpadded convolution: the image is its own column matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// `cols[(c·kh + i)·kw + j][oh·Wo + ow] = x[c][oh·s − pad + i][ow·s − pad + j]` (0 outside).
+    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
+        let p = self.p();
+        for c in 0..self.c {
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    for oh in 0..self.ho {
+                        let ih = (oh * self.stride + i) as isize - self.padding as isize;
+                        let out = &mut row[oh * self.wo..][..self.wo];
+                        if ih < 0 || ih as usize >= self.h {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let src = &x[(c * self.h + ih as usize) * self.w..][..self.w];
+                        for (ow, o) in out.iter_mut().enumerate() {
+                            let iw = (ow * self.stride + j) as isize - self.padding as isize;
+                            *o = if iw < 0 || iw as usize >= self.w {
+                                0.0
+                            } else {
+                                src[iw as usize]
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of `im2col`: `dx[c][ih][iw] += dcols[...]` for every position it fed.
+    fn col2im(&self, dcols: &[f32], dx: &mut [f32]) {
+        dx.fill(0.0);
+        let p = self.p();
+        for c in 0..self.c {
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let row = &dcols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    for oh in 0..self.ho {
+                        let ih = (oh * self.stride + i) as isize - self.padding as isize;
+                        if ih < 0 || ih as usize >= self.h {
+                            continue;
+                        }
+                        let dst = &mut dx[(c * self.h + ih as usize) * self.w..][..self.w];
+                        for (ow, v) in row[oh * self.wo..][..self.wo].iter().enumerate() {
+                            let iw = (ow * self.stride + j) as isize - self.padding as isize;
+                            if iw >= 0 && (iw as usize) < self.w {
+                                dst[iw as usize] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("conv2d: {what} must be f32");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("conv2d: {what} must be contiguous"),
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// Run `f(image, out_chunk)` over the images of a batch on the rayon pool; with fewer images
+/// than threads, the products inside use the threads instead.
+fn per_image(n: usize, out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32], usize) + Sync) {
+    if n >= threads() {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o, 1));
+    } else {
+        for (i, o) in out.chunks_mut(chunk).enumerate() {
+            f(i, o, threads());
+        }
+    }
+}
+
+/// The forward op; its backward pass uses [`BackwardData`] and [`BackwardFilter`].
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2d {
+    /// Stride (both axes).
+    pub stride: usize,
+    /// Zero padding (both axes).
+    pub padding: usize,
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "simclr-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
+        let (x, w) = (f32_slice(s1, l1, "input")?, f32_slice(s2, l2, "weight")?);
+        let (k, p) = (g.k(), g.p());
+        let mut y = vec![0.0f32; g.n * g.cout * p];
+        let wv = View::row_major(w, g.cout, k);
+        per_image(g.n, &mut y, g.cout * p, |i, out, t| {
+            let xi = &x[i * g.image()..][..g.image()];
+            if g.pointwise() {
+                matmul(out, wv, View::row_major(xi, k, p), false, t);
+            } else {
+                let mut cols = vec![0.0f32; k * p];
+                g.im2col(xi, &mut cols);
+                matmul(out, wv, View::row_major(&cols, k, p), false, t);
+            }
+        });
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(
+            w,
+            &BackwardData {
+                conv: *self,
+                input: x.dims().to_vec(),
+            },
+        )?;
+        let dw = x.apply_op2_no_bwd(
+            &dy,
+            &BackwardFilter {
+                conv: *self,
+                weight: w.dims().to_vec(),
+            },
+        )?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `dx` from `(dy, w)`.
+#[derive(Clone, Debug)]
+pub struct BackwardData {
+    conv: Conv2d,
+    input: Vec<usize>,
+}
+
+impl CustomOp2 for BackwardData {
+    fn name(&self) -> &'static str {
+        "simclr-conv2d-backward-data"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(&self.input, l2.dims(), self.conv.stride, self.conv.padding)?;
+        let (dy, w) = (f32_slice(s1, l1, "gradient")?, f32_slice(s2, l2, "weight")?);
+        let (k, p) = (g.k(), g.p());
+        let wt = View::row_major(w, g.cout, k).t();
+        let mut dx = vec![0.0f32; g.n * g.image()];
+        per_image(g.n, &mut dx, g.image(), |i, out, t| {
+            let dyi = View::row_major(&dy[i * g.cout * p..][..g.cout * p], g.cout, p);
+            if g.pointwise() {
+                matmul(out, wt, dyi, false, t);
+            } else {
+                let mut dcols = vec![0.0f32; k * p];
+                matmul(&mut dcols, wt, dyi, false, t);
+                g.col2im(&dcols, out);
+            }
+        });
+        Ok((CpuStorage::F32(dx), Shape::from(self.input.clone())))
+    }
+}
+
+/// `dW` from `(x, dy)`.
+#[derive(Clone, Debug)]
+pub struct BackwardFilter {
+    conv: Conv2d,
+    weight: Vec<usize>,
+}
+
+impl CustomOp2 for BackwardFilter {
+    fn name(&self) -> &'static str {
+        "simclr-conv2d-backward-filter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), &self.weight, self.conv.stride, self.conv.padding)?;
+        let (x, dy) = (f32_slice(s1, l1, "input")?, f32_slice(s2, l2, "gradient")?);
+        let (k, p) = (g.k(), g.p());
+        let size = g.cout * k;
+        // Fixed chunks of the batch, each summed into its own buffer, then added in order.
+        let chunks = threads().min(g.n).max(1);
+        let per = g.n.div_ceil(chunks);
+        let mut partial = vec![0.0f32; chunks * size];
+        let inner = if g.n >= threads() { 1 } else { threads() };
+        partial
+            .par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(chunk, acc)| {
+                let mut cols = if g.pointwise() { Vec::new() } else { vec![0.0f32; k * p] };
+                for (step, i) in (chunk * per..((chunk + 1) * per).min(g.n)).enumerate() {
+                    let xi = &x[i * g.image()..][..g.image()];
+                    let dyi = View::row_major(&dy[i * g.cout * p..][..g.cout * p], g.cout, p);
+                    let colsi = if g.pointwise() {
+                        View::row_major(xi, k, p)
+                    } else {
+                        g.im2col(xi, &mut cols);
+                        View::row_major(&cols, k, p)
+                    };
+                    matmul(acc, dyi, colsi.t(), step > 0, inner);
+                }
+            });
+        let mut dw = partial[..size].to_vec();
+        for part in partial[size..].chunks(size) {
+            for (a, b) in dw.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+        Ok((CpuStorage::F32(dw), Shape::from(self.weight.clone())))
+    }
+}
+
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Use (true, the default) or bypass our kernels, e.g. to compare against candle's.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Convolution of `x` `[N, C, H, W]` with `w` `[Cout, C, kh, kw]`: our kernels for f32 on the
+/// CPU, candle's elsewhere.
+///
+/// # Errors
+/// Mismatched shapes.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let ours = ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+        && x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+        && w.dtype() == candle_core::DType::F32;
+    if ours {
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, Conv2d { stride, padding })
+    } else {
+        x.conv2d(w, padding, stride, 1, 1)
+    }
+}
+
+/// A convolution layer without bias (ResNets follow every convolution with BatchNorm), running
+/// through [`conv2d`]. Its weight is `<prefix>.weight`, `[Cout, C, k, k]`, as torchvision's.
+#[derive(Clone, Debug)]
+pub struct Conv {
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv {
+    /// A `k×k` convolution from `cin` to `cout` channels.
+    ///
+    /// # Errors
+    /// A variable of another shape under the same name in `vb`.
+    pub fn new(
+        vb: candle_nn::VarBuilder<'_>,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (cout, cin, k, k),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        Ok(Self {
+            weight,
+            stride,
+            padding,
+        })
+    }
+}
+
+impl candle_core::Module for Conv {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        conv2d(xs, &self.weight, self.stride, self.padding)
+    }
+}

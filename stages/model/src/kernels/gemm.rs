@@ -1,0 +1,132 @@
+//! A bounds-checked front for the `gemm` crate's matrix product (the kernel candle itself uses
+//! on the CPU). The only `unsafe` of the model stages is here: the raw-pointer call, after
+//! checking that every element the strides reach lies inside its slice.
+#![allow(unsafe_code)]
+
+/// A read-only strided view of a matrix: element (r, c) is `data[r * rs + c * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    /// The elements.
+    pub data: &'a [f32],
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Distance between rows.
+    pub rs: usize,
+    /// Distance between columns.
+    pub cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> Self {
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = a · b` (or `dst += a · b` with `accumulate`), `dst` row-major `a.rows × b.cols`.
+/// `threads > 1` lets the kernel split the product over the rayon pool.
+///
+/// # Panics
+/// Mismatched shapes or views that reach outside their slices (a bug in the caller).
+pub fn matmul(dst: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool, threads: usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions");
+    assert!(dst.len() >= m * n, "destination too small");
+    assert!(a.fits() && b.fits(), "views inside their slices");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: dst holds m·n elements with row stride n and column stride 1; `fits` checked that
+    // the largest offsets of a and b are inside their slices; the three regions do not overlap
+    // (dst is a unique borrow).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: View<'_>, b: View<'_>) -> Vec<f32> {
+        let mut out = vec![0.0; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                out[i * b.cols + j] = (0..a.cols)
+                    .map(|p| a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs])
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn products_and_transposed_views_match_a_loop() {
+        let a: Vec<f32> = (0..35).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..20).map(|i| (i % 5) as f32 * 0.5).collect();
+        let (va, vb) = (View::row_major(&a, 5, 7), View::row_major(&b, 4, 5));
+        // (5×7)ᵀ is 7×5; (4×5)ᵀ is 5×4: aᵀ·bᵀ is 7×4.
+        let mut out = vec![0.0; 28];
+        matmul(&mut out, va.t(), vb.t(), false, 1);
+        assert_eq!(out, naive(va.t(), vb.t()));
+        let twice: Vec<f32> = out.iter().map(|v| 2.0 * v).collect();
+        matmul(&mut out, va.t(), vb.t(), true, 2);
+        assert_eq!(out, twice);
+    }
+}

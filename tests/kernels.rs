@@ -1,0 +1,113 @@
+//! Our convolution kernels against candle's convolution computed in float64: forward values
+//! and both gradients, on shapes covering strides 1 and 2, padding 0/1/3, kernels 1×1, 3×3 and
+//! 7×7, 1 to 512 channels, odd sizes and batches smaller and larger than the thread count; and a
+//! whole ResNet training step with and without our kernels.
+
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use simclr_stage_model::kernels::conv::{Conv2d, set_enabled};
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn max_rel_err(ours: &Tensor, reference: &Tensor) -> f64 {
+    let a: Vec<f64> = ours.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("ours");
+    let b: Vec<f64> = reference.flatten_all().and_then(|t| t.to_vec1()).expect("reference");
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter().zip(&b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn convolution_and_its_gradients_match_float64() {
+    // (batch, channels in, size h×w, channels out, kernel, stride, padding)
+    let cases = [
+        (2, 3, (32, 32), 16, 3, 1, 1),
+        (3, 16, (17, 15), 8, 3, 2, 1),
+        (1, 1, (28, 28), 4, 7, 2, 3),
+        (4, 8, (9, 9), 8, 1, 1, 0),
+        (5, 8, (9, 11), 16, 1, 2, 0),
+        (2, 32, (8, 8), 64, 3, 2, 1),
+        (3, 4, (7, 5), 6, 3, 1, 0),
+        (2, 512, (4, 4), 512, 3, 1, 1),
+        (1, 64, (5, 5), 1, 3, 1, 1),
+    ];
+    for (i, &(n, c, (h, w), cout, k, stride, padding)) in cases.iter().enumerate() {
+        let dev = Device::Cpu;
+        let xs = values(n * c * h * w, 2 * i as u64 + 1);
+        let ws = values(cout * c * k * k, 2 * i as u64 + 2);
+        let x = Var::from_vec(xs.clone(), (n, c, h, w), &dev).expect("x");
+        let wt = Var::from_vec(ws.clone(), (cout, c, k, k), &dev).expect("w");
+        let y = x
+            .as_tensor()
+            .apply_op2(wt.as_tensor(), Conv2d { stride, padding })
+            .expect("ours");
+        let (ho, wo) = ((h + 2 * padding - k) / stride + 1, (w + 2 * padding - k) / stride + 1);
+        assert_eq!(y.dims(), &[n, cout, ho, wo]);
+        // A loss with a non-uniform gradient: sum(y · r).
+        let r = Tensor::from_vec(values(n * cout * ho * wo, 99 + i as u64), y.shape(), &dev).expect("r");
+        let grads = (&y * &r).and_then(|t| t.sum_all()).and_then(|l| l.backward()).expect("grads");
+
+        let x64 = Var::from_vec(xs.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), (n, c, h, w), &dev).expect("x64");
+        let w64 = Var::from_vec(ws.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), (cout, c, k, k), &dev).expect("w64");
+        let y64 = x64.as_tensor().conv2d(w64.as_tensor(), padding, stride, 1, 1).expect("reference");
+        let g64 = (&y64 * r.to_dtype(DType::F64).expect("r64"))
+            .and_then(|t| t.sum_all())
+            .and_then(|l| l.backward())
+            .expect("reference grads");
+
+        let case = format!("case {i}: n{n} c{c} {h}x{w} cout{cout} k{k} s{stride} p{padding}");
+        let e = max_rel_err(&y, &y64);
+        assert!(e <= 1e-5, "{case}: forward error {e:e}");
+        let e = max_rel_err(grads.get(x.as_tensor()).expect("dx"), g64.get(x64.as_tensor()).expect("dx64"));
+        assert!(e <= 1e-5, "{case}: input gradient error {e:e}");
+        let e = max_rel_err(grads.get(wt.as_tensor()).expect("dw"), g64.get(w64.as_tensor()).expect("dw64"));
+        assert!(e <= 1e-5, "{case}: weight gradient error {e:e}");
+    }
+}
+
+/// A full ResNet-18 step (forward, NT-Xent, backward, LARS) with our kernels and with candle's
+/// gives the same loss within 1e-5 and the same updated weights within 1e-5 (relative).
+#[test]
+fn a_resnet_training_step_is_the_same_with_and_without_our_kernels() {
+    use candle_nn::{VarBuilder, VarMap};
+    use simclr_stage_model::loss::nt_xent;
+    use simclr_stage_model::optim::{DEFAULT_TRUST, Lars, Optimizer, trainable_params};
+    use simclr_stage_model::resnet::{ResNet, ResNetConfig, Stem};
+    let run = |ours: bool| -> (f32, f32, Vec<f32>) {
+        set_enabled(ours);
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let config = ResNetConfig { depth: 18, width: 4, stem: Stem::ImageNet, in_channels: 3, zero_init_residual: false };
+        let net = ResNet::new(vb, config).expect("net");
+        simclr_stage_model::init::seeded(&map, 5, "encoder").expect("init");
+        let x = Tensor::from_vec(values(16 * 3 * 33 * 33, 7), (16, 3, 33, 33), &Device::Cpu).expect("x");
+        let mut opt = Lars::new(trainable_params(&map).expect("params"), 0.9, DEFAULT_TRUST, 1e-6, false);
+        let loss0 = nt_xent(&net.forward_t(&x, true).expect("h"), 0.5).expect("loss");
+        opt.step(&loss0.backward().expect("grads"), 1.0).expect("step");
+        let loss1 = nt_xent(&net.forward_t(&x, true).expect("h"), 0.5).expect("loss");
+        let w: Vec<f32> = map.data().lock().expect("map")["layer2.0.conv1.weight"]
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("w");
+        set_enabled(true);
+        (loss0.to_scalar().expect("l0"), loss1.to_scalar().expect("l1"), w)
+    };
+    let (a0, a1, wa) = run(true);
+    let (b0, b1, wb) = run(false);
+    assert!((a0 - b0).abs() <= 1e-5 * b0.abs(), "{a0} vs {b0}");
+    assert!((a1 - b1).abs() <= 1e-5 * b1.abs(), "{a1} vs {b1}");
+    let scale = wb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let err = wa.iter().zip(&wb).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+    assert!(err <= 1e-5, "updated weights differ by {err:e}");
+}
