@@ -41,7 +41,9 @@ impl Geometry {
             candle_core::bail!("conv2d: input has {c} channels, the weight expects {cin}");
         }
         if stride == 0 || h + 2 * padding < kh || wi + 2 * padding < kw {
-            candle_core::bail!("conv2d: kernel {kh}×{kw} does not fit {h}×{wi} with padding {padding}");
+            candle_core::bail!(
+                "conv2d: kernel {kh}×{kw} does not fit {h}×{wi} with padding {padding}"
+            );
         }
         Ok(Self {
             n,
@@ -77,28 +79,54 @@ impl Geometry {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
     }
 
+    /// Output columns `lo..hi` whose input column `ow·s + j − pad` lies inside `0..size`.
+    fn valid(&self, j: usize, size: usize, out: usize) -> (usize, usize) {
+        let s = self.stride as isize;
+        let off = j as isize - self.padding as isize;
+        let lo = if off >= 0 {
+            0
+        } else {
+            ((-off + s - 1) / s) as usize
+        };
+        let last = size as isize - 1 - off;
+        let hi = if last < 0 { 0 } else { (last / s + 1) as usize };
+        let lo = lo.min(out);
+        (lo, hi.clamp(lo, out))
+    }
+
     /// `cols[(c·kh + i)·kw + j][oh·Wo + ow] = x[c][oh·s − pad + i][ow·s − pad + j]` (0 outside).
     fn im2col(&self, x: &[f32], cols: &mut [f32]) {
         let p = self.p();
+        let pad = self.padding as isize;
         for c in 0..self.c {
+            let plane = &x[c * self.h * self.w..][..self.h * self.w];
             for i in 0..self.kh {
                 for j in 0..self.kw {
                     let row = &mut cols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let (lo, hi) = self.valid(j, self.w, self.wo);
                     for oh in 0..self.ho {
-                        let ih = (oh * self.stride + i) as isize - self.padding as isize;
                         let out = &mut row[oh * self.wo..][..self.wo];
+                        let ih = (oh * self.stride + i) as isize - pad;
                         if ih < 0 || ih as usize >= self.h {
                             out.fill(0.0);
                             continue;
                         }
-                        let src = &x[(c * self.h + ih as usize) * self.w..][..self.w];
-                        for (ow, o) in out.iter_mut().enumerate() {
-                            let iw = (ow * self.stride + j) as isize - self.padding as isize;
-                            *o = if iw < 0 || iw as usize >= self.w {
-                                0.0
+                        let src = &plane[ih as usize * self.w..][..self.w];
+                        out[..lo].fill(0.0);
+                        out[hi..].fill(0.0);
+                        let first = (lo * self.stride + j) as isize - pad;
+                        if hi > lo {
+                            let first = first as usize;
+                            if self.stride == 1 {
+                                out[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
                             } else {
-                                src[iw as usize]
-                            };
+                                for (o, v) in out[lo..hi]
+                                    .iter_mut()
+                                    .zip(src[first..].iter().step_by(self.stride))
+                                {
+                                    *o = *v;
+                                }
+                            }
                         }
                     }
                 }
@@ -110,20 +138,31 @@ impl Geometry {
     fn col2im(&self, dcols: &[f32], dx: &mut [f32]) {
         dx.fill(0.0);
         let p = self.p();
+        let pad = self.padding as isize;
         for c in 0..self.c {
+            let plane = &mut dx[c * self.h * self.w..][..self.h * self.w];
             for i in 0..self.kh {
                 for j in 0..self.kw {
                     let row = &dcols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let (lo, hi) = self.valid(j, self.w, self.wo);
+                    if hi <= lo {
+                        continue;
+                    }
+                    let first = ((lo * self.stride + j) as isize - pad) as usize;
                     for oh in 0..self.ho {
-                        let ih = (oh * self.stride + i) as isize - self.padding as isize;
+                        let ih = (oh * self.stride + i) as isize - pad;
                         if ih < 0 || ih as usize >= self.h {
                             continue;
                         }
-                        let dst = &mut dx[(c * self.h + ih as usize) * self.w..][..self.w];
-                        for (ow, v) in row[oh * self.wo..][..self.wo].iter().enumerate() {
-                            let iw = (ow * self.stride + j) as isize - self.padding as isize;
-                            if iw >= 0 && (iw as usize) < self.w {
-                                dst[iw as usize] += v;
+                        let dst = &mut plane[ih as usize * self.w..][..self.w];
+                        let src = &row[oh * self.wo + lo..oh * self.wo + hi];
+                        if self.stride == 1 {
+                            for (d, v) in dst[first..first + (hi - lo)].iter_mut().zip(src) {
+                                *d += v;
+                            }
+                        } else {
+                            for (d, v) in dst[first..].iter_mut().step_by(self.stride).zip(src) {
+                                *d += v;
                             }
                         }
                     }
@@ -131,6 +170,26 @@ impl Geometry {
             }
         }
     }
+}
+
+thread_local! {
+    /// Per-thread scratch for column matrices, reused across calls (fresh allocations of this
+    /// size cost page faults on every step).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with a scratch buffer of at least `len` floats (contents unspecified).
+fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (nested parallelism): use a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -192,9 +251,10 @@ impl CustomOp2 for Conv2d {
             if g.pointwise() {
                 matmul(out, wv, View::row_major(xi, k, p), false, t);
             } else {
-                let mut cols = vec![0.0f32; k * p];
-                g.im2col(xi, &mut cols);
-                matmul(out, wv, View::row_major(&cols, k, p), false, t);
+                with_scratch(k * p, |cols| {
+                    g.im2col(xi, cols);
+                    matmul(out, wv, View::row_major(cols, k, p), false, t);
+                });
             }
         });
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
@@ -255,9 +315,10 @@ impl CustomOp2 for BackwardData {
             if g.pointwise() {
                 matmul(out, wt, dyi, false, t);
             } else {
-                let mut dcols = vec![0.0f32; k * p];
-                matmul(&mut dcols, wt, dyi, false, t);
-                g.col2im(&dcols, out);
+                with_scratch(k * p, |dcols| {
+                    matmul(dcols, wt, dyi, false, t);
+                    g.col2im(dcols, out);
+                });
             }
         });
         Ok((CpuStorage::F32(dx), Shape::from(self.input.clone())))
@@ -296,7 +357,11 @@ impl CustomOp2 for BackwardFilter {
             .par_chunks_mut(size)
             .enumerate()
             .for_each(|(chunk, acc)| {
-                let mut cols = if g.pointwise() { Vec::new() } else { vec![0.0f32; k * p] };
+                let mut cols = if g.pointwise() {
+                    Vec::new()
+                } else {
+                    vec![0.0f32; k * p]
+                };
                 for (step, i) in (chunk * per..((chunk + 1) * per).min(g.n)).enumerate() {
                     let xi = &x[i * g.image()..][..g.image()];
                     let dyi = View::row_major(&dy[i * g.cout * p..][..g.cout * p], g.cout, p);
