@@ -4,7 +4,8 @@
 //! whole ResNet training step with and without our kernels.
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
-use simclr_stage_model::kernels::conv::{Conv2d, set_enabled};
+use simclr_stage_model::kernels::conv::Conv2d;
+use simclr_stage_model::kernels::set_enabled;
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -197,4 +198,99 @@ fn a_resnet_training_step_is_the_same_with_and_without_our_kernels() {
         .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
         / scale;
     assert!(err <= 1e-5, "updated weights differ by {err:e}");
+}
+
+/// Training-mode BatchNorm (+ ReLU) against direct float64 formulas: output, batch statistics
+/// and the gradients w.r.t. x, γ and β of sum(y · r).
+#[test]
+fn batch_norm_and_its_gradients_match_float64() {
+    use simclr_stage_model::kernels::batch_norm::batch_norm_train;
+    for (case, &(n, c, h, w, relu)) in [
+        (4, 3, 5, 7, false),
+        (2, 8, 4, 4, true),
+        (3, 16, 1, 1, true),
+        (1, 2, 9, 3, false),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dev = Device::Cpu;
+        let seed = 1000 + 10 * case as u64;
+        // Shifted and scaled inputs so the statistics are not trivial.
+        let xs: Vec<f32> = values(n * c * h * w, seed)
+            .iter()
+            .map(|v| 3.0 * v + 0.7)
+            .collect();
+        let gs: Vec<f32> = values(c, seed + 1).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let bs = values(c, seed + 2);
+        let rs = values(n * c * h * w, seed + 3);
+        let x = Var::from_vec(xs.clone(), (n, c, h, w), &dev).expect("x");
+        let g = Var::from_vec(gs.clone(), c, &dev).expect("g");
+        let b = Var::from_vec(bs.clone(), c, &dev).expect("b");
+        let (y, stats) =
+            batch_norm_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, relu).expect("bn");
+        let r = Tensor::from_vec(rs.clone(), (n, c, h, w), &dev).expect("r");
+        let grads = (&y * &r)
+            .and_then(|t| t.sum_all())
+            .and_then(|l| l.backward())
+            .expect("grads");
+
+        // Reference, channel by channel.
+        let (s, m) = (h * w, (n * h * w) as f64);
+        let at = |i: usize, ch: usize, k: usize| (i * c + ch) * s + k;
+        let mut ry = vec![0.0f64; xs.len()];
+        let mut rdx = vec![0.0f64; xs.len()];
+        let (mut rdg, mut rdb, mut rmean, mut rvar) =
+            (vec![0.0; c], vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+        for ch in 0..c {
+            let idx: Vec<usize> = (0..n)
+                .flat_map(|i| (0..s).map(move |k| at(i, ch, k)))
+                .collect();
+            let mean = idx.iter().map(|&j| f64::from(xs[j])).sum::<f64>() / m;
+            let var = idx
+                .iter()
+                .map(|&j| (f64::from(xs[j]) - mean).powi(2))
+                .sum::<f64>()
+                / m;
+            let inv = 1.0 / (var + 1e-5).sqrt();
+            let (gamma, beta) = (f64::from(gs[ch]), f64::from(bs[ch]));
+            // dy' = r masked by ReLU.
+            let mut dyp = vec![0.0f64; idx.len()];
+            for (t, &j) in idx.iter().enumerate() {
+                let pre = gamma * (f64::from(xs[j]) - mean) * inv + beta;
+                ry[j] = if relu { pre.max(0.0) } else { pre };
+                dyp[t] = if relu && pre <= 0.0 {
+                    0.0
+                } else {
+                    f64::from(rs[j])
+                };
+            }
+            let sd: f64 = dyp.iter().sum();
+            let sdx: f64 = idx
+                .iter()
+                .zip(&dyp)
+                .map(|(&j, d)| d * (f64::from(xs[j]) - mean) * inv)
+                .sum();
+            for (t, &j) in idx.iter().enumerate() {
+                let xhat = (f64::from(xs[j]) - mean) * inv;
+                rdx[j] = gamma * inv * (dyp[t] - sd / m - xhat * sdx / m);
+            }
+            rdg[ch] = sdx;
+            rdb[ch] = sd;
+            rmean[ch] = mean;
+            rvar[ch] = var;
+        }
+        let label = format!("case {case}: {n}x{c}x{h}x{w} relu {relu}");
+        for (what, ours, reference) in [
+            ("y", y.clone(), ry),
+            ("dx", grads.get(x.as_tensor()).expect("dx").clone(), rdx),
+            ("dgamma", grads.get(g.as_tensor()).expect("dg").clone(), rdg),
+            ("dbeta", grads.get(b.as_tensor()).expect("db").clone(), rdb),
+            ("mean", stats.get(0).expect("mean"), rmean),
+            ("var", stats.get(1).expect("var"), rvar),
+        ] {
+            let e = max_rel_err(&ours, &reference);
+            assert!(e <= 1e-5, "{label}: {what} error {e:e}");
+        }
+    }
 }

@@ -10,8 +10,9 @@
 //! updates the running mean and (unbiased) variance in training mode, as PyTorch does.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
+use candle_nn::VarBuilder;
 
+use crate::kernels::batch_norm::BatchNorm2d;
 use crate::kernels::conv::Conv;
 
 /// The stem of the network.
@@ -123,30 +124,16 @@ fn conv(
     Conv::new(vb, cin, cout, k, stride, padding)
 }
 
-fn bn(vb: VarBuilder<'_>, c: usize, zero: bool) -> Result<BatchNorm> {
-    let cfg = BatchNormConfig {
-        eps: 1e-5,
-        remove_mean: true,
-        affine: true,
-        momentum: 0.1,
-    };
-    if zero {
-        // torchvision's zero_init_residual: gamma = 0 for the block's last BatchNorm.
-        let weight = vb.get_with_hints(c, "weight", candle_nn::Init::Const(0.0))?;
-        let bias = vb.get_with_hints(c, "bias", candle_nn::Init::Const(0.0))?;
-        let running_mean = vb.get_with_hints(c, "running_mean", candle_nn::Init::Const(0.0))?;
-        let running_var = vb.get_with_hints(c, "running_var", candle_nn::Init::Const(1.0))?;
-        BatchNorm::new(c, running_mean, running_var, weight, bias, cfg.eps)
-    } else {
-        candle_nn::batch_norm(c, cfg, vb)
-    }
+/// BatchNorm; `zero` starts γ at 0 (torchvision's zero_init_residual, for the block's last one).
+fn bn(vb: VarBuilder<'_>, c: usize, zero: bool) -> Result<BatchNorm2d> {
+    BatchNorm2d::new(vb, c, zero)
 }
 
 /// A residual block (basic for 18/34, bottleneck for 50).
 #[derive(Debug)]
 struct Block {
-    convs: Vec<(Conv, BatchNorm)>,
-    downsample: Option<(Conv, BatchNorm)>,
+    convs: Vec<(Conv, BatchNorm2d)>,
+    downsample: Option<(Conv, BatchNorm2d)>,
 }
 
 impl Block {
@@ -202,13 +189,10 @@ impl Block {
         let mut ys = xs.clone();
         let last = self.convs.len() - 1;
         for (i, (c, b)) in self.convs.iter().enumerate() {
-            ys = b.forward_t(&c.forward(&ys)?, train)?;
-            if i != last {
-                ys = ys.relu()?;
-            }
+            ys = b.forward(&c.forward(&ys)?, train, i != last)?;
         }
         let shortcut = match &self.downsample {
-            Some((c, b)) => b.forward_t(&c.forward(xs)?, train)?,
+            Some((c, b)) => b.forward(&c.forward(xs)?, train, false)?,
             None => xs.clone(),
         };
         (ys + shortcut)?.relu()
@@ -218,7 +202,7 @@ impl Block {
 /// The encoder f: images `[B, C, H, W]` → representations h `[B, feature_dim]`.
 #[derive(Debug)]
 pub struct ResNet {
-    stem: (Conv, BatchNorm),
+    stem: (Conv, BatchNorm2d),
     layers: Vec<Block>,
     config: ResNetConfig,
 }
@@ -272,8 +256,7 @@ impl ModuleT for ResNet {
         let mut ys = self
             .stem
             .1
-            .forward_t(&self.stem.0.forward(xs)?, train)?
-            .relu()?;
+            .forward(&self.stem.0.forward(xs)?, train, true)?;
         if self.config.stem == Stem::ImageNet {
             ys = max_pool_3x3_s2(&ys)?;
         }

@@ -5,14 +5,15 @@
 //! ResNet's. Parameters are named `features.{i}.conv.weight` and `features.{i}.bn.*`.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
+use candle_nn::VarBuilder;
 
+use crate::kernels::batch_norm::BatchNorm2d;
 use crate::kernels::conv::Conv;
 
 /// The encoder.
 #[derive(Debug)]
 pub struct SmallCnn {
-    layers: Vec<(Conv, BatchNorm)>,
+    layers: Vec<(Conv, BatchNorm2d)>,
     width: usize,
 }
 
@@ -31,13 +32,7 @@ impl SmallCnn {
             let cout = width * mult;
             let vb = vb.pp(format!("features.{i}"));
             let conv = Conv::new(vb.pp("conv"), cin, cout, 3, stride, 1)?;
-            let cfg = BatchNormConfig {
-                eps: 1e-5,
-                remove_mean: true,
-                affine: true,
-                momentum: 0.1,
-            };
-            layers.push((conv, candle_nn::batch_norm(cout, cfg, vb.pp("bn"))?));
+            layers.push((conv, BatchNorm2d::new(vb.pp("bn"), cout, false)?));
             cin = cout;
         }
         Ok(Self { layers, width })
@@ -53,7 +48,7 @@ impl ModuleT for SmallCnn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut ys = xs.clone();
         for (conv, bn) in &self.layers {
-            ys = bn.forward_t(&conv.forward(&ys)?, train)?.relu()?;
+            ys = bn.forward(&conv.forward(&ys)?, train, true)?;
         }
         ys.mean(3)?.mean(2)
     }

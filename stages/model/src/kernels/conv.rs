@@ -384,20 +384,13 @@ impl CustomOp2 for BackwardFilter {
     }
 }
 
-static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Use (true, the default) or bypass our kernels, e.g. to compare against candle's.
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, std::sync::atomic::Ordering::SeqCst);
-}
-
 /// Convolution of `x` `[N, C, H, W]` with `w` `[Cout, C, kh, kw]`: our kernels for f32 on the
 /// CPU, candle's elsewhere.
 ///
 /// # Errors
 /// Mismatched shapes.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    let ours = ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+    let ours = super::enabled()
         && x.device().is_cpu()
         && x.dtype() == candle_core::DType::F32
         && w.dtype() == candle_core::DType::F32;

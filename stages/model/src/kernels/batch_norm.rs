@@ -1,0 +1,345 @@
+//! BatchNorm in training mode (optionally followed by ReLU) as one candle custom op with its
+//! own backward pass, for f32 NCHW tensors on the CPU.
+//!
+//! candle-nn's training-mode BatchNorm transposes the input to channel-major, copies it, and
+//! runs a dozen element-wise passes forward and more backward. Here the forward pass is two
+//! reads (statistics; recomputed in float64 for accuracy) and one write; the backward pass two
+//! reductions and one write, with ReLU's mask folded in:
+//!
+//! ```text
+//! x̂ = (x − μ) / √(σ² + ε),  y = γ·x̂ + β  (then max(0, ·))
+//! dβ = Σ dy',  dγ = Σ dy'·x̂,  dx = γ/√(σ² + ε) · (dy' − dβ/M − x̂·dγ/M),  dy' = dy·[y > 0]
+//! ```
+//!
+//! M = N·H·W; σ² is the biased batch variance (the running variance takes the unbiased one).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("batch_norm: {what} must be f32");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("batch_norm: {what} must be contiguous"),
+    }
+}
+
+/// `(N, C, S)` of an `[N, C, ...]` tensor (S: the product of the spatial dimensions).
+fn ncs(dims: &[usize]) -> Result<(usize, usize, usize)> {
+    if dims.len() < 2 {
+        candle_core::bail!("batch_norm: expected [N, C, ...], got {dims:?}");
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
+/// Per-channel mean and biased variance, two passes in float64.
+fn stats(x: &[f32], (n, c, s): (usize, usize, usize)) -> Vec<(f64, f64)> {
+    let m = (n * s).max(1) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let block = |i: usize| &x[(i * c + ch) * s..][..s];
+            let sum: f64 = (0..n)
+                .map(|i| block(i).iter().map(|&v| f64::from(v)).sum::<f64>())
+                .sum();
+            let mean = sum / m;
+            let var: f64 = (0..n)
+                .map(|i| {
+                    block(i)
+                        .iter()
+                        .map(|&v| (f64::from(v) - mean).powi(2))
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+                / m;
+            (mean, var)
+        })
+        .collect()
+}
+
+/// Batch statistics `[2, C]`: row 0 the means, row 1 the biased variances (no gradient).
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelStats;
+
+impl CustomOp1 for ChannelStats {
+    fn name(&self) -> &'static str {
+        "simclr-channel-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = ncs(l.dims())?;
+        let st = stats(f32_slice(s, l, "input")?, dims);
+        let mut out: Vec<f32> = st.iter().map(|p| p.0 as f32).collect();
+        out.extend(st.iter().map(|p| p.1 as f32));
+        Ok((CpuStorage::F32(out), Shape::from((2, dims.1))))
+    }
+}
+
+/// `y = BN(x)` with γ and β stacked as `[2, C]`, optionally followed by ReLU.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchNormTrain {
+    /// ε.
+    pub eps: f64,
+    /// Apply ReLU after normalising.
+    pub relu: bool,
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "simclr-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, s) = ncs(l1.dims())?;
+        let x = f32_slice(s1, l1, "input")?;
+        let gb = f32_slice(s2, l2, "weight and bias")?;
+        let st = f32_slice(s3, l3, "statistics")?;
+        if gb.len() != 2 * c || st.len() != 2 * c {
+            candle_core::bail!(
+                "batch_norm: {c} channels, but parameters for {}",
+                gb.len() / 2
+            );
+        }
+        // y = a·x + b per channel.
+        let ab: Vec<(f32, f32)> = (0..c)
+            .map(|ch| {
+                let inv = 1.0 / (f64::from(st[c + ch]) + self.eps).sqrt();
+                let a = f64::from(gb[ch]) * inv;
+                (
+                    a as f32,
+                    (f64::from(gb[c + ch]) - a * f64::from(st[ch])) as f32,
+                )
+            })
+            .collect();
+        let mut y = vec![0.0f32; x.len()];
+        y.par_chunks_mut((c * s).max(1))
+            .zip(x.par_chunks((c * s).max(1)))
+            .for_each(|(yi, xi)| {
+                for (ch, &(a, b)) in ab.iter().enumerate() {
+                    let (yb, xb) = (&mut yi[ch * s..][..s], &xi[ch * s..][..s]);
+                    if self.relu {
+                        for (o, &v) in yb.iter_mut().zip(xb) {
+                            *o = (a * v + b).max(0.0);
+                        }
+                    } else {
+                        for (o, &v) in yb.iter_mut().zip(xb) {
+                            *o = a * v + b;
+                        }
+                    }
+                }
+            });
+        let _ = n;
+        Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gb: &Tensor,
+        st: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let c = x.dim(1)?;
+        let len = x.elem_count();
+        // γ, β, μ, σ²: 4·C floats, read to the host once.
+        let params: Vec<f32> =
+            Tensor::cat(&[gb.flatten_all()?, st.flatten_all()?], 0)?.to_vec1()?;
+        let packed = x.apply_op3_no_bwd(
+            y,
+            &dy,
+            &Backward {
+                eps: self.eps,
+                relu: self.relu,
+                params,
+            },
+        )?;
+        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
+        let dgb = packed.narrow(0, len, 2 * c)?.reshape((2, c))?;
+        Ok((Some(dx), Some(dgb), None))
+    }
+}
+
+/// The backward pass: inputs `x`, `y`, `dy`; output `[dx | dγ | dβ]` flattened.
+#[derive(Clone, Debug)]
+struct Backward {
+    eps: f64,
+    relu: bool,
+    /// γ, β, μ, σ², C each.
+    params: Vec<f32>,
+}
+
+impl CustomOp3 for Backward {
+    fn name(&self) -> &'static str {
+        "simclr-batch-norm-train-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, s) = ncs(l1.dims())?;
+        let len = n * c * s;
+        let x = f32_slice(s1, l1, "input")?;
+        let y = f32_slice(s2, l2, "output")?;
+        let dy = f32_slice(s3, l3, "gradient")?;
+        if self.params.len() != 4 * c {
+            candle_core::bail!(
+                "batch_norm backward: parameters for {} channels, input has {c}",
+                self.params.len() / 4
+            );
+        }
+        let (gb, st) = self.params.split_at(2 * c);
+        let m = (n * s).max(1) as f64;
+        let relu = self.relu;
+        let grad = |yv: f32, g: f32| if relu && yv <= 0.0 { 0.0 } else { g };
+        // Per channel: Σ dy', Σ dy'·x̂ (float64).
+        let sums: Vec<(f64, f64, f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let mean = f64::from(st[ch]);
+                let inv = 1.0 / (f64::from(st[c + ch]) + self.eps).sqrt();
+                let (mut sd, mut sdx) = (0.0f64, 0.0f64);
+                for i in 0..n {
+                    let o = (i * c + ch) * s;
+                    for ((&xv, &yv), &g) in x[o..o + s].iter().zip(&y[o..o + s]).zip(&dy[o..o + s])
+                    {
+                        let g = f64::from(grad(yv, g));
+                        sd += g;
+                        sdx += g * (f64::from(xv) - mean) * inv;
+                    }
+                }
+                (mean, inv, sd, sdx)
+            })
+            .collect();
+        let mut out = vec![0.0f32; len + 2 * c];
+        let (dx, dgb) = out.split_at_mut(len);
+        for (ch, &(_, _, sd, sdx)) in sums.iter().enumerate() {
+            dgb[ch] = sdx as f32;
+            dgb[c + ch] = sd as f32;
+        }
+        dx.par_chunks_mut((c * s).max(1))
+            .enumerate()
+            .for_each(|(i, dxi)| {
+                for (ch, &(mean, inv, sd, sdx)) in sums.iter().enumerate() {
+                    let k = f64::from(gb[ch]) * inv;
+                    let (mean_d, mean_dx) = (sd / m, sdx / m);
+                    let o = (i * c + ch) * s;
+                    for (j, d) in dxi[ch * s..][..s].iter_mut().enumerate() {
+                        let g = f64::from(grad(y[o + j], dy[o + j]));
+                        let xhat = (f64::from(x[o + j]) - mean) * inv;
+                        *d = (k * (g - mean_d - xhat * mean_dx)) as f32;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from(len + 2 * c)))
+    }
+}
+
+/// Whether [`batch_norm_train`] can run our kernel on `x` (f32 on the CPU, kernels enabled).
+pub fn supported(x: &Tensor) -> bool {
+    super::enabled() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// Training-mode BatchNorm (and ReLU with `relu`) of `x` `[N, C, ...]` with per-channel `gamma`
+/// and `beta`; returns `y` and the batch statistics `[2, C]` (mean, biased variance) for the
+/// running averages.
+///
+/// # Errors
+/// Shapes that do not match, or a tensor our kernel does not take (see [`supported`]).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor)> {
+    let x = x.contiguous()?;
+    let stats = x.apply_op1_no_bwd(&ChannelStats)?;
+    let gb = Tensor::stack(&[gamma, beta], 0)?;
+    let y = x.apply_op3(&gb, &stats, BatchNormTrain { eps, relu })?;
+    Ok((y, stats))
+}
+
+/// A BatchNorm2d layer (`weight`, `bias`, `running_mean`, `running_var`, as torchvision's):
+/// training mode normalises with batch statistics and updates the running averages (momentum
+/// 0.1, unbiased variance, as PyTorch), through our kernel when [`supported`]; evaluation mode
+/// uses the running averages. `forward(x, train, relu)` fuses a following ReLU.
+#[derive(Clone, Debug)]
+pub struct BatchNorm2d {
+    inner: candle_nn::BatchNorm,
+    gamma: Tensor,
+    beta: Tensor,
+    running_mean: candle_core::Var,
+    running_var: candle_core::Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    /// A layer over `c` channels; `zero_gamma` starts γ at 0 (zero-init residual).
+    ///
+    /// # Errors
+    /// Variables of other shapes under the same names in `vb`.
+    pub fn new(vb: candle_nn::VarBuilder<'_>, c: usize, zero_gamma: bool) -> Result<Self> {
+        use candle_nn::Init::Const;
+        let gamma = vb.get_with_hints(c, "weight", Const(if zero_gamma { 0.0 } else { 1.0 }))?;
+        let beta = vb.get_with_hints(c, "bias", Const(0.0))?;
+        let mean = vb.get_with_hints(c, "running_mean", Const(0.0))?;
+        let var = vb.get_with_hints(c, "running_var", Const(1.0))?;
+        let eps = 1e-5;
+        Ok(Self {
+            inner: candle_nn::BatchNorm::new(
+                c,
+                mean.clone(),
+                var.clone(),
+                gamma.clone(),
+                beta.clone(),
+                eps,
+            )?,
+            running_mean: candle_core::Var::from_tensor(&mean)?,
+            running_var: candle_core::Var::from_tensor(&var)?,
+            gamma,
+            beta,
+            eps,
+            momentum: 0.1,
+        })
+    }
+
+    /// Normalise `x` `[N, C, H, W]`, then ReLU if `relu`.
+    ///
+    /// # Errors
+    /// A shape that does not match the layer.
+    pub fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if train && supported(x) {
+            let (y, stats) = batch_norm_train(x, &self.gamma, &self.beta, self.eps, relu)?;
+            let m = (x.elem_count() / x.dim(1)?) as f64;
+            let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+            let k = self.momentum;
+            self.running_mean
+                .set(&((self.running_mean.as_tensor() * (1.0 - k))? + (stats.get(0)? * k)?)?)?;
+            self.running_var.set(
+                &((self.running_var.as_tensor() * (1.0 - k))? + (stats.get(1)? * (k * unbias))?)?,
+            )?;
+            return Ok(y);
+        }
+        let y = candle_core::ModuleT::forward_t(&self.inner, x, train)?;
+        if relu { y.relu() } else { Ok(y) }
+    }
+}
