@@ -24,6 +24,10 @@ struct Row {
     ms_per_step: f64,
     views_per_s: f64,
     peak_rss_mb: Option<f64>,
+    /// Share of the step spent in our convolution kernels (forward and both gradients).
+    conv_share: f64,
+    /// Floating-point operations per second achieved inside those kernels, in GFLOP/s.
+    conv_gflops_per_s: f64,
     /// PyTorch's ms/step for the same configuration, measured in the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
     torch_ms_per_step: Option<f64>,
@@ -127,6 +131,9 @@ fn measure(width: usize, channels: usize, size: usize, pairs: usize, steps: usiz
         let t2 = Instant::now();
         optimizer.step(&grads, 0.1)?;
         let t3 = Instant::now();
+        if step == 0 {
+            simclr_stage_model::kernels::take_conv_counters();
+        }
         // Step 0 warms up allocator and kernels and is not counted.
         if step > 0 {
             fwd += (t1 - t0).as_secs_f64();
@@ -136,6 +143,7 @@ fn measure(width: usize, channels: usize, size: usize, pairs: usize, steps: usiz
     }
     let n = steps as f64;
     let total = (fwd + bwd + opt) / n;
+    let (conv_flops, conv_secs) = simclr_stage_model::kernels::take_conv_counters();
     Ok(Row {
         width,
         channels,
@@ -147,6 +155,12 @@ fn measure(width: usize, channels: usize, size: usize, pairs: usize, steps: usiz
         ms_per_step: 1e3 * total,
         views_per_s: views as f64 / total,
         peak_rss_mb: peak_rss_mb(),
+        conv_share: conv_secs / n / total,
+        conv_gflops_per_s: if conv_secs > 0.0 {
+            conv_flops as f64 / conv_secs / 1e9
+        } else {
+            0.0
+        },
         torch_ms_per_step: None,
         ratio_to_torch: None,
     })
@@ -196,6 +210,8 @@ pub fn train(
         "views/s",
         "peak MB"
     ));
+    out.pop();
+    out.push_str(&format!(" {:>6} {:>11}\n", "conv", "conv GFLOP/s"));
     let with_torch = rows.iter().any(|r| r.torch_ms_per_step.is_some());
     if with_torch {
         out.pop();
@@ -213,13 +229,19 @@ pub fn train(
             r.views_per_s,
             r.peak_rss_mb.unwrap_or(f64::NAN)
         ));
+        out.pop();
+        out.push_str(&format!(
+            " {:>5.0}% {:>11.1}\n",
+            100.0 * r.conv_share,
+            r.conv_gflops_per_s
+        ));
         if let (Some(t), Some(ratio)) = (r.torch_ms_per_step, r.ratio_to_torch) {
             out.pop();
             out.push_str(&format!(" {t:>10.0} {ratio:>8.2}\n"));
         }
     }
     out.push_str(
-        "\n(peak MB is the process's high-water mark so far, so it only grows down the table)\n",
+        "\n(peak MB is the process's high-water mark so far, so it only grows down the table; conv: share of the step in our convolution kernels, forward and both gradients, and the rate they achieve — multiply-adds count 2)\n",
     );
     if with_torch {
         out.push_str("(torch: benches/reference/train_step_torch.py, same step, same threads, measured in this run; × torch above 1 means slower)\n");

@@ -60,6 +60,11 @@ impl Geometry {
         })
     }
 
+    /// Multiply-adds ×2 of the forward pass (each gradient costs the same).
+    fn flops(&self) -> u64 {
+        2 * (self.n * self.cout * self.p() * self.k()) as u64
+    }
+
     /// Rows of the column matrix: C·kh·kw.
     fn k(&self) -> usize {
         self.c * self.kh * self.kw
@@ -241,6 +246,7 @@ impl CustomOp2 for Conv2d {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let t0 = std::time::Instant::now();
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
         let (x, w) = (f32_slice(s1, l1, "input")?, f32_slice(s2, l2, "weight")?);
         let (k, p) = (g.k(), g.p());
@@ -257,6 +263,7 @@ impl CustomOp2 for Conv2d {
                 });
             }
         });
+        super::record_conv(g.flops(), t0.elapsed());
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
@@ -305,6 +312,7 @@ impl CustomOp2 for BackwardData {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let t0 = std::time::Instant::now();
         let g = Geometry::new(&self.input, l2.dims(), self.conv.stride, self.conv.padding)?;
         let (dy, w) = (f32_slice(s1, l1, "gradient")?, f32_slice(s2, l2, "weight")?);
         let (k, p) = (g.k(), g.p());
@@ -321,6 +329,7 @@ impl CustomOp2 for BackwardData {
                 });
             }
         });
+        super::record_conv(g.flops(), t0.elapsed());
         Ok((CpuStorage::F32(dx), Shape::from(self.input.clone())))
     }
 }
@@ -344,6 +353,7 @@ impl CustomOp2 for BackwardFilter {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let t0 = std::time::Instant::now();
         let g = Geometry::new(l1.dims(), &self.weight, self.conv.stride, self.conv.padding)?;
         let (x, dy) = (f32_slice(s1, l1, "input")?, f32_slice(s2, l2, "gradient")?);
         let (k, p) = (g.k(), g.p());
@@ -380,6 +390,7 @@ impl CustomOp2 for BackwardFilter {
                 *a += b;
             }
         }
+        super::record_conv(g.flops(), t0.elapsed());
         Ok((CpuStorage::F32(dw), Shape::from(self.weight.clone())))
     }
 }

@@ -2,7 +2,8 @@
 //! convolution ([`conv`]) and training-mode BatchNorm + ReLU ([`batch_norm`]). Other devices and
 //! dtypes use candle's operations.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 pub mod batch_norm;
 pub mod conv;
@@ -19,4 +20,25 @@ pub fn set_enabled(on: bool) {
 /// Whether our kernels are in use.
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+static CONV_FLOPS: AtomicU64 = AtomicU64::new(0);
+static CONV_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Count one convolution kernel call (forward or either gradient): its floating-point
+/// operations (2 per multiply-add) and wall time.
+pub(crate) fn record_conv(flops: u64, took: Duration) {
+    CONV_FLOPS.fetch_add(flops, Ordering::Relaxed);
+    CONV_NANOS.fetch_add(
+        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+/// Floating-point operations and seconds spent in our convolution kernels since the last call
+/// (process-wide); resets both. For benchmarks: achieved GFLOP/s = flops / seconds / 1e9.
+pub fn take_conv_counters() -> (u64, f64) {
+    let flops = CONV_FLOPS.swap(0, Ordering::Relaxed);
+    let nanos = CONV_NANOS.swap(0, Ordering::Relaxed);
+    (flops, nanos as f64 * 1e-9)
 }
