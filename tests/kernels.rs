@@ -99,6 +99,9 @@ fn convolution_and_its_gradients_match_float64() {
         (1, 2, (2, 3), 3, 3, 2, 1),
         (3, 5, (6, 7), 2, 3, 3, 1),
         (2, 3, (5, 5), 4, 7, 1, 3),
+        // Many small images: products are formed over several images side by side.
+        (16, 32, (4, 4), 64, 3, 1, 1),
+        (12, 16, (3, 5), 8, 1, 1, 0),
     ];
     for (i, &(n, c, (h, w), cout, k, stride, padding)) in cases.iter().enumerate() {
         let dev = Device::Cpu;

@@ -65,6 +65,15 @@ impl Geometry {
         2 * (self.n * self.cout * self.p() * self.k()) as u64
     }
 
+    /// Images per matrix product: late layers have few positions per image (16-64), and
+    /// products that thin run far below the CPU's peak, so images are put side by side until a
+    /// product has about 256 columns — while leaving at least one group per thread.
+    fn group(&self) -> usize {
+        let wide = 256usize.div_ceil(self.p().max(1));
+        let per_thread = self.n.div_ceil(threads());
+        wide.min(per_thread).clamp(1, self.n.max(1))
+    }
+
     /// Rows of the column matrix: C·kh·kw.
     fn k(&self) -> usize {
         self.c * self.kh * self.kw
@@ -99,15 +108,16 @@ impl Geometry {
         (lo, hi.clamp(lo, out))
     }
 
-    /// `cols[(c·kh + i)·kw + j][oh·Wo + ow] = x[c][oh·s − pad + i][ow·s − pad + j]` (0 outside).
-    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
+    /// `cols[(c·kh + i)·kw + j][oh·Wo + ow] = x[c][oh·s − pad + i][ow·s − pad + j]` (0 outside),
+    /// row r starting at `r·ld` (ld ≥ Ho·Wo: several images side by side).
+    fn im2col(&self, x: &[f32], cols: &mut [f32], ld: usize) {
         let p = self.p();
         let pad = self.padding as isize;
         for c in 0..self.c {
             let plane = &x[c * self.h * self.w..][..self.h * self.w];
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * ld..][..p];
                     let (lo, hi) = self.valid(j, self.w, self.wo);
                     for oh in 0..self.ho {
                         let out = &mut row[oh * self.wo..][..self.wo];
@@ -139,8 +149,9 @@ impl Geometry {
         }
     }
 
-    /// The adjoint of `im2col`: `dx[c][ih][iw] += dcols[...]` for every position it fed.
-    fn col2im(&self, dcols: &[f32], dx: &mut [f32]) {
+    /// The adjoint of `im2col` (rows `ld` apart): `dx[c][ih][iw] += dcols[...]` for every
+    /// position it fed.
+    fn col2im(&self, dcols: &[f32], ld: usize, dx: &mut [f32]) {
         dx.fill(0.0);
         let p = self.p();
         let pad = self.padding as isize;
@@ -148,7 +159,7 @@ impl Geometry {
             let plane = &mut dx[c * self.h * self.w..][..self.h * self.w];
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &dcols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let row = &dcols[((c * self.kh + i) * self.kw + j) * ld..][..p];
                     let (lo, hi) = self.valid(j, self.w, self.wo);
                     if hi <= lo {
                         continue;
@@ -211,9 +222,9 @@ fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
-/// Run `f(image, out_chunk)` over the images of a batch on the rayon pool; with fewer images
-/// than threads, the products inside use the threads instead.
-fn per_image(n: usize, out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32], usize) + Sync) {
+/// Run `f(group, out_chunk, threads)` over groups of images on the rayon pool; with fewer
+/// groups than threads, the products inside use the threads instead.
+fn per_group(n: usize, out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32], usize) + Sync) {
     if n >= threads() {
         out.par_chunks_mut(chunk)
             .enumerate()
@@ -252,16 +263,37 @@ impl CustomOp2 for Conv2d {
         let (k, p) = (g.k(), g.p());
         let mut y = vec![0.0f32; g.n * g.cout * p];
         let wv = View::row_major(w, g.cout, k);
-        per_image(g.n, &mut y, g.cout * p, |i, out, t| {
-            let xi = &x[i * g.image()..][..g.image()];
-            if g.pointwise() {
-                matmul(out, wv, View::row_major(xi, k, p), false, t);
-            } else {
-                with_scratch(k * p, |cols| {
-                    g.im2col(xi, cols);
-                    matmul(out, wv, View::row_major(cols, k, p), false, t);
-                });
+        let b = g.group();
+        per_group(g.n.div_ceil(b), &mut y, b * g.cout * p, |gi, out, t| {
+            let (first, nb) = (gi * b, out.len() / (g.cout * p));
+            if nb == 1 {
+                let xi = &x[first * g.image()..][..g.image()];
+                if g.pointwise() {
+                    matmul(out, wv, View::row_major(xi, k, p), false, t);
+                } else {
+                    with_scratch(k * p, |cols| {
+                        g.im2col(xi, cols, p);
+                        matmul(out, wv, View::row_major(cols, k, p), false, t);
+                    });
+                }
+                return;
             }
+            // Several images side by side: cols [K, nb·P], tmp [Cout, nb·P], then scatter.
+            let ld = nb * p;
+            with_scratch(k * ld + g.cout * ld, |buf| {
+                let (cols, tmp) = buf.split_at_mut(k * ld);
+                for j in 0..nb {
+                    let xi = &x[(first + j) * g.image()..][..g.image()];
+                    g.im2col(xi, &mut cols[j * p..], ld);
+                }
+                matmul(tmp, wv, View::row_major(cols, k, ld), false, t);
+                for j in 0..nb {
+                    for o in 0..g.cout {
+                        out[(j * g.cout + o) * p..][..p]
+                            .copy_from_slice(&tmp[o * ld + j * p..][..p]);
+                    }
+                }
+            });
         });
         super::record_conv(g.flops(), t0.elapsed());
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
@@ -318,16 +350,36 @@ impl CustomOp2 for BackwardData {
         let (k, p) = (g.k(), g.p());
         let wt = View::row_major(w, g.cout, k).t();
         let mut dx = vec![0.0f32; g.n * g.image()];
-        per_image(g.n, &mut dx, g.image(), |i, out, t| {
-            let dyi = View::row_major(&dy[i * g.cout * p..][..g.cout * p], g.cout, p);
-            if g.pointwise() {
-                matmul(out, wt, dyi, false, t);
-            } else {
-                with_scratch(k * p, |dcols| {
-                    matmul(dcols, wt, dyi, false, t);
-                    g.col2im(dcols, out);
-                });
+        let b = g.group();
+        per_group(g.n.div_ceil(b), &mut dx, b * g.image(), |gi, out, t| {
+            let (first, nb) = (gi * b, out.len() / g.image());
+            if nb == 1 {
+                let dyi = View::row_major(&dy[first * g.cout * p..][..g.cout * p], g.cout, p);
+                if g.pointwise() {
+                    matmul(out, wt, dyi, false, t);
+                } else {
+                    with_scratch(k * p, |dcols| {
+                        matmul(dcols, wt, dyi, false, t);
+                        g.col2im(dcols, p, out);
+                    });
+                }
+                return;
             }
+            // Several images side by side: gather dy [Cout, nb·P], dcols = Wᵀ·dy, col2im each.
+            let ld = nb * p;
+            with_scratch(g.cout * ld + k * ld, |buf| {
+                let (dyg, dcols) = buf.split_at_mut(g.cout * ld);
+                for j in 0..nb {
+                    for o in 0..g.cout {
+                        dyg[o * ld + j * p..][..p]
+                            .copy_from_slice(&dy[((first + j) * g.cout + o) * p..][..p]);
+                    }
+                }
+                matmul(dcols, wt, View::row_major(dyg, g.cout, ld), false, t);
+                for j in 0..nb {
+                    g.col2im(&dcols[j * p..], ld, &mut out[j * g.image()..][..g.image()]);
+                }
+            });
         });
         super::record_conv(g.flops(), t0.elapsed());
         Ok((CpuStorage::F32(dx), Shape::from(self.input.clone())))
@@ -358,30 +410,61 @@ impl CustomOp2 for BackwardFilter {
         let (x, dy) = (f32_slice(s1, l1, "input")?, f32_slice(s2, l2, "gradient")?);
         let (k, p) = (g.k(), g.p());
         let size = g.cout * k;
-        // Fixed chunks of the batch, each summed into its own buffer, then added in order.
-        let chunks = threads().min(g.n).max(1);
-        let per = g.n.div_ceil(chunks);
+        // Groups of images side by side (see `Geometry::group`), fixed chunks of groups, each
+        // chunk summed into its own buffer, the buffers added in order: the same result
+        // whatever the scheduling.
+        let b = g.group();
+        let groups = g.n.div_ceil(b);
+        let chunks = threads().min(groups).max(1);
+        let per = groups.div_ceil(chunks);
         let mut partial = vec![0.0f32; chunks * size];
-        let inner = if g.n >= threads() { 1 } else { threads() };
+        let inner = if groups >= threads() { 1 } else { threads() };
         partial
             .par_chunks_mut(size)
             .enumerate()
             .for_each(|(chunk, acc)| {
-                let mut cols = if g.pointwise() {
-                    Vec::new()
-                } else {
-                    vec![0.0f32; k * p]
-                };
-                for (step, i) in (chunk * per..((chunk + 1) * per).min(g.n)).enumerate() {
-                    let xi = &x[i * g.image()..][..g.image()];
-                    let dyi = View::row_major(&dy[i * g.cout * p..][..g.cout * p], g.cout, p);
-                    let colsi = if g.pointwise() {
-                        View::row_major(xi, k, p)
+                let ld_max = b * p;
+                let mut cols = vec![
+                    0.0f32;
+                    if g.pointwise() && b == 1 {
+                        0
                     } else {
-                        g.im2col(xi, &mut cols);
-                        View::row_major(&cols, k, p)
-                    };
-                    matmul(acc, dyi, colsi.t(), step > 0, inner);
+                        k * ld_max
+                    }
+                ];
+                let mut dyg = vec![0.0f32; if b == 1 { 0 } else { g.cout * ld_max }];
+                for (step, gi) in (chunk * per..((chunk + 1) * per).min(groups)).enumerate() {
+                    let first = gi * b;
+                    let nb = b.min(g.n - first);
+                    if nb == 1 {
+                        let xi = &x[first * g.image()..][..g.image()];
+                        let dyi =
+                            View::row_major(&dy[first * g.cout * p..][..g.cout * p], g.cout, p);
+                        let colsi = if g.pointwise() {
+                            View::row_major(xi, k, p)
+                        } else {
+                            g.im2col(xi, &mut cols, p);
+                            View::row_major(&cols, k, p)
+                        };
+                        matmul(acc, dyi, colsi.t(), step > 0, inner);
+                        continue;
+                    }
+                    let ld = nb * p;
+                    for j in 0..nb {
+                        let xi = &x[(first + j) * g.image()..][..g.image()];
+                        g.im2col(xi, &mut cols[j * p..], ld);
+                        for o in 0..g.cout {
+                            dyg[o * ld + j * p..][..p]
+                                .copy_from_slice(&dy[((first + j) * g.cout + o) * p..][..p]);
+                        }
+                    }
+                    matmul(
+                        acc,
+                        View::row_major(&dyg[..g.cout * ld], g.cout, ld),
+                        View::row_major(&cols[..k * ld], k, ld).t(),
+                        step > 0,
+                        inner,
+                    );
                 }
             });
         let mut dw = partial[..size].to_vec();
