@@ -16,16 +16,6 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("batch_norm: {what} must be f32");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("batch_norm: {what} must be contiguous"),
-    }
-}
-
 /// `(N, C, S)` of an `[N, C, ...]` tensor (S: the product of the spatial dimensions).
 fn ncs(dims: &[usize]) -> Result<(usize, usize, usize)> {
     if dims.len() < 2 {
@@ -79,7 +69,7 @@ impl CustomOp1 for ChannelStats {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = ncs(l.dims())?;
-        let st = stats(f32_slice(s, l, "input")?, dims);
+        let st = stats(super::f32_slice("batch_norm", s, l, "input")?, dims);
         let mut out: Vec<f32> = st.iter().map(|p| p.0 as f32).collect();
         out.extend(st.iter().map(|p| p.1 as f32));
         Ok((CpuStorage::F32(out), Shape::from((2, dims.1))))
@@ -110,9 +100,9 @@ impl CustomOp3 for BatchNormTrain {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, s) = ncs(l1.dims())?;
-        let x = f32_slice(s1, l1, "input")?;
-        let gb = f32_slice(s2, l2, "weight and bias")?;
-        let st = f32_slice(s3, l3, "statistics")?;
+        let x = super::f32_slice("batch_norm", s1, l1, "input")?;
+        let gb = super::f32_slice("batch_norm", s2, l2, "weight and bias")?;
+        let st = super::f32_slice("batch_norm", s3, l3, "statistics")?;
         if gb.len() != 2 * c || st.len() != 2 * c {
             candle_core::bail!(
                 "batch_norm: {c} channels, but parameters for {}",
@@ -205,9 +195,9 @@ impl CustomOp3 for Backward {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, s) = ncs(l1.dims())?;
         let len = n * c * s;
-        let x = f32_slice(s1, l1, "input")?;
-        let y = f32_slice(s2, l2, "output")?;
-        let dy = f32_slice(s3, l3, "gradient")?;
+        let x = super::f32_slice("batch_norm", s1, l1, "input")?;
+        let y = super::f32_slice("batch_norm", s2, l2, "output")?;
+        let dy = super::f32_slice("batch_norm", s3, l3, "gradient")?;
         if self.params.len() != 4 * c {
             candle_core::bail!(
                 "batch_norm backward: parameters for {} channels, input has {c}",

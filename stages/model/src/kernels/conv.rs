@@ -208,16 +208,6 @@ fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
     })
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("conv2d: {what} must be f32");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("conv2d: {what} must be contiguous"),
-    }
-}
-
 fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
@@ -259,7 +249,10 @@ impl CustomOp2 for Conv2d {
     ) -> Result<(CpuStorage, Shape)> {
         let t0 = std::time::Instant::now();
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
-        let (x, w) = (f32_slice(s1, l1, "input")?, f32_slice(s2, l2, "weight")?);
+        let (x, w) = (
+            super::f32_slice("conv2d", s1, l1, "input")?,
+            super::f32_slice("conv2d", s2, l2, "weight")?,
+        );
         let (k, p) = (g.k(), g.p());
         let mut y = vec![0.0f32; g.n * g.cout * p];
         let wv = View::row_major(w, g.cout, k);
@@ -346,7 +339,10 @@ impl CustomOp2 for BackwardData {
     ) -> Result<(CpuStorage, Shape)> {
         let t0 = std::time::Instant::now();
         let g = Geometry::new(&self.input, l2.dims(), self.conv.stride, self.conv.padding)?;
-        let (dy, w) = (f32_slice(s1, l1, "gradient")?, f32_slice(s2, l2, "weight")?);
+        let (dy, w) = (
+            super::f32_slice("conv2d", s1, l1, "gradient")?,
+            super::f32_slice("conv2d", s2, l2, "weight")?,
+        );
         let (k, p) = (g.k(), g.p());
         let wt = View::row_major(w, g.cout, k).t();
         let mut dx = vec![0.0f32; g.n * g.image()];
@@ -407,7 +403,10 @@ impl CustomOp2 for BackwardFilter {
     ) -> Result<(CpuStorage, Shape)> {
         let t0 = std::time::Instant::now();
         let g = Geometry::new(l1.dims(), &self.weight, self.conv.stride, self.conv.padding)?;
-        let (x, dy) = (f32_slice(s1, l1, "input")?, f32_slice(s2, l2, "gradient")?);
+        let (x, dy) = (
+            super::f32_slice("conv2d", s1, l1, "input")?,
+            super::f32_slice("conv2d", s2, l2, "gradient")?,
+        );
         let (k, p) = (g.k(), g.p());
         let size = g.cout * k;
         // Groups of images side by side (see `Geometry::group`), fixed chunks of groups, each

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use candle_core::{CpuStorage, Layout, Result};
+
 pub mod batch_norm;
 pub mod conv;
 pub mod gemm;
@@ -41,4 +43,20 @@ pub fn take_conv_counters() -> (u64, f64) {
     let flops = CONV_FLOPS.swap(0, Ordering::Relaxed);
     let nanos = CONV_NANOS.swap(0, Ordering::Relaxed);
     (flops, nanos as f64 * 1e-9)
+}
+
+/// The f32 elements of a contiguous CPU tensor, for a kernel; `op` and `what` name it in errors.
+pub(crate) fn f32_slice<'a>(
+    op: &str,
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: {what} must be f32");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: {what} must be contiguous"),
+    }
 }
