@@ -32,6 +32,9 @@ enum Command {
         /// Definition files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Override a value of the definitions, as `simclr run --set` (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
     },
     /// List the stage kinds, or describe one (ports, parameters, example).
     Stages {
@@ -68,6 +71,9 @@ enum Command {
     Profile {
         /// Definition file.
         file: PathBuf,
+        /// Override a value of the definition, as `simclr run --set` (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
         #[command(flatten)]
         measure: MeasureArgs,
     },
@@ -156,7 +162,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let registry = simclr::registry::user();
     let result = match cli.command {
-        Command::Validate { files } => validate(&files, &registry),
+        Command::Validate { files, set } => {
+            parse_overrides(&set).and_then(|overrides| validate(&files, &registry, &overrides))
+        }
         Command::Stages { kind, example } => stages(&registry, kind.as_deref(), example),
         Command::Run {
             file,
@@ -171,9 +179,13 @@ fn main() -> ExitCode {
             ),
             Err(e) => Err(e),
         },
-        Command::Profile { file, measure } => {
-            execute(&file, &registry, LoadOptions::default(), &measure, false)
-        }
+        Command::Profile { file, set, measure } => parse_overrides(&set).and_then(|overrides| {
+            let options = LoadOptions {
+                overrides,
+                ..LoadOptions::default()
+            };
+            execute(&file, &registry, options, &measure, false)
+        }),
         Command::Preview { file, out, n } => preview_command(&file, &registry, &out, n),
         Command::Bench {
             what:
@@ -245,11 +257,19 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
-fn validate(files: &[PathBuf], registry: &Registry) -> Result<ExitCode> {
+fn validate(
+    files: &[PathBuf],
+    registry: &Registry,
+    overrides: &[(String, String)],
+) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let mut failed = false;
+    let options = LoadOptions {
+        overrides: overrides.to_vec(),
+        ..LoadOptions::default()
+    };
     for file in files {
-        match simclr::config::load_file(file, registry, &LoadOptions::default()) {
+        match simclr::config::load_file(file, registry, &options) {
             Ok(graph) => writeln!(
                 out,
                 "ok: {} (pipeline `{}`: {} stages, {} edges{})",

@@ -594,3 +594,51 @@ fn ctrl_c_during_training_saves_a_checkpoint_of_the_last_step_and_resume_continu
         "no step lost or repeated"
     );
 }
+
+#[test]
+fn set_overrides_values_and_reports_bad_paths() {
+    // A value the definition lacks is added; the override is checked like the file's own.
+    let out = simclr(&[
+        "validate",
+        "definitions/quickstart.yaml",
+        "--set",
+        "stages.batches.params.batch_size=4096",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("`batch_size: 4096` is larger than the 2048 samples of an epoch"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = simclr(&[
+        "validate",
+        "definitions/quickstart.yaml",
+        "--set",
+        "stages.images.params.count=8192",
+        "--set",
+        "device=cpu",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Through a scalar: refused, naming the path.
+    let out = simclr(&[
+        "validate",
+        "definitions/quickstart.yaml",
+        "--set",
+        "seed.x=1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("`seed` is not a mapping"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Not KEY=VALUE.
+    let out = simclr(&["validate", "definitions/quickstart.yaml", "--set", "seed"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("expected KEY.PATH=VALUE"),
+        "{}",
+        text(&out.stderr)
+    );
+}
