@@ -297,3 +297,42 @@ fn batch_norm_and_its_gradients_match_float64() {
         }
     }
 }
+
+/// relu(a + b) and its gradients (the same for a and b: dy where the output is positive).
+#[test]
+fn residual_add_relu_matches_its_definition() {
+    use simclr_stage_model::kernels::residual::AddRelu;
+    let dev = Device::Cpu;
+    let n = 3 * 5 * 7 * 11;
+    let (av, bv, rv) = (values(n, 71), values(n, 72), values(n, 73));
+    let a = Var::from_vec(av.clone(), (3, 5, 7, 11), &dev).expect("a");
+    let b = Var::from_vec(bv.clone(), (3, 5, 7, 11), &dev).expect("b");
+    let y = a.as_tensor().apply_op2(b.as_tensor(), AddRelu).expect("y");
+    let r = Tensor::from_vec(rv.clone(), (3, 5, 7, 11), &dev).expect("r");
+    let grads = (&y * &r)
+        .and_then(|t| t.sum_all())
+        .and_then(|l| l.backward())
+        .expect("grads");
+    let yv: Vec<f32> = y.flatten_all().and_then(|t| t.to_vec1()).expect("y");
+    let expected: Vec<f32> = av.iter().zip(&bv).map(|(u, v)| (u + v).max(0.0)).collect();
+    assert_eq!(yv, expected);
+    let dgrad: Vec<f32> = av
+        .iter()
+        .zip(&bv)
+        .zip(&rv)
+        .map(|((u, v), g)| if u + v > 0.0 { *g } else { 0.0 })
+        .collect();
+    for var in [&a, &b] {
+        let g: Vec<f32> = grads
+            .get(var.as_tensor())
+            .expect("grad")
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("g");
+        assert_eq!(g, dgrad);
+    }
+    assert!(
+        yv.iter().any(|&v| v == 0.0) && yv.iter().any(|&v| v > 0.0),
+        "both sides of the ReLU exercised"
+    );
+}

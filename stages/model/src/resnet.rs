@@ -195,7 +195,7 @@ impl Block {
             Some((c, b)) => b.forward(&c.forward(xs)?, train, false)?,
             None => xs.clone(),
         };
-        (ys + shortcut)?.relu()
+        crate::kernels::residual::add_relu(&ys, &shortcut)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Our own CPU kernels, wrapped as candle custom ops so candle's autograd drives them:
-//! convolution ([`conv`]) and training-mode BatchNorm + ReLU ([`batch_norm`]). Other devices and
+//! convolution ([`conv`]), training-mode BatchNorm + ReLU ([`batch_norm`]) and the residual
+//! `relu(a + b)` ([`residual`]). Other devices and
 //! dtypes use candle's operations.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,6 +11,7 @@ use candle_core::{CpuStorage, Layout, Result};
 pub mod batch_norm;
 pub mod conv;
 pub mod gemm;
+pub mod residual;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
