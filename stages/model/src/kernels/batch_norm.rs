@@ -99,7 +99,7 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, s) = ncs(l1.dims())?;
+        let (_, c, s) = ncs(l1.dims())?;
         let x = super::f32_slice("batch_norm", s1, l1, "input")?;
         let gb = super::f32_slice("batch_norm", s2, l2, "weight and bias")?;
         let st = super::f32_slice("batch_norm", s3, l3, "statistics")?;
@@ -137,7 +137,6 @@ impl CustomOp3 for BatchNormTrain {
                     }
                 }
             });
-        let _ = n;
         Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
     }
 

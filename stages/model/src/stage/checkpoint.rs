@@ -387,11 +387,6 @@ impl Checkpoint {
             position: self.info.position,
         }
     }
-
-    /// The encoder's entry.
-    pub fn encoder(&self) -> Option<&GroupInfo> {
-        self.info.groups.iter().find(|g| g.role == Role::Encoder)
-    }
 }
 
 /// Find a checkpoint from a run folder (its `checkpoints/latest`), a checkpoints folder (its
