@@ -134,6 +134,41 @@ enum BenchCommand {
         /// Python interpreter and print the ratios.
         #[arg(long, value_name = "PYTHON")]
         reference: Option<String>,
+        /// Device: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// fp32 (strict) or tf32 (TensorFloat-32 on CUDA tensor cores, for both sides).
+        #[arg(long, default_value = "fp32")]
+        precision: String,
+    },
+    /// Train the same model from the same weights on the same batches on the CPU and on
+    /// --device, and print how far the device's loss, gradients and weights drift.
+    Parity {
+        /// Device to check against the CPU: cuda, cuda:N (or cpu, with --candle-ops, to
+        /// compare our CPU kernels with candle's).
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// fp32 (strict) or tf32.
+        #[arg(long, default_value = "fp32")]
+        precision: String,
+        /// Encoder width.
+        #[arg(long, default_value_t = 16)]
+        width: usize,
+        /// Input channels: 3 (32x32 images) or 1 (28x28).
+        #[arg(long, default_value_t = 3)]
+        channels: usize,
+        /// Samples per batch (twice as many views).
+        #[arg(long, default_value_t = 64)]
+        pairs: usize,
+        /// Steps.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// LARS learning rate.
+        #[arg(long, default_value_t = 0.3)]
+        lr: f64,
+        /// Use candle's operations on the device instead of ours.
+        #[arg(long)]
+        candle_ops: bool,
     },
 }
 
@@ -215,13 +250,40 @@ fn main() -> ExitCode {
                     pairs,
                     steps,
                     reference,
+                    device,
+                    precision,
                 },
-        } => bench_train::train(json, &widths, pairs.max(1), steps, reference.as_deref()).map(
-            |text| {
+        } => bench_train::Target::new(&device, &precision)
+            .and_then(|on| {
+                bench_train::train(json, &widths, pairs.max(1), steps, reference.as_deref(), &on)
+            })
+            .map(|text| {
                 println!("{text}");
                 ExitCode::SUCCESS
-            },
-        ),
+            }),
+        Command::Bench {
+            what:
+                BenchCommand::Parity {
+                    device,
+                    precision,
+                    width,
+                    channels,
+                    pairs,
+                    steps,
+                    lr,
+                    candle_ops,
+                },
+        } => bench_train::Target::new(&device, &precision)
+            .and_then(|on| {
+                if !matches!(channels, 1 | 3) || width == 0 || pairs == 0 {
+                    anyhow::bail!("--channels is 1 or 3, --width and --pairs at least 1");
+                }
+                bench_train::parity(width, channels, pairs, steps, lr, candle_ops, &on)
+            })
+            .map(|text| {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }),
     };
     match result {
         Ok(code) => code,

@@ -642,3 +642,42 @@ fn set_overrides_values_and_reports_bad_paths() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn precision_is_checked_against_the_device() {
+    let out = simclr(&["validate", "definitions/quickstart.yaml", "--set", "precision=tf32"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("precision `tf32` applies to CUDA devices"), "{err}");
+    let out = simclr(&["validate", "definitions/quickstart.yaml", "--set", "precision=bf16"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown precision `bf16`"));
+    let out = simclr(&["validate", "definitions/quickstart.yaml", "--set", "precision=fp32"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn bench_parity_compares_our_kernels_with_candles_step_by_step() {
+    let out = simclr(&[
+        "bench", "parity", "--device", "cpu", "--candle-ops", "--width", "4", "--pairs", "8",
+        "--steps", "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    for row in rows {
+        // step, loss cpu, loss device, loss rel diff, grads, weights, ...
+        let value = |i: usize| row[i].parse::<f64>().unwrap();
+        assert!(value(1) > 1.0 && (value(1) - value(2)).abs() < 1e-5, "{table}");
+        assert!(value(5) < 1e-4, "weights parted: {table}");
+    }
+    // TF32 is for CUDA.
+    let out = simclr(&["bench", "parity", "--device", "cpu", "--precision", "tf32"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("tf32 applies to CUDA devices"));
+}

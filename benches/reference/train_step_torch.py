@@ -2,11 +2,13 @@
 
     pip install torch
     python benches/reference/train_step_torch.py [--widths 16,64] [--pairs 128] [--steps 2] [--threads 2]
+                                                 [--device cpu|cuda] [--tf32]
 
 ResNet-18 with the CIFAR stem (3x3 stride 1, no max-pool) at base width w (stages w, 2w, 4w, 8w,
 BasicBlocks as torchvision), BatchNorm in training mode, MLP head (8w -> 8w -> 128), NT-Xent
 (tau 0.5) over 2N views, LARS (momentum 0.9, trust 0.001, weight decay 1e-6; biases and BatchNorm
-parameters excluded), fp32 on the CPU. For each width and input (32x32x3, 28x28x1) one warm-up
+parameters excluded), fp32 on the CPU (or CUDA: strict fp32, or TF32 in matrix products and
+convolutions with --tf32; timed with device synchronisation). For each width and input (32x32x3, 28x28x1) one warm-up
 step, then the mean of --steps steps split into forward (through the loss), backward and
 optimizer. Prints one JSON object per configuration per line, with the keys the Rust bench uses.
 """
@@ -55,7 +57,7 @@ def nt_xent(z, tau):
     z = F.normalize(z, dim=1)
     sim = z @ z.t() / tau
     sim.fill_diagonal_(-1e9)
-    partner = torch.arange(z.shape[0]) ^ 1
+    partner = torch.arange(z.shape[0], device=z.device) ^ 1
     return F.cross_entropy(sim, partner)
 
 
@@ -81,13 +83,14 @@ class Lars(torch.optim.Optimizer):
                 p.sub_(buf)
 
 
-def measure(width, channels, size, pairs, steps):
+def measure(width, channels, size, pairs, steps, device):
     torch.manual_seed(0)
-    enc = ResNet18(width, channels)
+    enc = ResNet18(width, channels).to(device)
     dim = 8 * width
-    head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 128))
+    head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 128)).to(device)
     opt = Lars(list(enc.parameters()) + list(head.parameters()), lr=0.1)
-    x = torch.randn(2 * pairs, channels, size, size)
+    x = torch.randn(2 * pairs, channels, size, size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fwd = bwd = step = 0.0
     for i in range(steps + 1):
         t0 = time.perf_counter()
@@ -96,8 +99,10 @@ def measure(width, channels, size, pairs, steps):
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         opt.step()
+        sync()
         t3 = time.perf_counter()
         if i > 0:
             fwd, bwd, step = fwd + t1 - t0, bwd + t2 - t1, step + t3 - t2
@@ -114,11 +119,18 @@ def main():
     p.add_argument("--pairs", type=int, default=128)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tf32", action="store_true", help="TF32 in CUDA matmuls and convolutions")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    # Strict fp32 unless asked: PyTorch allows TF32 in cuDNN convolutions by default.
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
+    torch.backends.cudnn.benchmark = False
+    device = torch.device(a.device)
     for w in [int(v) for v in a.widths.split(",")]:
         for channels, size in [(3, 32), (1, 28)]:
-            print(json.dumps(measure(w, channels, size, a.pairs, a.steps)), flush=True)
+            print(json.dumps(measure(w, channels, size, a.pairs, a.steps, device)), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ const TOP_KEYS: &[&str] = &[
     "description",
     "seed",
     "device",
+    "precision",
     "run_dir",
     "edges",
     "stages",
@@ -49,6 +50,9 @@ pub struct Definition {
     pub seed: u64,
     /// `device`: `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
+    /// `precision`: `fp32` (strict float32, the default) or `tf32` (TensorFloat-32 matrix
+    /// products and convolutions on CUDA tensor cores).
+    pub precision: String,
     /// `run_dir`, if given (default `runs/<name>`).
     pub run_dir: Option<PathBuf>,
     /// `edges.capacity`.
@@ -109,6 +113,7 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
         description: None,
         seed: 0,
         device: "cpu".to_owned(),
+        precision: "fp32".to_owned(),
         run_dir: None,
         default_capacity: DEFAULT_CAPACITY,
         stages: Vec::new(),
@@ -165,6 +170,18 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
             ));
         }
         def.device = device;
+    }
+    if let Some(precision) = field::<String>(root, "precision", "", diags) {
+        if !matches!(precision.as_str(), "fp32" | "tf32") {
+            diags.push(bad_value(
+                root,
+                "precision",
+                "",
+                format!("unknown precision `{precision}`"),
+                "use `fp32` (strict float32) or `tf32` (TensorFloat-32 on CUDA tensor cores)",
+            ));
+        }
+        def.precision = precision;
     }
     def.run_dir = field::<String>(root, "run_dir", "", diags).map(PathBuf::from);
     if let Some(edges) = root.get("edges") {
@@ -515,6 +532,7 @@ fn expected_form(key: &str) -> &'static str {
         "description" => "`description` is free text",
         "seed" => "`seed` is a non-negative integer, e.g. `seed: 42`",
         "device" => "`device` is `cpu`, `cuda`, `cuda:N` or `auto`",
+        "precision" => "`precision` is `fp32` or `tf32`",
         "run_dir" => "`run_dir` is a folder path, e.g. `run_dir: runs/demo`",
         "kind" => "`kind` is a stage kind name; `simclr stages` lists them",
         "workers" => "`workers` is a positive integer, e.g. `workers: 2`",

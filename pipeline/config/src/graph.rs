@@ -184,6 +184,7 @@ pub fn load_str(
             let cx = BuildContext {
                 seed: def.seed,
                 device: &def.device,
+                precision: &def.precision,
                 run_dir: &run_dir,
                 resume: options.resume.as_ref(),
                 max_steps: options.max_steps,
@@ -574,6 +575,7 @@ fn resolve(
             params_path,
             seed: 0,
             device: "cpu",
+            precision: "fp32",
             run_dir: Path::new(""),
             workers: s.entry.workers,
             input_type,

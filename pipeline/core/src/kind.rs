@@ -190,6 +190,8 @@ pub struct BuildContext<'a> {
     pub seed: u64,
     /// The definition's device (`cpu`, `cuda`, `cuda:N`, `auto`).
     pub device: &'a str,
+    /// The definition's `precision` for float32 work on CUDA: `fp32` (strict) or `tf32`.
+    pub precision: &'a str,
     /// The run folder.
     pub run_dir: &'a Path,
     /// How many workers the stage runs.

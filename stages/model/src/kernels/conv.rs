@@ -89,6 +89,17 @@ impl Geometry {
     }
 
     /// A 1×1, stride-1, unpadded convolution: the image is its own column matrix.
+    #[cfg(feature = "cudnn")]
+    fn shapes(&self) -> super::cudnn::Shapes {
+        super::cudnn::Shapes {
+            x: [self.n, self.c, self.h, self.w],
+            w: [self.cout, self.c, self.kh, self.kw],
+            y: [self.n, self.cout, self.ho, self.wo],
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
     }
@@ -292,6 +303,19 @@ impl CustomOp2 for Conv2d {
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
+        let y = super::cudnn::forward(&g.shapes(), s1, l1, s2, l2)?;
+        Ok((y, Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -379,6 +403,19 @@ impl CustomOp2 for BackwardData {
         });
         super::record_conv(g.flops(), t0.elapsed());
         Ok((CpuStorage::F32(dx), Shape::from(self.input.clone())))
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = Geometry::new(&self.input, l2.dims(), self.conv.stride, self.conv.padding)?;
+        let dx = super::cudnn::backward_data(&g.shapes(), s1, l1, s2, l2)?;
+        Ok((dx, Shape::from(self.input.clone())))
     }
 }
 
@@ -475,16 +512,29 @@ impl CustomOp2 for BackwardFilter {
         super::record_conv(g.flops(), t0.elapsed());
         Ok((CpuStorage::F32(dw), Shape::from(self.weight.clone())))
     }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), &self.weight, self.conv.stride, self.conv.padding)?;
+        let dw = super::cudnn::backward_filter(&g.shapes(), s1, l1, s2, l2)?;
+        Ok((dw, Shape::from(self.weight.clone())))
+    }
 }
 
 /// Convolution of `x` `[N, C, H, W]` with `w` `[Cout, C, kh, kw]`: our kernels for f32 on the
-/// CPU, candle's elsewhere.
+/// CPU, cuDNN for f32 on CUDA (feature `cudnn`), candle's elsewhere.
 ///
 /// # Errors
 /// Mismatched shapes.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let ours = super::enabled()
-        && x.device().is_cpu()
+        && (x.device().is_cpu() || (cfg!(feature = "cudnn") && x.device().is_cuda()))
         && x.dtype() == candle_core::DType::F32
         && w.dtype() == candle_core::DType::F32;
     if ours {

@@ -1,5 +1,5 @@
 //! A bounds-checked front for the `gemm` crate's matrix product (the kernel candle itself uses
-//! on the CPU). The only `unsafe` of the model stages is here: the raw-pointer call, after
+//! on the CPU). The only `unsafe` of the CPU kernels is here: the raw-pointer call, after
 //! checking that every element the strides reach lies inside its slice.
 #![allow(unsafe_code)]
 

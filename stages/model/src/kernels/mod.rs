@@ -1,7 +1,8 @@
 //! Our own CPU kernels, wrapped as candle custom ops so candle's autograd drives them:
 //! convolution ([`conv`]), training-mode BatchNorm + ReLU ([`batch_norm`]) and the residual
-//! `relu(a + b)` ([`residual`]). Other devices and
-//! dtypes use candle's operations.
+//! `relu(a + b)` ([`residual`]). With the `cudnn` feature the convolution op runs on CUDA
+//! through cuDNN (forward and both gradients). Other devices and dtypes use candle's
+//! operations.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,6 +11,8 @@ use candle_core::{CpuStorage, Layout, Result};
 
 pub mod batch_norm;
 pub mod conv;
+#[cfg(feature = "cudnn")]
+mod cudnn;
 pub mod gemm;
 pub mod residual;
 
@@ -24,6 +27,21 @@ pub fn set_enabled(on: bool) {
 /// Whether our kernels are in use.
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+static TF32: AtomicBool = AtomicBool::new(false);
+
+/// Allow TensorFloat-32 (10-bit mantissa products, float32 accumulation) in CUDA matrix
+/// products (cuBLAS) and convolutions (cuDNN), as PyTorch's `allow_tf32`. Off by default: strict
+/// float32. Process-wide; no effect on the CPU.
+pub fn set_tf32(on: bool) {
+    TF32.store(on, Ordering::SeqCst);
+    candle_core::cuda::set_gemm_reduced_precision_f32(on);
+}
+
+/// Whether TensorFloat-32 is allowed (see [`set_tf32`]).
+pub fn tf32() -> bool {
+    TF32.load(Ordering::Relaxed)
 }
 
 static CONV_FLOPS: AtomicU64 = AtomicU64::new(0);

@@ -141,11 +141,13 @@ pub fn device(spec: &str) -> Result<Device, String> {
     let cuda_index = match spec {
         "cpu" => return Ok(Device::Cpu),
         "auto" => {
-            return Ok(if cfg!(feature = "cuda") {
-                Device::cuda_if_available(0).unwrap_or(Device::Cpu)
-            } else {
-                Device::Cpu
-            });
+            return Ok(
+                if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                    Device::new_cuda_with_stream(0).unwrap_or(Device::Cpu)
+                } else {
+                    Device::Cpu
+                },
+            );
         }
         "cuda" => 0,
         other => match other
@@ -165,7 +167,14 @@ pub fn device(spec: &str) -> Result<Device, String> {
             "device `{spec}`: this build has no CUDA support; rebuild with `cargo build --release --features cuda`, or use `device: cpu`"
         ));
     }
-    Device::new_cuda(cuda_index).map_err(|e| format!("device `{spec}`: cannot open it: {e}"))
+    // One stream for every thread. `Device::new_cuda` would give each calling thread its own
+    // per-thread default stream, and the pipeline's stages are threads handing tensors to each
+    // other: the trainer's backward pass would race the encoder's forward kernels (measured:
+    // the loss climbing from the first update, then a crash). On one stream, the order in which
+    // the stages enqueue work — which the channels and the step credit already fix — is the
+    // order the GPU runs it.
+    Device::new_cuda_with_stream(cuda_index)
+        .map_err(|e| format!("device `{spec}`: cannot open it: {e}"))
 }
 
 /// Check `device:` at build time, so `simclr validate` reports a CUDA device on a CPU build.
@@ -183,6 +192,17 @@ pub(crate) fn check_device(cx: &BuildContext<'_>) -> Result<(), ParamError> {
             path: "device".into(),
         });
     }
+    if cx.precision == "tf32" && cx.device == "cpu" {
+        return Err(ParamError {
+            message: "precision `tf32` applies to CUDA devices, and this definition runs on the CPU"
+                .into(),
+            help: Some("set `device: cuda` (or `auto`), or `precision: fp32`".into()),
+            loc: None,
+            path: "precision".into(),
+        });
+    }
+    // Process-wide (cuBLAS and cuDNN math mode), set by every model stage alike.
+    crate::kernels::set_tf32(cx.precision == "tf32");
     Ok(())
 }
 
