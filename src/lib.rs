@@ -12,6 +12,7 @@ pub use simclr_config as config;
 pub use simclr_core as core;
 pub use simclr_runtime as runtime;
 pub use simclr_stage_augment as augment;
+pub use simclr_stage_eval as eval;
 pub use simclr_stage_model as model;
 pub use simclr_stage_source as source;
 
@@ -26,6 +27,7 @@ pub mod registry {
             .iter()
             .chain(simclr_stage_augment::KINDS)
             .chain(simclr_stage_model::KINDS)
+            .chain(simclr_stage_eval::KINDS)
             .chain(simclr_stage_util::KINDS)
             .copied();
         Registry::new(kinds)

@@ -15,6 +15,7 @@ use simclr::runtime::{self, RunOptions};
 
 mod bench;
 mod bench_train;
+mod eval_cmd;
 mod preview;
 
 /// SimCLR contrastive learning as YAML-defined dataflow pipelines.
@@ -87,6 +88,12 @@ enum Command {
         /// Samples (rows).
         #[arg(long, default_value_t = 16)]
         n: usize,
+    },
+    /// Evaluate a trained encoder: linear probe or weighted kNN on the labelled train/test
+    /// splits of the run's source (read from the checkpoint's definition copy).
+    Eval {
+        #[command(subcommand)]
+        what: EvalCommand,
     },
     /// Benchmarks.
     Bench {
@@ -172,6 +179,76 @@ enum BenchCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Frozen encoder, standardised features of un-augmented images, multinomial logistic
+    /// regression trained on the train split, top-1/top-5 on the test split.
+    Linear {
+        #[command(flatten)]
+        common: EvalArgs,
+        /// L2 strength (default: chosen on a held-out tenth of the train split).
+        #[arg(long)]
+        l2: Option<f64>,
+        /// Full-batch optimisation steps of the probe.
+        #[arg(long, default_value_t = 500)]
+        iterations: usize,
+    },
+    /// Weighted k-nearest neighbours on cosine similarity, bank = train split.
+    Knn {
+        #[command(flatten)]
+        common: EvalArgs,
+        /// Neighbours that vote.
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        /// Temperature of the vote weights.
+        #[arg(long, default_value_t = 0.1)]
+        temperature: f64,
+    },
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A run folder (its latest checkpoint), a checkpoints folder or one checkpoint folder.
+    path: PathBuf,
+    /// Features: the trained encoder, the same encoder at its initialisation (baseline), or
+    /// the preprocessed pixels (baseline).
+    #[arg(long, value_enum, default_value = "trained")]
+    features: eval_cmd::Features,
+    /// Use only the first N training images.
+    #[arg(long, value_name = "N")]
+    train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long, value_name = "N")]
+    test_limit: Option<usize>,
+    /// Device for the encoder: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// For `image_folder` sources: a folder of held-out images, one sub-folder per class.
+    #[arg(long, value_name = "DIR")]
+    test_path: Option<String>,
+    /// Result file (default: eval-<protocol>-<features>.json in the checkpoint folder).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+impl EvalArgs {
+    fn common(&self) -> eval_cmd::Common<'_> {
+        eval_cmd::Common {
+            path: &self.path,
+            features: self.features,
+            train_limit: self.train_limit,
+            test_limit: self.test_limit,
+            device: &self.device,
+            batch_size: self.batch_size,
+            test_path: self.test_path.clone(),
+            out: self.out.clone(),
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct MeasureArgs {
     /// Stop each source after N items.
@@ -222,6 +299,32 @@ fn main() -> ExitCode {
             execute(&file, &registry, options, &measure, false)
         }),
         Command::Preview { file, out, n } => preview_command(&file, &registry, &out, n),
+        Command::Eval { what } => match what {
+            EvalCommand::Linear {
+                common,
+                l2,
+                iterations,
+            } => eval_cmd::linear(
+                &common.common(),
+                &simclr::eval::linear::ProbeSettings {
+                    l2,
+                    iterations: iterations.max(1),
+                    ..Default::default()
+                },
+            ),
+            EvalCommand::Knn {
+                common,
+                k,
+                temperature,
+            } => eval_cmd::knn(
+                &common.common(),
+                simclr::eval::knn::KnnSettings { k, temperature },
+            ),
+        }
+        .map(|text| {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }),
         Command::Bench {
             what:
                 BenchCommand::Augment {

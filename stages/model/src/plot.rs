@@ -35,6 +35,8 @@ fn glyph(c: char) -> Option<[u8; 5]> {
         's' => [7, 4, 7, 1, 7],
         't' => [4, 7, 4, 4, 7],
         'p' => [7, 5, 7, 4, 4],
+        'k' => [5, 5, 6, 5, 5],
+        'n' => [0, 6, 5, 5, 5],
         ' ' => [0, 0, 0, 0, 0],
         _ => return None,
     })
@@ -100,11 +102,21 @@ fn label(v: f64) -> String {
     format!("{v:.digits$}")
 }
 
-/// Draw `(step, loss)` points to a PNG at `path`.
+/// Draw `(step, loss)` points to a PNG at `path`: raw values and a moving average.
 ///
 /// # Errors
 /// The file cannot be written.
 pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), String> {
+    curve(points, path, "loss", true)
+}
+
+/// Draw `(step, value)` points to a PNG at `path`, the y axis named `y_label` (digits, `.`,
+/// `-`, space and the letters of "loss", "step", "knn top"); with `smooth`, a moving average
+/// over the raw line, otherwise the points joined and marked.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn curve(points: &[(u64, f64)], path: &Path, y_label: &str, smooth: bool) -> Result<(), String> {
     let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
     let (x0, x1) = (LEFT, i64::from(W) - RIGHT);
     let (y0, y1) = (TOP, i64::from(H) - BOTTOM);
@@ -138,7 +150,26 @@ pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), String> {
             text(&mut img, x - text_width(&l) / 2, y1 + 8, &l, axis);
         }
         let raw = Rgb([160, 190, 230]);
-        for w in finite.windows(2) {
+        if !smooth {
+            let strong = Rgb([20, 70, 160]);
+            for w in finite.windows(2) {
+                let (a, b) = (
+                    (px(w[0].0 as f64), py(w[0].1)),
+                    (px(w[1].0 as f64), py(w[1].1)),
+                );
+                line(&mut img, a, b, strong);
+                line(&mut img, (a.0, a.1 + 1), (b.0, b.1 + 1), strong);
+            }
+            for p in &finite {
+                let (x, y) = (px(p.0 as f64), py(p.1));
+                for dx in -2..=2 {
+                    for dy in -2..=2 {
+                        put(&mut img, x + dx, y + dy, strong);
+                    }
+                }
+            }
+        }
+        for w in finite.windows(2).filter(|_| smooth) {
             line(
                 &mut img,
                 (px(w[0].0 as f64), py(w[0].1)),
@@ -148,7 +179,8 @@ pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), String> {
         }
         // Moving average over a window of ~2% of the steps.
         let k = (finite.len() / 50).max(1);
-        let smooth: Vec<(f64, f64)> = (0..finite.len())
+        let averaged: Vec<(f64, f64)> = (0..finite.len())
+            .filter(|_| smooth)
             .map(|i| {
                 let from = i.saturating_sub(k);
                 let to = (i + k + 1).min(finite.len());
@@ -157,7 +189,7 @@ pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), String> {
             })
             .collect();
         let strong = Rgb([20, 70, 160]);
-        for w in smooth.windows(2) {
+        for w in averaged.windows(2) {
             let (a, b) = ((px(w[0].0), py(w[0].1)), (px(w[1].0), py(w[1].1)));
             line(&mut img, a, b, strong);
             line(&mut img, (a.0, a.1 + 1), (b.0, b.1 + 1), strong);
@@ -172,7 +204,7 @@ pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), String> {
         "step",
         axis,
     );
-    text(&mut img, 8, TOP - 22, "loss", axis);
+    text(&mut img, 8, TOP - 22, y_label, axis);
     img.save(path).map_err(|e| e.to_string())
 }
 

@@ -92,7 +92,7 @@ stages:
 };
 
 /// The files a configuration names, with their record counts, checked for whole records.
-fn resolve(config: &CifarConfig) -> Result<Vec<(PathBuf, u64)>, String> {
+pub(crate) fn resolve(config: &CifarConfig) -> Result<Vec<(PathBuf, u64)>, String> {
     let path = Path::new(&config.path);
     let files: Vec<PathBuf> = if path.is_dir() {
         config

@@ -60,7 +60,7 @@ stages:
 };
 
 /// The files a configuration names.
-fn resolve(config: &IdxConfig) -> Result<(PathBuf, Option<PathBuf>), String> {
+pub(crate) fn resolve(config: &IdxConfig) -> Result<(PathBuf, Option<PathBuf>), String> {
     let path = Path::new(&config.path);
     if path.is_dir() {
         let prefix = match config.split {

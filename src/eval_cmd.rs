@@ -1,0 +1,258 @@
+//! `simclr eval linear | knn`: evaluate a trained encoder (or its random initialisation, or
+//! the raw pixels) on the labelled train/test splits of the run's source.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use simclr::eval::data::{LabelledSet, RunData, load};
+use simclr::eval::features::{Init, embed, load_encoder};
+use simclr::eval::knn::{KnnSettings, evaluate};
+use simclr::eval::linear::{ProbeSettings, probe};
+use simclr::model::stage::checkpoint::find_checkpoint;
+use simclr::source::common::Split;
+
+/// What the features are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Features {
+    /// The checkpoint's trained encoder.
+    Trained,
+    /// The same architecture at its initialisation (same seed): the baseline.
+    Random,
+    /// The preprocessed pixels themselves.
+    RawPixels,
+}
+
+impl Features {
+    fn name(self) -> &'static str {
+        match self {
+            Features::Trained => "trained",
+            Features::Random => "random-init",
+            Features::RawPixels => "raw-pixels",
+        }
+    }
+}
+
+/// Options shared by both protocols.
+pub struct Common<'a> {
+    /// Run folder, checkpoints folder or checkpoint.
+    pub path: &'a Path,
+    /// Which features.
+    pub features: Features,
+    /// First N training images (all by default).
+    pub train_limit: Option<usize>,
+    /// First N test images.
+    pub test_limit: Option<usize>,
+    /// `cpu`, `cuda`, `cuda:N`.
+    pub device: &'a str,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Held-out folder for `image_folder` sources.
+    pub test_path: Option<String>,
+    /// Result file (default: in the checkpoint folder).
+    pub out: Option<PathBuf>,
+}
+
+/// The result file.
+#[derive(Serialize)]
+struct Report<T: Serialize> {
+    protocol: &'static str,
+    features: &'static str,
+    checkpoint: String,
+    step: u64,
+    source: String,
+    train: usize,
+    test: usize,
+    dim: usize,
+    #[serde(flatten)]
+    result: T,
+    embed_seconds: f64,
+    seconds: f64,
+}
+
+struct Prepared {
+    train: Vec<f32>,
+    train_labels: Vec<u32>,
+    test: Vec<f32>,
+    test_labels: Vec<u32>,
+    dim: usize,
+    checkpoint: PathBuf,
+    step: u64,
+    source: String,
+    embed_seconds: f64,
+}
+
+fn prepare(c: &Common<'_>) -> Result<Prepared> {
+    let checkpoint = find_checkpoint(c.path).map_err(anyhow::Error::msg)?;
+    let definition = checkpoint.dir.join("definition.yaml");
+    let text = std::fs::read_to_string(&definition)
+        .with_context(|| format!("cannot read {}", definition.display()))?;
+    let mut run = RunData::from_definition(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
+    run.test_path.clone_from(&c.test_path);
+    let source = format!("{} {}", run.kind, describe_params(&text, &run));
+    let open = |split: Split, limit: Option<usize>| -> Result<LabelledSet> {
+        let data = run
+            .open(split)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
+        load(&run, data.as_ref(), limit).map_err(anyhow::Error::msg)
+    };
+    let (train, test) = (open(Split::Train, c.train_limit)?, open(Split::Test, c.test_limit)?);
+    let t0 = Instant::now();
+    let (ftr, fte, dim) = match c.features {
+        Features::RawPixels => {
+            let (ch, h, w) = train.shape;
+            (train.pixels.clone(), test.pixels.clone(), ch * h * w)
+        }
+        Features::Trained | Features::Random => {
+            let device =
+                simclr::model::stage::device(c.device).map_err(anyhow::Error::msg)?;
+            let init = if c.features == Features::Trained {
+                Init::Trained
+            } else {
+                Init::Random
+            };
+            let enc = load_encoder(c.path, init, &device).map_err(anyhow::Error::msg)?;
+            let b = c.batch_size.max(1);
+            let ftr = embed(enc.net.as_ref(), &enc.arch, &train, &device, b)
+                .map_err(anyhow::Error::msg)?;
+            let fte = embed(enc.net.as_ref(), &enc.arch, &test, &device, b)
+                .map_err(anyhow::Error::msg)?;
+            (ftr, fte, enc.arch.feature_dim())
+        }
+    };
+    Ok(Prepared {
+        train: ftr,
+        train_labels: train.labels,
+        test: fte,
+        test_labels: test.labels,
+        dim,
+        checkpoint: checkpoint.dir,
+        step: checkpoint.info.steps,
+        source,
+        embed_seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// `path: …` of the source, for the report.
+fn describe_params(_text: &str, run: &RunData) -> String {
+    run.params
+        .get("path")
+        .and_then(simclr::core::Value::as_str)
+        .map_or_else(String::new, |p| format!("({p})"))
+}
+
+fn write<T: Serialize>(c: &Common<'_>, report: &Report<T>, default_name: &str) -> Result<PathBuf> {
+    let out = c
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&report.checkpoint).join(default_name));
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(&out, text + "\n").with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(out)
+}
+
+/// `simclr eval linear`.
+pub fn linear(c: &Common<'_>, settings: &ProbeSettings) -> Result<String> {
+    let t0 = Instant::now();
+    let p = prepare(c)?;
+    let score = probe(
+        &p.train,
+        &p.train_labels,
+        &p.test,
+        &p.test_labels,
+        p.dim,
+        settings,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let report = Report {
+        protocol: "linear",
+        features: c.features.name(),
+        checkpoint: p.checkpoint.display().to_string(),
+        step: p.step,
+        source: p.source,
+        train: score.train,
+        test: score.test,
+        dim: p.dim,
+        result: &score,
+        embed_seconds: p.embed_seconds,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    let out = write(c, &report, &format!("eval-linear-{}.json", c.features.name()))?;
+    Ok(format!(
+        "linear probe, {} features of {} (step {}), {} train / {} test, dim {}, L2 {}\n\
+         | protocol | features | step | top-1 | top-5 | train top-1 |\n|---|---|---|---|---|---|\n\
+         | linear | {} | {} | {:.4} | {:.4} | {:.4} |\nwritten to {}",
+        c.features.name(),
+        report.checkpoint,
+        p.step,
+        score.train,
+        score.test,
+        p.dim,
+        score.l2,
+        c.features.name(),
+        p.step,
+        score.top1,
+        score.top5,
+        score.train_top1,
+        out.display()
+    ))
+}
+
+/// `simclr eval knn`.
+pub fn knn(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
+    let t0 = Instant::now();
+    if settings.k == 0 || !(settings.temperature > 0.0) {
+        bail!("--k must be at least 1 and --temperature positive");
+    }
+    let p = prepare(c)?;
+    let score = evaluate(
+        &p.train,
+        &p.train_labels,
+        &p.test,
+        &p.test_labels,
+        p.dim,
+        settings,
+    )
+    .map_err(anyhow::Error::msg)?;
+    #[derive(Serialize)]
+    struct Knn {
+        #[serde(flatten)]
+        score: simclr::eval::knn::KnnScore,
+        #[serde(flatten)]
+        settings: KnnSettings,
+    }
+    let report = Report {
+        protocol: "knn",
+        features: c.features.name(),
+        checkpoint: p.checkpoint.display().to_string(),
+        step: p.step,
+        source: p.source,
+        train: score.bank,
+        test: score.queries,
+        dim: p.dim,
+        result: Knn { score, settings },
+        embed_seconds: p.embed_seconds,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    let out = write(c, &report, &format!("eval-knn-{}.json", c.features.name()))?;
+    Ok(format!(
+        "weighted kNN (k {}, T {}), {} features of {} (step {}), bank {} / test {}, dim {}\n\
+         | protocol | features | step | top-1 | top-5 |\n|---|---|---|---|---|\n\
+         | knn | {} | {} | {:.4} | {:.4} |\nwritten to {}",
+        settings.k,
+        settings.temperature,
+        c.features.name(),
+        report.checkpoint,
+        p.step,
+        score.bank,
+        score.queries,
+        p.dim,
+        c.features.name(),
+        p.step,
+        score.top1,
+        score.top5,
+        out.display()
+    ))
+}

@@ -1,0 +1,191 @@
+//! Evaluation: the kNN monitor leaves training untouched, the probe's encoder stays frozen,
+//! and on Fashion-MNIST a short SimCLR run beats its own random initialisation.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, ModuleT, Tensor};
+use simclr::eval::data::{RunData, load};
+use simclr::eval::features::{Init, embed, load_encoder};
+use simclr::source::common::Split;
+
+fn simclr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_simclr"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("eval").join(name);
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A tiny synthetic run: 64 images, 2 epochs of 8 batches; `extra` appended to the stages.
+fn definition(extra: &str) -> String {
+    format!(
+        "\
+name: eval-test
+seed: 3
+stages:
+  images: {{ kind: synthetic, workers: 2, params: {{ count: 64, size: 16, epochs: 2 }} }}
+  views: {{ kind: views, inputs: [images], params: {{ size: 16 }} }}
+  batches: {{ kind: batch, inputs: [views], params: {{ batch_size: 8 }} }}
+  encoder: {{ kind: resnet, inputs: [batches], credit: {{ from: train }}, params: {{ depth: 18, width: 4 }} }}
+  head: {{ kind: projector, inputs: [encoder], params: {{ head: mlp, hidden: 16, out: 8 }} }}
+  train: {{ kind: nt_xent, inputs: [head], params: {{ optimizer: lars, lr: 1.0, warmup_steps: 1 }} }}
+  checkpoints: {{ kind: checkpoint, inputs: [train], params: {{ every: 0 }} }}
+{extra}"
+    )
+}
+
+fn train(dir: &Path, text: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("run parent");
+    let file = dir.join("def.yaml");
+    std::fs::write(&file, text).expect("definition written");
+    let run = dir.join("run");
+    ok(&simclr(&[
+        "run",
+        file.to_str().expect("utf-8"),
+        "--run-dir",
+        run.to_str().expect("utf-8"),
+        "--quiet",
+    ]));
+    run
+}
+
+#[test]
+fn the_knn_monitor_does_not_change_training() {
+    let dir = scratch("monitor");
+    let plain = train(&dir.join("plain"), &definition(""));
+    let monitored = train(
+        &dir.join("monitored"),
+        &definition(
+            "  knn: { kind: knn_monitor, inputs: [train], params: { k: 10, bank_limit: 64, test_limit: 40 } }\n",
+        ),
+    );
+    let losses = |run: &Path| -> Vec<String> {
+        std::fs::read_to_string(run.join("steps.jsonl"))
+            .expect("steps.jsonl")
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                format!("{} {}", v["step"], v["loss"])
+            })
+            .collect()
+    };
+    let (a, b) = (losses(&plain), losses(&monitored));
+    assert_eq!(a.len(), 16);
+    assert_eq!(a, b, "the monitor changed the training losses");
+    // One evaluation at the epoch boundary, one after the last step.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(monitored.join("knn.jsonl"))
+        .expect("knn.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[1]["step"], 16);
+    for r in &records {
+        let top1 = r["top1"].as_f64().expect("top1");
+        assert!((0.0..=1.0).contains(&top1), "{r}");
+        assert_eq!(r["queries"], 40);
+        assert_eq!(r["bank"], 64);
+        assert_eq!(r["k"], 10);
+    }
+    assert!(monitored.join("knn.png").is_file());
+    // The weights the checkpoint holds are the same too.
+    let weights = |run: &Path| {
+        std::fs::read(run.join("checkpoints/step-00000016/encoder.safetensors")).expect("weights")
+    };
+    assert!(weights(&plain) == weights(&monitored));
+}
+
+#[test]
+fn the_probed_encoder_stays_frozen() {
+    let dir = scratch("frozen");
+    let run = train(&dir, &definition(""));
+    let file = run.join("checkpoints/step-00000016/encoder.safetensors");
+    let before = std::fs::read(&file).expect("weights");
+    let out = ok(&simclr(&[
+        "eval",
+        "linear",
+        run.to_str().expect("utf-8"),
+        "--iterations",
+        "50",
+        "--test-limit",
+        "40",
+    ]));
+    assert!(out.contains("| linear | trained | 16 |"), "{out}");
+    assert_eq!(before, std::fs::read(&file).expect("weights"), "the checkpoint changed");
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/step-00000016/eval-linear-trained.json"))
+            .expect("report"),
+    )
+    .expect("json");
+    assert_eq!(report["train"], 64);
+    assert_eq!(report["test"], 40);
+
+    // In memory: embedding every image leaves every variable — BatchNorm running statistics
+    // included — bit-identical to the file.
+    let device = Device::Cpu;
+    let enc = load_encoder(&run, Init::Trained, &device).expect("encoder");
+    let text = std::fs::read_to_string(run.join("checkpoints/step-00000016/definition.yaml"))
+        .expect("definition");
+    let data = RunData::from_definition(&text).expect("source");
+    let set = load(&data, data.open(Split::Train).expect("split").as_ref(), None).expect("set");
+    embed(enc.net.as_ref(), &enc.arch, &set, &device, 16).expect("features");
+    let saved = candle_core::safetensors::load(&file, &device).expect("saved");
+    let same = |enc: &simclr::eval::features::FrozenEncoder| -> bool {
+        let vars = enc.vars.data().lock().expect("vars");
+        vars.iter().all(|(name, var)| {
+            let a = var.as_tensor().flatten_all().and_then(|t| t.to_vec1::<f32>());
+            let b = saved[name].flatten_all().and_then(|t| t.to_vec1::<f32>());
+            matches!((a, b), (Ok(a), Ok(b)) if a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()))
+        })
+    };
+    assert!(same(&enc));
+    // The check can fail: a forward pass in training mode moves the running statistics.
+    let x = Tensor::from_slice(&set.pixels[..16 * 3 * 16 * 16], (16, 3, 16, 16), &device)
+        .expect("batch");
+    enc.net.forward_t(&x, true).expect("train-mode forward");
+    assert!(!same(&enc), "a training-mode pass should have changed BatchNorm statistics");
+}
+
+#[test]
+fn baselines_run_through_the_same_path() {
+    let dir = scratch("baselines");
+    let run = train(&dir, &definition(""));
+    let path = run.to_str().expect("utf-8");
+    for features in ["random", "raw-pixels"] {
+        let out = ok(&simclr(&[
+            "eval", "knn", path, "--features", features, "--k", "5", "--test-limit", "40",
+        ]));
+        let name = if features == "random" { "random-init" } else { features };
+        assert!(out.contains(&format!("| knn | {name} | 16 |")), "{out}");
+    }
+    // Raw pixels of 16×16×3 synthetic images: 768 dimensions.
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/step-00000016/eval-knn-raw-pixels.json"))
+            .expect("report"),
+    )
+    .expect("json");
+    assert_eq!(report["dim"], 768);
+    let out = simclr(&["eval", "knn", path, "--k", "0"]);
+    assert!(!out.status.success());
+    let out = simclr(&["eval", "linear", dir.join("nothing").to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint found"));
+}
