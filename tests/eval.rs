@@ -189,3 +189,69 @@ fn baselines_run_through_the_same_path() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint found"));
 }
+
+/// SimCLR on 2048 Fashion-MNIST training images for 6 epochs (96 steps, about a minute on two
+/// cores), then linear probes on 4000 training / 1000 test images: the trained encoder must
+/// clearly beat the same encoder at its initialisation. Measured when written: 0.735 against
+/// 0.690 (12 epochs: 0.745).
+#[test]
+fn a_short_fashion_mnist_run_beats_its_random_initialisation() {
+    let data = Path::new("/usr/share/datasets/fashion-mnist");
+    assert!(
+        data.join("train-images-idx3-ubyte.gz").is_file(),
+        "Fashion-MNIST is missing: `apt-get install -y dataset-fashion-mnist` (scripts/setup.sh does it)"
+    );
+    let dir = scratch("fashion-mnist");
+    let run = train(
+        &dir,
+        "\
+name: fmnist-ci
+seed: 5
+stages:
+  images:
+    kind: idx
+    params: { path: /usr/share/datasets/fashion-mnist, split: train, limit: 2048, epochs: 6 }
+  views:
+    kind: views
+    inputs: [images]
+    params:
+      t: &policy
+        - random_resized_crop: { size: 28, scale: [0.2, 1.0] }
+        - horizontal_flip: { p: 0.5 }
+        - random_apply: { p: 0.8, transforms: [{ color_jitter: { brightness: 0.4, contrast: 0.4 } }] }
+      t_prime: *policy
+  batches: { kind: batch, inputs: [views], params: { batch_size: 128 } }
+  encoder: { kind: resnet, inputs: [batches], credit: { from: train }, params: { depth: 18, width: 8, in_channels: 1 } }
+  head: { kind: projector, inputs: [encoder], params: { head: mlp, out: 64 } }
+  train: { kind: nt_xent, inputs: [head], params: { temperature: 0.5, optimizer: lars, lr: 0.075, lr_scaling: sqrt } }
+  checkpoints: { kind: checkpoint, inputs: [train], params: { every: 0 } }
+",
+    );
+    let top1 = |features: &str| -> f64 {
+        let out = dir.join(format!("{features}.json"));
+        ok(&simclr(&[
+            "eval",
+            "linear",
+            run.to_str().expect("utf-8"),
+            "--features",
+            features,
+            "--train-limit",
+            "4000",
+            "--test-limit",
+            "1000",
+            "--iterations",
+            "300",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ]));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("json");
+        assert_eq!(report["step"], 96);
+        report["top1"].as_f64().expect("top1")
+    };
+    let (trained, random) = (top1("trained"), top1("random"));
+    assert!(
+        trained >= random + 0.025 && trained > 0.70,
+        "trained {trained:.4} vs random-init {random:.4}"
+    );
+}
