@@ -326,13 +326,13 @@ pub fn train(
 fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
     let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
-    let diff = (&a - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+    let diff = (&a - &b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f64>()?;
     let scale = a.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
-    Ok(if scale > 0.0 {
-        diff / scale
-    } else {
-        diff
-    })
+    Ok(if scale > 0.0 { diff / scale } else { diff })
 }
 
 /// `‖a − b‖² ` and `‖a‖²` of two tensors, for an error over many tensors.
@@ -381,13 +381,19 @@ pub fn parity(
         channels,
     )?;
     let names: Vec<String> = {
-        let data = cpu_map.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let data = cpu_map
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
         let mut n: Vec<String> = data.keys().cloned().collect();
         n.sort();
         n
     };
     for name in &names {
-        let value = cpu_map.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?[name]
+        let value = cpu_map
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?[name]
             .as_tensor()
             .to_device(&on.device)?;
         dev_map.set_one(name, value)?;
@@ -395,8 +401,14 @@ pub fn parity(
     let mut cpu_opt = Lars::new(trainable_params(&cpu_map)?, 0.9, DEFAULT_TRUST, 1e-6, false);
     let mut dev_opt = Lars::new(trainable_params(&dev_map)?, 0.9, DEFAULT_TRUST, 1e-6, false);
     let trainable: Vec<(String, candle_core::Var, candle_core::Var)> = {
-        let c = cpu_map.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let d = dev_map.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let c = cpu_map
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let d = dev_map
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
         names
             .iter()
             .map(|n| (n.clone(), c[n].clone(), d[n].clone()))
@@ -419,7 +431,12 @@ pub fn parity(
         "worst gradient rel diff",
         "worst variable rel diff after the update"
     );
-    let batch = Tensor::randn(0f32, 1.0, (steps.max(1), 2 * pairs, channels, size, size), &Device::Cpu)?;
+    let batch = Tensor::randn(
+        0f32,
+        1.0,
+        (steps.max(1), 2 * pairs, channels, size, size),
+        &Device::Cpu,
+    )?;
     for step in 0..steps.max(1) {
         let x = batch.get(step)?;
         simclr_stage_model::kernels::set_enabled(true);
@@ -438,7 +455,8 @@ pub fn parity(
         simclr_stage_model::kernels::set_enabled(true);
         let (mut grad_err, mut grad_sq) = (Vec::new(), (0.0, 0.0));
         for (name, c, d) in &trainable {
-            if let (Some(gc), Some(gd)) = (cpu_grads.get(c.as_tensor()), dev_grads.get(d.as_tensor()))
+            if let (Some(gc), Some(gd)) =
+                (cpu_grads.get(c.as_tensor()), dev_grads.get(d.as_tensor()))
             {
                 grad_err.push((name.clone(), rel_diff(gc, gd)?));
                 let (e, n) = sq_norms(gc, gd)?;

@@ -98,7 +98,10 @@ fn prepare(c: &Common<'_>) -> Result<Prepared> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
         load(&run, data.as_ref(), limit).map_err(anyhow::Error::msg)
     };
-    let (train, test) = (open(Split::Train, c.train_limit)?, open(Split::Test, c.test_limit)?);
+    let (train, test) = (
+        open(Split::Train, c.train_limit)?,
+        open(Split::Test, c.test_limit)?,
+    );
     let t0 = Instant::now();
     let (ftr, fte, dim) = match c.features {
         Features::RawPixels => {
@@ -106,8 +109,7 @@ fn prepare(c: &Common<'_>) -> Result<Prepared> {
             (train.pixels.clone(), test.pixels.clone(), ch * h * w)
         }
         Features::Trained | Features::Random => {
-            let device =
-                simclr::model::stage::device(c.device).map_err(anyhow::Error::msg)?;
+            let device = simclr::model::stage::device(c.device).map_err(anyhow::Error::msg)?;
             let init = if c.features == Features::Trained {
                 Init::Trained
             } else {
@@ -179,7 +181,11 @@ pub fn linear(c: &Common<'_>, settings: &ProbeSettings) -> Result<String> {
         embed_seconds: p.embed_seconds,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    let out = write(c, &report, &format!("eval-linear-{}.json", c.features.name()))?;
+    let out = write(
+        c,
+        &report,
+        &format!("eval-linear-{}.json", c.features.name()),
+    )?;
     Ok(format!(
         "linear probe, {} features of {} (step {}), {} train / {} test, dim {}, L2 {}\n\
          | protocol | features | step | top-1 | top-5 | train top-1 |\n|---|---|---|---|---|---|\n\
@@ -254,5 +260,69 @@ pub fn knn(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
         score.top1,
         score.top5,
         out.display()
+    ))
+}
+
+/// `simclr eval knn --every-checkpoint`: kNN accuracy of every checkpoint of a run, as a curve:
+/// `knn-checkpoints.jsonl` and `knn.png` in the run folder.
+pub fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
+    let root = if c.path.join("checkpoints").is_dir() {
+        c.path.join("checkpoints")
+    } else {
+        c.path.to_path_buf()
+    };
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .with_context(|| format!("cannot list {}", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.join("state.json").is_file()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        bail!(
+            "{}: no checkpoints (step-*/state.json) found",
+            root.display()
+        );
+    }
+    let run_dir = root.parent().unwrap_or(&root).to_path_buf();
+    let mut lines = String::new();
+    let mut points = Vec::new();
+    let mut table = String::from("| step | kNN top-1 | top-5 |\n|---|---|---|\n");
+    for dir in &dirs {
+        let one = Common {
+            path: dir,
+            features: c.features,
+            train_limit: c.train_limit,
+            test_limit: c.test_limit,
+            device: c.device,
+            batch_size: c.batch_size,
+            test_path: c.test_path.clone(),
+            out: None,
+        };
+        knn(&one, settings)?;
+        let report = dir.join(format!("eval-knn-{}.json", c.features.name()));
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+        let (step, top1, top5) = (
+            v["step"].as_u64().unwrap_or(0),
+            v["top1"].as_f64().unwrap_or(f64::NAN),
+            v["top5"].as_f64().unwrap_or(f64::NAN),
+        );
+        points.push((step, top1));
+        lines.push_str(&serde_json::to_string(&v)?);
+        lines.push('\n');
+        table.push_str(&format!("| {step} | {top1:.4} | {top5:.4} |\n"));
+        eprintln!("step {step}: kNN top-1 {top1:.4}");
+    }
+    let file = run_dir.join("knn-checkpoints.jsonl");
+    std::fs::write(&file, lines).with_context(|| format!("cannot write {}", file.display()))?;
+    let png = run_dir.join("knn.png");
+    simclr::model::plot::curve(&points, &png, "knn top-1", false).map_err(anyhow::Error::msg)?;
+    Ok(format!(
+        "{table}written to {} and {}",
+        file.display(),
+        png.display()
     ))
 }

@@ -203,6 +203,10 @@ enum EvalCommand {
         /// Temperature of the vote weights.
         #[arg(long, default_value_t = 0.1)]
         temperature: f64,
+        /// Evaluate every checkpoint of the run (PATH: a run or checkpoints folder) and draw
+        /// the curve: knn-checkpoints.jsonl and knn.png in the run folder.
+        #[arg(long)]
+        every_checkpoint: bool,
     },
 }
 
@@ -316,10 +320,15 @@ fn main() -> ExitCode {
                 common,
                 k,
                 temperature,
-            } => eval_cmd::knn(
-                &common.common(),
-                simclr::eval::knn::KnnSettings { k, temperature },
-            ),
+                every_checkpoint,
+            } => {
+                let settings = simclr::eval::knn::KnnSettings { k, temperature };
+                if every_checkpoint {
+                    eval_cmd::knn_curve(&common.common(), settings)
+                } else {
+                    eval_cmd::knn(&common.common(), settings)
+                }
+            }
         }
         .map(|text| {
             println!("{text}");
@@ -358,7 +367,14 @@ fn main() -> ExitCode {
                 },
         } => bench_train::Target::new(&device, &precision)
             .and_then(|on| {
-                bench_train::train(json, &widths, pairs.max(1), steps, reference.as_deref(), &on)
+                bench_train::train(
+                    json,
+                    &widths,
+                    pairs.max(1),
+                    steps,
+                    reference.as_deref(),
+                    &on,
+                )
             })
             .map(|text| {
                 println!("{text}");

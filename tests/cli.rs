@@ -645,22 +645,49 @@ fn set_overrides_values_and_reports_bad_paths() {
 
 #[test]
 fn precision_is_checked_against_the_device() {
-    let out = simclr(&["validate", "definitions/quickstart.yaml", "--set", "precision=tf32"]);
+    let out = simclr(&[
+        "validate",
+        "definitions/quickstart.yaml",
+        "--set",
+        "precision=tf32",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("precision `tf32` applies to CUDA devices"), "{err}");
-    let out = simclr(&["validate", "definitions/quickstart.yaml", "--set", "precision=bf16"]);
+    assert!(
+        err.contains("precision `tf32` applies to CUDA devices"),
+        "{err}"
+    );
+    let out = simclr(&[
+        "validate",
+        "definitions/quickstart.yaml",
+        "--set",
+        "precision=bf16",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unknown precision `bf16`"));
-    let out = simclr(&["validate", "definitions/quickstart.yaml", "--set", "precision=fp32"]);
+    let out = simclr(&[
+        "validate",
+        "definitions/quickstart.yaml",
+        "--set",
+        "precision=fp32",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 #[test]
 fn bench_parity_compares_our_kernels_with_candles_step_by_step() {
     let out = simclr(&[
-        "bench", "parity", "--device", "cpu", "--candle-ops", "--width", "4", "--pairs", "8",
-        "--steps", "2",
+        "bench",
+        "parity",
+        "--device",
+        "cpu",
+        "--candle-ops",
+        "--width",
+        "4",
+        "--pairs",
+        "8",
+        "--steps",
+        "2",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let table = text(&out.stdout);
@@ -673,7 +700,10 @@ fn bench_parity_compares_our_kernels_with_candles_step_by_step() {
     for row in rows {
         // step, loss cpu, loss device, loss rel diff, grads, weights, ...
         let value = |i: usize| row[i].parse::<f64>().unwrap();
-        assert!(value(1) > 1.0 && (value(1) - value(2)).abs() < 1e-5, "{table}");
+        assert!(
+            value(1) > 1.0 && (value(1) - value(2)).abs() < 1e-5,
+            "{table}"
+        );
         assert!(value(5) < 1e-4, "weights parted: {table}");
     }
     // TF32 is for CUDA.

@@ -28,7 +28,9 @@ fn ok(out: &Output) -> String {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("eval").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("eval")
+        .join(name);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
@@ -129,7 +131,11 @@ fn the_probed_encoder_stays_frozen() {
         "40",
     ]));
     assert!(out.contains("| linear | trained | 16 |"), "{out}");
-    assert_eq!(before, std::fs::read(&file).expect("weights"), "the checkpoint changed");
+    assert_eq!(
+        before,
+        std::fs::read(&file).expect("weights"),
+        "the checkpoint changed"
+    );
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run.join("checkpoints/step-00000016/eval-linear-trained.json"))
             .expect("report"),
@@ -145,7 +151,12 @@ fn the_probed_encoder_stays_frozen() {
     let text = std::fs::read_to_string(run.join("checkpoints/step-00000016/definition.yaml"))
         .expect("definition");
     let data = RunData::from_definition(&text).expect("source");
-    let set = load(&data, data.open(Split::Train).expect("split").as_ref(), None).expect("set");
+    let set = load(
+        &data,
+        data.open(Split::Train).expect("split").as_ref(),
+        None,
+    )
+    .expect("set");
     embed(enc.net.as_ref(), &enc.arch, &set, &device, 16).expect("features");
     let saved = candle_core::safetensors::load(&file, &device).expect("saved");
     let same = |enc: &simclr::eval::features::FrozenEncoder| -> bool {
@@ -161,7 +172,10 @@ fn the_probed_encoder_stays_frozen() {
     let x = Tensor::from_slice(&set.pixels[..16 * 3 * 16 * 16], (16, 3, 16, 16), &device)
         .expect("batch");
     enc.net.forward_t(&x, true).expect("train-mode forward");
-    assert!(!same(&enc), "a training-mode pass should have changed BatchNorm statistics");
+    assert!(
+        !same(&enc),
+        "a training-mode pass should have changed BatchNorm statistics"
+    );
 }
 
 #[test]
@@ -171,9 +185,21 @@ fn baselines_run_through_the_same_path() {
     let path = run.to_str().expect("utf-8");
     for features in ["random", "raw-pixels"] {
         let out = ok(&simclr(&[
-            "eval", "knn", path, "--features", features, "--k", "5", "--test-limit", "40",
+            "eval",
+            "knn",
+            path,
+            "--features",
+            features,
+            "--k",
+            "5",
+            "--test-limit",
+            "40",
         ]));
-        let name = if features == "random" { "random-init" } else { features };
+        let name = if features == "random" {
+            "random-init"
+        } else {
+            features
+        };
         assert!(out.contains(&format!("| knn | {name} | 16 |")), "{out}");
     }
     // Raw pixels of 16×16×3 synthetic images: 768 dimensions.
@@ -185,7 +211,11 @@ fn baselines_run_through_the_same_path() {
     assert_eq!(report["dim"], 768);
     let out = simclr(&["eval", "knn", path, "--k", "0"]);
     assert!(!out.status.success());
-    let out = simclr(&["eval", "linear", dir.join("nothing").to_str().expect("utf-8")]);
+    let out = simclr(&[
+        "eval",
+        "linear",
+        dir.join("nothing").to_str().expect("utf-8"),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint found"));
 }
@@ -254,4 +284,32 @@ stages:
         trained >= random + 0.025 && trained > 0.70,
         "trained {trained:.4} vs random-init {random:.4}"
     );
+}
+
+#[test]
+fn knn_over_every_checkpoint_draws_the_curve() {
+    let dir = scratch("curve");
+    let run = train(&dir, &definition("").replace("every: 0", "every: 8"));
+    let out = ok(&simclr(&[
+        "eval",
+        "knn",
+        run.to_str().expect("utf-8"),
+        "--every-checkpoint",
+        "--k",
+        "5",
+        "--test-limit",
+        "20",
+    ]));
+    assert!(out.contains("| 8 |") && out.contains("| 16 |"), "{out}");
+    let lines = std::fs::read_to_string(run.join("knn-checkpoints.jsonl")).expect("curve");
+    let steps: Vec<u64> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["step"]
+                .as_u64()
+                .expect("step")
+        })
+        .collect();
+    assert_eq!(steps, [8, 16]);
+    assert!(run.join("knn.png").is_file());
 }

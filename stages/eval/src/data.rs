@@ -149,7 +149,9 @@ impl RunData {
         let mut yaml = String::from("[");
         if let Some(s) = self.crop {
             if (height, width) != (s, s) {
-                yaml.push_str(&format!("{{resize: {{size: {s}}}}}, {{center_crop: {{size: {s}}}}}, "));
+                yaml.push_str(&format!(
+                    "{{resize: {{size: {s}}}}}, {{center_crop: {{size: {s}}}}}, "
+                ));
             }
         }
         if let Some((m, s)) = &self.normalize {

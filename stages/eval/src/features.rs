@@ -47,7 +47,12 @@ pub fn load_encoder(path: &Path, init: Init, device: &Device) -> Result<FrozenEn
         .groups
         .iter()
         .find(|g| g.role == Role::Encoder)
-        .ok_or_else(|| format!("{}: the checkpoint holds no encoder", checkpoint.dir.display()))?
+        .ok_or_else(|| {
+            format!(
+                "{}: the checkpoint holds no encoder",
+                checkpoint.dir.display()
+            )
+        })?
         .clone();
     let arch = Architecture::from_spec(&group.kind, &group.spec)?;
     let built = build_encoder(&arch, device, checkpoint.info.seed, &group.stage)

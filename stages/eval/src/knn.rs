@@ -40,7 +40,11 @@ pub struct KnnScore {
 /// Rows scaled to unit length (zero rows stay zero).
 pub fn normalize_rows(x: &mut [f32], d: usize) {
     x.par_chunks_mut(d.max(1)).for_each(|row| {
-        let norm = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        let norm = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
         if norm > 0.0 {
             let inv = (1.0 / norm) as f32;
             row.iter_mut().for_each(|v| *v *= inv);
@@ -95,11 +99,8 @@ pub fn class_scores(
             .map(|row| {
                 let mut idx: Vec<u32> = (0..n as u32).collect();
                 // Most similar first; ties to the lower index, so the answer is deterministic.
-                let order = |a: &u32, b: &u32| {
-                    row[*b as usize]
-                        .total_cmp(&row[*a as usize])
-                        .then(a.cmp(b))
-                };
+                let order =
+                    |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
                 if k < n {
                     idx.select_nth_unstable_by(k - 1, order);
                 }
@@ -198,11 +199,31 @@ mod tests {
         assert_eq!(scores[0][1], 0.0);
         // A query near the y axis with k = 2: class 1 (0.0,1.0) and class 0 (0.8,0.6) vote;
         // class 1's weight is larger, so top-1 is class 1.
-        let r = evaluate(&bank, &labels, &[0.1, 1.0], &[1], 2, KnnSettings { k: 2, temperature: 0.1 })
-            .unwrap();
+        let r = evaluate(
+            &bank,
+            &labels,
+            &[0.1, 1.0],
+            &[1],
+            2,
+            KnnSettings {
+                k: 2,
+                temperature: 0.1,
+            },
+        )
+        .unwrap();
         assert_eq!(r.top1, 1.0);
-        let r = evaluate(&bank, &labels, &[0.1, 1.0], &[0], 2, KnnSettings { k: 2, temperature: 0.1 })
-            .unwrap();
+        let r = evaluate(
+            &bank,
+            &labels,
+            &[0.1, 1.0],
+            &[0],
+            2,
+            KnnSettings {
+                k: 2,
+                temperature: 0.1,
+            },
+        )
+        .unwrap();
         assert_eq!((r.top1, r.top5), (0.0, 1.0));
     }
 
@@ -210,13 +231,19 @@ mod tests {
     fn ties_rank_against_the_truth() {
         assert_eq!(rank(&[1.0, 1.0, 0.5], 0), 1);
         assert_eq!(rank(&[2.0, 1.0, 0.5], 0), 0);
-        assert_eq!(accuracy(&[vec![0.0, 3.0], vec![3.0, 0.0]], &[1, 1]), (0.5, 1.0));
+        assert_eq!(
+            accuracy(&[vec![0.0, 3.0], vec![3.0, 0.0]], &[1, 1]),
+            (0.5, 1.0)
+        );
     }
 
     #[test]
     fn bad_input_is_an_error() {
         assert!(class_scores(&[1.0], &[0, 1], &[1.0], 1, 2, KnnSettings::default()).is_err());
-        let s = KnnSettings { k: 0, temperature: 0.1 };
+        let s = KnnSettings {
+            k: 0,
+            temperature: 0.1,
+        };
         assert!(class_scores(&[1.0], &[0], &[1.0], 1, 1, s).is_err());
     }
 }

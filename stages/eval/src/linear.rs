@@ -131,7 +131,8 @@ fn fit(
             let g = ((p - &y)? / n as f64)?;
             let gw = (xt.matmul(&g)? + (&w * l2)?)?;
             let gb = g.sum(0)?;
-            let lr = s.lr * 0.5 * (1.0 + (std::f64::consts::PI * (t - 1) as f64 / steps as f64).cos());
+            let lr =
+                s.lr * 0.5 * (1.0 + (std::f64::consts::PI * (t - 1) as f64 / steps as f64).cos());
             let c1 = 1.0 - b1.powi(t as i32);
             let c2 = 1.0 - b2.powi(t as i32);
             mw = ((&mw * b1)? + (&gw * (1.0 - b1))?)?;

@@ -93,13 +93,21 @@ stages:
 fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let params: KnnMonitorParams = cx.parse()?;
     if params.every_epochs == 0 {
-        return Err(cx.invalid("every_epochs", "`every_epochs` must be at least 1", "e.g. `every_epochs: 5`"));
+        return Err(cx.invalid(
+            "every_epochs",
+            "`every_epochs` must be at least 1",
+            "e.g. `every_epochs: 5`",
+        ));
     }
     if params.k == 0 {
         return Err(cx.invalid("k", "`k` must be at least 1", "200 is the usual choice"));
     }
     if !(params.temperature > 0.0 && params.temperature.is_finite()) {
-        return Err(cx.invalid("temperature", "`temperature` must be positive", "0.1 is the usual choice"));
+        return Err(cx.invalid(
+            "temperature",
+            "`temperature` must be positive",
+            "0.1 is the usual choice",
+        ));
     }
     if params.batch_size == 0 {
         return Err(cx.invalid("batch_size", "`batch_size` must be at least 1", "e.g. 256"));
@@ -191,8 +199,15 @@ impl KnnMonitor {
             k: self.params.k,
             temperature: self.params.temperature,
         };
-        let score = evaluate(&fb, &bank.labels, &ft, &test.labels, arch.feature_dim(), settings)
-            .map_err(StageError::msg)?;
+        let score = evaluate(
+            &fb,
+            &bank.labels,
+            &ft,
+            &test.labels,
+            arch.feature_dim(),
+            settings,
+        )
+        .map_err(StageError::msg)?;
         let record = KnnRecord {
             step: state.steps,
             epoch: state.epoch,
@@ -206,11 +221,15 @@ impl KnnMonitor {
             .append(true)
             .open(&self.file)
             .map_err(|e| StageError::msg(format!("{}: {e}", self.file.display())))?;
-        writeln!(f, "{line}").map_err(|e| StageError::msg(format!("{}: {e}", self.file.display())))?;
+        writeln!(f, "{line}")
+            .map_err(|e| StageError::msg(format!("{}: {e}", self.file.display())))?;
         self.points.push((state.steps, score.top1));
         simclr_stage_model::plot::curve(&self.points, &self.plot, "knn top-1", false)
             .map_err(|e| StageError::msg(format!("{}: {e}", self.plot.display())))?;
-        cx.set_status(format!("kNN top-1 {:.4} at step {}", score.top1, state.steps));
+        cx.set_status(format!(
+            "kNN top-1 {:.4} at step {}",
+            score.top1, state.steps
+        ));
         self.evaluated = Some(state.steps);
         Ok(())
     }

@@ -116,7 +116,12 @@ pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), String> {
 ///
 /// # Errors
 /// The file cannot be written.
-pub fn curve(points: &[(u64, f64)], path: &Path, y_label: &str, smooth: bool) -> Result<(), String> {
+pub fn curve(
+    points: &[(u64, f64)],
+    path: &Path,
+    y_label: &str,
+    smooth: bool,
+) -> Result<(), String> {
     let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
     let (x0, x1) = (LEFT, i64::from(W) - RIGHT);
     let (y0, y1) = (TOP, i64::from(H) - BOTTOM);

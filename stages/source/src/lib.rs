@@ -44,7 +44,8 @@ pub fn open_split(
     let parse_err = |e: simclr_core::ValueError| format!("`{kind}` parameters: {e}");
     match kind {
         "idx" => {
-            let mut c: idx::IdxConfig = simclr_core::value::from_value(params, "").map_err(parse_err)?;
+            let mut c: idx::IdxConfig =
+                simclr_core::value::from_value(params, "").map_err(parse_err)?;
             c.split = split;
             if let (common::Split::Test, Some(p)) = (split, test_path) {
                 c.path = p.to_owned();
@@ -91,6 +92,8 @@ pub fn open_split(
                 channels: c.channels,
             }))
         }
-        other => Err(format!("`{other}` is not a source kind with labels (idx, cifar, image_folder, synthetic)")),
+        other => Err(format!(
+            "`{other}` is not a source kind with labels (idx, cifar, image_folder, synthetic)"
+        )),
     }
 }

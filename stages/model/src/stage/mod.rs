@@ -194,8 +194,9 @@ pub(crate) fn check_device(cx: &BuildContext<'_>) -> Result<(), ParamError> {
     }
     if cx.precision == "tf32" && cx.device == "cpu" {
         return Err(ParamError {
-            message: "precision `tf32` applies to CUDA devices, and this definition runs on the CPU"
-                .into(),
+            message:
+                "precision `tf32` applies to CUDA devices, and this definition runs on the CPU"
+                    .into(),
             help: Some("set `device: cuda` (or `auto`), or `precision: fp32`".into()),
             loc: None,
             path: "precision".into(),
