@@ -218,6 +218,12 @@ struct EvalArgs {
     /// the preprocessed pixels (baseline).
     #[arg(long, value_enum, default_value = "trained")]
     features: eval_cmd::Features,
+    /// `--init random` is `--features random` (`--init trained`: the default).
+    #[arg(long, value_name = "trained|random", conflicts_with_all = ["features", "raw_pixels"])]
+    init: Option<InitArg>,
+    /// Same as `--features raw-pixels`.
+    #[arg(long, conflicts_with = "features")]
+    raw_pixels: bool,
     /// Use only the first N training images.
     #[arg(long, value_name = "N")]
     train_limit: Option<usize>,
@@ -238,11 +244,23 @@ struct EvalArgs {
     out: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InitArg {
+    Trained,
+    Random,
+}
+
 impl EvalArgs {
     fn common(&self) -> eval_cmd::Common<'_> {
+        let features = match (self.init, self.raw_pixels) {
+            (_, true) => eval_cmd::Features::RawPixels,
+            (Some(InitArg::Random), _) => eval_cmd::Features::Random,
+            (Some(InitArg::Trained), _) => eval_cmd::Features::Trained,
+            (None, false) => self.features,
+        };
         eval_cmd::Common {
             path: &self.path,
-            features: self.features,
+            features,
             train_limit: self.train_limit,
             test_limit: self.test_limit,
             device: &self.device,

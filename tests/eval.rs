@@ -183,12 +183,12 @@ fn baselines_run_through_the_same_path() {
     let dir = scratch("baselines");
     let run = train(&dir, &definition(""));
     let path = run.to_str().expect("utf-8");
-    for features in ["random", "raw-pixels"] {
+    for (flag, features) in [("--init", "random"), ("--features", "raw-pixels")] {
         let out = ok(&simclr(&[
             "eval",
             "knn",
             path,
-            "--features",
+            flag,
             features,
             "--k",
             "5",
@@ -209,6 +209,18 @@ fn baselines_run_through_the_same_path() {
     )
     .expect("json");
     assert_eq!(report["dim"], 768);
+    // `--raw-pixels` is the same run as `--features raw-pixels`.
+    let alias = ok(&simclr(&[
+        "eval",
+        "knn",
+        path,
+        "--raw-pixels",
+        "--k",
+        "5",
+        "--test-limit",
+        "40",
+    ]));
+    assert!(alias.contains("| knn | raw-pixels | 16 |"), "{alias}");
     let out = simclr(&["eval", "knn", path, "--k", "0"]);
     assert!(!out.status.success());
     let out = simclr(&[
