@@ -209,7 +209,7 @@ pub fn linear(c: &Common<'_>, settings: &ProbeSettings) -> Result<String> {
 /// `simclr eval knn`.
 pub fn knn(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
     let t0 = Instant::now();
-    if settings.k == 0 || !(settings.temperature > 0.0) {
+    if settings.k == 0 || settings.temperature.is_nan() || settings.temperature <= 0.0 {
         bail!("--k must be at least 1 and --temperature positive");
     }
     let p = prepare(c)?;

@@ -699,7 +699,7 @@ fn bench_parity_compares_our_kernels_with_candles_step_by_step() {
     assert_eq!(rows.len(), 2, "{table}");
     for row in rows {
         // step, loss cpu, loss device, loss rel diff, grads, weights, ...
-        let value = |i: usize| row[i].parse::<f64>().unwrap();
+        let value = |i: usize| row[i].parse::<f64>().expect("a number");
         assert!(
             value(1) > 1.0 && (value(1) - value(2)).abs() < 1e-5,
             "{table}"

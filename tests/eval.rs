@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use candle_core::{Device, ModuleT, Tensor};
+use candle_core::{Device, Tensor};
 use simclr::eval::data::{RunData, load};
 use simclr::eval::features::{Init, embed, load_encoder};
 use simclr::source::common::Split;

@@ -147,12 +147,12 @@ impl RunData {
     /// The deterministic preprocessing for images of `height × width`.
     fn policy(&self, height: usize, width: usize) -> Result<Policy, String> {
         let mut yaml = String::from("[");
-        if let Some(s) = self.crop {
-            if (height, width) != (s, s) {
-                yaml.push_str(&format!(
-                    "{{resize: {{size: {s}}}}}, {{center_crop: {{size: {s}}}}}, "
-                ));
-            }
+        if let Some(s) = self.crop
+            && (height, width) != (s, s)
+        {
+            yaml.push_str(&format!(
+                "{{resize: {{size: {s}}}}}, {{center_crop: {{size: {s}}}}}, "
+            ));
         }
         if let Some((m, s)) = &self.normalize {
             yaml.push_str(&format!("{{normalize: {{mean: {m:?}, std: {s:?}}}}}"));

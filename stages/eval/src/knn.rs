@@ -67,7 +67,7 @@ pub fn class_scores(
     settings: KnnSettings,
 ) -> Result<Vec<Vec<f64>>, String> {
     let n = bank_labels.len();
-    if d == 0 || bank.len() != n * d || queries.len() % d != 0 {
+    if d == 0 || bank.len() != n * d || !queries.len().is_multiple_of(d) {
         return Err(format!(
             "kNN: {} bank values for {n} labels of dimension {d}, {} query values",
             bank.len(),
@@ -187,7 +187,7 @@ mod tests {
             k: 3,
             temperature: 0.5,
         };
-        let scores = class_scores(&bank, &labels, &q, 2, 2, s).unwrap();
+        let scores = class_scores(&bank, &labels, &q, 2, 2, s).expect("valid input");
         let c = std::f64::consts::FRAC_1_SQRT_2;
         let hand0 = (c / 0.5).exp() + ((0.8 * c + 0.6 * c) / 0.5).exp();
         let hand1 = (c / 0.5).exp();
@@ -195,7 +195,7 @@ mod tests {
         assert!((scores[0][1] - hand1).abs() < 1e-5, "{scores:?} vs {hand1}");
         // k = 1: only the nearest (class 0) votes.
         let s1 = KnnSettings { k: 1, ..s };
-        let scores = class_scores(&bank, &labels, &q, 2, 2, s1).unwrap();
+        let scores = class_scores(&bank, &labels, &q, 2, 2, s1).expect("valid input");
         assert_eq!(scores[0][1], 0.0);
         // A query near the y axis with k = 2: class 1 (0.0,1.0) and class 0 (0.8,0.6) vote;
         // class 1's weight is larger, so top-1 is class 1.
@@ -210,7 +210,7 @@ mod tests {
                 temperature: 0.1,
             },
         )
-        .unwrap();
+        .expect("valid input");
         assert_eq!(r.top1, 1.0);
         let r = evaluate(
             &bank,
@@ -223,7 +223,7 @@ mod tests {
                 temperature: 0.1,
             },
         )
-        .unwrap();
+        .expect("valid input");
         assert_eq!((r.top1, r.top5), (0.0, 1.0));
     }
 

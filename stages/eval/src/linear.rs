@@ -275,7 +275,7 @@ mod tests {
     fn separable_blobs_are_learned() {
         let (xtr, ytr) = blobs(600, 12, 4, 1);
         let (xte, yte) = blobs(200, 12, 4, 2);
-        let s = probe(&xtr, &ytr, &xte, &yte, 12, &ProbeSettings::default()).unwrap();
+        let s = probe(&xtr, &ytr, &xte, &yte, 12, &ProbeSettings::default()).expect("valid input");
         assert!(s.top1 > 0.99, "{s:?}");
         assert!(s.train_top1 > 0.99, "{s:?}");
         assert_eq!(s.top5, 1.0);
@@ -289,7 +289,7 @@ mod tests {
         // Labels from a different rule than the blobs: (i / 4) % 2 is independent of i % 4.
         let ytr: Vec<u32> = (0..600).map(|i| ((i / 4) % 2) as u32).collect();
         let yte: Vec<u32> = (0..400).map(|i| ((i / 4) % 2) as u32).collect();
-        let s = probe(&xtr, &ytr, &xte, &yte, 12, &ProbeSettings::default()).unwrap();
+        let s = probe(&xtr, &ytr, &xte, &yte, 12, &ProbeSettings::default()).expect("valid input");
         assert!(s.top1 < 0.6, "{s:?}");
     }
 
