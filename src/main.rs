@@ -176,6 +176,10 @@ enum BenchCommand {
         /// Use candle's operations on the device instead of ours.
         #[arg(long)]
         candle_ops: bool,
+        /// Compare against candle's float64 CPU operations instead of a device (--device cpu):
+        /// how far float32 is from exact. With --candle-ops, the float32 side is candle's too.
+        #[arg(long)]
+        f64_reference: bool,
     },
 }
 
@@ -409,13 +413,23 @@ fn main() -> ExitCode {
                     steps,
                     lr,
                     candle_ops,
+                    f64_reference,
                 },
         } => bench_train::Target::new(&device, &precision)
             .and_then(|on| {
                 if !matches!(channels, 1 | 3) || width == 0 || pairs == 0 {
                     anyhow::bail!("--channels is 1 or 3, --width and --pairs at least 1");
                 }
-                bench_train::parity(width, channels, pairs, steps, lr, candle_ops, &on)
+                bench_train::parity(
+                    width,
+                    channels,
+                    pairs,
+                    steps,
+                    lr,
+                    candle_ops,
+                    f64_reference,
+                    &on,
+                )
             })
             .map(|text| {
                 println!("{text}");

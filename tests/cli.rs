@@ -697,14 +697,17 @@ fn bench_parity_compares_our_kernels_with_candles_step_by_step() {
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(rows.len(), 2, "{table}");
-    for row in rows {
+    // Seeded weights and inputs: the table is the same every run (measured: gradients agree to
+    // 3e-6, weights after each update to 3e-8, losses to 3e-7).
+    for row in &rows {
         // step, loss cpu, loss device, loss rel diff, grads, weights, ...
         let value = |i: usize| row[i].parse::<f64>().expect("a number");
         assert!(
             value(1) > 1.0 && (value(1) - value(2)).abs() < 1e-5,
             "{table}"
         );
-        assert!(value(5) < 1e-4, "weights parted: {table}");
+        assert!(value(4) < 1e-4, "gradients parted: {table}");
+        assert!(value(5) < 1e-6, "weights parted: {table}");
     }
     // TF32 is for CUDA.
     let out = simclr(&["bench", "parity", "--device", "cpu", "--precision", "tf32"]);
