@@ -358,6 +358,7 @@ fn worst(errors: &[(String, f64)]) -> String {
 /// each parameter's gradient and each variable after the update (weights, BatchNorm
 /// statistics), relative to the CPU's. With `candle_ops`, the device uses candle's own
 /// operations instead of ours (cuDNN), to tell a fault in one from a fault in the other.
+#[allow(clippy::too_many_arguments)] // one per CLI option
 pub fn parity(
     width: usize,
     channels: usize,
