@@ -109,30 +109,28 @@ impl CustomOp3 for BatchNormTrain {
                 gb.len() / 2
             );
         }
-        // y = a·x + b per channel.
-        let ab: Vec<(f32, f32)> = (0..c)
+        // y = a·(x − μ) + β per channel: centring first keeps the digits that a·x − a·μ would
+        // cancel where |μ| ≫ σ.
+        let ab: Vec<(f32, f32, f32)> = (0..c)
             .map(|ch| {
                 let inv = 1.0 / (f64::from(st[c + ch]) + self.eps).sqrt();
                 let a = f64::from(gb[ch]) * inv;
-                (
-                    a as f32,
-                    (f64::from(gb[c + ch]) - a * f64::from(st[ch])) as f32,
-                )
+                (a as f32, gb[c + ch], st[ch])
             })
             .collect();
         let mut y = vec![0.0f32; x.len()];
         y.par_chunks_mut((c * s).max(1))
             .zip(x.par_chunks((c * s).max(1)))
             .for_each(|(yi, xi)| {
-                for (ch, &(a, b)) in ab.iter().enumerate() {
+                for (ch, &(a, b, mean)) in ab.iter().enumerate() {
                     let (yb, xb) = (&mut yi[ch * s..][..s], &xi[ch * s..][..s]);
                     if self.relu {
                         for (o, &v) in yb.iter_mut().zip(xb) {
-                            *o = (a * v + b).max(0.0);
+                            *o = (a * (v - mean) + b).max(0.0);
                         }
                     } else {
                         for (o, &v) in yb.iter_mut().zip(xb) {
-                            *o = a * v + b;
+                            *o = a * (v - mean) + b;
                         }
                     }
                 }
@@ -233,30 +231,31 @@ impl CustomOp3 for Backward {
             dgb[ch] = sdx as f32;
             dgb[c + ch] = sd as f32;
         }
-        // dx = k·(dy' − Σdy'/M − x̂·Σdy'x̂/M) = k·dy' + b0 + b1·x, coefficients in f64.
-        let coef: Vec<(f32, f32, f32)> = sums
+        // dx = k·(dy' − Σdy'/M − x̂·Σdy'x̂/M) = k·dy' + b0 + b1·(x − μ), coefficients in f64.
+        // (x − μ) is formed first: folding −b1·μ into b0 would leave b0 + b1·x to cancel in
+        // f32 wherever |μ| ≫ σ, losing digits in exactly the channels whose mean is large.
+        let coef: Vec<(f32, f32, f32, f32)> = sums
             .iter()
             .enumerate()
             .map(|(ch, &(sd, sdx))| {
-                let mean = f64::from(st[ch]);
                 let inv = 1.0 / (f64::from(st[c + ch]) + self.eps).sqrt();
                 let k = f64::from(gb[ch]) * inv;
                 let (md, mdx) = (sd / m, sdx / m);
                 let b1 = -k * inv * mdx;
-                (k as f32, (-k * md - b1 * mean) as f32, b1 as f32)
+                (k as f32, (-k * md) as f32, b1 as f32, st[ch])
             })
             .collect();
         dx.par_chunks_mut((c * s).max(1))
             .enumerate()
             .for_each(|(i, dxi)| {
-                for (ch, &(k, b0, b1)) in coef.iter().enumerate() {
+                for (ch, &(k, b0, b1, mean)) in coef.iter().enumerate() {
                     let o = (i * c + ch) * s;
                     for ((d, (&yv, &g)), &xv) in dxi[ch * s..][..s]
                         .iter_mut()
                         .zip(y[o..o + s].iter().zip(&dy[o..o + s]))
                         .zip(&x[o..o + s])
                     {
-                        *d = k * grad(yv, g) + b0 + b1 * xv;
+                        *d = k * grad(yv, g) + b0 + b1 * (xv - mean);
                     }
                 }
             });
