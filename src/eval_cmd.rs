@@ -91,7 +91,7 @@ fn prepare(c: &Common<'_>) -> Result<Prepared> {
     let mut run = RunData::from_definition(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
     run.test_path.clone_from(&c.test_path);
-    let source = format!("{} {}", run.kind, describe_params(&text, &run));
+    let source = format!("{} {}", run.kind, describe_params(&run));
     let open = |split: Split, limit: Option<usize>| -> Result<LabelledSet> {
         let data = run
             .open(split)
@@ -138,7 +138,7 @@ fn prepare(c: &Common<'_>) -> Result<Prepared> {
 }
 
 /// `path: …` of the source, for the report.
-fn describe_params(_text: &str, run: &RunData) -> String {
+fn describe_params(run: &RunData) -> String {
     run.params
         .get("path")
         .and_then(simclr::core::Value::as_str)

@@ -88,8 +88,7 @@ pub fn class_scores(
     let mut out = Vec::with_capacity(q.len() / d);
     // 256 queries at a time: a [256, n] similarity block.
     for chunk in q.chunks(256 * d) {
-        let m = chunk.len() / d;
-        let sims = Tensor::from_slice(chunk, (m, d), &Device::Cpu)
+        let sims = Tensor::from_slice(chunk, (chunk.len() / d, d), &Device::Cpu)
             .and_then(|t| t.matmul(&bt))
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
@@ -115,7 +114,6 @@ pub fn class_scores(
             })
             .collect();
         out.extend(scores);
-        let _ = m;
     }
     Ok(out)
 }

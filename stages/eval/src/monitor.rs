@@ -278,18 +278,7 @@ impl Stage for KnnMonitor {
         _out: &mut Outputs<'_>,
         cx: &mut StageContext,
     ) -> Result<(), StageError> {
-        let Message::TrainState(act) = msg else {
-            return Err(StageError::UnexpectedMessage {
-                expected: "train_states",
-                got: msg.port_type().name(),
-            });
-        };
-        let Ok(state) = act.payload.downcast::<TrainState>() else {
-            return Err(StageError::msg("train state without a model payload"));
-        };
-        if let Some((_, t)) = state.groups.first().and_then(|g| g.tensors.first()) {
-            simclr_stage_model::stage::bind(t.device())?;
-        }
+        let state = simclr_stage_model::stage::receive_state(msg)?;
         // The first state of a new epoch: the previous epochs are done.
         let crossed = self.epoch.is_some_and(|e| state.epoch > e);
         self.epoch = Some(state.epoch);

@@ -132,18 +132,7 @@ impl Stage for CheckpointSink {
         _out: &mut Outputs<'_>,
         cx: &mut StageContext,
     ) -> Result<(), StageError> {
-        let Message::TrainState(act) = msg else {
-            return Err(StageError::UnexpectedMessage {
-                expected: "train_states",
-                got: msg.port_type().name(),
-            });
-        };
-        let Ok(state) = act.payload.downcast::<TrainState>() else {
-            return Err(StageError::msg("train state without a model payload"));
-        };
-        // Replacing (dropping) the previous state frees device memory: the CUDA context
-        // must be current on this thread for that too.
-        bind_state(&state)?;
+        let state = super::receive_state(msg)?;
         if self.every > 0 && state.steps % self.every == 0 {
             self.write(&state, cx)?;
         }
@@ -157,7 +146,7 @@ impl Stage for CheckpointSink {
         cx: &mut StageContext,
     ) -> Result<(), StageError> {
         if let Some(state) = &self.last {
-            bind_state(state)?;
+            super::bind_state(state)?;
         }
         if let Some(state) = self.last.take()
             && self.written != Some(state.steps)
@@ -171,14 +160,6 @@ impl Stage for CheckpointSink {
             ));
         }
         Ok(())
-    }
-}
-
-/// Make the device of a state's tensors current on this thread.
-fn bind_state(state: &TrainState) -> Result<(), StageError> {
-    match state.groups.first().and_then(|g| g.tensors.first()) {
-        Some((_, t)) => super::bind(t.device()),
-        None => Ok(()),
     }
 }
 

@@ -133,6 +133,34 @@ pub struct TrainState {
     pub optimizer_state: Vec<(String, Tensor)>,
 }
 
+/// The training state a `train_states` message carries, with its device made current on this
+/// thread (dropping a previous state frees device memory, which needs the context too). For
+/// the sinks that read the trainer's states.
+///
+/// # Errors
+/// Another message type, or a state without a model payload.
+pub fn receive_state(msg: simclr_core::Message) -> Result<Arc<TrainState>, StageError> {
+    let simclr_core::Message::TrainState(act) = msg else {
+        return Err(StageError::UnexpectedMessage {
+            expected: "train_states",
+            got: msg.port_type().name(),
+        });
+    };
+    let Ok(state) = act.payload.downcast::<TrainState>() else {
+        return Err(StageError::msg("train state without a model payload"));
+    };
+    bind_state(&state)?;
+    Ok(state)
+}
+
+/// Make the device of a state's tensors current on this thread.
+pub(crate) fn bind_state(state: &TrainState) -> Result<(), StageError> {
+    match state.groups.first().and_then(|g| g.tensors.first()) {
+        Some((_, t)) => bind(t.device()),
+        None => Ok(()),
+    }
+}
+
 /// The candle device named by a definition's `device:` (`cpu`, `cuda`, `cuda:N`, `auto`).
 ///
 /// # Errors
