@@ -14,6 +14,7 @@ pub use simclr_runtime as runtime;
 pub use simclr_stage_augment as augment;
 pub use simclr_stage_eval as eval;
 pub use simclr_stage_model as model;
+pub use simclr_stage_onnx as onnx;
 pub use simclr_stage_source as source;
 
 pub mod registry {

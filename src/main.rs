@@ -1,4 +1,5 @@
-//! The `simclr` command line: `validate`, `stages`, `run`, `profile`.
+//! The `simclr` command line: `validate`, `stages`, `run`, `profile`, `preview`, `eval`,
+//! `export`, `embed`, `bench`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use simclr::runtime::{self, RunOptions};
 mod bench;
 mod bench_train;
 mod eval_cmd;
+mod onnx_cmd;
 mod preview;
 
 /// SimCLR contrastive learning as YAML-defined dataflow pipelines.
@@ -95,6 +97,64 @@ enum Command {
         #[command(subcommand)]
         what: EvalCommand,
     },
+    /// Export a trained encoder (optionally with its projection head) to ONNX, verified in
+    /// ONNX Runtime against candle. Input `images` [batch, C, H, W] float32 NCHW; outputs
+    /// `features` (h) and, with --head, `projection` (z). Preprocessing in the metadata.
+    Export {
+        /// A run folder (its latest checkpoint), a checkpoints folder or one checkpoint folder.
+        path: PathBuf,
+        /// Output file.
+        #[arg(long, default_value = "encoder.onnx")]
+        out: PathBuf,
+        /// Include the projection head g (output `projection`).
+        #[arg(long)]
+        head: bool,
+        /// ONNX opset (13 to 23).
+        #[arg(long, default_value_t = simclr::onnx::export::DEFAULT_OPSET)]
+        opset: i64,
+        /// Keep BatchNorm as BatchNormalization nodes (inference mode) instead of folding it
+        /// into the convolutions.
+        #[arg(long)]
+        no_fold_bn: bool,
+        /// Skip the check in ONNX Runtime (no ONNX Runtime needed).
+        #[arg(long)]
+        no_verify: bool,
+        /// Largest |ONNX Runtime - candle| the check accepts.
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f64,
+        /// Images of the run's own data the check also runs (when readable here).
+        #[arg(long, default_value_t = 16)]
+        verify_images: usize,
+    },
+    /// Embed images with an exported encoder (ONNX Runtime) or a checkpoint (candle): writes a
+    /// float32 .npy [n, d] in input order, plus <out>.ids.txt (file per row) for folders.
+    Embed {
+        /// An .onnx file from `simclr export`, or a run/checkpoint folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// An image folder (searched recursively, sorted by path), an IDX image file (.gz or
+        /// not), or a float32 .npy of preprocessed images [n, C, H, W].
+        #[arg(long)]
+        input: PathBuf,
+        /// Output .npy.
+        #[arg(long, default_value = "embeddings.npy")]
+        out: PathBuf,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+        /// Threads for decoding and inference (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Which output: features (h) or projection (z; needs the head).
+        #[arg(long, default_value = "features")]
+        output: String,
+        /// Only the first N inputs.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -104,6 +164,33 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Embedding throughput: ONNX Runtime on the exported encoder vs candle's forward pass.
+    Embed {
+        /// ResNet depth (18, 34, 50).
+        #[arg(long, default_value_t = 18)]
+        depth: usize,
+        /// ResNet width.
+        #[arg(long, default_value_t = 64)]
+        width: usize,
+        /// Input side.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Input channels.
+        #[arg(long, default_value_t = 3)]
+        channels: usize,
+        /// Images per batch.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Timed batches per backend (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        batches: usize,
+        /// ONNX Runtime threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Augmentation throughput (pairs/s) on three suites, with a per-transform breakdown.
     Augment {
         /// Print one JSON object keyed by suite.
@@ -352,6 +439,86 @@ fn main() -> ExitCode {
                 }
             }
         }
+        .map(|text| {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }),
+        Command::Export {
+            path,
+            out,
+            head,
+            opset,
+            no_fold_bn,
+            no_verify,
+            tolerance,
+            verify_images,
+        } => onnx_cmd::export_command(&onnx_cmd::ExportArgs {
+            path: &path,
+            out: &out,
+            head,
+            opset,
+            fold: !no_fold_bn,
+            verify: !no_verify,
+            tolerance,
+            verify_images,
+        })
+        .map(|text| {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }),
+        Command::Embed {
+            model,
+            input,
+            out,
+            batch_size,
+            threads,
+            output,
+            limit,
+            quiet,
+        } => {
+            if threads > 0 {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build_global()
+                    .ok();
+            }
+            onnx_cmd::embed_command(&onnx_cmd::EmbedArgs {
+                model: &model,
+                input: &input,
+                out: &out,
+                batch_size,
+                threads,
+                output: &output,
+                limit,
+                quiet,
+            })
+            .map(|text| {
+                println!("{text}");
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Embed {
+                    depth,
+                    width,
+                    size,
+                    channels,
+                    batch,
+                    batches,
+                    threads,
+                    json,
+                },
+        } => onnx_cmd::bench_embed(&onnx_cmd::BenchEmbedArgs {
+            depth,
+            width,
+            size,
+            channels,
+            batch: batch.max(1),
+            batches,
+            threads,
+            json,
+        })
         .map(|text| {
             println!("{text}");
             ExitCode::SUCCESS

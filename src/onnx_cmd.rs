@@ -1,0 +1,672 @@
+//! `simclr export` (a checkpoint's encoder to ONNX, verified in ONNX Runtime), `simclr embed`
+//! (embeddings of images with ONNX Runtime or candle) and `simclr bench embed`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use rayon::prelude::*;
+use simclr::augment::{Img, Policy, Shape};
+use simclr::eval::data::{RunData, load};
+use simclr::onnx::export::{
+    DEFAULT_OPSET, ExportOptions, FEATURES, INPUT, InputShape, PROJECTION, export, to_bytes,
+};
+use simclr::onnx::meta::Preprocessing;
+use simclr::onnx::model::Model;
+use simclr::onnx::runtime::OnnxModel;
+use simclr::onnx::verify::{Comparison, compare, random_inputs};
+use simclr::source::common::{Dataset, Split};
+
+/// Options of `simclr export`.
+pub struct ExportArgs<'a> {
+    /// Run folder, checkpoints folder or checkpoint.
+    pub path: &'a Path,
+    /// Output file.
+    pub out: &'a Path,
+    /// Include the projection head (output `projection`).
+    pub head: bool,
+    /// ONNX opset.
+    pub opset: i64,
+    /// Fold BatchNorm into the convolutions.
+    pub fold: bool,
+    /// Check in ONNX Runtime against candle.
+    pub verify: bool,
+    /// Largest |ONNX Runtime − candle| accepted.
+    pub tolerance: f64,
+    /// Real images used by the verification (from the run's data, when readable).
+    pub verify_images: usize,
+}
+
+/// The run's data and preprocessing, from the checkpoint's copy of its definition.
+fn run_data(model: &Model) -> Result<(RunData, PathBuf)> {
+    let dir = &model
+        .checkpoint
+        .as_ref()
+        .context("the model has no checkpoint")?
+        .dir;
+    let definition = dir.join("definition.yaml");
+    let text = std::fs::read_to_string(&definition)
+        .with_context(|| format!("cannot read {}", definition.display()))?;
+    let run = RunData::from_definition(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
+    Ok((run, definition))
+}
+
+/// How images become this model's input: the training crop size (or, without one, the size
+/// of the run's images when they can be read; else any size), `normalize` of the policy.
+fn preprocessing(model: &Model, run: &RunData) -> Result<Preprocessing> {
+    let channels = model.arch.in_channels();
+    let size = match run.crop {
+        Some(s) => Some((s, s)),
+        None => run
+            .open(Split::Train)
+            .ok()
+            .and_then(|d| d.get(0).ok())
+            .map(|s| (s.height as usize, s.width as usize)),
+    };
+    let mut p = Preprocessing::identity(channels, size);
+    if let Some((mean, std)) = &run.normalize {
+        let fit = |v: &Vec<f64>| -> Result<Vec<f64>> {
+            match v.len() {
+                1 => Ok(vec![v[0]; channels]),
+                n if n == channels => Ok(v.clone()),
+                n => bail!("the definition's normalize has {n} values for {channels} channel(s)"),
+            }
+        };
+        p.mean = fit(mean)?;
+        p.std = fit(std)?;
+    }
+    Ok(p)
+}
+
+fn describe(model: &Model) -> String {
+    match &model.arch {
+        simclr::model::stage::encoder::Architecture::ResNet(c) => format!(
+            "ResNet-{} (width {}, {} stem)",
+            c.depth,
+            c.width,
+            match c.stem {
+                simclr::model::resnet::Stem::Cifar => "CIFAR",
+                simclr::model::resnet::Stem::ImageNet => "ImageNet",
+            }
+        ),
+        simclr::model::stage::encoder::Architecture::SmallCnn { width, .. } => {
+            format!("small_cnn (width {width})")
+        }
+    }
+}
+
+/// `simclr export`.
+pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
+    let t0 = Instant::now();
+    let model = Model::from_checkpoint(a.path, &Device::Cpu).map_err(anyhow::Error::msg)?;
+    let checkpoint = model.checkpoint.clone().context("checkpoint")?;
+    let (run, definition) = run_data(&model)?;
+    let pre = preprocessing(&model, &run)?;
+    if a.head && model.head.is_none() {
+        bail!(
+            "{}: the checkpoint has no projection head to include",
+            checkpoint.dir.display()
+        );
+    }
+    let (enc, head) = model.tensors().map_err(anyhow::Error::msg)?;
+    let head = if a.head {
+        model.head.as_ref().zip(head.as_ref()).map(|(h, t)| (h.kind, t))
+    } else {
+        None
+    };
+    let feature_dim = model.arch.feature_dim();
+    let mut metadata = pre.to_metadata();
+    metadata.push(("embedding_output".into(), FEATURES.into()));
+    metadata.push(("embedding_size".into(), feature_dim.to_string()));
+    let mut projection_size = None;
+    if let Some((kind, _)) = &head {
+        let out = match *kind {
+            simclr::model::projector::ProjectorKind::None => feature_dim,
+            simclr::model::projector::ProjectorKind::Linear { out }
+            | simclr::model::projector::ProjectorKind::Mlp { out, .. } => out,
+        };
+        projection_size = Some(out);
+        metadata.push(("projection_output".into(), PROJECTION.into()));
+        metadata.push(("projection_size".into(), out.to_string()));
+    }
+    let info = &checkpoint.info;
+    metadata.extend([
+        ("encoder".to_owned(), model.kind.clone()),
+        ("encoder_spec".into(), model.spec.to_string()),
+        (
+            "batch_norm".into(),
+            if a.fold { "folded" } else { "BatchNormalization" }.into(),
+        ),
+        ("definition_hash".into(), info.definition_hash.clone()),
+        ("training_step".into(), info.steps.to_string()),
+        ("epoch".into(), info.epoch.to_string()),
+        ("seed".into(), info.seed.to_string()),
+        ("exported_by".into(), format!("simclr {}", env!("CARGO_PKG_VERSION"))),
+    ]);
+    let size_text = pre
+        .size
+        .map_or_else(|| "any size".to_owned(), |(h, w)| format!("{h}x{w}"));
+    let doc = format!(
+        "SimCLR encoder f: {}, trained {} steps (definition {}). Input `{INPUT}`: float32 \
+         [batch, {}, H, W] ({size_text}), pixels/255 normalised with mean {:?} and std {:?}. \
+         Output `{FEATURES}`: h [batch, {feature_dim}]{}.",
+        describe(&model),
+        info.steps,
+        info.definition_hash,
+        pre.channels,
+        pre.mean,
+        pre.std,
+        projection_size.map_or_else(String::new, |p| format!(
+            "; `{PROJECTION}`: z = g(h) [batch, {p}]"
+        )),
+    );
+    let options = ExportOptions {
+        opset: a.opset,
+        fold_batch_norm: a.fold,
+        metadata,
+        doc,
+    };
+    let proto = export(
+        &model.arch,
+        &enc,
+        head,
+        InputShape {
+            channels: pre.channels,
+            size: pre.size,
+        },
+        &options,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint.dir.display()))?;
+    let nodes = proto.graph.as_ref().map_or(0, |g| g.node.len());
+    let bytes = to_bytes(&proto);
+    let mut text = format!(
+        "exported {} from {} (step {}) to {}: {} nodes, opset {}, {:.1} MB, BatchNorm {}\n  \
+         input `{INPUT}` [batch, {}, {}] float32 NCHW; outputs `{FEATURES}` [batch, {feature_dim}]{}\n",
+        describe(&model),
+        checkpoint.dir.display(),
+        info.steps,
+        a.out.display(),
+        nodes,
+        a.opset,
+        bytes.len() as f64 / 1e6,
+        if a.fold { "folded" } else { "kept (inference mode)" },
+        pre.channels,
+        pre.size
+            .map_or_else(|| "height, width".to_owned(), |(h, w)| format!("{h}, {w}")),
+        projection_size.map_or_else(String::new, |p| format!(", `{PROJECTION}` [batch, {p}]")),
+    );
+    if a.verify {
+        let rows = verify(&model, &bytes, &pre, &run, &definition, a.verify_images)?;
+        let worst = rows.iter().map(|c| c.max_abs).fold(0.0, f64::max);
+        let table: Vec<String> = rows.iter().map(|c| format!("  {c}")).collect();
+        if !(worst <= a.tolerance) {
+            bail!(
+                "verification failed: ONNX Runtime differs from candle by {worst:.3e} (tolerance \
+                 {:.0e}); nothing written\n{}",
+                a.tolerance,
+                table.join("\n")
+            );
+        }
+        text.push_str(&format!(
+            "  verified in ONNX Runtime against candle: max |difference| {worst:.2e} <= {:.0e}\n{}\n",
+            a.tolerance,
+            table.join("\n")
+        ));
+    } else {
+        text.push_str("  not verified (--no-verify)\n");
+    }
+    write_atomic(a.out, &bytes)?;
+    text.push_str(&format!("  {:.1} s", t0.elapsed().as_secs_f64()));
+    Ok(text)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let tmp = path.with_extension("onnx.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The export against candle: random batches of 7 and 1, and up to `images` of the run's own
+/// training images, preprocessed as for evaluation (when the data is readable here).
+fn verify(
+    model: &Model,
+    bytes: &[u8],
+    pre: &Preprocessing,
+    run: &RunData,
+    definition: &Path,
+    images: usize,
+) -> Result<Vec<Comparison>> {
+    let mut onnx = OnnxModel::from_bytes(bytes, 0).map_err(anyhow::Error::msg)?;
+    let (h, w) = pre.size.unwrap_or((32, 32));
+    let c = pre.channels;
+    let x = random_inputs(7 * c * h * w, 1);
+    let mut rows = compare(&mut onnx, model, &x, &[7, c, h, w], "random").map_err(anyhow::Error::msg)?;
+    rows.extend(
+        compare(&mut onnx, model, &x[..c * h * w], &[1, c, h, w], "random")
+            .map_err(anyhow::Error::msg)?,
+    );
+    if images > 0 {
+        let real = run
+            .open(Split::Train)
+            .and_then(|d| load(run, d.as_ref(), Some(images)));
+        match real {
+            Ok(set) => {
+                let (sc, sh, sw) = set.shape;
+                rows.extend(
+                    compare(&mut onnx, model, &set.pixels, &[set.len(), sc, sh, sw], "dataset")
+                        .map_err(anyhow::Error::msg)?,
+                );
+            }
+            Err(e) => eprintln!(
+                "note: verifying on random inputs only; the run's images are not readable here ({}: {e})",
+                definition.display()
+            ),
+        }
+    }
+    Ok(rows)
+}
+
+/// Options of `simclr embed`.
+pub struct EmbedArgs<'a> {
+    /// `.onnx` file or checkpoint.
+    pub model: &'a Path,
+    /// Image folder, IDX file or `.npy`.
+    pub input: &'a Path,
+    /// Output `.npy`.
+    pub out: &'a Path,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Threads (0: one per core).
+    pub threads: usize,
+    /// `features` or `projection`.
+    pub output: &'a str,
+    /// Only the first N inputs.
+    pub limit: Option<usize>,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+enum Backend {
+    Onnx(Box<OnnxModel>),
+    Candle(Box<Model>),
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Onnx(_) => "ONNX Runtime",
+            Backend::Candle(_) => "candle",
+        }
+    }
+
+    /// Rows of the chosen output for a batch.
+    fn run(&mut self, x: &[f32], dims: &[usize], output: &str) -> Result<(usize, Vec<f32>)> {
+        match self {
+            Backend::Onnx(m) => {
+                let outs = m.run(x, dims).map_err(anyhow::Error::msg)?;
+                let o = outs
+                    .into_iter()
+                    .find(|o| o.name == output)
+                    .with_context(|| format!("the model has no output `{output}`"))?;
+                Ok((o.dims.get(1).copied().unwrap_or(1), o.data))
+            }
+            Backend::Candle(m) => {
+                let (h, z) = m
+                    .forward(x, dims, output == PROJECTION)
+                    .map_err(anyhow::Error::msg)?;
+                let rows = if output == PROJECTION {
+                    z.context("the checkpoint has no projection head")?
+                } else {
+                    h
+                };
+                Ok((rows.len() / dims[0].max(1), rows))
+            }
+        }
+    }
+}
+
+/// What to embed.
+enum Inputs {
+    /// Decoded on demand and preprocessed; ids for folders.
+    Images {
+        data: std::sync::Arc<dyn Dataset>,
+        ids: Option<Vec<String>>,
+    },
+    /// Already preprocessed `[n, c, h, w]`.
+    Tensor { dims: Vec<usize>, data: Vec<f32> },
+}
+
+fn open_inputs(path: &Path, channels: usize) -> Result<Inputs> {
+    if path.is_dir() {
+        let (files, _) = simclr::source::image_folder::scan(path, false)
+            .map_err(anyhow::Error::msg)?;
+        if files.is_empty() {
+            bail!("{}: no images (png, jpeg, webp, bmp, gif) under it", path.display());
+        }
+        let ids = files
+            .iter()
+            .map(|(p, _)| {
+                p.strip_prefix(path)
+                    .unwrap_or(p)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let data = simclr::source::image_folder::ImageFolder::new(files, channels as u8);
+        return Ok(Inputs::Images {
+            data: std::sync::Arc::new(data),
+            ids: Some(ids),
+        });
+    }
+    if !path.is_file() {
+        bail!("{}: no such file or folder", path.display());
+    }
+    if path.extension().is_some_and(|e| e == "npy") {
+        let (dims, data) = simclr::onnx::npy::read_f32(path).map_err(anyhow::Error::msg)?;
+        if dims.len() != 4 {
+            bail!(
+                "{}: shape {dims:?}; a .npy input holds preprocessed images [n, channels, height, width]",
+                path.display()
+            );
+        }
+        return Ok(Inputs::Tensor { dims, data });
+    }
+    let data = simclr::source::idx::IdxDataset::load(path, None)
+        .map_err(|e| anyhow::anyhow!("{}: not an image folder, .npy or IDX file: {e}", path.display()))?;
+    Ok(Inputs::Images {
+        data: std::sync::Arc::new(data),
+        ids: None,
+    })
+}
+
+/// The deterministic preprocessing of an image of `height × width` (resize + centre crop to
+/// the model's size when it differs, then pixel/255 and normalisation).
+fn policy(pre: &Preprocessing, height: usize, width: usize) -> Result<Policy> {
+    let mut yaml = String::from("[");
+    if let Some((h, w)) = pre.size
+        && (height, width) != (h, w)
+    {
+        yaml.push_str(&format!(
+            "{{resize: {{size: {}}}}}, {{center_crop: {{size: [{h}, {w}]}}}}, ",
+            h.min(w)
+        ));
+    }
+    yaml.push_str(&format!(
+        "{{normalize: {{mean: {:?}, std: {:?}}}}}]",
+        pre.mean, pre.std
+    ));
+    let node = simclr::config::yaml::parse(&yaml).map_err(|e| anyhow::anyhow!(e.message))?;
+    Policy::parse(&node, "embed").map_err(|e| anyhow::anyhow!(e.message))
+}
+
+/// `simclr embed`.
+pub fn embed_command(a: &EmbedArgs<'_>) -> Result<String> {
+    let t0 = Instant::now();
+    if a.output != FEATURES && a.output != PROJECTION {
+        bail!("--output is `{FEATURES}` or `{PROJECTION}`, not `{}`", a.output);
+    }
+    let is_onnx = a.model.is_file();
+    let (mut backend, pre) = if is_onnx {
+        let m = OnnxModel::load(a.model, a.threads).map_err(anyhow::Error::msg)?;
+        let pre = Preprocessing::from_metadata(m.metadata())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
+        (Backend::Onnx(Box::new(m)), pre)
+    } else {
+        let m = Model::from_checkpoint(a.model, &Device::Cpu).map_err(anyhow::Error::msg)?;
+        let (run, _) = run_data(&m)?;
+        let pre = preprocessing(&m, &run)?;
+        (Backend::Candle(Box::new(m)), pre)
+    };
+    let inputs = open_inputs(a.input, pre.channels)?;
+    let total = match &inputs {
+        Inputs::Images { data, .. } => data.len() as usize,
+        Inputs::Tensor { dims, .. } => dims[0],
+    }
+    .min(a.limit.unwrap_or(usize::MAX));
+    if total == 0 {
+        bail!("{}: nothing to embed", a.input.display());
+    }
+    if let Inputs::Tensor { dims, .. } = &inputs {
+        if dims[1] != pre.channels {
+            bail!(
+                "{}: {} channel(s), the model takes {}",
+                a.input.display(),
+                dims[1],
+                pre.channels
+            );
+        }
+        if let Some((h, w)) = pre.size
+            && (dims[2], dims[3]) != (h, w)
+        {
+            bail!(
+                "{}: images of {}x{}, the model takes {h}x{w} (a .npy input is used as it is: preprocess it to that size)",
+                a.input.display(),
+                dims[2],
+                dims[3]
+            );
+        }
+    }
+    let bar = if a.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(total as u64),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {human_pos}/{human_len} images  {per_sec}  eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    };
+    let batch = a.batch_size.max(1);
+    let mut rows: Vec<f32> = Vec::new();
+    let mut dim = 0;
+    let mut start = 0;
+    while start < total {
+        let n = batch.min(total - start);
+        let (x, dims) = match &inputs {
+            Inputs::Tensor { dims, data } => {
+                let per = dims[1] * dims[2] * dims[3];
+                (
+                    data[start * per..(start + n) * per].to_vec(),
+                    vec![n, dims[1], dims[2], dims[3]],
+                )
+            }
+            Inputs::Images { data, ids } => {
+                let images: Vec<(Vec<f32>, Shape)> = (start..start + n)
+                    .into_par_iter()
+                    .map(|i| {
+                        let name = ids
+                            .as_ref()
+                            .map_or_else(|| format!("item {i}"), |ids| ids[i].clone());
+                        let s = data
+                            .get(i as u64)
+                            .map_err(|e| anyhow::anyhow!("{}: {}: {}", a.input.display(), e.item, e.cause))?;
+                        if usize::from(s.channels) != pre.channels {
+                            bail!(
+                                "{}: {name} has {} channel(s), the model takes {}",
+                                a.input.display(),
+                                s.channels,
+                                pre.channels
+                            );
+                        }
+                        let shape = Shape {
+                            channels: usize::from(s.channels),
+                            height: s.height as usize,
+                            width: s.width as usize,
+                        };
+                        let mut img = Img::from_u8(shape, s.pixels.to_vec());
+                        let mut rng = simclr::core::Rng::from_key(&[0]);
+                        policy(&pre, shape.height, shape.width)?
+                            .run(&mut img, &mut rng)
+                            .map_err(|e| anyhow::anyhow!("{}: {name}: {}", a.input.display(), e.0))?;
+                        let shape = img.shape;
+                        Ok((img.into_f32(), shape))
+                    })
+                    .collect::<Result<_>>()?;
+                let shape = images[0].1;
+                if let Some((i, (_, s))) = images.iter().enumerate().find(|(_, im)| im.1 != shape) {
+                    bail!(
+                        "{}: image {} is {}x{} after preprocessing, image {start} {}x{}: the model was exported for any size, so images must share one (or export from a run with a fixed crop)",
+                        a.input.display(),
+                        start + i,
+                        s.height,
+                        s.width,
+                        shape.height,
+                        shape.width
+                    );
+                }
+                let mut x = Vec::with_capacity(n * shape.len());
+                for (p, _) in images {
+                    x.extend_from_slice(&p);
+                }
+                (x, vec![n, shape.channels, shape.height, shape.width])
+            }
+        };
+        let (d, out) = backend.run(&x, &dims, a.output)?;
+        dim = d;
+        rows.extend_from_slice(&out);
+        start += n;
+        bar.set_position(start as u64);
+    }
+    bar.finish_and_clear();
+    simclr::onnx::npy::write_f32(a.out, &[total, dim], &rows).map_err(anyhow::Error::msg)?;
+    let mut text = format!(
+        "{} embeddings ({}, {dim} values each) of {} with {} -> {}",
+        total,
+        a.output,
+        a.input.display(),
+        backend.name(),
+        a.out.display()
+    );
+    if let Inputs::Images { ids: Some(ids), .. } = &inputs {
+        let path = a.out.with_extension("ids.txt");
+        let mut body = ids[..total].join("\n");
+        body.push('\n');
+        std::fs::write(&path, body).with_context(|| format!("cannot write {}", path.display()))?;
+        text.push_str(&format!(" (row ids: {})", path.display()));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    text.push_str(&format!(
+        "\n{secs:.1} s, {:.0} images/s",
+        total as f64 / secs.max(1e-9)
+    ));
+    Ok(text)
+}
+
+/// Options of `simclr bench embed`.
+pub struct BenchEmbedArgs {
+    /// ResNet depth.
+    pub depth: usize,
+    /// ResNet width.
+    pub width: usize,
+    /// Input side.
+    pub size: usize,
+    /// Input channels.
+    pub channels: usize,
+    /// Images per batch.
+    pub batch: usize,
+    /// Timed batches per backend.
+    pub batches: usize,
+    /// ONNX Runtime intra-op threads (0: one per core).
+    pub threads: usize,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// `simclr bench embed`: forward throughput of ONNX Runtime (the exported, folded model) vs
+/// candle (the model stages in evaluation mode) on the same seeded ResNet and inputs.
+pub fn bench_embed(a: &BenchEmbedArgs) -> Result<String> {
+    let spec = serde_json::json!({
+        "depth": a.depth, "width": a.width, "stem": "cifar", "in_channels": a.channels
+    });
+    let model =
+        Model::seeded("resnet", spec, None, 0, &Device::Cpu).map_err(anyhow::Error::msg)?;
+    let (enc, _) = model.tensors().map_err(anyhow::Error::msg)?;
+    let proto = export(
+        &model.arch,
+        &enc,
+        None,
+        InputShape {
+            channels: a.channels,
+            size: Some((a.size, a.size)),
+        },
+        &ExportOptions {
+            opset: DEFAULT_OPSET,
+            ..ExportOptions::default()
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut onnx = OnnxModel::from_bytes(&to_bytes(&proto), a.threads).map_err(anyhow::Error::msg)?;
+    let dims = [a.batch, a.channels, a.size, a.size];
+    let x = random_inputs(dims.iter().product(), 7);
+    let diff = compare(&mut onnx, &model, &x, &dims, "random")
+        .map_err(anyhow::Error::msg)?
+        .iter()
+        .map(|c| c.max_abs)
+        .fold(0.0, f64::max);
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        let t = Instant::now();
+        for _ in 0..a.batches.max(1) {
+            f()?;
+        }
+        Ok(t.elapsed().as_secs_f64() / a.batches.max(1) as f64)
+    };
+    let ort_s = time(&mut || {
+        onnx.run(&x, &dims).map_err(anyhow::Error::msg)?;
+        Ok(())
+    })?;
+    let candle_s = time(&mut || {
+        model.forward(&x, &dims, false).map_err(anyhow::Error::msg)?;
+        Ok(())
+    })?;
+    let per = |s: f64| a.batch as f64 / s;
+    if a.json {
+        return Ok(serde_json::json!({
+            "model": format!("resnet{} width {} {}x{}x{}", a.depth, a.width, a.channels, a.size, a.size),
+            "batch": a.batch,
+            "batches": a.batches,
+            "onnxruntime_ms_per_batch": ort_s * 1e3,
+            "candle_ms_per_batch": candle_s * 1e3,
+            "onnxruntime_images_per_s": per(ort_s),
+            "candle_images_per_s": per(candle_s),
+            "ratio_onnxruntime_over_candle": per(ort_s) / per(candle_s),
+            "max_abs_difference": diff,
+        })
+        .to_string());
+    }
+    Ok(format!(
+        "ResNet-{} width {}, {}x{}x{}, batch {}, {} timed batches each (after one warm-up)\n\
+         | backend | ms/batch | images/s |\n|---|---|---|\n\
+         | ONNX Runtime (exported, BatchNorm folded) | {:.1} | {:.0} |\n\
+         | candle (model stages, evaluation mode) | {:.1} | {:.0} |\n\
+         ONNX Runtime / candle throughput: {:.2}x; max |difference| {diff:.1e}",
+        a.depth,
+        a.width,
+        a.channels,
+        a.size,
+        a.size,
+        a.batch,
+        a.batches.max(1),
+        ort_s * 1e3,
+        per(ort_s),
+        candle_s * 1e3,
+        per(candle_s),
+        per(ort_s) / per(candle_s),
+    ))
+}

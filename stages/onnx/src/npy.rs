@@ -1,0 +1,110 @@
+//! NumPy `.npy` files (format 1.0) of float32: what `embed` writes and reads.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Write `data` (row-major, shape `dims`) as a little-endian float32 `.npy`, atomically
+/// (a temporary file renamed into place).
+///
+/// # Errors
+/// A size that does not match `dims`, or a write failure (with the path).
+pub fn write_f32(path: &Path, dims: &[usize], data: &[f32]) -> Result<(), String> {
+    if dims.iter().product::<usize>() != data.len() {
+        return Err(format!(
+            "{}: {} values do not make shape {dims:?}",
+            path.display(),
+            data.len()
+        ));
+    }
+    let shape = match dims {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n', padded to a multiple of 64.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.div_ceil(64) * 64 - unpadded));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let tmp = path.with_extension("npy.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Read a float32 `.npy` (little-endian, C order): shape and values.
+///
+/// # Errors
+/// Not an `.npy`, another dtype, Fortran order, or a truncated file; the message names the file.
+pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
+    let fail = |m: String| format!("{}: {m}", path.display());
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(fail("not a .npy file".into()));
+    }
+    let (len, start) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(fail(format!(".npy format version {v} is not supported"))),
+    };
+    let header = bytes
+        .get(start..start + len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(|| fail("truncated header".into()))?;
+    let field = |key: &str| -> Option<&str> {
+        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
+        let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
+        Some(rest)
+    };
+    let descr = field("descr").ok_or_else(|| fail("no 'descr' in the header".into()))?;
+    if !(descr.starts_with("'<f4'") || descr.starts_with("'=f4'")) {
+        let found = descr.split(',').next().unwrap_or(descr);
+        return Err(fail(format!(
+            "dtype {found} is not float32 ('<f4'); convert with `a.astype(np.float32)`"
+        )));
+    }
+    if field("fortran_order").is_some_and(|v| v.starts_with("True")) {
+        return Err(fail("Fortran order is not supported; save np.ascontiguousarray(a)".into()));
+    }
+    let shape = field("shape").ok_or_else(|| fail("no 'shape' in the header".into()))?;
+    let inner = shape
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| fail("malformed shape".into()))?;
+    let dims = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| fail(format!("malformed shape ({inner})"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n: usize = dims.iter().product();
+    let body = &bytes[start + len..];
+    if body.len() != n * 4 {
+        return Err(fail(format!(
+            "shape {dims:?} needs {} bytes of data, the file has {}",
+            n * 4,
+            body.len()
+        )));
+    }
+    let data = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((dims, data))
+}
