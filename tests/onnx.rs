@@ -309,3 +309,270 @@ fn an_export_that_differs_from_candle_is_caught() {
     let c = compare(&mut onnx, &model, &x, &dims, "random").expect("compare");
     assert!(c[0].max_abs > 1e-2, "a stale export passed: {}", c[0]);
 }
+
+/// A tiny trained run: synthetic images of `size` px with `channels` channels, a policy with
+/// a normalisation (so the metadata's mean/std are not the identity), a ResNet-18 of width 4
+/// and an MLP head with BatchNorm; 4 steps.
+fn train(dir: &Path, channels: usize) -> PathBuf {
+    let (mean, std) = if channels == 3 {
+        ("[0.5, 0.4, 0.3]", "[0.2, 0.25, 0.3]")
+    } else {
+        ("[0.3]", "[0.35]")
+    };
+    let text = format!(
+        "\
+name: onnx-test
+seed: 11
+stages:
+  images: {{ kind: synthetic, params: {{ count: 32, size: 16, channels: {channels} }} }}
+  views:
+    kind: views
+    inputs: [images]
+    params:
+      t:
+        - random_resized_crop: {{ size: 16, scale: [0.3, 1.0] }}
+        - horizontal_flip: {{ p: 0.5 }}
+        - normalize: {{ mean: {mean}, std: {std} }}
+  batches: {{ kind: batch, inputs: [views], params: {{ batch_size: 8 }} }}
+  encoder: {{ kind: resnet, inputs: [batches], credit: {{ from: train }}, params: {{ depth: 18, width: 4, in_channels: {channels} }} }}
+  head: {{ kind: projector, inputs: [encoder], params: {{ head: mlp, hidden: 16, out: 8, batch_norm: true }} }}
+  train: {{ kind: nt_xent, inputs: [head], params: {{ optimizer: lars, lr: 1.0, warmup_steps: 1 }} }}
+  checkpoints: {{ kind: checkpoint, inputs: [train], params: {{ every: 0 }} }}
+"
+    );
+    std::fs::create_dir_all(dir).expect("dir");
+    let file = dir.join("def.yaml");
+    std::fs::write(&file, text).expect("definition");
+    let run = dir.join("run");
+    ok(&simclr(
+        &[
+            "run",
+            file.to_str().expect("utf-8"),
+            "--run-dir",
+            run.to_str().expect("utf-8"),
+            "--quiet",
+        ],
+        &[],
+    ));
+    run
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    simclr::onnx::npy::read_f32(path).expect("npy")
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A PNG of `w × h` with a gradient pattern.
+fn png(path: &Path, w: u32, h: u32, seed: u32) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            ((x * 7 + seed * 31) % 256) as u8,
+            ((y * 11 + seed * 17) % 256) as u8,
+            (((x + y) * 5 + seed) % 256) as u8,
+        ])
+    });
+    img.save(path).expect("png");
+}
+
+#[test]
+fn export_and_embed_through_the_cli_agree_across_backends() {
+    let dir = scratch("cli");
+    let run = train(&dir, 3);
+    // Export with the head, BatchNorm folded: verified on random and dataset images.
+    let model = dir.join("encoder.onnx");
+    let out = ok(&simclr(
+        &["export", s(&run), "--out", s(&model), "--head"],
+        &[],
+    ));
+    assert!(out.contains("verified in ONNX Runtime"), "{out}");
+    assert!(out.contains("dataset  batch  16  projection"), "{out}");
+    // Unfolded, another opset.
+    let unfolded = dir.join("unfolded.onnx");
+    ok(&simclr(
+        &["export", s(&run), "--out", s(&unfolded), "--no-fold-bn", "--opset", "21"],
+        &[],
+    ));
+    let infos = python_check(&[model.clone(), unfolded.clone()], &[]);
+    let meta = &infos[0]["metadata"];
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/latest"))
+            .map(|name| run.join("checkpoints").join(name.trim()).join("state.json"))
+            .and_then(std::fs::read_to_string)
+            .expect("state.json"),
+    )
+    .expect("json");
+    assert_eq!(meta["definition_hash"], state["definition_hash"]);
+    assert_eq!(meta["training_step"], state["steps"].to_string());
+    assert_eq!(meta["mean"], "0.5,0.4,0.3");
+    assert_eq!(meta["std"], "0.2,0.25,0.3");
+    assert_eq!(meta["input_height"], "16");
+    assert_eq!(meta["input_channels"], "3");
+    assert_eq!(meta["embedding_size"], "32");
+    assert_eq!(meta["projection_size"], "8");
+    assert_eq!(meta["batch_norm"], "folded");
+    assert_eq!(infos[0]["outputs"]["projection"][1], 8);
+    assert_eq!(infos[1]["opset"], 21);
+    assert_eq!(infos[1]["ir_version"], 10);
+    // 17 convolutions and 3 shortcuts, each with its BatchNorm.
+    assert_eq!(infos[1]["ops"]["BatchNormalization"], 20);
+    assert_eq!(infos[1]["metadata"]["batch_norm"], "BatchNormalization");
+
+    // An image folder (sizes that need the resize and centre crop), both backends.
+    let images = dir.join("images");
+    png(&images.join("b/one.png"), 16, 16, 1);
+    png(&images.join("a/two.png"), 24, 20, 2);
+    png(&images.join("three.png"), 40, 40, 3);
+    png(&images.join("a/four.png"), 13, 30, 4);
+    let embed = |model: &Path, input: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec!["embed", "--model", s(model), "--input", s(input), "--out", s(out)];
+        args.extend_from_slice(extra);
+        ok(&simclr(&args, &[]))
+    };
+    let (e_ort, e_candle) = (dir.join("ort.npy"), dir.join("candle.npy"));
+    embed(&model, &images, &e_ort, &["--batch-size", "3"]);
+    embed(&run, &images, &e_candle, &[]);
+    let (a, b) = (npy(&e_ort), npy(&e_candle));
+    assert_eq!(a.0, vec![4, 32]);
+    assert_eq!(a.0, b.0);
+    assert!(max_diff(&a.1, &b.1) <= 1e-4, "{}", max_diff(&a.1, &b.1));
+    let ids = std::fs::read_to_string(dir.join("ort.ids.txt")).expect("ids");
+    assert_eq!(
+        ids.lines().collect::<Vec<_>>(),
+        ["a/four.png", "a/two.png", "b/one.png", "three.png"]
+    );
+    // Rows are in input order: the same image alone gives the same row.
+    let single = dir.join("single");
+    png(&single.join("x.png"), 24, 20, 2);
+    embed(&model, &single, &dir.join("single.npy"), &[]);
+    assert!(max_diff(&npy(&dir.join("single.npy")).1, &a.1[32..64]) <= 1e-5);
+
+    // Preprocessed .npy input, both backends and Python's onnxruntime.
+    let x: Vec<f32> = simclr::onnx::verify::random_inputs(6 * 3 * 16 * 16, 3);
+    let xin = dir.join("x.npy");
+    simclr::onnx::npy::write_f32(&xin, &[6, 3, 16, 16], &x).expect("npy");
+    let (p_ort, p_candle) = (dir.join("p-ort.npy"), dir.join("p-candle.npy"));
+    embed(&model, &xin, &p_ort, &["--output", "projection"]);
+    embed(&run, &xin, &p_candle, &["--output", "projection"]);
+    let (a, b) = (npy(&p_ort), npy(&p_candle));
+    assert_eq!(a.0, vec![6, 8]);
+    assert!(max_diff(&a.1, &b.1) <= 1e-4);
+    let h_ort = dir.join("h-ort.npy");
+    embed(&unfolded, &xin, &h_ort, &["--threads", "1"]);
+    python_check(
+        &[unfolded.clone()],
+        &["--input", s(&xin), "--expect", s(&h_ort), "--tolerance", "1e-6"],
+    );
+    // The unfolded export has no head: asking for z is an error naming the output.
+    let out = simclr(
+        &["embed", "--model", s(&unfolded), "--input", s(&xin), "--output", "projection"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no output `projection`"));
+}
+
+#[test]
+fn embed_reads_idx_files_for_gray_models() {
+    let dir = scratch("idx");
+    let run = train(&dir, 1);
+    let model = dir.join("gray.onnx");
+    ok(&simclr(&["export", s(&run), "--out", s(&model)], &[]));
+    // An IDX file of 5 images of 20×20 (resized and cropped to 16), gzip or not.
+    let mut bytes = vec![0, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 20, 0, 0, 0, 20];
+    bytes.extend((0..5 * 400).map(|i| (i * 37 % 251) as u8));
+    let idx = dir.join("images-idx3-ubyte");
+    std::fs::write(&idx, &bytes).expect("idx");
+    let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
+    ok(&simclr(&["embed", "--model", s(&model), "--input", s(&idx), "--out", s(&a)], &[]));
+    ok(&simclr(&["embed", "--model", s(&run), "--input", s(&idx), "--out", s(&b), "--limit", "5"], &[]));
+    let (a, b) = (npy(&a), npy(&b));
+    assert_eq!(a.0, vec![5, 32]);
+    assert!(max_diff(&a.1, &b.1) <= 1e-4);
+    assert!(!dir.join("a.ids.txt").exists(), "ids are written for folders only");
+    // A gray IDX file into an RGB model is refused with the reason.
+    let rgb = train(&dir.join("rgb"), 3);
+    let out = simclr(&["embed", "--model", s(&rgb), "--input", s(&idx), "--out", s(&dir.join("c.npy"))], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 channel(s), the model takes 3"), "{err}");
+}
+
+#[test]
+fn export_failures_are_clear_and_leave_no_file() {
+    let dir = scratch("failures");
+    let run = train(&dir, 3);
+    // No ONNX Runtime: ORT_DYLIB_PATH pointing nowhere, or nothing to find at all.
+    let target = dir.join("x.onnx");
+    for env in [
+        vec![("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so.1.31.1")],
+        vec![("PATH", "/nonexistent"), ("ORT_DYLIB_PATH", "")],
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_simclr"));
+        cmd.args(["export", s(&run), "--out", s(&target)])
+            .current_dir(&dir);
+        for (k, v) in &env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let out = cmd.output().expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("pip install onnxruntime==1.31.1"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!target.exists());
+    }
+    // --no-verify needs no ONNX Runtime and writes a valid file.
+    let out = simclr(
+        &["export", s(&run), "--out", s(&target), "--no-verify"],
+        &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+    );
+    assert!(ok(&out).contains("not verified"));
+    python_check(&[target.clone()], &[]);
+    // A verification that fails reports the numbers and writes nothing.
+    let strict = dir.join("strict.onnx");
+    let out = simclr(
+        &["export", s(&run), "--out", s(&strict), "--tolerance", "1e-12"],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("verification failed") && err.contains("max |ort - candle|"), "{err}");
+    assert!(!strict.exists());
+    // Bad inputs name the file and the cause.
+    let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 3, 16, 16), }\n";
+    let mut f64_npy = b"\x93NUMPY\x01\x00".to_vec();
+    f64_npy.extend((header.len() as u16).to_le_bytes());
+    f64_npy.extend(header.as_bytes());
+    f64_npy.extend(vec![0u8; 8 * 768]);
+    let cases: [(&str, &[u8], &str); 3] = [
+        ("missing", b"", "no such file or folder"),
+        ("f64.npy", &f64_npy, "not float32"),
+        ("junk.bin", b"not an image file", "not an image folder, .npy or IDX file"),
+    ];
+    for (name, bytes, expect) in cases {
+        let path = dir.join(name);
+        if !bytes.is_empty() {
+            std::fs::write(&path, bytes).expect("write");
+        }
+        let out = simclr(&["embed", "--model", s(&run), "--input", s(&path)], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(expect) && err.contains(name), "{name}: {err}");
+    }
+    let out = simclr(&["export", s(&dir.join("nowhere")), "--out", s(&strict)], &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint found"));
+    let out = simclr(&["export", s(&run), "--out", s(&strict), "--opset", "9"], &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("opset 9 is not supported"));
+}
