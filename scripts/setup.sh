@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Installs the data the tests and shipped definitions use. Idempotent; needs root (or sudo)
-# only when something is missing.
+# Installs what the tests and shipped definitions use. Idempotent; needs root (or sudo) only
+# when something is missing.
+# - Fashion-MNIST (Debian package dataset-fashion-mnist) for the `idx` source;
+# - ONNX Runtime and Python's onnx package (PyPI) for `simclr export --verify`, `simclr embed`
+#   with .onnx models, and the export tests (onnx.checker is an independent check).
 set -euo pipefail
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get install -y dataset-fashion-mnist || { $SUDO apt-get update && $SUDO apt-get install -y dataset-fashion-mnist; }
+fi
+if ! python3 -c "import onnxruntime, onnx, numpy; assert onnxruntime.__version__ == '1.31.1'" 2>/dev/null; then
+  PIP="python3 -m pip install --disable-pip-version-check --quiet"
+  $PIP onnxruntime==1.31.1 onnx==1.23.2 || $PIP --user onnxruntime==1.31.1 onnx==1.23.2
 fi

@@ -248,7 +248,8 @@ fn verify(
     definition: &Path,
     images: usize,
 ) -> Result<Vec<Comparison>> {
-    let mut onnx = OnnxModel::from_bytes(bytes, 0).map_err(anyhow::Error::msg)?;
+    let mut onnx = OnnxModel::from_bytes(bytes, 0)
+        .map_err(|e| anyhow::anyhow!("{e}\n(to export without the check: --no-verify)"))?;
     let (h, w) = pre.size.unwrap_or((32, 32));
     let c = pre.channels;
     let x = random_inputs(7 * c * h * w, 1);

@@ -455,6 +455,35 @@ fn export_and_embed_through_the_cli_agree_across_backends() {
     embed(&model, &single, &dir.join("single.npy"), &[]);
     assert!(max_diff(&npy(&dir.join("single.npy")).1, &a.1[32..64]) <= 1e-5);
 
+    // examples/serve_onnx.rs (built by `cargo test` beside this test) gives the same h for
+    // an image at the input size: its norm is that of `embed`'s row.
+    let example = std::env::current_exe()
+        .ok()
+        .and_then(|t| Some(t.parent()?.parent()?.join("examples/serve_onnx")))
+        .filter(|p| p.is_file());
+    match example {
+        Some(bin) => {
+            let out = Command::new(bin)
+                .args([s(&model), s(&images.join("b/one.png")), s(&images.join("three.png"))])
+                .output()
+                .expect("example runs");
+            let text = ok(&out);
+            let norm: f32 = text
+                .lines()
+                .next()
+                .and_then(|l| l.rsplit("norm ").next())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no norm in {text}"));
+            let row = &a.1[64..96];
+            let expected = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - expected).abs() <= 1e-3 * expected, "example {norm} vs embed {expected}");
+            assert!(text.contains("cosine similarities:\n  +1.000"), "{text}");
+        }
+        None => eprintln!(
+            "NOTE: examples/serve_onnx not built (cargo test --test onnx skips examples); the full `cargo test` runs it"
+        ),
+    }
+
     // Preprocessed .npy input, both backends and Python's onnxruntime.
     let x: Vec<f32> = simclr::onnx::verify::random_inputs(6 * 3 * 16 * 16, 3);
     let xin = dir.join("x.npy");
