@@ -298,6 +298,104 @@ fn batch_norm_and_its_gradients_match_float64() {
     }
 }
 
+/// Evaluation-mode BatchNorm (+ ReLU) against float64 formulas with given running statistics
+/// (not the batch's): output, and the gradients w.r.t. x, γ and β of sum(y · r) with the
+/// statistics held constant; and against candle-nn's evaluation-mode BatchNorm.
+#[test]
+fn evaluation_batch_norm_and_its_gradients_match_float64() {
+    use simclr_stage_model::kernels::batch_norm::batch_norm_eval;
+    for (case, &(n, c, h, w, relu)) in [(4, 3, 5, 7, false), (2, 8, 4, 4, true), (1, 5, 9, 3, true)]
+        .iter()
+        .enumerate()
+    {
+        let dev = Device::Cpu;
+        let seed = 2000 + 10 * case as u64;
+        let xs: Vec<f32> = values(n * c * h * w, seed)
+            .iter()
+            .map(|v| 3.0 * v + 0.7)
+            .collect();
+        let gs: Vec<f32> = values(c, seed + 1).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let bs = values(c, seed + 2);
+        let means: Vec<f32> = values(c, seed + 4).iter().map(|v| 0.7 + v).collect();
+        let vars: Vec<f32> = values(c, seed + 5).iter().map(|v| 2.0 + 1.5 * v).collect();
+        let rs = values(n * c * h * w, seed + 3);
+        let x = Var::from_vec(xs.clone(), (n, c, h, w), &dev).expect("x");
+        let g = Var::from_vec(gs.clone(), c, &dev).expect("g");
+        let b = Var::from_vec(bs.clone(), c, &dev).expect("b");
+        let mean = Tensor::from_vec(means.clone(), c, &dev).expect("mean");
+        let var = Tensor::from_vec(vars.clone(), c, &dev).expect("var");
+        let y = batch_norm_eval(
+            x.as_tensor(),
+            g.as_tensor(),
+            b.as_tensor(),
+            &mean,
+            &var,
+            1e-5,
+            relu,
+        )
+        .expect("bn");
+        let r = Tensor::from_vec(rs.clone(), (n, c, h, w), &dev).expect("r");
+        let grads = (&y * &r)
+            .and_then(|t| t.sum_all())
+            .and_then(|l| l.backward())
+            .expect("grads");
+        let s = h * w;
+        let (mut ry, mut rdx) = (vec![0.0f64; xs.len()], vec![0.0f64; xs.len()]);
+        let (mut rdg, mut rdb) = (vec![0.0; c], vec![0.0; c]);
+        for i in 0..n {
+            for ch in 0..c {
+                let inv = 1.0 / (f64::from(vars[ch]) + 1e-5).sqrt();
+                for k in 0..s {
+                    let j = (i * c + ch) * s + k;
+                    let xhat = (f64::from(xs[j]) - f64::from(means[ch])) * inv;
+                    let pre = f64::from(gs[ch]) * xhat + f64::from(bs[ch]);
+                    ry[j] = if relu { pre.max(0.0) } else { pre };
+                    let d = if relu && pre <= 0.0 {
+                        0.0
+                    } else {
+                        f64::from(rs[j])
+                    };
+                    rdx[j] = f64::from(gs[ch]) * inv * d;
+                    rdg[ch] += d * xhat;
+                    rdb[ch] += d;
+                }
+            }
+        }
+        let label = format!("case {case}: {n}x{c}x{h}x{w} relu {relu}");
+        for (what, ours, reference) in [
+            ("y", y.clone(), ry),
+            ("dx", grads.get(x.as_tensor()).expect("dx").clone(), rdx),
+            ("dgamma", grads.get(g.as_tensor()).expect("dg").clone(), rdg),
+            ("dbeta", grads.get(b.as_tensor()).expect("db").clone(), rdb),
+        ] {
+            let e = max_rel_err(&ours, &reference);
+            assert!(e <= 1e-5, "{label}: {what} error {e:e}");
+        }
+        // candle-nn's evaluation mode gives the same output.
+        let bn = candle_nn::BatchNorm::new(
+            c,
+            mean,
+            var,
+            g.as_tensor().clone(),
+            b.as_tensor().clone(),
+            1e-5,
+        )
+        .expect("candle bn");
+        let theirs = bn.forward_t(x.as_tensor(), false).expect("candle");
+        let theirs = if relu {
+            theirs.relu().expect("relu")
+        } else {
+            theirs
+        };
+        let diff = (&theirs - &y)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("diff");
+        assert!(diff <= 1e-5, "{label}: vs candle-nn {diff:e}");
+    }
+}
+
 /// relu(a + b) and its gradients (the same for a and b: dy where the output is positive).
 #[test]
 fn residual_add_relu_matches_its_definition() {

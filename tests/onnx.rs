@@ -188,7 +188,11 @@ fn exported(case: &Case, seed: u64) -> (Model, Vec<u8>) {
     let proto = export(
         &model.arch,
         &enc,
-        model.head.as_ref().zip(head.as_ref()).map(|(h, t)| (h.kind, t)),
+        model
+            .head
+            .as_ref()
+            .zip(head.as_ref())
+            .map(|(h, t)| (h.kind, t)),
         InputShape {
             channels: case.channels,
             size: Some((case.size, case.size)),
@@ -218,26 +222,32 @@ fn every_architecture_exports_checks_and_matches_candle_in_onnx_runtime() {
         let dims = [3, case.channels, case.size, case.size];
         let x = random_inputs(dims.iter().product(), i as u64);
         for c in compare(&mut onnx, &model, &x, &dims, "random").expect("compare") {
-            assert!(
-                c.max_abs <= 1e-4,
-                "{}: {c} — above 1e-4",
-                case.name
-            );
+            assert!(c.max_abs <= 1e-4, "{}: {c} — above 1e-4", case.name);
             assert!(c.max_ref > 1e-3, "{}: degenerate output {c}", case.name);
             worst = worst.max(c.max_abs);
             eprintln!("{}: {c}", case.name);
         }
         files.push(file);
     }
-    eprintln!("worst |ort - candle| over {} models: {worst:.2e}", files.len());
+    eprintln!(
+        "worst |ort - candle| over {} models: {worst:.2e}",
+        files.len()
+    );
     let infos = python_check(&files, &[]);
     assert_eq!(infos.len(), files.len());
     for (info, case) in infos.iter().zip(cases()) {
         let ops = &info["ops"];
-        let bn = ops.get("BatchNormalization").and_then(|v| v.as_u64()).unwrap_or(0);
+        let bn = ops
+            .get("BatchNormalization")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
         assert_eq!(bn == 0, case.fold, "{}: {ops}", case.name);
         assert_eq!(info["opset"], 17);
-        assert_eq!(info["inputs"]["images"][0], "batch", "{}: symbolic batch", case.name);
+        assert_eq!(
+            info["inputs"]["images"][0], "batch",
+            "{}: symbolic batch",
+            case.name
+        );
         assert_eq!(
             info["inputs"]["images"][1].as_u64(),
             Some(case.channels as u64)
@@ -367,7 +377,10 @@ fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// A PNG of `w × h` with a gradient pattern.
@@ -398,7 +411,15 @@ fn export_and_embed_through_the_cli_agree_across_backends() {
     // Unfolded, another opset.
     let unfolded = dir.join("unfolded.onnx");
     ok(&simclr(
-        &["export", s(&run), "--out", s(&unfolded), "--no-fold-bn", "--opset", "21"],
+        &[
+            "export",
+            s(&run),
+            "--out",
+            s(&unfolded),
+            "--no-fold-bn",
+            "--opset",
+            "21",
+        ],
         &[],
     ));
     let infos = python_check(&[model.clone(), unfolded.clone()], &[]);
@@ -433,7 +454,15 @@ fn export_and_embed_through_the_cli_agree_across_backends() {
     png(&images.join("three.png"), 40, 40, 3);
     png(&images.join("a/four.png"), 13, 30, 4);
     let embed = |model: &Path, input: &Path, out: &Path, extra: &[&str]| {
-        let mut args = vec!["embed", "--model", s(model), "--input", s(input), "--out", s(out)];
+        let mut args = vec![
+            "embed",
+            "--model",
+            s(model),
+            "--input",
+            s(input),
+            "--out",
+            s(out),
+        ];
         args.extend_from_slice(extra);
         ok(&simclr(&args, &[]))
     };
@@ -464,7 +493,11 @@ fn export_and_embed_through_the_cli_agree_across_backends() {
     match example {
         Some(bin) => {
             let out = Command::new(bin)
-                .args([s(&model), s(&images.join("b/one.png")), s(&images.join("three.png"))])
+                .args([
+                    s(&model),
+                    s(&images.join("b/one.png")),
+                    s(&images.join("three.png")),
+                ])
                 .output()
                 .expect("example runs");
             let text = ok(&out);
@@ -476,7 +509,10 @@ fn export_and_embed_through_the_cli_agree_across_backends() {
                 .unwrap_or_else(|| panic!("no norm in {text}"));
             let row = &a.1[64..96];
             let expected = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-            assert!((norm - expected).abs() <= 1e-3 * expected, "example {norm} vs embed {expected}");
+            assert!(
+                (norm - expected).abs() <= 1e-3 * expected,
+                "example {norm} vs embed {expected}"
+            );
             assert!(text.contains("cosine similarities:\n  +1.000"), "{text}");
         }
         None => eprintln!(
@@ -497,12 +533,27 @@ fn export_and_embed_through_the_cli_agree_across_backends() {
     let h_ort = dir.join("h-ort.npy");
     embed(&unfolded, &xin, &h_ort, &["--threads", "1"]);
     python_check(
-        &[unfolded.clone()],
-        &["--input", s(&xin), "--expect", s(&h_ort), "--tolerance", "1e-6"],
+        std::slice::from_ref(&unfolded),
+        &[
+            "--input",
+            s(&xin),
+            "--expect",
+            s(&h_ort),
+            "--tolerance",
+            "1e-6",
+        ],
     );
     // The unfolded export has no head: asking for z is an error naming the output.
     let out = simclr(
-        &["embed", "--model", s(&unfolded), "--input", s(&xin), "--output", "projection"],
+        &[
+            "embed",
+            "--model",
+            s(&unfolded),
+            "--input",
+            s(&xin),
+            "--output",
+            "projection",
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(1));
@@ -521,15 +572,53 @@ fn embed_reads_idx_files_for_gray_models() {
     let idx = dir.join("images-idx3-ubyte");
     std::fs::write(&idx, &bytes).expect("idx");
     let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
-    ok(&simclr(&["embed", "--model", s(&model), "--input", s(&idx), "--out", s(&a)], &[]));
-    ok(&simclr(&["embed", "--model", s(&run), "--input", s(&idx), "--out", s(&b), "--limit", "5"], &[]));
+    ok(&simclr(
+        &[
+            "embed",
+            "--model",
+            s(&model),
+            "--input",
+            s(&idx),
+            "--out",
+            s(&a),
+        ],
+        &[],
+    ));
+    ok(&simclr(
+        &[
+            "embed",
+            "--model",
+            s(&run),
+            "--input",
+            s(&idx),
+            "--out",
+            s(&b),
+            "--limit",
+            "5",
+        ],
+        &[],
+    ));
     let (a, b) = (npy(&a), npy(&b));
     assert_eq!(a.0, vec![5, 32]);
     assert!(max_diff(&a.1, &b.1) <= 1e-4);
-    assert!(!dir.join("a.ids.txt").exists(), "ids are written for folders only");
+    assert!(
+        !dir.join("a.ids.txt").exists(),
+        "ids are written for folders only"
+    );
     // A gray IDX file into an RGB model is refused with the reason.
     let rgb = train(&dir.join("rgb"), 3);
-    let out = simclr(&["embed", "--model", s(&rgb), "--input", s(&idx), "--out", s(&dir.join("c.npy"))], &[]);
+    let out = simclr(
+        &[
+            "embed",
+            "--model",
+            s(&rgb),
+            "--input",
+            s(&idx),
+            "--out",
+            s(&dir.join("c.npy")),
+        ],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("1 channel(s), the model takes 3"), "{err}");
@@ -568,16 +657,26 @@ fn export_failures_are_clear_and_leave_no_file() {
         &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
     );
     assert!(ok(&out).contains("not verified"));
-    python_check(&[target.clone()], &[]);
+    python_check(std::slice::from_ref(&target), &[]);
     // A verification that fails reports the numbers and writes nothing.
     let strict = dir.join("strict.onnx");
     let out = simclr(
-        &["export", s(&run), "--out", s(&strict), "--tolerance", "1e-12"],
+        &[
+            "export",
+            s(&run),
+            "--out",
+            s(&strict),
+            "--tolerance",
+            "1e-12",
+        ],
         &[],
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("verification failed") && err.contains("max |ort - candle|"), "{err}");
+    assert!(
+        err.contains("verification failed") && err.contains("max |ort - candle|"),
+        "{err}"
+    );
     assert!(!strict.exists());
     // Bad inputs name the file and the cause.
     let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 3, 16, 16), }\n";
@@ -588,7 +687,11 @@ fn export_failures_are_clear_and_leave_no_file() {
     let cases: [(&str, &[u8], &str); 3] = [
         ("missing", b"", "no such file or folder"),
         ("f64.npy", &f64_npy, "not float32"),
-        ("junk.bin", b"not an image file", "not an image folder, .npy or IDX file"),
+        (
+            "junk.bin",
+            b"not an image file",
+            "not an image folder, .npy or IDX file",
+        ),
     ];
     for (name, bytes, expect) in cases {
         let path = dir.join(name);
@@ -600,8 +703,14 @@ fn export_failures_are_clear_and_leave_no_file() {
         assert_eq!(out.status.code(), Some(1), "{name}: {err}");
         assert!(err.contains(expect) && err.contains(name), "{name}: {err}");
     }
-    let out = simclr(&["export", s(&dir.join("nowhere")), "--out", s(&strict)], &[]);
+    let out = simclr(
+        &["export", s(&dir.join("nowhere")), "--out", s(&strict)],
+        &[],
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint found"));
-    let out = simclr(&["export", s(&run), "--out", s(&strict), "--opset", "9"], &[]);
+    let out = simclr(
+        &["export", s(&run), "--out", s(&strict), "--opset", "9"],
+        &[],
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("opset 9 is not supported"));
 }

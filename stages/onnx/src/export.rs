@@ -284,7 +284,13 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     /// A node whose one output is named after the node.
-    fn node(&mut self, op: &str, name: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+    ) -> String {
         self.node_named(op, name, inputs, name, attrs);
         name.to_owned()
     }
@@ -470,7 +476,10 @@ impl Builder<'_> {
     }
 }
 
-fn resnet(g: &mut Builder<'_>, c: &simclr_stage_model::resnet::ResNetConfig) -> Result<String, String> {
+fn resnet(
+    g: &mut Builder<'_>,
+    c: &simclr_stage_model::resnet::ResNetConfig,
+) -> Result<String, String> {
     let (counts, bottleneck): ([usize; 4], bool) = match c.depth {
         18 => ([2, 2, 2, 2], false),
         34 => ([3, 4, 6, 3], false),
@@ -514,7 +523,11 @@ fn resnet(g: &mut Builder<'_>, c: &simclr_stage_model::resnet::ResNetConfig) -> 
             let p = format!("layer{}.{i}", stage + 1);
             let x = y.clone();
             let layers: Vec<(usize, usize, usize, usize)> = if bottleneck {
-                vec![(cin, planes, 1, 1), (planes, planes, 3, stride), (planes, cout, 1, 1)]
+                vec![
+                    (cin, planes, 1, 1),
+                    (planes, planes, 3, stride),
+                    (planes, cout, 1, 1),
+                ]
             } else {
                 vec![(cin, planes, 3, stride), (planes, cout, 3, 1)]
             };

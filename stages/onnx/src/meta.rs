@@ -32,11 +32,13 @@ pub struct Preprocessing {
     pub std: Vec<f64>,
 }
 
-const RESIZE: &str =
-    "when an image is not input_height x input_width: resize its shorter side to the input size (bilinear), then crop the centre";
+const RESIZE: &str = "when an image is not input_height x input_width: resize its shorter side to the input size (bilinear), then crop the centre";
 
 fn list(v: &[f64]) -> String {
-    v.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|x| format!("{x}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Preprocessing {
@@ -78,8 +80,9 @@ impl Preprocessing {
     /// Missing or malformed keys (named): a model not exported by this tool.
     pub fn from_metadata(m: &BTreeMap<String, String>) -> Result<Self, String> {
         let get = |k: &str| {
-            m.get(k)
-                .ok_or_else(|| format!("the model's metadata has no `{k}` (was it exported by `simclr export`?)"))
+            m.get(k).ok_or_else(|| {
+                format!("the model's metadata has no `{k}` (was it exported by `simclr export`?)")
+            })
         };
         let int = |k: &str| -> Result<usize, String> {
             get(k)?
@@ -90,11 +93,18 @@ impl Preprocessing {
         let floats = |k: &str| -> Result<Vec<f64>, String> {
             get(k)?
                 .split(',')
-                .map(|s| s.trim().parse::<f64>().map_err(|_| format!("metadata `{k}` is not a list of numbers")))
+                .map(|s| {
+                    s.trim()
+                        .parse::<f64>()
+                        .map_err(|_| format!("metadata `{k}` is not a list of numbers"))
+                })
                 .collect()
         };
         let channels = int("input_channels")?;
-        let size = match (m.contains_key("input_height"), m.contains_key("input_width")) {
+        let size = match (
+            m.contains_key("input_height"),
+            m.contains_key("input_width"),
+        ) {
             (true, true) => Some((int("input_height")?, int("input_width")?)),
             _ => None,
         };

@@ -65,8 +65,7 @@ pub fn head_params(spec: &serde_json::Value) -> Result<(HeadParams, usize), Stri
         .and_then(|m| m.remove("input"))
         .and_then(|v| v.as_u64())
         .ok_or("the head's spec has no `input` size")? as usize;
-    let params: HeadParams =
-        serde_json::from_value(spec).map_err(|e| format!("projector: {e}"))?;
+    let params: HeadParams = serde_json::from_value(spec).map_err(|e| format!("projector: {e}"))?;
     Ok((params, input))
 }
 
@@ -104,7 +103,12 @@ impl Model {
         let checkpoint = find_checkpoint(path)?;
         let group = |role: Role| checkpoint.info.groups.iter().find(|g| g.role == role);
         let enc = group(Role::Encoder)
-            .ok_or_else(|| format!("{}: the checkpoint holds no encoder", checkpoint.dir.display()))?
+            .ok_or_else(|| {
+                format!(
+                    "{}: the checkpoint holds no encoder",
+                    checkpoint.dir.display()
+                )
+            })?
             .clone();
         let arch = Architecture::from_spec(&enc.kind, &enc.spec)?;
         let built = build_encoder(&arch, device, checkpoint.info.seed, &enc.stage)
@@ -155,8 +159,8 @@ impl Model {
         let head = match head {
             Some(params) => {
                 let input = arch.feature_dim();
-                let (net, vars, _) = build_head(params, input, device, seed, "head")
-                    .map_err(|e| e.to_string())?;
+                let (net, vars, _) =
+                    build_head(params, input, device, seed, "head").map_err(|e| e.to_string())?;
                 Some(Head {
                     kind: params.kind(input),
                     net,

@@ -20,7 +20,10 @@ pub fn write_f32(path: &Path, dims: &[usize], data: &[f32]) -> Result<(), String
         [one] => format!("({one},)"),
         _ => format!(
             "({})",
-            dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+            dims.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
@@ -80,7 +83,9 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
         )));
     }
     if field("fortran_order").is_some_and(|v| v.starts_with("True")) {
-        return Err(fail("Fortran order is not supported; save np.ascontiguousarray(a)".into()));
+        return Err(fail(
+            "Fortran order is not supported; save np.ascontiguousarray(a)".into(),
+        ));
     }
     let shape = field("shape").ok_or_else(|| fail("no 'shape' in the header".into()))?;
     let inner = shape
@@ -91,7 +96,10 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| fail(format!("malformed shape ({inner})"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| fail(format!("malformed shape ({inner})")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let n: usize = dims.iter().product();
     let body = &bytes[start + len..];

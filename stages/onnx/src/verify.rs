@@ -91,8 +91,14 @@ pub fn compare(
             .iter()
             .zip(reference)
             .map(|(a, b)| f64::from((a - b).abs()))
-            .fold(0.0, |m: f64, d| if d.is_nan() { f64::INFINITY } else { m.max(d) });
-        let max_ref = reference.iter().map(|v| f64::from(v.abs())).fold(0.0, f64::max);
+            .fold(
+                0.0,
+                |m: f64, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+            );
+        let max_ref = reference
+            .iter()
+            .map(|v| f64::from(v.abs()))
+            .fold(0.0, f64::max);
         out.push(Comparison {
             inputs: inputs.to_owned(),
             batch: dims[0],

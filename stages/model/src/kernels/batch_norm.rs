@@ -1,5 +1,6 @@
 //! BatchNorm in training mode (optionally followed by ReLU) as one candle custom op with its
-//! own backward pass, for f32 NCHW tensors on the CPU.
+//! own backward pass, for f32 NCHW tensors on the CPU; and in evaluation mode (running
+//! statistics), one pass.
 //!
 //! candle-nn's training-mode BatchNorm transposes the input to channel-major, copies it, and
 //! runs a dozen element-wise passes forward and more backward. Here the forward pass is two
@@ -158,6 +159,7 @@ impl CustomOp3 for BatchNormTrain {
             &Backward {
                 eps: self.eps,
                 relu: self.relu,
+                eval: false,
                 params,
             },
         )?;
@@ -167,11 +169,96 @@ impl CustomOp3 for BatchNormTrain {
     }
 }
 
+/// Evaluation-mode BatchNorm (optionally followed by ReLU): `y = γ·(x − μ)/√(σ² + ε) + β`
+/// with the running statistics `[2, C]` as constants, one pass over the input (candle-nn's
+/// takes four element-wise passes and four allocations, plus one for the ReLU). Its backward
+/// pass treats the statistics as constants: dx = γ/√(σ² + ε)·dy', dγ = Σ dy'·x̂, dβ = Σ dy'.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchNormEval {
+    /// ε.
+    pub eps: f64,
+    /// Apply ReLU after normalising.
+    pub relu: bool,
+}
+
+impl CustomOp3 for BatchNormEval {
+    fn name(&self) -> &'static str {
+        "simclr-batch-norm-eval"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        // The same normalisation as training mode, with the given statistics.
+        BatchNormTrain {
+            eps: self.eps,
+            relu: self.relu,
+        }
+        .cpu_fwd(s1, l1, s2, l2, s3, l3)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gb: &Tensor,
+        st: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let c = x.dim(1)?;
+        let len = x.elem_count();
+        let params: Vec<f32> =
+            Tensor::cat(&[gb.flatten_all()?, st.flatten_all()?], 0)?.to_vec1()?;
+        let packed = x.apply_op3_no_bwd(
+            y,
+            &dy,
+            &Backward {
+                eps: self.eps,
+                relu: self.relu,
+                eval: true,
+                params,
+            },
+        )?;
+        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
+        let dgb = packed.narrow(0, len, 2 * c)?.reshape((2, c))?;
+        Ok((Some(dx), Some(dgb), None))
+    }
+}
+
+/// Evaluation-mode BatchNorm (and ReLU with `relu`) of `x` `[N, C, ...]` with per-channel
+/// `gamma`, `beta` and running `mean` and `var`, through [`BatchNormEval`].
+///
+/// # Errors
+/// Shapes that do not match, or a tensor our kernel does not take (see [`supported`]).
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let gb = Tensor::stack(&[gamma, beta], 0)?;
+    let stats = Tensor::stack(&[mean, var], 0)?.detach();
+    x.apply_op3(&gb, &stats, BatchNormEval { eps, relu })
+}
+
 /// The backward pass: inputs `x`, `y`, `dy`; output `[dx | dγ | dβ]` flattened.
 #[derive(Clone, Debug)]
 struct Backward {
     eps: f64,
     relu: bool,
+    /// Statistics were constants (evaluation mode): dx = γ/√(σ² + ε) · dy'.
+    eval: bool,
     /// γ, β, μ, σ², C each.
     params: Vec<f32>,
 }
@@ -240,6 +327,9 @@ impl CustomOp3 for Backward {
             .map(|(ch, &(sd, sdx))| {
                 let inv = 1.0 / (f64::from(st[c + ch]) + self.eps).sqrt();
                 let k = f64::from(gb[ch]) * inv;
+                if self.eval {
+                    return (k as f32, 0.0, 0.0, st[ch]);
+                }
                 let (md, mdx) = (sd / m, sdx / m);
                 let b1 = -k * inv * mdx;
                 (k as f32, (-k * md) as f32, b1 as f32, st[ch])
@@ -349,6 +439,17 @@ impl BatchNorm2d {
                 &((self.running_var.as_tensor() * (1.0 - k))? + (stats.get(1)? * (k * unbias))?)?,
             )?;
             return Ok(y);
+        }
+        if !train && supported(x) {
+            return batch_norm_eval(
+                x,
+                &self.gamma,
+                &self.beta,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                self.eps,
+                relu,
+            );
         }
         let y = candle_core::ModuleT::forward_t(&self.inner, x, train)?;
         if relu { y.relu() } else { Ok(y) }
