@@ -65,13 +65,18 @@ impl Preprocessing {
                 .map(|v| v.trim().parse::<f32>())
                 .collect::<std::result::Result<_, _>>()?)
         };
+        let channels: usize = get("input_channels")?.parse()?;
+        let (mean, std) = (floats("mean")?, floats("std")?);
+        if mean.len() != channels || std.len() != channels {
+            return Err(format!("metadata: mean/std do not have {channels} values").into());
+        }
         Ok(Self {
-            channels: get("input_channels")?.parse()?,
+            channels,
             // A model exported for any size has no input_height: use 32 here (any works).
             height: get("input_height").map_or(Ok(32), |v| v.parse())?,
             width: get("input_width").map_or(Ok(32), |v| v.parse())?,
-            mean: floats("mean")?,
-            std: floats("std")?,
+            mean,
+            std,
         })
     }
 
@@ -145,7 +150,7 @@ fn main() -> Result<()> {
     let input = Tensor::from_array((shape, batch))?;
     let outputs = session.run(ort::inputs!["images" => input])?;
     let (out_shape, features) = outputs["features"].try_extract_tensor::<f32>()?;
-    let d = out_shape[1] as usize;
+    let d = (out_shape[1] as usize).max(1);
 
     let rows: Vec<&[f32]> = features.chunks(d).collect();
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();

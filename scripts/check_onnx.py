@@ -7,7 +7,7 @@
         node counts by type, inputs, outputs and metadata.
     python3 scripts/check_onnx.py encoder.onnx --input x.npy --expect h.npy [--tolerance 1e-4]
         also runs x.npy (float32 NCHW) through Python's onnxruntime and compares the first
-        output with h.npy (e.g. the output of `simclr embed`).
+        output (or --output NAME) with h.npy (e.g. the output of `simclr embed`).
 
 Exits non-zero on the first failure, naming the file.
 """
@@ -25,6 +25,7 @@ def main() -> int:
     p.add_argument("models", nargs="+")
     p.add_argument("--input", help="float32 .npy of preprocessed NCHW images")
     p.add_argument("--expect", help=".npy the first output must match")
+    p.add_argument("--output", help="the output --expect holds (default: the first)")
     p.add_argument("--tolerance", type=float, default=1e-4)
     p.add_argument("--json", action="store_true", help="one JSON line per model")
     args = p.parse_args()
@@ -59,7 +60,8 @@ def main() -> int:
 
             x = np.load(args.input)
             session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-            y = session.run(None, {session.get_inputs()[0].name: x})[0]
+            name = args.output or session.get_outputs()[0].name
+            y = session.run([name], {session.get_inputs()[0].name: x})[0]
             if args.expect:
                 expect = np.load(args.expect)
                 if expect.shape != y.shape:

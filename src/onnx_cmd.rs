@@ -1,7 +1,6 @@
 //! `simclr export` (a checkpoint's encoder to ONNX, verified in ONNX Runtime), `simclr embed`
 //! (embeddings of images with ONNX Runtime or candle) and `simclr bench embed`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -60,11 +59,19 @@ fn preprocessing(model: &Model, run: &RunData) -> Result<Preprocessing> {
     let channels = model.arch.in_channels();
     let size = match run.crop {
         Some(s) => Some((s, s)),
-        None => run
+        None => match run
             .open(Split::Train)
-            .ok()
-            .and_then(|d| d.get(0).ok())
-            .map(|s| (s.height as usize, s.width as usize)),
+            .and_then(|d| d.get(0).map_err(|e| e.to_string()))
+        {
+            Ok(s) => Some((s.height as usize, s.width as usize)),
+            Err(e) => {
+                eprintln!(
+                    "note: the run's policy fixes no size and its images are not readable here \
+                     ({e}); the model takes any size and images are not resized"
+                );
+                None
+            }
+        },
     };
     let mut p = Preprocessing::identity(channels, size);
     if let Some((mean, std)) = &run.normalize {
@@ -127,11 +134,7 @@ pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
     metadata.push(("embedding_size".into(), feature_dim.to_string()));
     let mut projection_size = None;
     if let Some((kind, _)) = &head {
-        let out = match *kind {
-            simclr::model::projector::ProjectorKind::None => feature_dim,
-            simclr::model::projector::ProjectorKind::Linear { out }
-            | simclr::model::projector::ProjectorKind::Mlp { out, .. } => out,
-        };
+        let out = kind.out_size(feature_dim);
         projection_size = Some(out);
         metadata.push(("projection_output".into(), PROJECTION.into()));
         metadata.push(("projection_size".into(), out.to_string()));
@@ -221,7 +224,7 @@ pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
         if worst.is_nan() || worst > a.tolerance {
             bail!(
                 "verification failed: ONNX Runtime differs from candle by {worst:.3e} (tolerance \
-                 {:.0e}); nothing written\n{}",
+                 {:.0e}, --tolerance to change it); nothing written\n{}",
                 a.tolerance,
                 table.join("\n")
             );
@@ -234,24 +237,9 @@ pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
     } else {
         text.push_str("  not verified (--no-verify)\n");
     }
-    write_atomic(a.out, &bytes)?;
+    simclr::onnx::files::write_atomic(a.out, &bytes).map_err(anyhow::Error::msg)?;
     text.push_str(&format!("  {:.1} s", t0.elapsed().as_secs_f64()));
     Ok(text)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let tmp = path.with_extension("onnx.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The export against candle: random batches of 7 and 1, and up to `images` of the run's own
@@ -323,14 +311,17 @@ pub struct EmbedArgs<'a> {
 }
 
 enum Backend {
-    Onnx(Box<OnnxModel>),
+    Onnx {
+        model: Box<OnnxModel>,
+        path: PathBuf,
+    },
     Candle(Box<Model>),
 }
 
 impl Backend {
     fn name(&self) -> &'static str {
         match self {
-            Backend::Onnx(_) => "ONNX Runtime",
+            Backend::Onnx { .. } => "ONNX Runtime",
             Backend::Candle(_) => "candle",
         }
     }
@@ -338,12 +329,18 @@ impl Backend {
     /// Rows of the chosen output for a batch.
     fn run(&mut self, x: &[f32], dims: &[usize], output: &str) -> Result<(usize, Vec<f32>)> {
         match self {
-            Backend::Onnx(m) => {
-                let outs = m.run(x, dims).map_err(anyhow::Error::msg)?;
+            Backend::Onnx { model, path } => {
+                let outs = model.run(x, dims).map_err(anyhow::Error::msg)?;
                 let o = outs
                     .into_iter()
                     .find(|o| o.name == output)
-                    .with_context(|| format!("the model has no output `{output}`"))?;
+                    .with_context(|| {
+                        format!(
+                            "{}: the model has no output `{output}` (it has {})",
+                            path.display(),
+                            model.output_names().join(", ")
+                        )
+                    })?;
                 Ok((o.dims.get(1).copied().unwrap_or(1), o.data))
             }
             Backend::Candle(m) => {
@@ -422,24 +419,16 @@ fn open_inputs(path: &Path, channels: usize) -> Result<Inputs> {
     })
 }
 
-/// The deterministic preprocessing of an image of `height × width` (resize + centre crop to
-/// the model's size when it differs, then pixel/255 and normalisation).
+/// The deterministic preprocessing of an image of `height × width`: scale and crop the
+/// centre to the model's size when it differs, then pixel/255 and normalisation.
 fn policy(pre: &Preprocessing, height: usize, width: usize) -> Result<Policy> {
-    let mut yaml = String::from("[");
-    if let Some((h, w)) = pre.size
-        && (height, width) != (h, w)
-    {
-        yaml.push_str(&format!(
-            "{{resize: {{size: {}}}}}, {{center_crop: {{size: [{h}, {w}]}}}}, ",
-            h.min(w)
-        ));
-    }
-    yaml.push_str(&format!(
-        "{{normalize: {{mean: {:?}, std: {:?}}}}}]",
-        pre.mean, pre.std
-    ));
-    let node = simclr::config::yaml::parse(&yaml).map_err(|e| anyhow::anyhow!(e.message))?;
-    Policy::parse(&node, "embed").map_err(|e| anyhow::anyhow!(e.message))
+    simclr::eval::data::deterministic_policy(
+        pre.size,
+        Some((pre.mean.as_slice(), pre.std.as_slice())),
+        height,
+        width,
+    )
+    .map_err(anyhow::Error::msg)
 }
 
 /// `simclr embed`.
@@ -456,7 +445,13 @@ pub fn embed_command(a: &EmbedArgs<'_>) -> Result<String> {
         let m = OnnxModel::load(a.model, a.threads).map_err(anyhow::Error::msg)?;
         let pre = Preprocessing::from_metadata(m.metadata())
             .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
-        (Backend::Onnx(Box::new(m)), pre)
+        (
+            Backend::Onnx {
+                model: Box::new(m),
+                path: a.model.to_owned(),
+            },
+            pre,
+        )
     } else {
         let m = Model::from_checkpoint(a.model, &Device::Cpu).map_err(anyhow::Error::msg)?;
         let (run, _) = run_data(&m)?;
@@ -510,6 +505,10 @@ pub fn embed_command(a: &EmbedArgs<'_>) -> Result<String> {
     let mut rows: Vec<f32> = Vec::new();
     let mut dim = 0;
     let mut start = 0;
+    // Every input must reach the model at one size (a model for any size gets the images as
+    // they are): the first image's, checked across batches.
+    let mut first_shape: Option<Shape> = None;
+    let mut policies: std::collections::HashMap<(usize, usize), Policy> = Default::default();
     while start < total {
         let n = batch.min(total - start);
         let (x, dims) = match &inputs {
@@ -521,23 +520,38 @@ pub fn embed_command(a: &EmbedArgs<'_>) -> Result<String> {
                 )
             }
             Inputs::Images { data, ids } => {
-                let images: Vec<(Vec<f32>, Shape)> = (start..start + n)
+                let name = |i: usize| {
+                    ids.as_ref()
+                        .map_or_else(|| format!("item {i}"), |ids| ids[i].clone())
+                };
+                let samples: Vec<simclr::source::common::Sample> = (start..start + n)
                     .into_par_iter()
                     .map(|i| {
-                        let name = ids
-                            .as_ref()
-                            .map_or_else(|| format!("item {i}"), |ids| ids[i].clone());
                         let s = data.get(i as u64).map_err(|e| {
                             anyhow::anyhow!("{}: {}: {}", a.input.display(), e.item, e.cause)
                         })?;
                         if usize::from(s.channels) != pre.channels {
                             bail!(
-                                "{}: {name} has {} channel(s), the model takes {}",
+                                "{}: {} has {} channel(s), the model takes {}",
                                 a.input.display(),
+                                name(i),
                                 s.channels,
                                 pre.channels
                             );
                         }
+                        Ok(s)
+                    })
+                    .collect::<Result<_>>()?;
+                for s in &samples {
+                    let key = (s.height as usize, s.width as usize);
+                    if let std::collections::hash_map::Entry::Vacant(e) = policies.entry(key) {
+                        e.insert(policy(&pre, key.0, key.1)?);
+                    }
+                }
+                let images: Vec<(Vec<f32>, Shape)> = samples
+                    .into_par_iter()
+                    .enumerate()
+                    .map(|(k, s)| {
                         let shape = Shape {
                             channels: usize::from(s.channels),
                             height: s.height as usize,
@@ -545,21 +559,28 @@ pub fn embed_command(a: &EmbedArgs<'_>) -> Result<String> {
                         };
                         let mut img = Img::from_u8(shape, s.pixels.to_vec());
                         let mut rng = simclr::core::Rng::from_key(&[0]);
-                        policy(&pre, shape.height, shape.width)?
+                        policies[&(shape.height, shape.width)]
                             .run(&mut img, &mut rng)
                             .map_err(|e| {
-                                anyhow::anyhow!("{}: {name}: {}", a.input.display(), e.0)
+                                anyhow::anyhow!(
+                                    "{}: {}: {}",
+                                    a.input.display(),
+                                    name(start + k),
+                                    e.0
+                                )
                             })?;
                         let shape = img.shape;
                         Ok((img.into_f32(), shape))
                     })
                     .collect::<Result<_>>()?;
-                let shape = images[0].1;
-                if let Some((i, (_, s))) = images.iter().enumerate().find(|(_, im)| im.1 != shape) {
+                let shape = *first_shape.get_or_insert(images[0].1);
+                if let Some((k, (_, s))) = images.iter().enumerate().find(|(_, im)| im.1 != shape) {
                     bail!(
-                        "{}: image {} is {}x{} after preprocessing, image {start} {}x{}: the model was exported for any size, so images must share one (or export from a run with a fixed crop)",
+                        "{}: {} is {}x{} after preprocessing, the first image {}x{}: the model \
+                         takes any size, so images are not resized and must share one (export \
+                         from a run whose policy fixes the size, or resize them)",
                         a.input.display(),
-                        start + i,
+                        name(start + k),
                         s.height,
                         s.width,
                         shape.height,
@@ -589,12 +610,21 @@ pub fn embed_command(a: &EmbedArgs<'_>) -> Result<String> {
         backend.name(),
         a.out.display()
     );
+    let ids_path = a.out.with_extension("ids.txt");
     if let Inputs::Images { ids: Some(ids), .. } = &inputs {
-        let path = a.out.with_extension("ids.txt");
-        let mut body = ids[..total].join("\n");
-        body.push('\n');
-        std::fs::write(&path, body).with_context(|| format!("cannot write {}", path.display()))?;
-        text.push_str(&format!(" (row ids: {})", path.display()));
+        // One line per row; a newline or backslash inside a file name is escaped.
+        let mut body = String::new();
+        for id in &ids[..total] {
+            body.push_str(&id.replace('\\', "\\\\").replace('\n', "\\n"));
+            body.push('\n');
+        }
+        simclr::onnx::files::write_atomic(&ids_path, body.as_bytes())
+            .map_err(anyhow::Error::msg)?;
+        text.push_str(&format!(" (row ids: {})", ids_path.display()));
+    } else if ids_path.is_file() {
+        // A previous run's ids would describe other rows.
+        std::fs::remove_file(&ids_path)
+            .with_context(|| format!("cannot remove the stale {}", ids_path.display()))?;
     }
     let secs = t0.elapsed().as_secs_f64();
     text.push_str(&format!(

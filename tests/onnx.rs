@@ -106,7 +106,8 @@ struct Case {
     head: Option<HeadParams>,
     fold: bool,
     channels: usize,
-    size: usize,
+    /// Height and width of the input.
+    size: (usize, usize),
 }
 
 fn head_params(batch_norm: bool) -> HeadParams {
@@ -138,7 +139,7 @@ fn cases() -> Vec<Case> {
                             fold,
                             channels,
                             // Odd sizes; the ImageNet stem needs room for its two strides.
-                            size: if stem == "cifar" { 17 } else { 33 },
+                            size: if stem == "cifar" { (17, 17) } else { (33, 33) },
                         });
                     }
                 }
@@ -153,8 +154,33 @@ fn cases() -> Vec<Case> {
             head: Some(head_params(true)),
             fold,
             channels: 3,
-            size: 15,
+            size: (15, 15),
         });
+    }
+    // The other heads, ResNet-34 with the ImageNet stem, and non-square inputs.
+    let heads = [
+        ("none", serde_json::json!({ "head": "none" })),
+        ("linear", serde_json::json!({ "head": "linear", "out": 6 })),
+        (
+            "mlp3",
+            serde_json::json!({ "head": "mlp", "layers": 3, "hidden": 10, "out": 6, "batch_norm": true }),
+        ),
+    ];
+    for (name, head) in heads {
+        for fold in [true, false] {
+            cases.push(Case {
+                name: format!(
+                    "resnet34-imagenet-head-{name}-{}",
+                    if fold { "folded" } else { "bn" }
+                ),
+                kind: "resnet",
+                spec: serde_json::json!({ "depth": 34, "width": 4, "stem": "imagenet", "in_channels": 3 }),
+                head: Some(serde_json::from_value(head.clone()).expect("head params")),
+                fold,
+                channels: 3,
+                size: (32, 45),
+            });
+        }
     }
     cases.push(Case {
         name: "resnet34-cifar".into(),
@@ -163,7 +189,7 @@ fn cases() -> Vec<Case> {
         head: None,
         fold: true,
         channels: 3,
-        size: 16,
+        size: (16, 16),
     });
     cases
 }
@@ -177,12 +203,11 @@ fn exported(case: &Case, seed: u64) -> (Model, Vec<u8>) {
         &Device::Cpu,
     )
     .expect("model");
-    perturb(&model, seed, &[8, case.channels, case.size, case.size]);
+    perturb(&model, seed, &[8, case.channels, case.size.0, case.size.1]);
     let (enc, head) = model.tensors().expect("tensors");
     let options = ExportOptions {
         fold_batch_norm: case.fold,
-        metadata: Preprocessing::identity(case.channels, Some((case.size, case.size)))
-            .to_metadata(),
+        metadata: Preprocessing::identity(case.channels, Some(case.size)).to_metadata(),
         ..ExportOptions::default()
     };
     let proto = export(
@@ -195,7 +220,7 @@ fn exported(case: &Case, seed: u64) -> (Model, Vec<u8>) {
             .map(|(h, t)| (h.kind, t)),
         InputShape {
             channels: case.channels,
-            size: Some((case.size, case.size)),
+            size: Some(case.size),
         },
         &options,
     )
@@ -219,7 +244,7 @@ fn every_architecture_exports_checks_and_matches_candle_in_onnx_runtime() {
             vec!["features"]
         };
         assert_eq!(onnx.output_names(), expected_outputs, "{}", case.name);
-        let dims = [3, case.channels, case.size, case.size];
+        let dims = [3, case.channels, case.size.0, case.size.1];
         let x = random_inputs(dims.iter().product(), i as u64);
         for c in compare(&mut onnx, &model, &x, &dims, "random").expect("compare") {
             assert!(c.max_abs <= 1e-4, "{}: {c} — above 1e-4", case.name);
@@ -270,7 +295,7 @@ fn one_exported_file_runs_at_batch_sizes_1_7_and_64() {
         head: Some(head_params(false)),
         fold: true,
         channels: 3,
-        size: 16,
+        size: (16, 16),
     };
     let (model, bytes) = exported(&case, 5);
     let mut onnx = OnnxModel::from_bytes(&bytes, 2).expect("ONNX Runtime loads the export");
@@ -288,12 +313,7 @@ fn one_exported_file_runs_at_batch_sizes_1_7_and_64() {
         let all = onnx.run(&x, &dims).expect("run");
         assert_eq!(outputs[0].dims, vec![1, 64]);
         assert_eq!(all[0].dims, vec![n, 64]);
-        let d = outputs[0]
-            .data
-            .iter()
-            .zip(&all[0].data[..64])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let d = max_diff(&outputs[0].data, &all[0].data[..64]);
         assert!(d <= 1e-5, "row 0 alone vs in a batch of {n}: {d}");
     }
 }
@@ -309,7 +329,7 @@ fn an_export_that_differs_from_candle_is_caught() {
         head: None,
         fold: true,
         channels: 1,
-        size: 12,
+        size: (12, 12),
     };
     let (model, bytes) = exported(&case, 8);
     perturb(&model, 99, &[8, 1, 12, 12]);
@@ -380,7 +400,10 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+        .fold(
+            0.0,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
 }
 
 /// A PNG of `w × h` with a gradient pattern.
@@ -527,6 +550,25 @@ fn export_and_embed_through_the_cli_agree_across_backends() {
     let (p_ort, p_candle) = (dir.join("p-ort.npy"), dir.join("p-candle.npy"));
     embed(&model, &xin, &p_ort, &["--output", "projection"]);
     embed(&run, &xin, &p_candle, &["--output", "projection"]);
+    python_check(
+        std::slice::from_ref(&model),
+        &[
+            "--input",
+            s(&xin),
+            "--expect",
+            s(&p_ort),
+            "--output",
+            "projection",
+            "--tolerance",
+            "1e-6",
+        ],
+    );
+    // Embedding a .npy into the folder's output file removes its stale ids.
+    embed(&model, &xin, &e_ort, &[]);
+    assert!(
+        !dir.join("ort.ids.txt").exists(),
+        "stale ids left beside a .npy input's rows"
+    );
     let (a, b) = (npy(&p_ort), npy(&p_candle));
     assert_eq!(a.0, vec![6, 8]);
     assert!(max_diff(&a.1, &b.1) <= 1e-4);

@@ -146,21 +146,53 @@ impl RunData {
 
     /// The deterministic preprocessing for images of `height × width`.
     fn policy(&self, height: usize, width: usize) -> Result<Policy, String> {
-        let mut yaml = String::from("[");
-        if let Some(s) = self.crop
-            && (height, width) != (s, s)
-        {
-            yaml.push_str(&format!(
-                "{{resize: {{size: {s}}}}}, {{center_crop: {{size: {s}}}}}, "
-            ));
-        }
-        if let Some((m, s)) = &self.normalize {
-            yaml.push_str(&format!("{{normalize: {{mean: {m:?}, std: {s:?}}}}}"));
-        }
-        yaml.push(']');
-        let node = simclr_config::yaml::parse(&yaml).map_err(|e| e.message)?;
-        Policy::parse(&node, "eval").map_err(|e| e.message)
+        deterministic_policy(
+            self.crop.map(|s| (s, s)),
+            self.normalize
+                .as_ref()
+                .map(|(m, s)| (m.as_slice(), s.as_slice())),
+            height,
+            width,
+        )
     }
+}
+
+/// The deterministic preprocessing of an image of `height × width` for a model that takes
+/// `size` (H, W) when it is fixed: scale so that it covers H × W (the shorter side to H for
+/// square inputs, torchvision's `Resize(H)`), crop the centre; then pixel/255 and `normalize`
+/// (per-channel mean and std) when given.
+///
+/// # Errors
+/// Parameters the transforms refuse (a zero std, say).
+pub fn deterministic_policy(
+    size: Option<(usize, usize)>,
+    normalize: Option<(&[f64], &[f64])>,
+    height: usize,
+    width: usize,
+) -> Result<Policy, String> {
+    let mut yaml = String::from("[");
+    if let Some((h, w)) = size
+        && (height, width) != (h, w)
+    {
+        if h == w {
+            yaml.push_str(&format!("{{resize: {{size: {h}}}}}, "));
+        } else {
+            let s = f64::max(
+                h as f64 / height.max(1) as f64,
+                w as f64 / width.max(1) as f64,
+            );
+            let rh = ((height as f64 * s).ceil() as usize).max(h);
+            let rw = ((width as f64 * s).ceil() as usize).max(w);
+            yaml.push_str(&format!("{{resize: {{size: [{rh}, {rw}]}}}}, "));
+        }
+        yaml.push_str(&format!("{{center_crop: {{size: [{h}, {w}]}}}}, "));
+    }
+    if let Some((m, s)) = normalize {
+        yaml.push_str(&format!("{{normalize: {{mean: {m:?}, std: {s:?}}}}}"));
+    }
+    yaml.push(']');
+    let node = simclr_config::yaml::parse(&yaml).map_err(|e| e.message)?;
+    Policy::parse(&node, "eval").map_err(|e| e.message)
 }
 
 /// Labelled images as float32 CHW tensors' data, in dataset order.

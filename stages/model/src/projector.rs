@@ -30,20 +30,14 @@ pub enum ProjectorKind {
     },
 }
 
-/// The head g, named `head.{i}` / `head_bn.{i}`.
-#[derive(Debug)]
-pub struct Projector {
-    linears: Vec<Linear>,
-    norms: Vec<Option<BatchNorm>>,
-}
-
-impl Projector {
-    /// Build a head for representations of size `input`.
+impl ProjectorKind {
+    /// Sizes of the linear layers' inputs and outputs for representations of size `input`
+    /// (`[input, hidden…, out]`; empty for `none`), and whether hidden layers have BatchNorm.
     ///
     /// # Errors
     /// An MLP with fewer than two layers, or a zero size.
-    pub fn new(vb: VarBuilder<'_>, input: usize, kind: ProjectorKind) -> Result<Self> {
-        let (sizes, batch_norm) = match kind {
+    pub fn sizes(&self, input: usize) -> Result<(Vec<usize>, bool)> {
+        let (sizes, batch_norm) = match *self {
             ProjectorKind::None => (Vec::new(), false),
             ProjectorKind::Linear { out } => (vec![input, out], false),
             ProjectorKind::Mlp {
@@ -64,6 +58,32 @@ impl Projector {
         if sizes.contains(&0) {
             candle_core::bail!("projector: sizes must be positive, got {sizes:?}");
         }
+        Ok((sizes, batch_norm))
+    }
+
+    /// Size of z for representations of size `input`.
+    pub fn out_size(&self, input: usize) -> usize {
+        match *self {
+            ProjectorKind::None => input,
+            ProjectorKind::Linear { out } | ProjectorKind::Mlp { out, .. } => out,
+        }
+    }
+}
+
+/// The head g, named `head.{i}` / `head_bn.{i}`.
+#[derive(Debug)]
+pub struct Projector {
+    linears: Vec<Linear>,
+    norms: Vec<Option<BatchNorm>>,
+}
+
+impl Projector {
+    /// Build a head for representations of size `input`.
+    ///
+    /// # Errors
+    /// An MLP with fewer than two layers, or a zero size.
+    pub fn new(vb: VarBuilder<'_>, input: usize, kind: ProjectorKind) -> Result<Self> {
+        let (sizes, batch_norm) = kind.sizes(input)?;
         let mut linears = Vec::new();
         let mut norms = Vec::new();
         for (i, pair) in sizes.windows(2).enumerate() {

@@ -97,7 +97,11 @@ pub struct ResNetConfig {
 }
 
 impl ResNetConfig {
-    fn blocks(&self) -> Result<([usize; 4], bool)> {
+    /// Residual blocks per stage, and whether they are bottlenecks (ResNet-50).
+    ///
+    /// # Errors
+    /// A depth other than 18, 34 or 50.
+    pub fn blocks(&self) -> Result<([usize; 4], bool)> {
         Ok(match self.depth {
             18 => ([2, 2, 2, 2], false),
             34 => ([3, 4, 6, 3], false),

@@ -10,6 +10,9 @@ use candle_nn::VarBuilder;
 use crate::kernels::batch_norm::BatchNorm2d;
 use crate::kernels::conv::Conv;
 
+/// Per layer: channels as a multiple of the width, and stride.
+pub const LAYERS: [(usize, usize); 4] = [(1, 1), (2, 2), (4, 2), (8, 2)];
+
 /// The encoder.
 #[derive(Debug)]
 pub struct SmallCnn {
@@ -28,7 +31,7 @@ impl SmallCnn {
         }
         let mut layers = Vec::new();
         let mut cin = in_channels;
-        for (i, (mult, stride)) in [(1, 1), (2, 2), (4, 2), (8, 2)].into_iter().enumerate() {
+        for (i, (mult, stride)) in LAYERS.into_iter().enumerate() {
             let cout = width * mult;
             let vb = vb.pp(format!("features.{i}"));
             let conv = Conv::new(vb.pp("conv"), cin, cout, 3, stride, 1)?;

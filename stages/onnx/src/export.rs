@@ -156,7 +156,7 @@ pub fn export(
     };
     let h = match arch {
         Architecture::ResNet(c) => resnet(&mut g, c)?,
-        Architecture::SmallCnn { .. } => small_cnn(&mut g)?,
+        Architecture::SmallCnn { in_channels, width } => small_cnn(&mut g, *in_channels, *width)?,
     };
     let pooled = g.node("GlobalAveragePool", "avgpool", &[&h], vec![]);
     g.node_named(
@@ -480,12 +480,7 @@ fn resnet(
     g: &mut Builder<'_>,
     c: &simclr_stage_model::resnet::ResNetConfig,
 ) -> Result<String, String> {
-    let (counts, bottleneck): ([usize; 4], bool) = match c.depth {
-        18 => ([2, 2, 2, 2], false),
-        34 => ([3, 4, 6, 3], false),
-        50 => ([3, 4, 6, 3], true),
-        d => return Err(format!("resnet depth {d} is not supported (18, 34 or 50)")),
-    };
+    let (counts, bottleneck) = c.blocks().map_err(|e| e.to_string())?;
     let (k, stride) = match c.stem {
         Stem::Cifar => (3, 1),
         Stem::ImageNet => (7, 2),
@@ -568,18 +563,13 @@ fn resnet(
     Ok(y)
 }
 
-fn small_cnn(g: &mut Builder<'_>) -> Result<String, String> {
-    let first = g
-        .tensors
-        .get("features.0.conv.weight")
-        .ok_or("no tensor `features.0.conv.weight`")?;
-    let (width, in_channels) = match first.dims[..] {
-        [w, c, 3, 3] => (w, c),
-        _ => return Err(format!("`features.0.conv.weight` is {:?}", first.dims)),
-    };
+fn small_cnn(g: &mut Builder<'_>, in_channels: usize, width: usize) -> Result<String, String> {
     let mut y = INPUT.to_owned();
     let mut cin = in_channels;
-    for (i, (mult, stride)) in [(1, 1), (2, 2), (4, 2), (8, 2)].into_iter().enumerate() {
+    for (i, (mult, stride)) in simclr_stage_model::small_cnn::LAYERS
+        .into_iter()
+        .enumerate()
+    {
         let p = format!("features.{i}");
         y = g.conv_bn(
             &y,
@@ -598,24 +588,11 @@ fn small_cnn(g: &mut Builder<'_>) -> Result<String, String> {
 
 /// The head's nodes from `features`; returns the size of z.
 fn projector(g: &mut Builder<'_>, kind: ProjectorKind, input: usize) -> Result<usize, String> {
-    let (sizes, batch_norm) = match kind {
-        ProjectorKind::None => {
-            g.node_named("Identity", "head", &[FEATURES], PROJECTION, vec![]);
-            return Ok(input);
-        }
-        ProjectorKind::Linear { out } => (vec![input, out], false),
-        ProjectorKind::Mlp {
-            layers,
-            hidden,
-            out,
-            batch_norm,
-        } => {
-            let mut sizes = vec![input];
-            sizes.extend(std::iter::repeat_n(hidden, layers.saturating_sub(1)));
-            sizes.push(out);
-            (sizes, batch_norm)
-        }
-    };
+    if kind == ProjectorKind::None {
+        g.node_named("Identity", "head", &[FEATURES], PROJECTION, vec![]);
+        return Ok(input);
+    }
+    let (sizes, batch_norm) = kind.sizes(input).map_err(|e| e.to_string())?;
     let mut y = FEATURES.to_owned();
     let n = sizes.len() - 1;
     for (i, pair) in sizes.windows(2).enumerate() {

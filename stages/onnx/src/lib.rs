@@ -7,9 +7,10 @@
 //! - [`runtime`]: ONNX Runtime loaded at run time, with a clear error when it is missing.
 //! - [`verify`]: ONNX Runtime against candle on the same inputs.
 //! - [`model`]: a trained model (checkpoint) as candle runs it in evaluation mode.
-//! - [`npy`]: `.npy` files in and out.
+//! - [`npy`]: `.npy` files in and out; [`files`]: atomic writes.
 
 pub mod export;
+pub mod files;
 pub mod meta;
 pub mod model;
 pub mod npy;

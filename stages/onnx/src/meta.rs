@@ -32,7 +32,7 @@ pub struct Preprocessing {
     pub std: Vec<f64>,
 }
 
-const RESIZE: &str = "when an image is not input_height x input_width: resize its shorter side to the input size (bilinear), then crop the centre";
+const RESIZE: &str = "when an image is not input_height x input_width: scale it (bilinear, keeping its aspect ratio) to the smallest size that covers input_height x input_width, then crop the centre";
 
 fn list(v: &[f64]) -> String {
     v.iter()
@@ -106,14 +106,20 @@ impl Preprocessing {
             m.contains_key("input_width"),
         ) {
             (true, true) => Some((int("input_height")?, int("input_width")?)),
-            _ => None,
+            (false, false) => None,
+            _ => return Err("the metadata has only one of input_height and input_width".into()),
         };
         let (mean, std) = (floats("mean")?, floats("std")?);
-        if mean.len() != channels || std.len() != channels || std.contains(&0.0) {
+        if mean.len() != channels || std.len() != channels {
             return Err(format!(
                 "metadata mean/std ({} and {} values) do not fit {channels} channel(s)",
                 mean.len(),
                 std.len()
+            ));
+        }
+        if std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
+            return Err(format!(
+                "metadata std {std:?} has a zero or non-finite value"
             ));
         }
         Ok(Self {

@@ -110,16 +110,18 @@ impl Model {
                 )
             })?
             .clone();
-        let arch = Architecture::from_spec(&enc.kind, &enc.spec)?;
+        let here = checkpoint.dir.display().to_string();
+        let arch =
+            Architecture::from_spec(&enc.kind, &enc.spec).map_err(|e| format!("{here}: {e}"))?;
         let built = build_encoder(&arch, device, checkpoint.info.seed, &enc.stage)
-            .map_err(|e| format!("cannot build the encoder: {e}"))?;
+            .map_err(|e| format!("{here}: cannot build the encoder: {e}"))?;
         load_into(&built.vars, &checkpoint.dir.join(&enc.file), device)?;
         let head = match group(Role::Projector) {
             Some(g) => {
-                let (params, input) = head_params(&g.spec)?;
+                let (params, input) = head_params(&g.spec).map_err(|e| format!("{here}: {e}"))?;
                 let (net, vars, _) =
                     build_head(&params, input, device, checkpoint.info.seed, &g.stage)
-                        .map_err(|e| format!("cannot build the head: {e}"))?;
+                        .map_err(|e| format!("{here}: cannot build the head: {e}"))?;
                 load_into(&vars, &checkpoint.dir.join(&g.file), device)?;
                 Some(Head {
                     kind: params.kind(input),

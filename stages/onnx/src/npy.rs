@@ -1,6 +1,5 @@
 //! NumPy `.npy` files (format 1.0) of float32: what `embed` writes and reads.
 
-use std::io::Write;
 use std::path::Path;
 
 /// Write `data` (row-major, shape `dims`) as a little-endian float32 `.npy`, atomically
@@ -38,14 +37,7 @@ pub fn write_f32(path: &Path, dims: &[usize], data: &[f32]) -> Result<(), String
     for v in data {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    let tmp = path.with_extension("npy.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+    crate::files::write_atomic(path, &bytes)
 }
 
 /// Read a float32 `.npy` (little-endian, C order): shape and values.
@@ -64,6 +56,7 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
             12,
         ),
+        2 | 3 => return Err(fail("truncated header".into())),
         v => return Err(fail(format!(".npy format version {v} is not supported"))),
     };
     let header = bytes
@@ -101,12 +94,14 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
                 .map_err(|_| fail(format!("malformed shape ({inner})")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let n: usize = dims.iter().product();
     let body = &bytes[start + len..];
-    if body.len() != n * 4 {
+    let needed = dims
+        .iter()
+        .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| fail(format!("shape {dims:?} is too large")))?;
+    if body.len() != needed {
         return Err(fail(format!(
-            "shape {dims:?} needs {} bytes of data, the file has {}",
-            n * 4,
+            "shape {dims:?} needs {needed} bytes of data, the file has {}",
             body.len()
         )));
     }
@@ -115,4 +110,61 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     Ok((dims, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("simclr-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir.join(name)
+    }
+
+    #[test]
+    fn round_trips_with_an_aligned_header() {
+        for dims in [vec![5], vec![2, 3], vec![2, 1, 3, 4], vec![0, 7]] {
+            let n: usize = dims.iter().product();
+            let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let path = scratch(&format!("rt-{}.npy", dims.len()));
+            write_f32(&path, &dims, &data).expect("write");
+            let bytes = std::fs::read(&path).expect("read");
+            let header = usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
+            assert_eq!((10 + header) % 64, 0, "data starts 64-byte aligned");
+            assert_eq!(read_f32(&path).expect("read"), (dims, data));
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_read_naming_the_cause() {
+        let path = scratch("bad.npy");
+        let cases: [(&str, &str); 3] = [
+            (
+                "{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }",
+                "Fortran",
+            ),
+            (
+                "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }",
+                "not float32",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 4294967296), }",
+                "too large",
+            ),
+        ];
+        for (header, expect) in cases {
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend((header.len() as u16).to_le_bytes());
+            bytes.extend(header.as_bytes());
+            bytes.extend([0u8; 8]);
+            std::fs::write(&path, &bytes).expect("write");
+            let err = read_f32(&path).expect_err(expect);
+            assert!(err.contains(expect) && err.contains("bad.npy"), "{err}");
+        }
+        std::fs::write(&path, b"\x93NUMPY\x02\x00\x10\x00\x00").expect("write");
+        assert!(read_f32(&path).expect_err("short").contains("truncated"));
+        let err = write_f32(&path, &[2, 2], &[1.0]).expect_err("size");
+        assert!(err.contains("do not make shape"), "{err}");
+    }
 }

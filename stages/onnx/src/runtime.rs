@@ -4,10 +4,10 @@
 //!
 //! The library is looked for, in order:
 //! 1. `ORT_DYLIB_PATH` (a path to `libonnxruntime.so*`); when set, only there;
-//! 2. `.ort/onnxruntime/capi/` under the current folder (`pip install --no-deps --target .ort
-//!    onnxruntime==1.31.1`);
-//! 3. the `onnxruntime` Python package of `python3` (`pip install onnxruntime==1.31.1` ships the
+//! 2. the `onnxruntime` Python package of `python3` (`pip install onnxruntime==1.31.1` ships the
 //!    library in `onnxruntime/capi/`), found without importing it.
+//!
+//! Nothing is loaded from the current folder: a checkout cannot plant a library.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -55,7 +55,7 @@ pub fn environment() -> Result<&'static (ort::environment::Environment, PathBuf)
 
 /// The library files to try, in order; `tried` collects where nothing was found.
 fn candidates(tried: &mut Vec<String>) -> Result<Vec<PathBuf>, String> {
-    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         if !path.is_file() {
             return Err(format!(
@@ -67,11 +67,6 @@ fn candidates(tried: &mut Vec<String>) -> Result<Vec<PathBuf>, String> {
     }
     tried.push("ORT_DYLIB_PATH is not set".into());
     let mut found = Vec::new();
-    let local = Path::new(".ort/onnxruntime/capi");
-    match library_in(local) {
-        Some(p) => found.push(p),
-        None => tried.push(format!("nothing in {}", local.display())),
-    }
     match python_package() {
         Ok(dir) => match library_in(&dir.join("capi")) {
             Some(p) => found.push(p),
