@@ -58,21 +58,11 @@ pub fn load_encoder(path: &Path, init: Init, device: &Device) -> Result<FrozenEn
     let built = build_encoder(&arch, device, checkpoint.info.seed, &group.stage)
         .map_err(|e| format!("cannot build the encoder: {e}"))?;
     if init == Init::Trained {
-        let file = checkpoint.dir.join(&group.file);
-        let saved = candle_core::safetensors::load(&file, device)
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-        let data = built
-            .vars
-            .data()
-            .lock()
-            .map_err(|_| "variable map poisoned".to_owned())?;
-        for (name, var) in data.iter() {
-            let t = saved
-                .get(name)
-                .ok_or_else(|| format!("{}: no tensor `{name}`", file.display()))?;
-            var.set(t)
-                .map_err(|e| format!("{}: `{name}`: {e}", file.display()))?;
-        }
+        simclr_stage_model::stage::load_vars(
+            &built.vars,
+            &checkpoint.dir.join(&group.file),
+            device,
+        )?;
     }
     Ok(FrozenEncoder {
         net: built.net,

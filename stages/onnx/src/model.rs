@@ -69,31 +69,6 @@ pub fn head_params(spec: &serde_json::Value) -> Result<(HeadParams, usize), Stri
     Ok((params, input))
 }
 
-fn load_into(vars: &VarMap, file: &Path, device: &Device) -> Result<(), String> {
-    let saved = candle_core::safetensors::load(file, device)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    let data = vars
-        .data()
-        .lock()
-        .map_err(|_| "variable map poisoned".to_owned())?;
-    for (name, var) in data.iter() {
-        let t = saved
-            .get(name)
-            .ok_or_else(|| format!("{}: no tensor `{name}`", file.display()))?;
-        if t.dims() != var.dims() {
-            return Err(format!(
-                "{}: `{name}` is {:?}, the architecture needs {:?}",
-                file.display(),
-                t.dims(),
-                var.dims()
-            ));
-        }
-        var.set(t)
-            .map_err(|e| format!("{}: `{name}`: {e}", file.display()))?;
-    }
-    Ok(())
-}
-
 impl Model {
     /// Load the encoder and head of a checkpoint (or of a run folder's latest checkpoint).
     ///
@@ -115,14 +90,14 @@ impl Model {
             Architecture::from_spec(&enc.kind, &enc.spec).map_err(|e| format!("{here}: {e}"))?;
         let built = build_encoder(&arch, device, checkpoint.info.seed, &enc.stage)
             .map_err(|e| format!("{here}: cannot build the encoder: {e}"))?;
-        load_into(&built.vars, &checkpoint.dir.join(&enc.file), device)?;
+        simclr_stage_model::stage::load_vars(&built.vars, &checkpoint.dir.join(&enc.file), device)?;
         let head = match group(Role::Projector) {
             Some(g) => {
                 let (params, input) = head_params(&g.spec).map_err(|e| format!("{here}: {e}"))?;
                 let (net, vars, _) =
                     build_head(&params, input, device, checkpoint.info.seed, &g.stage)
                         .map_err(|e| format!("{here}: cannot build the head: {e}"))?;
-                load_into(&vars, &checkpoint.dir.join(&g.file), device)?;
+                simclr_stage_model::stage::load_vars(&vars, &checkpoint.dir.join(&g.file), device)?;
                 Some(Head {
                     kind: params.kind(input),
                     net,

@@ -147,25 +147,7 @@ impl CustomOp3 for BatchNormTrain {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let c = x.dim(1)?;
-        let len = x.elem_count();
-        // γ, β, μ, σ²: 4·C floats, read to the host once.
-        let params: Vec<f32> =
-            Tensor::cat(&[gb.flatten_all()?, st.flatten_all()?], 0)?.to_vec1()?;
-        let packed = x.apply_op3_no_bwd(
-            y,
-            &dy,
-            &Backward {
-                eps: self.eps,
-                relu: self.relu,
-                eval: false,
-                params,
-            },
-        )?;
-        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
-        let dgb = packed.narrow(0, len, 2 * c)?.reshape((2, c))?;
-        Ok((Some(dx), Some(dgb), None))
+        backward(x, gb, st, y, dy, self.eps, self.relu, false)
     }
 }
 
@@ -211,24 +193,7 @@ impl CustomOp3 for BatchNormEval {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let c = x.dim(1)?;
-        let len = x.elem_count();
-        let params: Vec<f32> =
-            Tensor::cat(&[gb.flatten_all()?, st.flatten_all()?], 0)?.to_vec1()?;
-        let packed = x.apply_op3_no_bwd(
-            y,
-            &dy,
-            &Backward {
-                eps: self.eps,
-                relu: self.relu,
-                eval: true,
-                params,
-            },
-        )?;
-        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
-        let dgb = packed.narrow(0, len, 2 * c)?.reshape((2, c))?;
-        Ok((Some(dx), Some(dgb), None))
+        backward(x, gb, st, y, dy, self.eps, self.relu, true)
     }
 }
 
@@ -250,6 +215,38 @@ pub fn batch_norm_eval(
     let gb = Tensor::stack(&[gamma, beta], 0)?;
     let stats = Tensor::stack(&[mean, var], 0)?.detach();
     x.apply_op3(&gb, &stats, BatchNormEval { eps, relu })
+}
+
+/// dx and `[dγ; dβ]` of either op, through [`Backward`] (statistics get no gradient).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn backward(
+    x: &Tensor,
+    gb: &Tensor,
+    st: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+    relu: bool,
+    eval: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let dy = dy.contiguous()?;
+    let c = x.dim(1)?;
+    let len = x.elem_count();
+    // γ, β, μ, σ²: 4·C floats, read to the host once.
+    let params: Vec<f32> = Tensor::cat(&[gb.flatten_all()?, st.flatten_all()?], 0)?.to_vec1()?;
+    let packed = x.apply_op3_no_bwd(
+        y,
+        &dy,
+        &Backward {
+            eps,
+            relu,
+            eval,
+            params,
+        },
+    )?;
+    let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
+    let dgb = packed.narrow(0, len, 2 * c)?.reshape((2, c))?;
+    Ok((Some(dx), Some(dgb), None))
 }
 
 /// The backward pass: inputs `x`, `y`, `dy`; output `[dx | dγ | dβ]` flattened.

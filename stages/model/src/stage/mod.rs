@@ -269,6 +269,43 @@ pub(crate) fn spec_of<T: serde::Serialize>(config: &T) -> serde_json::Value {
     serde_json::to_value(config).unwrap_or(serde_json::Value::Null)
 }
 
+/// Set every variable of `vars` from the safetensors file `file` (loaded on `device`): each
+/// must be there with its shape; the message names the file and the tensor.
+///
+/// # Errors
+/// An unreadable file, a missing tensor or one of another shape.
+pub fn load_vars(
+    vars: &VarMap,
+    file: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<(), String> {
+    let saved = candle_core::safetensors::load(file, device)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| "variable map poisoned".to_owned())?;
+    for (name, var) in data.iter() {
+        let t = saved.get(name).ok_or_else(|| {
+            format!(
+                "{}: no tensor `{name}` (a different architecture?)",
+                file.display()
+            )
+        })?;
+        if t.dims() != var.dims() {
+            return Err(format!(
+                "{}: `{name}` has shape {:?} there, {:?} here (a different architecture?)",
+                file.display(),
+                t.dims(),
+                var.dims()
+            ));
+        }
+        var.set(t)
+            .map_err(|e| format!("{}: `{name}`: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
 /// Load a group's variables from `<checkpoint>/<stage>.safetensors`: every variable must be
 /// there with its shape (a checkpoint of another architecture is refused, naming the tensor).
 pub(crate) fn load_group(
@@ -277,36 +314,18 @@ pub(crate) fn load_group(
     stage: &str,
 ) -> Result<(), StageError> {
     let file = checkpoint.join(format!("{stage}.safetensors"));
-    let fail = |e: String| {
-        StageError::msg(format!(
-            "cannot resume stage `{stage}` from {}: {e}",
-            file.display()
-        ))
-    };
-    let data = vars
-        .data()
-        .lock()
-        .map_err(|_| fail("variable map poisoned".into()))?;
-    let Some(device) = data.values().next().map(|v| v.device().clone()) else {
-        return Ok(());
-    };
-    let saved = candle_core::safetensors::load(&file, &device).map_err(|e| fail(e.to_string()))?;
-    for (name, var) in data.iter() {
-        let Some(t) = saved.get(name) else {
-            return Err(fail(format!(
-                "it has no tensor `{name}` (a different architecture?)"
-            )));
-        };
-        if t.dims() != var.dims() {
-            return Err(fail(format!(
-                "`{name}` has shape {:?} there, {:?} here (a different architecture?)",
-                t.dims(),
-                var.dims()
-            )));
+    let device = {
+        let data = vars
+            .data()
+            .lock()
+            .map_err(|_| StageError::msg("variable map poisoned"))?;
+        match data.values().next() {
+            Some(v) => v.device().clone(),
+            None => return Ok(()),
         }
-        var.set(t).map_err(|e| fail(e.to_string()))?;
-    }
-    Ok(())
+    };
+    load_vars(vars, &file, &device)
+        .map_err(|e| StageError::msg(format!("cannot resume stage `{stage}`: {e}")))
 }
 
 /// Copy every variable of a group (a snapshot that later in-place updates do not touch).
