@@ -83,26 +83,43 @@ impl Preprocessing {
     /// One image as `channels × height × width` floats.
     fn apply(&self, path: &str) -> Result<Vec<f32>> {
         let img = image::open(path).map_err(|e| format!("{path}: {e}"))?;
-        // Resize the shorter side to the input size, then crop the centre.
-        let scale = f64::max(
-            f64::from(self.height) / f64::from(img.height()),
-            f64::from(self.width) / f64::from(img.width()),
-        );
-        let (w, h) = (
-            ((f64::from(img.width()) * scale).round() as u32).max(self.width),
-            ((f64::from(img.height()) * scale).round() as u32).max(self.height),
-        );
-        let img = if (w, h) == (img.width(), img.height()) {
+        // Scale to cover the input size, then crop the centre — the rule `simclr embed`
+        // follows (torchvision's Resize(size) + CenterCrop(size) for square inputs).
+        let (h0, w0) = (img.height(), img.width());
+        let (h, w) = if (h0, w0) == (self.height, self.width) {
+            (h0, w0)
+        } else if self.height == self.width {
+            // The shorter side to the size, the longer one scaled and truncated.
+            let s = f64::from(self.height);
+            if h0 <= w0 {
+                (
+                    self.height,
+                    ((s * f64::from(w0) / f64::from(h0)) as u32).max(1),
+                )
+            } else {
+                (
+                    ((s * f64::from(h0) / f64::from(w0)) as u32).max(1),
+                    self.width,
+                )
+            }
+        } else {
+            let s = f64::max(
+                f64::from(self.height) / f64::from(h0),
+                f64::from(self.width) / f64::from(w0),
+            );
+            (
+                ((f64::from(h0) * s).ceil() as u32).max(self.height),
+                ((f64::from(w0) * s).ceil() as u32).max(self.width),
+            )
+        };
+        let img = if (h, w) == (h0, w0) {
             img
         } else {
             img.resize_exact(w, h, image::imageops::FilterType::Triangle)
         };
-        let img = img.crop_imm(
-            (w - self.width) / 2,
-            (h - self.height) / 2,
-            self.width,
-            self.height,
-        );
+        let top = ((f64::from(h) - f64::from(self.height)) / 2.0).round() as u32;
+        let left = ((f64::from(w) - f64::from(self.width)) / 2.0).round() as u32;
+        let img = img.crop_imm(left, top, self.width, self.height);
         let pixels: Vec<u8> = match self.channels {
             1 => img.into_luma8().into_raw(),
             _ => img.into_rgb8().into_raw(),
