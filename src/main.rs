@@ -145,7 +145,8 @@ enum Command {
         /// Threads for decoding and inference (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// Which output: features (h) or projection (z; needs the head).
+        /// Which output: features (h) or projection (z; needs the head); for an ONNX model
+        /// from elsewhere any output name (its only output by default).
         #[arg(long, default_value = "features")]
         output: String,
         /// Only the first N inputs.

@@ -331,9 +331,11 @@ impl Backend {
         match self {
             Backend::Onnx { model, path } => {
                 let outs = model.run(x, dims).map_err(anyhow::Error::msg)?;
+                // A model from elsewhere with one output: that one is the embedding.
+                let only = outs.len() == 1 && output == FEATURES;
                 let o = outs
                     .into_iter()
-                    .find(|o| o.name == output)
+                    .find(|o| o.name == output || only)
                     .with_context(|| {
                         format!(
                             "{}: the model has no output `{output}` (it has {})",
@@ -434,17 +436,27 @@ fn policy(pre: &Preprocessing, height: usize, width: usize) -> Result<Policy> {
 /// `simclr embed`.
 pub fn embed_command(a: &EmbedArgs<'_>) -> Result<String> {
     let t0 = Instant::now();
-    if a.output != FEATURES && a.output != PROJECTION {
+    let is_onnx = a.model.is_file();
+    if !is_onnx && a.output != FEATURES && a.output != PROJECTION {
         bail!(
             "--output is `{FEATURES}` or `{PROJECTION}`, not `{}`",
             a.output
         );
     }
-    let is_onnx = a.model.is_file();
     let (mut backend, pre) = if is_onnx {
         let m = OnnxModel::load(a.model, a.threads).map_err(anyhow::Error::msg)?;
-        let pre = Preprocessing::from_metadata(m.metadata())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
+        let pre = match Preprocessing::from_metadata(m.metadata()) {
+            Ok(pre) => pre,
+            // A model from elsewhere: preprocessed .npy inputs need no metadata.
+            Err(_) if a.input.extension().is_some_and(|e| e == "npy") => {
+                let (dims, _) = simclr::onnx::npy::read_f32(a.input).map_err(anyhow::Error::msg)?;
+                Preprocessing::identity(dims.get(1).copied().unwrap_or(0), None)
+            }
+            Err(e) => bail!(
+                "{}: {e}; without it only preprocessed .npy inputs can be embedded",
+                a.model.display()
+            ),
+        };
         (
             Backend::Onnx {
                 model: Box::new(m),

@@ -766,3 +766,61 @@ fn export_failures_are_clear_and_leave_no_file() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("opset 9 is not supported"));
 }
+
+#[test]
+fn embed_takes_onnx_models_from_elsewhere_with_npy_inputs() {
+    // A model made with Python's onnx helpers: no metadata, one output named `y`.
+    let dir = scratch("foreign");
+    let model = dir.join("foreign.onnx");
+    let script = format!(
+        "import numpy as np, onnx\n\
+         from onnx import helper, TensorProto, numpy_helper\n\
+         w = numpy_helper.from_array(np.linspace(-1, 1, 108, dtype=np.float32).reshape(4, 3, 3, 3), 'w')\n\
+         g = helper.make_graph([helper.make_node('Conv', ['x', 'w'], ['c'], pads=[1, 1, 1, 1]),\n\
+             helper.make_node('GlobalAveragePool', ['c'], ['p']), helper.make_node('Flatten', ['p'], ['y'])],\n\
+             'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, ['n', 3, 8, 8])],\n\
+             [helper.make_tensor_value_info('y', TensorProto.FLOAT, ['n', 4])], [w])\n\
+         m = helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)])\n\
+         m.ir_version = 8\n\
+         onnx.save(m, r'{}')\n",
+        model.display()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let x: Vec<f32> = simclr::onnx::verify::random_inputs(5 * 3 * 64, 9);
+    let xin = dir.join("x.npy");
+    simclr::onnx::npy::write_f32(&xin, &[5, 3, 8, 8], &x).expect("npy");
+    let e = dir.join("e.npy");
+    ok(&simclr(
+        &[
+            "embed",
+            "--model",
+            s(&model),
+            "--input",
+            s(&xin),
+            "--out",
+            s(&e),
+        ],
+        &[],
+    ));
+    assert_eq!(npy(&e).0, vec![5, 4]);
+    // Its only output, checked against Python's onnxruntime.
+    python_check(
+        std::slice::from_ref(&model),
+        &["--input", s(&xin), "--expect", s(&e), "--tolerance", "1e-6"],
+    );
+    // Images need the preprocessing a foreign model does not describe: a clear error.
+    let images = dir.join("images");
+    png(&images.join("a.png"), 8, 8, 1);
+    let out = simclr(&["embed", "--model", s(&model), "--input", s(&images)], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("only preprocessed .npy inputs"), "{err}");
+}
