@@ -245,7 +245,10 @@ fn backward(
         },
     )?;
     let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
-    let dgb = packed.narrow(0, len, 2 * c)?.reshape((2, c))?;
+    // Its own small storage: a view would keep the whole activation-sized buffer alive for as
+    // long as the gradients of γ and β live (to the end of the backward pass).
+    let dgb: Vec<f32> = packed.narrow(0, len, 2 * c)?.to_vec1()?;
+    let dgb = Tensor::from_vec(dgb, (2, c), x.device())?;
     Ok((Some(dx), Some(dgb), None))
 }
 
