@@ -71,38 +71,46 @@ struct Report<T: Serialize> {
     seconds: f64,
 }
 
+/// The labelled splits of a run's source, loaded once (`--every-checkpoint` embeds them with
+/// every checkpoint of the run).
+struct Splits {
+    train: LabelledSet,
+    test: LabelledSet,
+    source: String,
+}
+
+/// Features of both splits under one checkpoint.
 struct Prepared {
     train: Vec<f32>,
-    train_labels: Vec<u32>,
     test: Vec<f32>,
-    test_labels: Vec<u32>,
     dim: usize,
     checkpoint: PathBuf,
     step: u64,
-    source: String,
     embed_seconds: f64,
 }
 
-fn prepare(c: &Common<'_>) -> Result<Prepared> {
-    let checkpoint = find_checkpoint(c.path).map_err(anyhow::Error::msg)?;
-    let definition = checkpoint.dir.join("definition.yaml");
-    let text = std::fs::read_to_string(&definition)
-        .with_context(|| format!("cannot read {}", definition.display()))?;
-    let mut run = RunData::from_definition(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
+fn load_splits(c: &Common<'_>, checkpoint: &Path) -> Result<Splits> {
+    let mut run = RunData::from_checkpoint(checkpoint).map_err(anyhow::Error::msg)?;
     run.test_path.clone_from(&c.test_path);
-    let source = format!("{} {}", run.kind, describe_params(&run));
+    let definition = checkpoint.join("definition.yaml");
     let open = |split: Split, limit: Option<usize>| -> Result<LabelledSet> {
         let data = run
             .open(split)
             .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
         load(&run, data.as_ref(), limit).map_err(anyhow::Error::msg)
     };
-    let (train, test) = (
-        open(Split::Train, c.train_limit)?,
-        open(Split::Test, c.test_limit)?,
-    );
+    Ok(Splits {
+        train: open(Split::Train, c.train_limit)?,
+        test: open(Split::Test, c.test_limit)?,
+        source: format!("{} {}", run.kind, describe_params(&run)),
+    })
+}
+
+/// The features of `splits` for the checkpoint at `path`.
+fn features(c: &Common<'_>, splits: &Splits, path: &Path) -> Result<Prepared> {
+    let checkpoint = find_checkpoint(path).map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
+    let (train, test) = (&splits.train, &splits.test);
     let (ftr, fte, dim) = match c.features {
         Features::RawPixels => {
             let (ch, h, w) = train.shape;
@@ -115,26 +123,57 @@ fn prepare(c: &Common<'_>) -> Result<Prepared> {
             } else {
                 Init::Random
             };
-            let enc = load_encoder(c.path, init, &device).map_err(anyhow::Error::msg)?;
+            let enc = load_encoder(path, init, &device).map_err(anyhow::Error::msg)?;
             let b = c.batch_size.max(1);
-            let ftr = embed(enc.net.as_ref(), &enc.arch, &train, &device, b)
+            let ftr = embed(enc.net.as_ref(), &enc.arch, train, &device, b)
                 .map_err(anyhow::Error::msg)?;
-            let fte = embed(enc.net.as_ref(), &enc.arch, &test, &device, b)
-                .map_err(anyhow::Error::msg)?;
+            let fte =
+                embed(enc.net.as_ref(), &enc.arch, test, &device, b).map_err(anyhow::Error::msg)?;
             (ftr, fte, enc.arch.feature_dim())
         }
     };
     Ok(Prepared {
         train: ftr,
-        train_labels: train.labels,
         test: fte,
-        test_labels: test.labels,
         dim,
         checkpoint: checkpoint.dir,
         step: checkpoint.info.steps,
-        source,
         embed_seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The splits and their features for `c.path`.
+fn prepare(c: &Common<'_>) -> Result<(Splits, Prepared)> {
+    let checkpoint = find_checkpoint(c.path).map_err(anyhow::Error::msg)?;
+    let splits = load_splits(c, &checkpoint.dir)?;
+    let prepared = features(c, &splits, &checkpoint.dir)?;
+    Ok((splits, prepared))
+}
+
+impl<T: Serialize> Report<T> {
+    /// A protocol's result with the facts every report carries.
+    fn new(
+        c: &Common<'_>,
+        protocol: &'static str,
+        (splits, p): (&Splits, &Prepared),
+        (train, test): (usize, usize),
+        result: T,
+        t0: Instant,
+    ) -> Self {
+        Report {
+            protocol,
+            features: c.features.name(),
+            checkpoint: p.checkpoint.display().to_string(),
+            step: p.step,
+            source: splits.source.clone(),
+            train,
+            test,
+            dim: p.dim,
+            result,
+            embed_seconds: p.embed_seconds,
+            seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
 }
 
 /// `path: …` of the source, for the report.
@@ -158,29 +197,24 @@ fn write<T: Serialize>(c: &Common<'_>, report: &Report<T>, default_name: &str) -
 /// `simclr eval linear`.
 pub fn linear(c: &Common<'_>, settings: &ProbeSettings) -> Result<String> {
     let t0 = Instant::now();
-    let p = prepare(c)?;
+    let (splits, p) = prepare(c)?;
     let score = probe(
         &p.train,
-        &p.train_labels,
+        &splits.train.labels,
         &p.test,
-        &p.test_labels,
+        &splits.test.labels,
         p.dim,
         settings,
     )
     .map_err(anyhow::Error::msg)?;
-    let report = Report {
-        protocol: "linear",
-        features: c.features.name(),
-        checkpoint: p.checkpoint.display().to_string(),
-        step: p.step,
-        source: p.source,
-        train: score.train,
-        test: score.test,
-        dim: p.dim,
-        result: &score,
-        embed_seconds: p.embed_seconds,
-        seconds: t0.elapsed().as_secs_f64(),
-    };
+    let report = Report::new(
+        c,
+        "linear",
+        (&splits, &p),
+        (score.train, score.test),
+        &score,
+        t0,
+    );
     let out = write(
         c,
         &report,
@@ -206,43 +240,58 @@ pub fn linear(c: &Common<'_>, settings: &ProbeSettings) -> Result<String> {
     ))
 }
 
-/// `simclr eval knn`.
-pub fn knn(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
-    let t0 = Instant::now();
-    if settings.k == 0 || settings.temperature.is_nan() || settings.temperature <= 0.0 {
-        bail!("--k must be at least 1 and --temperature positive");
-    }
-    let p = prepare(c)?;
+/// The kNN result written into a report file.
+#[derive(Serialize)]
+struct Knn {
+    #[serde(flatten)]
+    score: simclr::eval::knn::KnnScore,
+    #[serde(flatten)]
+    settings: KnnSettings,
+}
+
+/// Score `p` by kNN and write its report (`c.out`, or in the checkpoint folder).
+fn knn_report(
+    c: &Common<'_>,
+    splits: &Splits,
+    p: &Prepared,
+    settings: KnnSettings,
+    t0: Instant,
+) -> Result<(Report<Knn>, PathBuf)> {
     let score = evaluate(
         &p.train,
-        &p.train_labels,
+        &splits.train.labels,
         &p.test,
-        &p.test_labels,
+        &splits.test.labels,
         p.dim,
         settings,
     )
     .map_err(anyhow::Error::msg)?;
-    #[derive(Serialize)]
-    struct Knn {
-        #[serde(flatten)]
-        score: simclr::eval::knn::KnnScore,
-        #[serde(flatten)]
-        settings: KnnSettings,
-    }
-    let report = Report {
-        protocol: "knn",
-        features: c.features.name(),
-        checkpoint: p.checkpoint.display().to_string(),
-        step: p.step,
-        source: p.source,
-        train: score.bank,
-        test: score.queries,
-        dim: p.dim,
-        result: Knn { score, settings },
-        embed_seconds: p.embed_seconds,
-        seconds: t0.elapsed().as_secs_f64(),
-    };
+    let report = Report::new(
+        c,
+        "knn",
+        (splits, p),
+        (score.bank, score.queries),
+        Knn { score, settings },
+        t0,
+    );
     let out = write(c, &report, &format!("eval-knn-{}.json", c.features.name()))?;
+    Ok((report, out))
+}
+
+fn check_knn(settings: KnnSettings) -> Result<()> {
+    if settings.k == 0 || settings.temperature.is_nan() || settings.temperature <= 0.0 {
+        bail!("--k must be at least 1 and --temperature positive");
+    }
+    Ok(())
+}
+
+/// `simclr eval knn`.
+pub fn knn(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
+    let t0 = Instant::now();
+    check_knn(settings)?;
+    let (splits, p) = prepare(c)?;
+    let (report, out) = knn_report(c, &splits, &p, settings, t0)?;
+    let score = &report.result.score;
     Ok(format!(
         "weighted kNN (k {}, T {}), {} features of {} (step {}), bank {} / test {}, dim {}\n\
          | protocol | features | step | top-1 | top-5 |\n|---|---|---|---|---|\n\
@@ -266,6 +315,7 @@ pub fn knn(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
 /// `simclr eval knn --every-checkpoint`: kNN accuracy of every checkpoint of a run, as a curve:
 /// `knn-checkpoints.jsonl` and `knn.png` in the run folder.
 pub fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
+    check_knn(settings)?;
     let root = if c.path.join("checkpoints").is_dir() {
         c.path.join("checkpoints")
     } else {
@@ -291,7 +341,10 @@ pub fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
     let mut lines = String::new();
     let mut points = Vec::new();
     let mut table = String::from("| step | kNN top-1 | top-5 |\n|---|---|---|\n");
+    // The splits, loaded once; again only for a checkpoint whose definition differs.
+    let mut loaded: Option<(String, Splits)> = None;
     for dir in &dirs {
+        let t0 = Instant::now();
         let one = Common {
             path: dir,
             features: c.features,
@@ -302,16 +355,26 @@ pub fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
             test_path: c.test_path.clone(),
             out: None,
         };
-        knn(&one, settings)?;
-        let report = dir.join(format!("eval-knn-{}.json", c.features.name()));
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+        let definition = dir.join("definition.yaml");
+        let text = std::fs::read_to_string(&definition)
+            .with_context(|| format!("cannot read {}", definition.display()))?;
+        let (text, splits) = match loaded.take() {
+            Some((t, splits)) if t == text => (t, splits),
+            _ => {
+                let splits = load_splits(&one, dir)?;
+                (text, splits)
+            }
+        };
+        let p = features(&one, &splits, dir)?;
+        let (report, _) = knn_report(&one, &splits, &p, settings, t0)?;
+        loaded = Some((text, splits));
         let (step, top1, top5) = (
-            v["step"].as_u64().unwrap_or(0),
-            v["top1"].as_f64().unwrap_or(f64::NAN),
-            v["top5"].as_f64().unwrap_or(f64::NAN),
+            report.step,
+            report.result.score.top1,
+            report.result.score.top5,
         );
         points.push((step, top1));
-        lines.push_str(&serde_json::to_string(&v)?);
+        lines.push_str(&serde_json::to_string(&report)?);
         lines.push('\n');
         table.push_str(&format!("| {step} | {top1:.4} | {top5:.4} |\n"));
         eprintln!("step {step}: kNN top-1 {top1:.4}");

@@ -130,6 +130,18 @@ impl RunData {
         })
     }
 
+    /// Read the source and the policy from the copy of the definition a checkpoint folder
+    /// keeps (`definition.yaml`); errors name that file.
+    ///
+    /// # Errors
+    /// No readable definition there, or one [`RunData::from_definition`] refuses.
+    pub fn from_checkpoint(dir: &std::path::Path) -> Result<Self, String> {
+        let definition = dir.join("definition.yaml");
+        let text = std::fs::read_to_string(&definition)
+            .map_err(|e| format!("cannot read {}: {e}", definition.display()))?;
+        Self::from_definition(&text).map_err(|e| format!("{}: {e}", definition.display()))
+    }
+
     /// Open one split.
     ///
     /// # Errors
