@@ -45,22 +45,41 @@ fn run_data(model: &Model) -> Result<(RunData, PathBuf)> {
         .as_ref()
         .context("the model has no checkpoint")?
         .dir;
-    let definition = dir.join("definition.yaml");
-    let text = std::fs::read_to_string(&definition)
-        .with_context(|| format!("cannot read {}", definition.display()))?;
-    let run = RunData::from_definition(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
-    Ok((run, definition))
+    let run = RunData::from_checkpoint(dir).map_err(anyhow::Error::msg)?;
+    Ok((run, dir.join("definition.yaml")))
+}
+
+/// The run's training split, opened at most once and only when something needs it (opening
+/// Fashion-MNIST's reads 60 000 images).
+struct TrainSplit<'a> {
+    run: &'a RunData,
+    data: std::cell::OnceCell<Result<std::sync::Arc<dyn Dataset>, String>>,
+}
+
+impl<'a> TrainSplit<'a> {
+    fn new(run: &'a RunData) -> Self {
+        Self {
+            run,
+            data: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> Result<&dyn Dataset, String> {
+        match self.data.get_or_init(|| self.run.open(Split::Train)) {
+            Ok(d) => Ok(d.as_ref()),
+            Err(e) => Err(e.clone()),
+        }
+    }
 }
 
 /// How images become this model's input: the training crop size (or, without one, the size
 /// of the run's images when they can be read; else any size), `normalize` of the policy.
-fn preprocessing(model: &Model, run: &RunData) -> Result<Preprocessing> {
+fn preprocessing(model: &Model, run: &RunData, train: &TrainSplit<'_>) -> Result<Preprocessing> {
     let channels = model.arch.in_channels();
     let size = match run.crop {
         Some(s) => Some((s, s)),
-        None => match run
-            .open(Split::Train)
+        None => match train
+            .get()
             .and_then(|d| d.get(0).map_err(|e| e.to_string()))
         {
             Ok(s) => Some((s.height as usize, s.width as usize)),
@@ -111,7 +130,8 @@ pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
     let model = Model::from_checkpoint(a.path, &Device::Cpu).map_err(anyhow::Error::msg)?;
     let checkpoint = model.checkpoint.clone().context("checkpoint")?;
     let (run, definition) = run_data(&model)?;
-    let pre = preprocessing(&model, &run)?;
+    let train = TrainSplit::new(&run);
+    let pre = preprocessing(&model, &run, &train)?;
     if a.head && model.head.is_none() {
         bail!(
             "{}: the checkpoint has no projection head to include",
@@ -218,7 +238,7 @@ pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
         projection_size.map_or_else(String::new, |p| format!(", `{PROJECTION}` [batch, {p}]")),
     );
     if a.verify {
-        let rows = verify(&model, &bytes, &pre, &run, &definition, a.verify_images)?;
+        let rows = verify(&model, &bytes, &pre, &train, &definition, a.verify_images)?;
         let worst = rows.iter().map(|c| c.max_abs).fold(0.0, f64::max);
         let table: Vec<String> = rows.iter().map(|c| format!("  {c}")).collect();
         if worst.is_nan() || worst > a.tolerance {
@@ -248,7 +268,7 @@ fn verify(
     model: &Model,
     bytes: &[u8],
     pre: &Preprocessing,
-    run: &RunData,
+    train: &TrainSplit<'_>,
     definition: &Path,
     images: usize,
 ) -> Result<Vec<Comparison>> {
@@ -264,9 +284,7 @@ fn verify(
             .map_err(anyhow::Error::msg)?,
     );
     if images > 0 {
-        let real = run
-            .open(Split::Train)
-            .and_then(|d| load(run, d.as_ref(), Some(images)));
+        let real = train.get().and_then(|d| load(train.run, d, Some(images)));
         match real {
             Ok(set) => {
                 let (sc, sh, sw) = set.shape;
@@ -467,7 +485,7 @@ pub fn embed_command(a: &EmbedArgs<'_>) -> Result<String> {
     } else {
         let m = Model::from_checkpoint(a.model, &Device::Cpu).map_err(anyhow::Error::msg)?;
         let (run, _) = run_data(&m)?;
-        let pre = preprocessing(&m, &run)?;
+        let pre = preprocessing(&m, &run, &TrainSplit::new(&run))?;
         (Backend::Candle(Box::new(m)), pre)
     };
     let inputs = open_inputs(a.input, pre.channels)?;

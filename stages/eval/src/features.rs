@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
-use simclr_stage_model::stage::Role;
 use simclr_stage_model::stage::checkpoint::{Checkpoint, find_checkpoint};
 use simclr_stage_model::stage::encoder::{Architecture, build_encoder};
 
@@ -42,18 +41,7 @@ pub enum Init {
 /// No checkpoint there, no encoder in it, or tensors that do not fit the architecture.
 pub fn load_encoder(path: &Path, init: Init, device: &Device) -> Result<FrozenEncoder, String> {
     let checkpoint = find_checkpoint(path)?;
-    let group = checkpoint
-        .info
-        .groups
-        .iter()
-        .find(|g| g.role == Role::Encoder)
-        .ok_or_else(|| {
-            format!(
-                "{}: the checkpoint holds no encoder",
-                checkpoint.dir.display()
-            )
-        })?
-        .clone();
+    let group = checkpoint.encoder()?.clone();
     let arch = Architecture::from_spec(&group.kind, &group.spec)?;
     let built = build_encoder(&arch, device, checkpoint.info.seed, &group.stage)
         .map_err(|e| format!("cannot build the encoder: {e}"))?;

@@ -76,22 +76,19 @@ impl Model {
     /// No checkpoint there, no encoder in it, or tensors that do not fit the architecture.
     pub fn from_checkpoint(path: &Path, device: &Device) -> Result<Self, String> {
         let checkpoint = find_checkpoint(path)?;
-        let group = |role: Role| checkpoint.info.groups.iter().find(|g| g.role == role);
-        let enc = group(Role::Encoder)
-            .ok_or_else(|| {
-                format!(
-                    "{}: the checkpoint holds no encoder",
-                    checkpoint.dir.display()
-                )
-            })?
-            .clone();
+        let enc = checkpoint.encoder()?.clone();
         let here = checkpoint.dir.display().to_string();
         let arch =
             Architecture::from_spec(&enc.kind, &enc.spec).map_err(|e| format!("{here}: {e}"))?;
         let built = build_encoder(&arch, device, checkpoint.info.seed, &enc.stage)
             .map_err(|e| format!("{here}: cannot build the encoder: {e}"))?;
         simclr_stage_model::stage::load_vars(&built.vars, &checkpoint.dir.join(&enc.file), device)?;
-        let head = match group(Role::Projector) {
+        let head = match checkpoint
+            .info
+            .groups
+            .iter()
+            .find(|g| g.role == Role::Projector)
+        {
             Some(g) => {
                 let (params, input) = head_params(&g.spec).map_err(|e| format!("{here}: {e}"))?;
                 let (net, vars, _) =

@@ -359,6 +359,18 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The encoder's group.
+    ///
+    /// # Errors
+    /// The checkpoint holds no encoder (the message names its folder).
+    pub fn encoder(&self) -> Result<&GroupInfo, String> {
+        self.info
+            .groups
+            .iter()
+            .find(|g| g.role == super::Role::Encoder)
+            .ok_or_else(|| format!("{}: the checkpoint holds no encoder", self.dir.display()))
+    }
+
     /// Where a run resumed from this checkpoint starts.
     pub fn resume_point(&self) -> ResumePoint {
         ResumePoint {
