@@ -84,6 +84,13 @@ impl Rng {
         }
     }
 
+    /// Standard normal (Box-Muller on two uniforms).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64();
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
     /// `true` with probability `p`.
     pub fn bernoulli(&mut self, p: f64) -> bool {
         self.next_f64() < p

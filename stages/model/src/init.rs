@@ -24,13 +24,6 @@ pub fn name_key(name: &str) -> u64 {
     })
 }
 
-/// A standard normal draw (Box–Muller).
-fn normal(rng: &mut Rng) -> f64 {
-    let u1 = 1.0 - rng.next_f64();
-    let u2 = rng.next_f64();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
 /// Re-initialise the random parameters of `map` from `seed` and `stage` (see the module docs).
 ///
 /// # Errors
@@ -53,7 +46,7 @@ pub fn seeded(map: &VarMap, seed: u64, stage: &str) -> Result<()> {
             4 if name.ends_with("weight") => {
                 let fan_out = dims[0] * dims[2] * dims[3];
                 let std = (2.0 / fan_out as f64).sqrt();
-                (0..n).map(|_| (std * normal(&mut rng)) as f32).collect()
+                (0..n).map(|_| (std * rng.normal()) as f32).collect()
             }
             2 if name.ends_with("weight") => {
                 let bound = 1.0 / (dims[1] as f64).sqrt();

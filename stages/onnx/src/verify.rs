@@ -30,25 +30,8 @@ impl std::fmt::Display for Comparison {
 
 /// Standard normal values from `seed` (deterministic), for `n` values.
 pub fn random_inputs(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = simclr_core_rng(seed);
-    (0..n).map(|_| rng()).collect()
-}
-
-/// A small deterministic normal generator (SplitMix64 + Box-Muller).
-fn simclr_core_rng(seed: u64) -> impl FnMut() -> f32 {
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
-    move || {
-        let u1 = next().max(1e-300);
-        let u2 = next();
-        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-    }
+    let mut rng = simclr_core::Rng::from_key(&[seed]);
+    (0..n).map(|_| rng.normal() as f32).collect()
 }
 
 /// Run `x` (`dims` = `[n, c, h, w]`) through both and compare every output the ONNX model has.
