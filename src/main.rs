@@ -440,10 +440,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        .map(|text| {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }),
+        .map(printed),
         Command::Export {
             path,
             out,
@@ -463,10 +460,7 @@ fn main() -> ExitCode {
             tolerance,
             verify_images,
         })
-        .map(|text| {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }),
+        .map(printed),
         Command::Embed {
             model,
             input,
@@ -493,10 +487,7 @@ fn main() -> ExitCode {
                 limit,
                 quiet,
             })
-            .map(|text| {
-                println!("{text}");
-                ExitCode::SUCCESS
-            })
+            .map(printed)
         }
         Command::Bench {
             what:
@@ -520,10 +511,7 @@ fn main() -> ExitCode {
             threads,
             json,
         })
-        .map(|text| {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }),
+        .map(printed),
         Command::Bench {
             what:
                 BenchCommand::Augment {
@@ -540,10 +528,7 @@ fn main() -> ExitCode {
             threads.max(1),
             reference.as_deref(),
         )
-        .map(|text| {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }),
+        .map(printed),
         Command::Bench {
             what:
                 BenchCommand::Train {
@@ -566,10 +551,7 @@ fn main() -> ExitCode {
                     &on,
                 )
             })
-            .map(|text| {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }),
+            .map(printed),
         Command::Bench {
             what:
                 BenchCommand::Parity {
@@ -599,10 +581,7 @@ fn main() -> ExitCode {
                     &on,
                 )
             })
-            .map(|text| {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }),
+            .map(printed),
     };
     match result {
         Ok(code) => code,
@@ -629,6 +608,12 @@ fn preview_command(file: &Path, registry: &Registry, out: &Path, n: usize) -> Re
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A command's report on stdout, and success.
+fn printed(text: String) -> ExitCode {
+    println!("{text}");
+    ExitCode::SUCCESS
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
