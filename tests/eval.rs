@@ -2,39 +2,14 @@
 //! and on Fashion-MNIST a short SimCLR run beats its own random initialisation.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 use simclr::eval::data::{RunData, load};
 use simclr::eval::features::{Init, embed, load_encoder};
 use simclr::source::common::Split;
 
-fn simclr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_simclr"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the binary runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("eval")
-        .join(name);
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
+mod common;
+use common::{ok, simclr};
 
 /// A tiny synthetic run: 64 images, 2 epochs of 8 batches; `extra` appended to the stages.
 fn definition(extra: &str) -> String {
@@ -71,7 +46,7 @@ fn train(dir: &Path, text: &str) -> PathBuf {
 
 #[test]
 fn the_knn_monitor_does_not_change_training() {
-    let dir = scratch("monitor");
+    let dir = common::scratch("eval", "monitor");
     let plain = train(&dir.join("plain"), &definition(""));
     let monitored = train(
         &dir.join("monitored"),
@@ -117,7 +92,7 @@ fn the_knn_monitor_does_not_change_training() {
 
 #[test]
 fn the_probed_encoder_stays_frozen() {
-    let dir = scratch("frozen");
+    let dir = common::scratch("eval", "frozen");
     let run = train(&dir, &definition(""));
     let file = run.join("checkpoints/step-00000016/encoder.safetensors");
     let before = std::fs::read(&file).expect("weights");
@@ -180,7 +155,7 @@ fn the_probed_encoder_stays_frozen() {
 
 #[test]
 fn baselines_run_through_the_same_path() {
-    let dir = scratch("baselines");
+    let dir = common::scratch("eval", "baselines");
     let run = train(&dir, &definition(""));
     let path = run.to_str().expect("utf-8");
     for (flag, features) in [("--init", "random"), ("--features", "raw-pixels")] {
@@ -243,7 +218,7 @@ fn a_short_fashion_mnist_run_beats_its_random_initialisation() {
         data.join("train-images-idx3-ubyte.gz").is_file(),
         "Fashion-MNIST is missing: `apt-get install -y dataset-fashion-mnist` (scripts/setup.sh does it)"
     );
-    let dir = scratch("fashion-mnist");
+    let dir = common::scratch("eval", "fashion-mnist");
     let run = train(
         &dir,
         "\
@@ -300,7 +275,7 @@ stages:
 
 #[test]
 fn knn_over_every_checkpoint_draws_the_curve() {
-    let dir = scratch("curve");
+    let dir = common::scratch("eval", "curve");
     let run = train(&dir, &definition("").replace("every: 0", "every: 8"));
     let out = ok(&simclr(&[
         "eval",

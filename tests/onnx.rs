@@ -6,7 +6,7 @@
 //! Needs ONNX Runtime and Python's `onnx` (scripts/setup.sh installs both).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use simclr::model::stage::head::HeadParams;
@@ -16,33 +16,8 @@ use simclr::onnx::model::Model;
 use simclr::onnx::runtime::OnnxModel;
 use simclr::onnx::verify::{compare, random_inputs};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("onnx")
-        .join(name);
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-fn simclr(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_simclr"));
-    cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("the binary runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::{ok, simclr_env};
 
 /// `python3 scripts/check_onnx.py --json FILES...`: one JSON object per file.
 fn python_check(files: &[PathBuf], extra: &[&str]) -> Vec<serde_json::Value> {
@@ -230,7 +205,7 @@ fn exported(case: &Case, seed: u64) -> (Model, Vec<u8>) {
 
 #[test]
 fn every_architecture_exports_checks_and_matches_candle_in_onnx_runtime() {
-    let dir = scratch("matrix");
+    let dir = common::scratch("onnx", "matrix");
     let mut files = Vec::new();
     let mut worst: f64 = 0.0;
     for (i, case) in cases().iter().enumerate() {
@@ -374,7 +349,7 @@ stages:
     let file = dir.join("def.yaml");
     std::fs::write(&file, text).expect("definition");
     let run = dir.join("run");
-    ok(&simclr(
+    ok(&simclr_env(
         &[
             "run",
             file.to_str().expect("utf-8"),
@@ -421,11 +396,11 @@ fn png(path: &Path, w: u32, h: u32, seed: u32) {
 
 #[test]
 fn export_and_embed_through_the_cli_agree_across_backends() {
-    let dir = scratch("cli");
+    let dir = common::scratch("onnx", "cli");
     let run = train(&dir, 3);
     // Export with the head, BatchNorm folded: verified on random and dataset images.
     let model = dir.join("encoder.onnx");
-    let out = ok(&simclr(
+    let out = ok(&simclr_env(
         &["export", s(&run), "--out", s(&model), "--head"],
         &[],
     ));
@@ -433,7 +408,7 @@ fn export_and_embed_through_the_cli_agree_across_backends() {
     assert!(out.contains("dataset  batch  16  projection"), "{out}");
     // Unfolded, another opset.
     let unfolded = dir.join("unfolded.onnx");
-    ok(&simclr(
+    ok(&simclr_env(
         &[
             "export",
             s(&run),
@@ -487,7 +462,7 @@ fn export_and_embed_through_the_cli_agree_across_backends() {
             s(out),
         ];
         args.extend_from_slice(extra);
-        ok(&simclr(&args, &[]))
+        ok(&simclr_env(&args, &[]))
     };
     let (e_ort, e_candle) = (dir.join("ort.npy"), dir.join("candle.npy"));
     embed(&model, &images, &e_ort, &["--batch-size", "3"]);
@@ -596,7 +571,7 @@ fn export_and_embed_through_the_cli_agree_across_backends() {
         ],
     );
     // The unfolded export has no head: asking for z is an error naming the output.
-    let out = simclr(
+    let out = simclr_env(
         &[
             "embed",
             "--model",
@@ -614,17 +589,17 @@ fn export_and_embed_through_the_cli_agree_across_backends() {
 
 #[test]
 fn embed_reads_idx_files_for_gray_models() {
-    let dir = scratch("idx");
+    let dir = common::scratch("onnx", "idx");
     let run = train(&dir, 1);
     let model = dir.join("gray.onnx");
-    ok(&simclr(&["export", s(&run), "--out", s(&model)], &[]));
+    ok(&simclr_env(&["export", s(&run), "--out", s(&model)], &[]));
     // An IDX file of 5 images of 20×20 (resized and cropped to 16), gzip or not.
     let mut bytes = vec![0, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 20, 0, 0, 0, 20];
     bytes.extend((0..5 * 400).map(|i| (i * 37 % 251) as u8));
     let idx = dir.join("images-idx3-ubyte");
     std::fs::write(&idx, &bytes).expect("idx");
     let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
-    ok(&simclr(
+    ok(&simclr_env(
         &[
             "embed",
             "--model",
@@ -636,7 +611,7 @@ fn embed_reads_idx_files_for_gray_models() {
         ],
         &[],
     ));
-    ok(&simclr(
+    ok(&simclr_env(
         &[
             "embed",
             "--model",
@@ -659,7 +634,7 @@ fn embed_reads_idx_files_for_gray_models() {
     );
     // A gray IDX file into an RGB model is refused with the reason.
     let rgb = train(&dir.join("rgb"), 3);
-    let out = simclr(
+    let out = simclr_env(
         &[
             "embed",
             "--model",
@@ -678,7 +653,7 @@ fn embed_reads_idx_files_for_gray_models() {
 
 #[test]
 fn export_failures_are_clear_and_leave_no_file() {
-    let dir = scratch("failures");
+    let dir = common::scratch("onnx", "failures");
     let run = train(&dir, 3);
     // No ONNX Runtime: ORT_DYLIB_PATH pointing nowhere, or nothing to find at all.
     let target = dir.join("x.onnx");
@@ -704,7 +679,7 @@ fn export_failures_are_clear_and_leave_no_file() {
         assert!(!target.exists());
     }
     // --no-verify needs no ONNX Runtime and writes a valid file.
-    let out = simclr(
+    let out = simclr_env(
         &["export", s(&run), "--out", s(&target), "--no-verify"],
         &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
     );
@@ -712,7 +687,7 @@ fn export_failures_are_clear_and_leave_no_file() {
     python_check(std::slice::from_ref(&target), &[]);
     // A verification that fails reports the numbers and writes nothing.
     let strict = dir.join("strict.onnx");
-    let out = simclr(
+    let out = simclr_env(
         &[
             "export",
             s(&run),
@@ -750,17 +725,17 @@ fn export_failures_are_clear_and_leave_no_file() {
         if !bytes.is_empty() {
             std::fs::write(&path, bytes).expect("write");
         }
-        let out = simclr(&["embed", "--model", s(&run), "--input", s(&path)], &[]);
+        let out = simclr_env(&["embed", "--model", s(&run), "--input", s(&path)], &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}: {err}");
         assert!(err.contains(expect) && err.contains(name), "{name}: {err}");
     }
-    let out = simclr(
+    let out = simclr_env(
         &["export", s(&dir.join("nowhere")), "--out", s(&strict)],
         &[],
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint found"));
-    let out = simclr(
+    let out = simclr_env(
         &["export", s(&run), "--out", s(&strict), "--opset", "9"],
         &[],
     );
@@ -770,7 +745,7 @@ fn export_failures_are_clear_and_leave_no_file() {
 #[test]
 fn embed_takes_onnx_models_from_elsewhere_with_npy_inputs() {
     // A model made with Python's onnx helpers: no metadata, one output named `y`.
-    let dir = scratch("foreign");
+    let dir = common::scratch("onnx", "foreign");
     let model = dir.join("foreign.onnx");
     let script = format!(
         "import numpy as np, onnx\n\
@@ -798,7 +773,7 @@ fn embed_takes_onnx_models_from_elsewhere_with_npy_inputs() {
     let xin = dir.join("x.npy");
     simclr::onnx::npy::write_f32(&xin, &[5, 3, 8, 8], &x).expect("npy");
     let e = dir.join("e.npy");
-    ok(&simclr(
+    ok(&simclr_env(
         &[
             "embed",
             "--model",
@@ -819,7 +794,7 @@ fn embed_takes_onnx_models_from_elsewhere_with_npy_inputs() {
     // Images need the preprocessing a foreign model does not describe: a clear error.
     let images = dir.join("images");
     png(&images.join("a.png"), 8, 8, 1);
-    let out = simclr(&["embed", "--model", s(&model), "--input", s(&images)], &[]);
+    let out = simclr_env(&["embed", "--model", s(&model), "--input", s(&images)], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("only preprocessed .npy inputs"), "{err}");
