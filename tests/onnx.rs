@@ -48,7 +48,11 @@ fn perturb(model: &Model, seed: u64, dims: &[usize]) {
     let groups = std::iter::once(&model.vars).chain(model.head.as_ref().map(|h| &h.vars));
     for (g, vars) in groups.enumerate() {
         let data = vars.data().lock().expect("vars");
-        for (i, (name, var)) in data.iter().enumerate() {
+        // In name order: the map's own order changes from one process to the next, and with
+        // it which values each tensor drew.
+        let mut named: Vec<_> = data.iter().collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
+        for (i, (name, var)) in named.into_iter().enumerate() {
             if var.rank() != 1 || name.contains("running") {
                 continue;
             }
