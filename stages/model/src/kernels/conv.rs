@@ -100,6 +100,50 @@ impl Geometry {
         }
     }
 
+    /// For a stride-1 convolution with a square kernel and padding below the kernel size, the
+    /// geometry of its input gradient computed as a forward convolution: `dy` (`Cout` channels,
+    /// `Ho×Wo`) convolved with [`Self::flipped`] filters, padding `k − 1 − pad`, gives `dx`
+    /// (`C` channels, `H×W`). `None` for other convolutions and for 1×1 kernels (for which it
+    /// is the same product as `Wᵀ·dy`).
+    fn transposed(&self) -> Option<Self> {
+        let k = self.kh;
+        if self.stride != 1 || self.kw != k || k == 1 || self.padding >= k {
+            return None;
+        }
+        let padding = k - 1 - self.padding;
+        Some(Self {
+            n: self.n,
+            c: self.cout,
+            h: self.ho,
+            w: self.wo,
+            cout: self.c,
+            kh: k,
+            kw: k,
+            stride: 1,
+            padding,
+            ho: self.h,
+            wo: self.w,
+        })
+    }
+
+    /// The filters of [`Self::transposed`]: `w'[c][o][i][j] = w[o][c][kh−1−i][kw−1−j]`.
+    fn flipped(&self, w: &[f32]) -> Vec<f32> {
+        let (kh, kw) = (self.kh, self.kw);
+        let mut out = vec![0.0f32; w.len()];
+        for o in 0..self.cout {
+            for c in 0..self.c {
+                let src = &w[(o * self.c + c) * kh * kw..][..kh * kw];
+                let dst = &mut out[(c * self.cout + o) * kh * kw..][..kh * kw];
+                for i in 0..kh {
+                    for j in 0..kw {
+                        dst[i * kw + j] = src[(kh - 1 - i) * kw + (kw - 1 - j)];
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
     }
@@ -122,6 +166,10 @@ impl Geometry {
     /// `cols[(c·kh + i)·kw + j][oh·Wo + ow] = x[c][oh·s − pad + i][ow·s − pad + j]` (0 outside),
     /// row r starting at `r·ld` (ld ≥ Ho·Wo: several images side by side).
     fn im2col(&self, x: &[f32], cols: &mut [f32], ld: usize) {
+        if self.same() {
+            self.im2col_same(x, cols, ld);
+            return;
+        }
         let p = self.p();
         let pad = self.padding as isize;
         for c in 0..self.c {
@@ -153,6 +201,52 @@ impl Geometry {
                                     *o = *v;
                                 }
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stride 1 and an output the size of the input ("same" padding): a column row is then the
+    /// input plane shifted by a constant `(i − pad)·W + (j − pad)`, so it is one contiguous
+    /// copy (not one per output row) followed by zeroing the positions whose source lies in
+    /// the padding.
+    fn same(&self) -> bool {
+        self.stride == 1 && self.ho == self.h && self.wo == self.w
+    }
+
+    /// [`Self::im2col`] for [`Self::same`] geometries.
+    fn im2col_same(&self, x: &[f32], cols: &mut [f32], ld: usize) {
+        let (h, w) = (self.h, self.w);
+        let plane_len = h * w;
+        let pad = self.padding as isize;
+        for c in 0..self.c {
+            let plane = &x[c * plane_len..][..plane_len];
+            for i in 0..self.kh {
+                // Output rows whose input row lies inside the image, likewise columns.
+                let (rlo, rhi) = self.valid(i, h, h);
+                for j in 0..self.kw {
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * ld..][..plane_len];
+                    let (lo, hi) = self.valid(j, w, w);
+                    if rhi <= rlo || hi <= lo {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    let shift = (i as isize - pad) * w as isize + (j as isize - pad);
+                    // Copy the valid rows' span, clipped to the plane; what the clipping
+                    // leaves out lies in the padding and is zeroed with the rest below.
+                    let (q0, q1) = (rlo * w, rhi * w);
+                    let a = (q0 as isize).max(-shift) as usize;
+                    let b = (q1 as isize).min(plane_len as isize - shift) as usize;
+                    let from = (a as isize + shift) as usize;
+                    row[..a].fill(0.0);
+                    row[a..b].copy_from_slice(&plane[from..from + (b - a)]);
+                    row[b..].fill(0.0);
+                    if lo > 0 || hi < w {
+                        for r in row[q0..q1].chunks_exact_mut(w) {
+                            r[..lo].fill(0.0);
+                            r[hi..].fill(0.0);
                         }
                     }
                 }
@@ -237,6 +331,47 @@ fn per_group(n: usize, out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f3
     }
 }
 
+/// `y = conv(x, w)` for geometry `g`: `x` `[N, C, H, W]`, `w` `[Cout, C, kh, kw]`, `y`
+/// `[N, Cout, Ho, Wo]`, all contiguous.
+fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (k, p) = (g.k(), g.p());
+    let mut y = vec![0.0f32; g.n * g.cout * p];
+    let wv = View::row_major(w, g.cout, k);
+    let b = g.group();
+    per_group(g.n.div_ceil(b), &mut y, b * g.cout * p, |gi, out, t| {
+        let (first, nb) = (gi * b, out.len() / (g.cout * p));
+        if nb == 1 {
+            let xi = &x[first * g.image()..][..g.image()];
+            if g.pointwise() {
+                matmul(out, wv, View::row_major(xi, k, p), false, t);
+            } else {
+                with_scratch(k * p, |cols| {
+                    g.im2col(xi, cols, p);
+                    matmul(out, wv, View::row_major(cols, k, p), false, t);
+                });
+            }
+            return;
+        }
+        // Several images side by side: cols [K, nb·P], tmp [Cout, nb·P], then scatter.
+        let ld = nb * p;
+        with_scratch(k * ld + g.cout * ld, |buf| {
+            let (cols, tmp) = buf.split_at_mut(k * ld);
+            for j in 0..nb {
+                let xi = &x[(first + j) * g.image()..][..g.image()];
+                g.im2col(xi, &mut cols[j * p..], ld);
+            }
+            matmul(tmp, wv, View::row_major(cols, k, ld), false, t);
+            for j in 0..nb {
+                for o in 0..g.cout {
+                    out[(j * g.cout + o) * p..][..p]
+                        .copy_from_slice(&tmp[o * ld + j * p..][..p]);
+                }
+            }
+        });
+    });
+    y
+}
+
 /// The forward op; its backward pass uses [`BackwardData`] and [`BackwardFilter`].
 #[derive(Clone, Copy, Debug)]
 pub struct Conv2d {
@@ -264,41 +399,7 @@ impl CustomOp2 for Conv2d {
             super::f32_slice("conv2d", s1, l1, "input")?,
             super::f32_slice("conv2d", s2, l2, "weight")?,
         );
-        let (k, p) = (g.k(), g.p());
-        let mut y = vec![0.0f32; g.n * g.cout * p];
-        let wv = View::row_major(w, g.cout, k);
-        let b = g.group();
-        per_group(g.n.div_ceil(b), &mut y, b * g.cout * p, |gi, out, t| {
-            let (first, nb) = (gi * b, out.len() / (g.cout * p));
-            if nb == 1 {
-                let xi = &x[first * g.image()..][..g.image()];
-                if g.pointwise() {
-                    matmul(out, wv, View::row_major(xi, k, p), false, t);
-                } else {
-                    with_scratch(k * p, |cols| {
-                        g.im2col(xi, cols, p);
-                        matmul(out, wv, View::row_major(cols, k, p), false, t);
-                    });
-                }
-                return;
-            }
-            // Several images side by side: cols [K, nb·P], tmp [Cout, nb·P], then scatter.
-            let ld = nb * p;
-            with_scratch(k * ld + g.cout * ld, |buf| {
-                let (cols, tmp) = buf.split_at_mut(k * ld);
-                for j in 0..nb {
-                    let xi = &x[(first + j) * g.image()..][..g.image()];
-                    g.im2col(xi, &mut cols[j * p..], ld);
-                }
-                matmul(tmp, wv, View::row_major(cols, k, ld), false, t);
-                for j in 0..nb {
-                    for o in 0..g.cout {
-                        out[(j * g.cout + o) * p..][..p]
-                            .copy_from_slice(&tmp[o * ld + j * p..][..p]);
-                    }
-                }
-            });
-        });
+        let y = forward(&g, x, w);
         super::record_conv(g.flops(), t0.elapsed());
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
@@ -324,13 +425,18 @@ impl CustomOp2 for Conv2d {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(
+        // No input gradient for an input outside the graph (the images into the first layer).
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(
             w,
             &BackwardData {
                 conv: *self,
                 input: x.dims().to_vec(),
             },
-        )?;
+        )?)
+        } else {
+            None
+        };
         let dw = x.apply_op2_no_bwd(
             &dy,
             &BackwardFilter {
@@ -338,7 +444,7 @@ impl CustomOp2 for Conv2d {
                 weight: w.dims().to_vec(),
             },
         )?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -367,6 +473,14 @@ impl CustomOp2 for BackwardData {
             super::f32_slice("conv2d", s1, l1, "gradient")?,
             super::f32_slice("conv2d", s2, l2, "weight")?,
         );
+        if let Some(t) = g.transposed() {
+            // dx = dy convolved with the flipped, transposed filters: a forward convolution
+            // whose products have Cout·kh·kw inner terms (Wᵀ·dy has only Cout) and that writes
+            // dx once instead of scatter-adding kh·kw column rows into it.
+            let dx = forward(&t, dy, &g.flipped(w));
+            super::record_conv(g.flops(), t0.elapsed());
+            return Ok((CpuStorage::F32(dx), Shape::from(self.input.clone())));
+        }
         let (k, p) = (g.k(), g.p());
         let wt = View::row_major(w, g.cout, k).t();
         let mut dx = vec![0.0f32; g.n * g.image()];
