@@ -14,7 +14,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{View, matmul};
+use super::gemm::{View, matmul, matmul_col_major};
 
 /// Geometry of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -596,7 +596,7 @@ impl CustomOp2 for BackwardFilter {
                             g.im2col(xi, &mut cols, p);
                             View::row_major(&cols, k, p)
                         };
-                        matmul(acc, dyi, colsi.t(), step > 0, inner);
+                        matmul_col_major(acc, dyi, colsi.t(), step > 0, inner);
                         continue;
                     }
                     let ld = nb * p;
@@ -608,7 +608,7 @@ impl CustomOp2 for BackwardFilter {
                                 .copy_from_slice(&dy[((first + j) * g.cout + o) * p..][..p]);
                         }
                     }
-                    matmul(
+                    matmul_col_major(
                         acc,
                         View::row_major(&dyg[..g.cout * ld], g.cout, ld),
                         View::row_major(&cols[..k * ld], k, ld).t(),
@@ -617,10 +617,18 @@ impl CustomOp2 for BackwardFilter {
                     );
                 }
             });
-        let mut dw = partial[..size].to_vec();
-        for part in partial[size..].chunks(size) {
-            for (a, b) in dw.iter_mut().zip(part) {
+        // The partial sums hold dWᵀ (`[K, Cout]`, see `matmul_col_major`): add them in order,
+        // then transpose.
+        let (sum, rest) = partial.split_at_mut(size);
+        for part in rest.chunks(size) {
+            for (a, b) in sum.iter_mut().zip(part) {
                 *a += b;
+            }
+        }
+        let mut dw = vec![0.0f32; size];
+        for (kk, row) in sum.chunks_exact(g.cout).enumerate() {
+            for (o, v) in row.iter().enumerate() {
+                dw[o * k + kk] = *v;
             }
         }
         super::record_conv(g.flops(), t0.elapsed());

@@ -54,6 +54,35 @@ impl<'a> View<'a> {
 /// # Panics
 /// Mismatched shapes or views that reach outside their slices (a bug in the caller).
 pub fn matmul(dst: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool, threads: usize) {
+    product(dst, false, a, b, accumulate, threads);
+}
+
+/// As [`matmul`], but `dst` column-major (it holds `(a · b)ᵀ` row-major). The kernel works on
+/// column-major destinations; a row-major one makes it swap and transpose the operands, which
+/// decides which operand it copies into its packed layout. Choosing the destination's layout
+/// chooses that copy: for `dy · colsᵀ` (the weight gradient) a column-major destination packs
+/// the thin `dy` instead of the column matrix, nine times larger for a 3×3 kernel.
+///
+/// # Panics
+/// As [`matmul`].
+pub fn matmul_col_major(
+    dst: &mut [f32],
+    a: View<'_>,
+    b: View<'_>,
+    accumulate: bool,
+    threads: usize,
+) {
+    product(dst, true, a, b, accumulate, threads);
+}
+
+fn product(
+    dst: &mut [f32],
+    col_major: bool,
+    a: View<'_>,
+    b: View<'_>,
+    accumulate: bool,
+    threads: usize,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions");
     assert!(dst.len() >= m * n, "destination too small");
@@ -72,7 +101,9 @@ pub fn matmul(dst: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool, threa
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: dst holds m·n elements with row stride n and column stride 1; `fits` checked that
+    let (dst_cs, dst_rs) = if col_major { (m, 1) } else { (1, n) };
+    // SAFETY: dst holds m·n elements with strides (dst_rs, dst_cs) = (n, 1) or (1, m), whose
+    // largest offset is m·n − 1; `fits` checked that
     // the largest offsets of a and b are inside their slices; the three regions do not overlap
     // (dst is a unique borrow).
     unsafe {
@@ -81,8 +112,8 @@ pub fn matmul(dst: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool, threa
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_cs as isize,
+            dst_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
@@ -128,5 +159,15 @@ mod tests {
         let twice: Vec<f32> = out.iter().map(|v| 2.0 * v).collect();
         matmul(&mut out, va.t(), vb.t(), true, 2);
         assert_eq!(out, twice);
+        // Column-major destination: the transpose of the row-major result.
+        let mut col = vec![0.0; 28];
+        matmul_col_major(&mut col, va.t(), vb.t(), false, 1);
+        for i in 0..7 {
+            for j in 0..4 {
+                assert_eq!(col[j * 7 + i], out[i * 4 + j] / 2.0);
+            }
+        }
+        matmul_col_major(&mut col, va.t(), vb.t(), true, 2);
+        assert_eq!(col[3 * 7 + 5], out[5 * 4 + 3]);
     }
 }
