@@ -34,6 +34,9 @@ struct Row {
     /// `ms_per_step / torch_ms_per_step` (above 1: slower than PyTorch).
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio_to_torch: Option<f64>,
+    /// Per-layer convolution times over the measured steps (with `--layers`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    layers: Vec<simclr_stage_model::kernels::LayerTime>,
 }
 
 /// One configuration as the PyTorch reference prints it.
@@ -173,6 +176,7 @@ fn measure(
     pairs: usize,
     steps: usize,
     on: &Target,
+    layers: bool,
 ) -> Result<Row> {
     let device = &on.device;
     let map = VarMap::new();
@@ -198,6 +202,7 @@ fn measure(
         let t3 = Instant::now();
         if step == 0 {
             simclr_stage_model::kernels::take_conv_counters();
+            simclr_stage_model::kernels::set_layer_profile(layers);
         }
         // Step 0 warms up allocator and kernels and is not counted.
         if step > 0 {
@@ -209,6 +214,8 @@ fn measure(
     let n = steps as f64;
     let total = (fwd + bwd + opt) / n;
     let (conv_flops, conv_secs) = simclr_stage_model::kernels::take_conv_counters();
+    let layers = simclr_stage_model::kernels::take_layer_profile();
+    simclr_stage_model::kernels::set_layer_profile(false);
     Ok(Row {
         width,
         channels,
@@ -228,6 +235,7 @@ fn measure(
         },
         torch_ms_per_step: None,
         ratio_to_torch: None,
+        layers,
     })
 }
 
@@ -241,11 +249,20 @@ pub fn train(
     steps: usize,
     reference: Option<&str>,
     on: &Target,
+    layers: bool,
 ) -> Result<String> {
     let mut rows = Vec::new();
     for &width in widths {
         for (channels, size) in [(3, 32), (1, 28)] {
-            rows.push(measure(width, channels, size, pairs, steps.max(1), on)?);
+            rows.push(measure(
+                width,
+                channels,
+                size,
+                pairs,
+                steps.max(1),
+                on,
+                layers,
+            )?);
         }
     }
     if let Some(python) = reference {
@@ -312,6 +329,9 @@ pub fn train(
             out.push_str(&format!(" {t:>10.0} {ratio:>8.2}\n"));
         }
     }
+    for r in rows.iter().filter(|r| !r.layers.is_empty()) {
+        out.push_str(&layer_table(r, steps.max(1)));
+    }
     out.push_str(
         "\n(peak MB is the process's high-water mark so far, so it only grows down the table; conv: share of the step in our convolution kernels, forward and both gradients, and the rate they achieve — multiply-adds count 2)\n",
     );
@@ -319,6 +339,33 @@ pub fn train(
         out.push_str("(torch: benches/reference/train_step_torch.py, same step, same threads, measured in this run; × torch above 1 means slower)\n");
     }
     Ok(out)
+}
+
+/// The per-layer convolution table of one configuration: ms per step, share of the step and
+/// GFLOP/s for each pass and shape, slowest first.
+fn layer_table(r: &Row, steps: usize) -> String {
+    let mut layers: Vec<_> = r.layers.iter().collect();
+    layers.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    let mut out = format!(
+        "\nwidth {} {}x{}x{}, convolutions by pass and shape (channels in→out kernel/stride input):\n{:<40} {:>7} {:>10} {:>7} {:>9}\n",
+        r.width, r.size, r.size, r.channels, "", "calls", "ms/step", "share", "GFLOP/s"
+    );
+    for l in layers {
+        let ms = 1e3 * l.seconds / steps as f64;
+        out.push_str(&format!(
+            "{:<40} {:>7} {:>10.1} {:>6.1}% {:>9.1}\n",
+            l.label,
+            l.calls / steps as u64,
+            ms,
+            100.0 * ms / r.ms_per_step,
+            if l.seconds > 0.0 {
+                l.flops as f64 / l.seconds / 1e9
+            } else {
+                0.0
+            }
+        ));
+    }
+    out
 }
 
 /// Largest `|a − b|` over `max |a|` (0 when both are zero): the relative error of `b` as an

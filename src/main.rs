@@ -235,6 +235,10 @@ enum BenchCommand {
         /// fp32 (strict) or tf32 (TensorFloat-32 on CUDA tensor cores, for both sides).
         #[arg(long, default_value = "fp32")]
         precision: String,
+        /// Also print each convolution layer's forward, input-gradient and weight-gradient
+        /// time per step and rate (CPU kernels).
+        #[arg(long)]
+        layers: bool,
     },
     /// Train the same model from the same weights on the same batches on the CPU and on
     /// --device, and print how far the device's loss, gradients and weights drift.
@@ -539,6 +543,7 @@ fn main() -> ExitCode {
                     reference,
                     device,
                     precision,
+                    layers,
                 },
         } => bench_train::Target::new(&device, &precision)
             .and_then(|on| {
@@ -549,6 +554,7 @@ fn main() -> ExitCode {
                     steps,
                     reference.as_deref(),
                     &on,
+                    layers,
                 )
             })
             .map(printed),

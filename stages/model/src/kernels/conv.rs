@@ -74,6 +74,15 @@ impl Geometry {
         wide.min(per_thread).clamp(1, self.n.max(1))
     }
 
+    /// `what` and the layer's shape, for the per-layer profile: `forward 16→32 3×3/2 32×32`
+    /// (channels in → out, kernel / stride, input size).
+    fn label(&self, what: &str) -> String {
+        format!(
+            "{what:<15} {:>4}→{:<4} {}×{}/{} {:>3}×{:<3}",
+            self.c, self.cout, self.kh, self.kw, self.stride, self.h, self.w
+        )
+    }
+
     /// Rows of the column matrix: C·kh·kw.
     fn k(&self) -> usize {
         self.c * self.kh * self.kw
@@ -400,7 +409,7 @@ impl CustomOp2 for Conv2d {
             super::f32_slice("conv2d", s2, l2, "weight")?,
         );
         let y = forward(&g, x, w);
-        super::record_conv(g.flops(), t0.elapsed());
+        super::record_conv(g.flops(), t0.elapsed(), || g.label("forward"));
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
@@ -478,7 +487,7 @@ impl CustomOp2 for BackwardData {
             // whose products have Cout·kh·kw inner terms (Wᵀ·dy has only Cout) and that writes
             // dx once instead of scatter-adding kh·kw column rows into it.
             let dx = forward(&t, dy, &g.flipped(w));
-            super::record_conv(g.flops(), t0.elapsed());
+            super::record_conv(g.flops(), t0.elapsed(), || g.label("input gradient"));
             return Ok((CpuStorage::F32(dx), Shape::from(self.input.clone())));
         }
         let (k, p) = (g.k(), g.p());
@@ -515,7 +524,7 @@ impl CustomOp2 for BackwardData {
                 }
             });
         });
-        super::record_conv(g.flops(), t0.elapsed());
+        super::record_conv(g.flops(), t0.elapsed(), || g.label("input gradient"));
         Ok((CpuStorage::F32(dx), Shape::from(self.input.clone())))
     }
 
@@ -631,7 +640,7 @@ impl CustomOp2 for BackwardFilter {
                 dw[o * k + kk] = *v;
             }
         }
-        super::record_conv(g.flops(), t0.elapsed());
+        super::record_conv(g.flops(), t0.elapsed(), || g.label("weight gradient"));
         Ok((CpuStorage::F32(dw), Shape::from(self.weight.clone())))
     }
 

@@ -47,14 +47,63 @@ pub fn tf32() -> bool {
 static CONV_FLOPS: AtomicU64 = AtomicU64::new(0);
 static CONV_NANOS: AtomicU64 = AtomicU64::new(0);
 
+/// Per-layer totals while [`set_layer_profile`] is on: label → (calls, flops, nanoseconds).
+static LAYERS: std::sync::Mutex<Option<std::collections::BTreeMap<String, (u64, u64, u64)>>> =
+    std::sync::Mutex::new(None);
+
 /// Count one convolution kernel call (forward or either gradient): its floating-point
-/// operations (2 per multiply-add) and wall time.
-pub(crate) fn record_conv(flops: u64, took: Duration) {
+/// operations (2 per multiply-add) and wall time; `label` names the pass and shape for the
+/// per-layer profile (called only while it is on).
+pub(crate) fn record_conv(flops: u64, took: Duration, label: impl FnOnce() -> String) {
+    let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
     CONV_FLOPS.fetch_add(flops, Ordering::Relaxed);
-    CONV_NANOS.fetch_add(
-        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-        Ordering::Relaxed,
-    );
+    CONV_NANOS.fetch_add(nanos, Ordering::Relaxed);
+    if let Ok(mut guard) = LAYERS.lock()
+        && let Some(map) = guard.as_mut()
+    {
+        let e = map.entry(label()).or_insert((0, 0, 0));
+        *e = (e.0 + 1, e.1 + flops, e.2 + nanos);
+    }
+}
+
+/// Start (true: from empty) or stop collecting per-layer convolution times.
+pub fn set_layer_profile(on: bool) {
+    if let Ok(mut guard) = LAYERS.lock() {
+        *guard = on.then(std::collections::BTreeMap::new);
+    }
+}
+
+/// One line of the per-layer convolution profile.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LayerTime {
+    /// Pass and shape, e.g. `forward 16→32 3×3/2 32×32`.
+    pub label: String,
+    /// Kernel calls.
+    pub calls: u64,
+    /// Floating-point operations (2 per multiply-add).
+    pub flops: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// The per-layer convolution times collected since [`set_layer_profile`]`(true)` (or the last
+/// call), and starts again from empty; empty when the profile is off.
+pub fn take_layer_profile() -> Vec<LayerTime> {
+    let Ok(mut guard) = LAYERS.lock() else {
+        return Vec::new();
+    };
+    let Some(map) = guard.as_mut() else {
+        return Vec::new();
+    };
+    std::mem::take(map)
+        .into_iter()
+        .map(|(label, (calls, flops, nanos))| LayerTime {
+            label,
+            calls,
+            flops,
+            seconds: nanos as f64 * 1e-9,
+        })
+        .collect()
 }
 
 /// Floating-point operations and seconds spent in our convolution kernels since the last call
