@@ -54,7 +54,24 @@ impl<'a> View<'a> {
 /// # Panics
 /// Mismatched shapes or views that reach outside their slices (a bug in the caller).
 pub fn matmul(dst: &mut [f32], a: View<'_>, b: View<'_>, accumulate: bool, threads: usize) {
-    product(dst, false, a, b, accumulate, threads);
+    product(dst, (b.cols, 1), a, b, accumulate, threads);
+}
+
+/// As [`matmul`], with the rows of `dst` `ld ≥ b.cols` apart (a block of columns of a wider
+/// row-major matrix).
+///
+/// # Panics
+/// As [`matmul`].
+pub fn matmul_ld(
+    dst: &mut [f32],
+    ld: usize,
+    a: View<'_>,
+    b: View<'_>,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(ld >= b.cols, "destination rows overlap");
+    product(dst, (ld, 1), a, b, accumulate, threads);
 }
 
 /// As [`matmul`], but `dst` column-major (it holds `(a · b)ᵀ` row-major). The kernel works on
@@ -72,12 +89,13 @@ pub fn matmul_col_major(
     accumulate: bool,
     threads: usize,
 ) {
-    product(dst, true, a, b, accumulate, threads);
+    product(dst, (1, a.rows), a, b, accumulate, threads);
 }
 
+/// `dst = a · b` (or `+=`) with element (i, j) of `dst` at `i·rs + j·cs`.
 fn product(
     dst: &mut [f32],
-    col_major: bool,
+    (dst_rs, dst_cs): (usize, usize),
     a: View<'_>,
     b: View<'_>,
     accumulate: bool,
@@ -85,14 +103,21 @@ fn product(
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions");
-    assert!(dst.len() >= m * n, "destination too small");
+    assert!(
+        m == 0 || n == 0 || (m - 1) * dst_rs + (n - 1) * dst_cs < dst.len(),
+        "destination too small"
+    );
     assert!(a.fits() && b.fits(), "views inside their slices");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * dst_rs + j * dst_cs] = 0.0;
+                }
+            }
         }
         return;
     }
@@ -101,9 +126,8 @@ fn product(
     } else {
         gemm::Parallelism::None
     };
-    let (dst_cs, dst_rs) = if col_major { (m, 1) } else { (1, n) };
-    // SAFETY: dst holds m·n elements with strides (dst_rs, dst_cs) = (n, 1) or (1, m), whose
-    // largest offset is m·n − 1; `fits` checked that
+    // SAFETY: the assertion above checked that dst reaches its largest offset
+    // (m − 1)·rs + (n − 1)·cs; `fits` checked that
     // the largest offsets of a and b are inside their slices; the three regions do not overlap
     // (dst is a unique borrow).
     unsafe {

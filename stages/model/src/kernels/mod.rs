@@ -47,9 +47,11 @@ pub fn tf32() -> bool {
 static CONV_FLOPS: AtomicU64 = AtomicU64::new(0);
 static CONV_NANOS: AtomicU64 = AtomicU64::new(0);
 
-/// Per-layer totals while [`set_layer_profile`] is on: label → (calls, flops, nanoseconds).
-static LAYERS: std::sync::Mutex<Option<std::collections::BTreeMap<String, (u64, u64, u64)>>> =
-    std::sync::Mutex::new(None);
+/// Per-layer totals: label → (calls, flops, nanoseconds).
+type LayerTotals = std::collections::BTreeMap<String, (u64, u64, u64)>;
+
+/// The per-layer totals while [`set_layer_profile`] is on.
+static LAYERS: std::sync::Mutex<Option<LayerTotals>> = std::sync::Mutex::new(None);
 
 /// Count one convolution kernel call (forward or either gradient): its floating-point
 /// operations (2 per multiply-add) and wall time; `label` names the pass and shape for the
