@@ -409,8 +409,7 @@ fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
             matmul(tmp, wv, View::row_major(cols, k, ld), false, t);
             for j in 0..nb {
                 for o in 0..g.cout {
-                    out[(j * g.cout + o) * p..][..p]
-                        .copy_from_slice(&tmp[o * ld + j * p..][..p]);
+                    out[(j * g.cout + o) * p..][..p].copy_from_slice(&tmp[o * ld + j * p..][..p]);
                 }
             }
         });
@@ -474,12 +473,12 @@ impl CustomOp2 for Conv2d {
         // No input gradient for an input outside the graph (the images into the first layer).
         let dx = if x.track_op() {
             Some(dy.apply_op2_no_bwd(
-            w,
-            &BackwardData {
-                conv: *self,
-                input: x.dims().to_vec(),
-            },
-        )?)
+                w,
+                &BackwardData {
+                    conv: *self,
+                    input: x.dims().to_vec(),
+                },
+            )?)
         } else {
             None
         };
