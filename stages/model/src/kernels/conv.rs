@@ -271,10 +271,13 @@ impl Geometry {
                     row[..a - base].fill(0.0);
                     row[a - base..b - base].copy_from_slice(&plane[from..from + (b - a)]);
                     row[b - base..].fill(0.0);
-                    if lo > 0 || hi < w {
-                        for r in row[q0 - base..q1 - base].chunks_exact_mut(w) {
-                            r[..lo].fill(0.0);
-                            r[hi..].fill(0.0);
+                    // Columns whose source lies in the left or right padding: a strided
+                    // store per padded column (a `fill` per row would be a `memset` call
+                    // for one or two elements).
+                    let span = &mut row[q0 - base..q1 - base];
+                    for t in (0..lo).chain(hi..w) {
+                        for v in span[t..].iter_mut().step_by(w) {
+                            *v = 0.0;
                         }
                     }
                 }
