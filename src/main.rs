@@ -17,6 +17,7 @@ use simclr::runtime::{self, RunOptions};
 mod bench;
 mod bench_train;
 mod eval_cmd;
+mod malloc;
 mod onnx_cmd;
 mod preview;
 
@@ -389,6 +390,7 @@ const EXIT_INVALID: u8 = 2;
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = Cli::parse();
     let registry = simclr::registry::user();
     let result = match cli.command {
