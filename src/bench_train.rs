@@ -347,24 +347,32 @@ fn layer_table(r: &Row, steps: usize) -> String {
     let mut layers: Vec<_> = r.layers.iter().collect();
     layers.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     let mut out = format!(
-        "\nwidth {} {}x{}x{}, convolutions by pass and shape (channels in→out kernel/stride input):\n{:<40} {:>7} {:>10} {:>7} {:>9}\n",
+        "\nwidth {} {}x{}x{}, our kernels by pass and shape (channels in→out kernel/stride input):\n{:<40} {:>7} {:>10} {:>7} {:>9}\n",
         r.width, r.size, r.size, r.channels, "", "calls", "ms/step", "share", "GFLOP/s"
     );
     for l in layers {
         let ms = 1e3 * l.seconds / steps as f64;
         out.push_str(&format!(
-            "{:<40} {:>7} {:>10.1} {:>6.1}% {:>9.1}\n",
+            "{:<40} {:>7} {:>10.1} {:>6.1}% {:>9}\n",
             l.label,
             l.calls / steps as u64,
             ms,
             100.0 * ms / r.ms_per_step,
-            if l.seconds > 0.0 {
-                l.flops as f64 / l.seconds / 1e9
+            if l.flops > 0 && l.seconds > 0.0 {
+                format!("{:.1}", l.flops as f64 / l.seconds / 1e9)
             } else {
-                0.0
+                "-".to_owned()
             }
         ));
     }
+    let kernels: f64 = r.layers.iter().map(|l| l.seconds).sum::<f64>() * 1e3 / steps as f64;
+    out.push_str(&format!(
+        "{:<40} {:>7} {:>10.1} {:>6.1}%\n",
+        "everything else (candle's operations)",
+        "",
+        r.ms_per_step - kernels,
+        100.0 * (1.0 - kernels / r.ms_per_step)
+    ));
     out
 }
 

@@ -69,6 +69,7 @@ impl CustomOp1 for ChannelStats {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _timer = super::OpTimer::new("bn statistics", l.dims());
         let dims = ncs(l.dims())?;
         let st = stats(super::f32_slice("batch_norm", s, l, "input")?, dims);
         let mut out: Vec<f32> = st.iter().map(|p| p.0 as f32).collect();
@@ -100,6 +101,7 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = super::OpTimer::new(if self.relu { "bn + relu" } else { "bn" }, l1.dims());
         let (_, c, s) = ncs(l1.dims())?;
         let x = super::f32_slice("batch_norm", s1, l1, "input")?;
         let gb = super::f32_slice("batch_norm", s2, l2, "weight and bias")?;
@@ -277,6 +279,7 @@ impl CustomOp3 for Backward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = super::OpTimer::new("bn backward", l1.dims());
         let (n, c, s) = ncs(l1.dims())?;
         let len = n * c * s;
         let x = super::f32_slice("batch_norm", s1, l1, "input")?;

@@ -68,7 +68,45 @@ pub(crate) fn record_conv(flops: u64, took: Duration, label: impl FnOnce() -> St
     }
 }
 
-/// Start (true: from empty) or stop collecting per-layer convolution times.
+/// Times one call of another kernel (BatchNorm, residual) for the per-layer profile when
+/// dropped; the label is formed only while the profile is on.
+pub(crate) struct OpTimer {
+    start: std::time::Instant,
+    what: &'static str,
+    dims: Vec<usize>,
+}
+
+impl OpTimer {
+    /// Start timing `what` on an input of shape `dims` (`[N, C, …]`).
+    pub(crate) fn new(what: &'static str, dims: &[usize]) -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            what,
+            dims: dims.to_vec(),
+        }
+    }
+}
+
+impl Drop for OpTimer {
+    fn drop(&mut self) {
+        let took = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if let Ok(mut guard) = LAYERS.lock()
+            && let Some(map) = guard.as_mut()
+        {
+            let (c, h, w) = match self.dims[..] {
+                [_, c, h, w] => (c, h, w),
+                [_, c] => (c, 1, 1),
+                _ => (0, 0, 0),
+            };
+            let label = format!("{:<15} {c:>4}        {h:>3}×{w:<3}", self.what);
+            let e = map.entry(label).or_insert((0, 0, 0));
+            *e = (e.0 + 1, e.1, e.2 + took);
+        }
+    }
+}
+
+/// Start (true: from empty) or stop collecting per-layer kernel times (convolutions with
+/// their floating-point operations, BatchNorm and the residual sum with time only).
 pub fn set_layer_profile(on: bool) {
     if let Ok(mut guard) = LAYERS.lock() {
         *guard = on.then(std::collections::BTreeMap::new);

@@ -23,6 +23,7 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = super::OpTimer::new("residual + relu", l1.dims());
         if l1.dims() != l2.dims() {
             candle_core::bail!(
                 "add_relu: shapes {:?} and {:?} differ",
@@ -71,6 +72,7 @@ impl CustomOp2 for MaskByPositive {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = super::OpTimer::new("residual bwd", l1.dims());
         let dy = super::f32_slice("add_relu", s1, l1, "gradient")?;
         let y = super::f32_slice("add_relu", s2, l2, "output")?;
         let mut g = vec![0.0f32; dy.len()];
