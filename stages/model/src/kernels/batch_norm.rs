@@ -117,6 +117,54 @@ impl CustomOp1 for ChannelStats {
     }
 }
 
+/// Per channel `(a, β, μ)` of training-mode BatchNorm, `y = a·(x − μ) + β` with
+/// `a = γ/√(σ² + ε)` (in f64, then f32), from γ, β (`gb`, `[2, C]`) and μ, σ² (`st`, `[2, C]`).
+/// Shared by the forward pass and the backward pass, which recomputes ReLU's mask from `x`
+/// with exactly the forward's f32 operations.
+fn affine(gb: &[f32], st: &[f32], eps: f64) -> Vec<(f32, f32, f32)> {
+    let c = gb.len() / 2;
+    (0..c)
+        .map(|ch| {
+            let inv = 1.0 / (f64::from(st[c + ch]) + eps).sqrt();
+            let a = f64::from(gb[ch]) * inv;
+            (a as f32, gb[c + ch], st[ch])
+        })
+        .collect()
+}
+
+/// `a·(v − μ) + β` (before ReLU). Centring first keeps the digits that `a·v − a·μ` would cancel
+/// where |μ| ≫ σ.
+#[inline]
+fn normalised((a, b, mean): (f32, f32, f32), v: f32) -> f32 {
+    a * (v - mean) + b
+}
+
+/// `out = dy`, zeroed where ReLU cut the output: `y ≤ 0` when `y` is given (evaluation mode),
+/// else where [`normalised`] `(x) ≤ 0` (training mode: the same f32 operations as the forward
+/// pass, so the same mask, without reading `y`). No mask without ReLU.
+fn masked_gradient(
+    relu: bool,
+    y: Option<&[f32]>,
+    x: &[f32],
+    dy: &[f32],
+    coef: (f32, f32, f32),
+    out: &mut [f32],
+) {
+    match (relu, y) {
+        (false, _) => out.copy_from_slice(dy),
+        (true, Some(y)) => {
+            for ((o, &yv), &g) in out.iter_mut().zip(y).zip(dy) {
+                *o = if yv <= 0.0 { 0.0 } else { g };
+            }
+        }
+        (true, None) => {
+            for ((o, &xv), &g) in out.iter_mut().zip(x).zip(dy) {
+                *o = if normalised(coef, xv) <= 0.0 { 0.0 } else { g };
+            }
+        }
+    }
+}
+
 /// `y = BN(x)` with γ and β stacked as `[2, C]`, optionally followed by ReLU.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchNormTrain {
@@ -151,15 +199,7 @@ impl CustomOp3 for BatchNormTrain {
                 gb.len() / 2
             );
         }
-        // y = a·(x − μ) + β per channel: centring first keeps the digits that a·x − a·μ would
-        // cancel where |μ| ≫ σ.
-        let ab: Vec<(f32, f32, f32)> = (0..c)
-            .map(|ch| {
-                let inv = 1.0 / (f64::from(st[c + ch]) + self.eps).sqrt();
-                let a = f64::from(gb[ch]) * inv;
-                (a as f32, gb[c + ch], st[ch])
-            })
-            .collect();
+        let ab = affine(gb, st, self.eps);
         let mut y = vec![0.0f32; x.len()];
         y.par_chunks_mut((c * s).max(1))
             .zip(x.par_chunks((c * s).max(1)))
@@ -168,11 +208,11 @@ impl CustomOp3 for BatchNormTrain {
                     let (yb, xb) = (&mut yi[ch * s..][..s], &xi[ch * s..][..s]);
                     if self.relu {
                         for (o, &v) in yb.iter_mut().zip(xb) {
-                            *o = (a * (v - mean) + b).max(0.0);
+                            *o = normalised((a, b, mean), v).max(0.0);
                         }
                     } else {
                         for (o, &v) in yb.iter_mut().zip(xb) {
-                            *o = a * (v - mean) + b;
+                            *o = normalised((a, b, mean), v);
                         }
                     }
                 }
@@ -332,15 +372,19 @@ impl CustomOp3 for Backward {
         }
         let (gb, st) = self.params.split_at(2 * c);
         let m = (n * s).max(1) as f64;
-        let relu = self.relu;
-        let grad = |yv: f32, g: f32| if relu && yv <= 0.0 { 0.0 } else { g };
-        // Per channel: Σ dy', Σ dy'·x̂ (float64).
-        // Per channel: Σ dy' and Σ dy'·(x − μ) (then ·1/σ for Σ dy'·x̂).
+        let ab = affine(gb, st, self.eps);
+        // The mask dy' = dy·[y > 0]: recomputed from x in training mode (one array fewer to
+        // read in both passes); evaluation mode's forward has its own formula, so read y.
+        let y = self.eval.then_some(y);
+        let block = |i: usize, ch: usize, masked: &mut [f32]| {
+            let o = (i * c + ch) * s;
+            let (xs, dys) = (&x[o..o + s], &dy[o..o + s]);
+            masked_gradient(self.relu, y.map(|y| &y[o..o + s]), xs, dys, ab[ch], masked);
+        };
+        // Per channel: Σ dy' and Σ dy'·(x − μ) (then ·1/σ for Σ dy'·x̂), float64.
         let sums: Vec<(f64, f64)> = channel_sums((n, c, s), |i, ch, masked| {
+            block(i, ch, masked);
             let (o, mean) = ((i * c + ch) * s, st[ch]);
-            for ((m, &yv), &g) in masked.iter_mut().zip(&y[o..o + s]).zip(&dy[o..o + s]) {
-                *m = grad(yv, g);
-            }
             [
                 lanes(masked, masked, |g, _| g),
                 lanes(masked, &x[o..o + s], |g, xv| g * (xv - mean)),
@@ -376,20 +420,22 @@ impl CustomOp3 for Backward {
                 (k as f32, (-k * md) as f32, b1 as f32, st[ch])
             })
             .collect();
-        dx.par_chunks_mut((c * s).max(1))
-            .enumerate()
-            .for_each(|(i, dxi)| {
+        dx.par_chunks_mut((c * s).max(1)).enumerate().for_each_init(
+            || vec![0.0f32; s],
+            |masked, (i, dxi)| {
                 for (ch, &(k, b0, b1, mean)) in coef.iter().enumerate() {
                     let o = (i * c + ch) * s;
-                    for ((d, (&yv, &g)), &xv) in dxi[ch * s..][..s]
+                    block(i, ch, masked);
+                    for ((d, &g), &xv) in dxi[ch * s..][..s]
                         .iter_mut()
-                        .zip(y[o..o + s].iter().zip(&dy[o..o + s]))
+                        .zip(masked.iter())
                         .zip(&x[o..o + s])
                     {
-                        *d = k * grad(yv, g) + b0 + b1 * (xv - mean);
+                        *d = k * g + b0 + b1 * (xv - mean);
                     }
                 }
-            });
+            },
+        );
         Ok((CpuStorage::F32(out), Shape::from(len + 2 * c)))
     }
 }
