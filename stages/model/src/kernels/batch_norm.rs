@@ -200,7 +200,7 @@ impl CustomOp3 for BatchNormTrain {
             );
         }
         let ab = affine(gb, st, self.eps);
-        let mut y = vec![0.0f32; x.len()];
+        let mut y = super::zeros(x.len());
         y.par_chunks_mut((c * s).max(1))
             .zip(x.par_chunks((c * s).max(1)))
             .for_each(|(yi, xi)| {
@@ -397,7 +397,7 @@ impl CustomOp3 for Backward {
             (sd, sdx * inv)
         })
         .collect();
-        let mut out = vec![0.0f32; len + 2 * c];
+        let mut out = super::zeros(len + 2 * c);
         let (dx, dgb) = out.split_at_mut(len);
         for (ch, &(sd, sdx)) in sums.iter().enumerate() {
             dgb[ch] = sdx as f32;

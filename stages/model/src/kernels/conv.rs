@@ -371,7 +371,7 @@ fn per_group(n: usize, out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f3
 /// `[N, Cout, Ho, Wo]`, all contiguous.
 fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, p) = (g.k(), g.p());
-    let mut y = vec![0.0f32; g.n * g.cout * p];
+    let mut y = super::zeros(g.n * g.cout * p);
     let wv = View::row_major(w, g.cout, k);
     let b = g.group();
     per_group(g.n.div_ceil(b), &mut y, b * g.cout * p, |gi, out, t| {
@@ -531,7 +531,7 @@ impl CustomOp2 for BackwardData {
         }
         let (k, p) = (g.k(), g.p());
         let wt = View::row_major(w, g.cout, k).t();
-        let mut dx = vec![0.0f32; g.n * g.image()];
+        let mut dx = super::zeros(g.n * g.image());
         let b = g.group();
         per_group(g.n.div_ceil(b), &mut dx, b * g.image(), |gi, out, t| {
             let (first, nb) = (gi * b, out.len() / g.image());

@@ -33,7 +33,7 @@ impl CustomOp2 for AddRelu {
         }
         let a = super::f32_slice("add_relu", s1, l1, "lhs")?;
         let b = super::f32_slice("add_relu", s2, l2, "rhs")?;
-        let mut y = vec![0.0f32; a.len()];
+        let mut y = super::zeros(a.len());
         y.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
             .for_each(|(y, (a, b))| {
@@ -75,7 +75,7 @@ impl CustomOp2 for MaskByPositive {
         let _timer = super::OpTimer::new("residual bwd", l1.dims());
         let dy = super::f32_slice("add_relu", s1, l1, "gradient")?;
         let y = super::f32_slice("add_relu", s2, l2, "output")?;
-        let mut g = vec![0.0f32; dy.len()];
+        let mut g = super::zeros(dy.len());
         g.par_chunks_mut(CHUNK)
             .zip(dy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
             .for_each(|(g, (dy, y))| {
