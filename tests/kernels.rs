@@ -102,6 +102,10 @@ fn convolution_and_its_gradients_match_float64() {
         // Many small images: products are formed over several images side by side.
         (16, 32, (4, 4), 64, 3, 1, 1),
         (12, 16, (3, 5), 8, 1, 1, 0),
+        // Column matrices larger than the forward's cache block: the image's output rows are
+        // done in several blocks (16·9 rows × 32 positions: 18 KB a row; 40 rows, 3 blocks),
+        // for the forward pass and for the input gradient computed through it.
+        (2, 16, (40, 32), 16, 3, 1, 1),
     ];
     for (i, &(n, c, (h, w), cout, k, stride, padding)) in cases.iter().enumerate() {
         let dev = Device::Cpu;
