@@ -170,8 +170,10 @@ pub fn device(spec: &str) -> Result<Device, String> {
         "cpu" => return Ok(Device::Cpu),
         "auto" => {
             return Ok(
-                if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                    Device::new_cuda_with_stream(0).unwrap_or(Device::Cpu)
+                if cfg!(feature = "cuda")
+                    && without_panic(candle_core::utils::cuda_is_available).unwrap_or(false)
+                {
+                    open_cuda(0).unwrap_or(Device::Cpu)
                 } else {
                     Device::Cpu
                 },
@@ -201,8 +203,32 @@ pub fn device(spec: &str) -> Result<Device, String> {
     // the loss climbing from the first update, then a crash). On one stream, the order in which
     // the stages enqueue work — which the channels and the step credit already fix — is the
     // order the GPU runs it.
-    Device::new_cuda_with_stream(cuda_index)
-        .map_err(|e| format!("device `{spec}`: cannot open it: {e}"))
+    open_cuda(cuda_index).map_err(|e| format!("device `{spec}`: cannot open it: {e}"))
+}
+
+/// `Device::new_cuda_with_stream`, with a missing driver library as an error: a build that
+/// loads the CUDA libraries at run time (cudarc's `dynamic-loading`) panics inside cudarc when
+/// `libcuda.so` is not there.
+fn open_cuda(index: usize) -> Result<Device, String> {
+    without_panic(|| Device::new_cuda_with_stream(index))
+        .map_err(|e| format!("{e} (is an NVIDIA driver installed?)"))?
+        .map_err(|e| e.to_string())
+}
+
+/// Run `f`, turning a panic into an error carrying its message (printed by no panic hook).
+fn without_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|payload| {
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("the CUDA driver could not be loaded");
+        text.split(" - searched for").next().unwrap_or(text).to_owned()
+    })
 }
 
 /// Check `device:` at build time, so `simclr validate` reports a CUDA device on a CPU build.
