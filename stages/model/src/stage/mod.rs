@@ -227,7 +227,10 @@ fn without_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("the CUDA driver could not be loaded");
-        text.split(" - searched for").next().unwrap_or(text).to_owned()
+        text.split(" - searched for")
+            .next()
+            .unwrap_or(text)
+            .to_owned()
     })
 }
 
