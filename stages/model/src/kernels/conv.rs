@@ -217,6 +217,14 @@ impl Geometry {
                             let first = first as usize;
                             if self.stride == 1 {
                                 out[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                            } else if self.stride == 2 && src.len() >= first + 2 * (hi - lo) {
+                                // Pairs: the compiler turns this into vector shuffles, where a
+                                // `step_by` gather stays scalar.
+                                for (o, pair) in
+                                    out[lo..hi].iter_mut().zip(src[first..].chunks_exact(2))
+                                {
+                                    *o = pair[0];
+                                }
                             } else {
                                 for (o, v) in out[lo..hi]
                                     .iter_mut()
