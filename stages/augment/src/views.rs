@@ -3,7 +3,7 @@
 //!
 //! > "we randomly sample a minibatch of N examples and define the contrastive prediction
 //! > task on pairs of augmented examples derived from the minibatch, resulting in 2N data
-//! > points" — [0] SimCLR, Chen et al. 2020, arXiv:2002.05709, §2.1.
+//! > points" — \[0\] SimCLR, Chen et al. 2020, arXiv:2002.05709, §2.1.
 //!
 //! Every draw of view v of sample (epoch, index) comes from `Rng::for_sample(seed, epoch,
 //! index, v)`, so the pairs are identical whatever the number of workers or the chunking.

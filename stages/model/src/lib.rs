@@ -8,7 +8,7 @@
 //! - The stage kinds built on them ([`stage`]): `resnet`, `small_cnn`, `projector`,
 //!   `nt_xent` (loss + optimizer) and `checkpoint`.
 //!
-//! [0] SimCLR, Chen et al. 2020, arXiv:2002.05709.
+//! \[0\] SimCLR, Chen et al. 2020, arXiv:2002.05709.
 #![deny(missing_docs)]
 
 pub mod init;

@@ -2,7 +2,7 @@
 //!
 //! > "ℓ(i,j) = −log exp(sim(z_i, z_j)/τ) / Σ_{k≠i} exp(sim(z_i, z_k)/τ) ... The final loss is
 //! > computed across all positive pairs, both (i, j) and (j, i), in a mini-batch."
-//! > — [0] SimCLR, Chen et al. 2020, arXiv:2002.05709, eq. (1).
+//! > — \[0\] SimCLR, Chen et al. 2020, arXiv:2002.05709, eq. (1).
 
 use candle_core::{D, Result, Tensor};
 

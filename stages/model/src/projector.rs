@@ -2,7 +2,7 @@
 //!
 //! > "We use a MLP with one hidden layer to obtain z_i = g(h_i) = W(2)σ(W(1)h_i) where σ is a
 //! > ReLU non-linearity. ... a nonlinear projection is better than a linear projection (+3%),
-//! > and much better than no projection (>10%)." — [0] SimCLR, §2.1 and §4.2.
+//! > and much better than no projection (>10%)." — \[0\] SimCLR, §2.1 and §4.2.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder};

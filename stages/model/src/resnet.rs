@@ -3,7 +3,7 @@
 //!
 //! > "We opt for simplicity and adopt the commonly used ResNet to obtain h_i = f(x̃_i) =
 //! > ResNet(x̃_i) where h_i ∈ R^d is the output after the average pooling layer."
-//! > — [0] SimCLR, Chen et al. 2020, arXiv:2002.05709, §2.1.
+//! > — \[0\] SimCLR, Chen et al. 2020, arXiv:2002.05709, §2.1.
 //!
 //! candle's stock ResNet runs BatchNorm in inference mode only; here every BatchNorm goes
 //! through `ModuleT::forward_t(xs, train)`, which normalises with batch statistics and
