@@ -34,7 +34,7 @@ struct Row {
     /// `ms_per_step / torch_ms_per_step` (above 1: slower than PyTorch).
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio_to_torch: Option<f64>,
-    /// Per-layer convolution times over the measured steps (with `--layers`).
+    /// Per-layer kernel times over the measured steps (with `--layers`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     layers: Vec<simclr_stage_model::kernels::LayerTime>,
 }
@@ -341,8 +341,8 @@ pub fn train(
     Ok(out)
 }
 
-/// The per-layer convolution table of one configuration: ms per step, share of the step and
-/// GFLOP/s for each pass and shape, slowest first.
+/// The per-layer kernel table of one configuration: ms per step, share of the step and (for
+/// convolutions) GFLOP/s for each pass and shape, slowest first; then the rest of the step.
 fn layer_table(r: &Row, steps: usize) -> String {
     let mut layers: Vec<_> = r.layers.iter().collect();
     layers.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));

@@ -236,8 +236,9 @@ enum BenchCommand {
         /// fp32 (strict) or tf32 (TensorFloat-32 on CUDA tensor cores, for both sides).
         #[arg(long, default_value = "fp32")]
         precision: String,
-        /// Also print each convolution layer's forward, input-gradient and weight-gradient
-        /// time per step and rate (CPU kernels).
+        /// Also print each of our CPU kernels' time per step by pass and layer shape:
+        /// convolutions (forward, input and weight gradients, with GFLOP/s), BatchNorm and
+        /// the residual sum; and what is left in candle's operations.
         #[arg(long)]
         layers: bool,
     },

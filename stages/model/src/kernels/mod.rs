@@ -60,6 +60,11 @@ pub(crate) fn record_conv(flops: u64, took: Duration, label: impl FnOnce() -> St
     let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
     CONV_FLOPS.fetch_add(flops, Ordering::Relaxed);
     CONV_NANOS.fetch_add(nanos, Ordering::Relaxed);
+    add_to_profile(label, flops, nanos);
+}
+
+/// Add one kernel call to the per-layer profile, if it is on (`label` is formed only then).
+fn add_to_profile(label: impl FnOnce() -> String, flops: u64, nanos: u64) {
     if let Ok(mut guard) = LAYERS.lock()
         && let Some(map) = guard.as_mut()
     {
@@ -69,39 +74,39 @@ pub(crate) fn record_conv(flops: u64, took: Duration, label: impl FnOnce() -> St
 }
 
 /// Times one call of another kernel (BatchNorm, residual) for the per-layer profile when
-/// dropped; the label is formed only while the profile is on.
+/// dropped.
 pub(crate) struct OpTimer {
     start: std::time::Instant,
     what: &'static str,
-    dims: Vec<usize>,
+    /// Channels, height, width of the input.
+    chw: (usize, usize, usize),
 }
 
 impl OpTimer {
-    /// Start timing `what` on an input of shape `dims` (`[N, C, …]`).
+    /// Start timing `what` on an input of shape `dims` (`[N, C, H, W]` or `[N, C]`).
     pub(crate) fn new(what: &'static str, dims: &[usize]) -> Self {
+        let chw = match *dims {
+            [_, c, h, w] => (c, h, w),
+            [_, c] => (c, 1, 1),
+            _ => (0, 0, 0),
+        };
         Self {
             start: std::time::Instant::now(),
             what,
-            dims: dims.to_vec(),
+            chw,
         }
     }
 }
 
 impl Drop for OpTimer {
     fn drop(&mut self) {
-        let took = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if let Ok(mut guard) = LAYERS.lock()
-            && let Some(map) = guard.as_mut()
-        {
-            let (c, h, w) = match self.dims[..] {
-                [_, c, h, w] => (c, h, w),
-                [_, c] => (c, 1, 1),
-                _ => (0, 0, 0),
-            };
-            let label = format!("{:<15} {c:>4}        {h:>3}×{w:<3}", self.what);
-            let e = map.entry(label).or_insert((0, 0, 0));
-            *e = (e.0 + 1, e.1, e.2 + took);
-        }
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let (c, h, w) = self.chw;
+        add_to_profile(
+            || format!("{:<15} {c:>4}        {h:>3}×{w:<3}", self.what),
+            0,
+            nanos,
+        );
     }
 }
 
@@ -113,7 +118,7 @@ pub fn set_layer_profile(on: bool) {
     }
 }
 
-/// One line of the per-layer convolution profile.
+/// One line of the per-layer kernel profile.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LayerTime {
     /// Pass and shape, e.g. `forward 16→32 3×3/2 32×32`.
@@ -126,7 +131,7 @@ pub struct LayerTime {
     pub seconds: f64,
 }
 
-/// The per-layer convolution times collected since [`set_layer_profile`]`(true)` (or the last
+/// The per-layer kernel times collected since [`set_layer_profile`]`(true)` (or the last
 /// call), and starts again from empty; empty when the profile is off.
 pub fn take_layer_profile() -> Vec<LayerTime> {
     let Ok(mut guard) = LAYERS.lock() else {
