@@ -7,10 +7,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use simclr::eval::data::{LabelledSet, RunData, load};
-use simclr::eval::features::{Init, embed, load_encoder};
+use simclr::eval::features::embed;
 use simclr::eval::knn::{KnnSettings, evaluate};
 use simclr::eval::linear::{ProbeSettings, probe};
 use simclr::model::stage::checkpoint::find_checkpoint;
+use simclr::model::{TrainedModel, Weights};
 use simclr::source::common::Split;
 
 /// What the features are.
@@ -118,18 +119,17 @@ fn features(c: &Common<'_>, splits: &Splits, path: &Path) -> Result<Prepared> {
         }
         Features::Trained | Features::Random => {
             let device = simclr::model::stage::device(c.device).map_err(anyhow::Error::msg)?;
-            let init = if c.features == Features::Trained {
-                Init::Trained
+            let weights = if c.features == Features::Trained {
+                Weights::Trained
             } else {
-                Init::Random
+                Weights::Initial
             };
-            let enc = load_encoder(path, init, &device).map_err(anyhow::Error::msg)?;
+            let encoders = simclr::registry::encoders();
+            let model = TrainedModel::from_checkpoint(path, &encoders, weights, &device)?;
             let b = c.batch_size.max(1);
-            let ftr = embed(enc.net.as_ref(), &enc.arch, train, &device, b)
-                .map_err(anyhow::Error::msg)?;
-            let fte =
-                embed(enc.net.as_ref(), &enc.arch, test, &device, b).map_err(anyhow::Error::msg)?;
-            (ftr, fte, enc.arch.feature_dim())
+            let ftr = embed(&model, train, b).map_err(anyhow::Error::msg)?;
+            let fte = embed(&model, test, b).map_err(anyhow::Error::msg)?;
+            (ftr, fte, model.arch.feature_dim())
         }
     };
     Ok(Prepared {

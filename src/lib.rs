@@ -24,14 +24,21 @@ pub mod registry {
 
     /// Every user-facing stage kind, in the order `simclr stages` lists them.
     pub fn user() -> Registry {
+        let encoders = simclr_stage_model::ENCODERS.iter().map(|e| &e.stage);
         let kinds = simclr_stage_source::KINDS
             .iter()
-            .chain(simclr_stage_augment::KINDS)
-            .chain(simclr_stage_model::KINDS)
-            .chain(simclr_stage_eval::KINDS)
-            .chain(simclr_stage_util::KINDS)
-            .copied();
+            .copied()
+            .chain(simclr_stage_augment::KINDS.iter().copied())
+            .chain(encoders)
+            .chain(simclr_stage_model::KINDS.iter().copied())
+            .chain(simclr_stage_eval::KINDS.iter().copied())
+            .chain(simclr_stage_util::KINDS.iter().copied());
         Registry::new(kinds)
+    }
+
+    /// The encoder kinds the `simclr` commands read checkpoints of (the built-in ones).
+    pub fn encoders() -> simclr_stage_model::Encoders {
+        simclr_stage_model::Encoders::builtin()
     }
 
     /// The user-facing kinds plus the runtime's test-only kinds (slow, failing, panicking,

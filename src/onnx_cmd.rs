@@ -9,11 +9,11 @@ use candle_core::Device;
 use rayon::prelude::*;
 use simclr::augment::{Img, Policy, Shape};
 use simclr::eval::data::{RunData, load};
+use simclr::model::{TrainedModel as Model, Weights};
 use simclr::onnx::export::{
-    DEFAULT_OPSET, ExportOptions, FEATURES, INPUT, InputShape, PROJECTION, export, to_bytes,
+    DEFAULT_OPSET, ExportOptions, FEATURES, INPUT, InputShape, PROJECTION, export_model, to_bytes,
 };
 use simclr::onnx::meta::Preprocessing;
-use simclr::onnx::model::Model;
 use simclr::onnx::runtime::OnnxModel;
 use simclr::onnx::verify::{Comparison, compare, random_inputs};
 use simclr::source::common::{Dataset, Split};
@@ -107,27 +107,21 @@ fn preprocessing(model: &Model, run: &RunData, train: &TrainSplit<'_>) -> Result
     Ok(p)
 }
 
-fn describe(model: &Model) -> String {
-    match &model.arch {
-        simclr::model::stage::encoder::Architecture::ResNet(c) => format!(
-            "ResNet-{} (width {}, {} stem)",
-            c.depth,
-            c.width,
-            match c.stem {
-                simclr::model::resnet::Stem::Cifar => "CIFAR",
-                simclr::model::resnet::Stem::ImageNet => "ImageNet",
-            }
-        ),
-        simclr::model::stage::encoder::Architecture::SmallCnn { width, .. } => {
-            format!("small_cnn (width {width})")
-        }
-    }
+/// A checkpoint's model (its trained weights) on the CPU, with the built-in encoders.
+fn load_model(path: &Path) -> Result<Model> {
+    Model::from_checkpoint(
+        path,
+        &simclr::registry::encoders(),
+        Weights::Trained,
+        &Device::Cpu,
+    )
+    .map_err(anyhow::Error::from)
 }
 
 /// `simclr export`.
 pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
     let t0 = Instant::now();
-    let model = Model::from_checkpoint(a.path, &Device::Cpu).map_err(anyhow::Error::msg)?;
+    let model = load_model(a.path)?;
     let checkpoint = model.checkpoint.clone().context("checkpoint")?;
     let (run, definition) = run_data(&model)?;
     let train = TrainSplit::new(&run);
@@ -138,22 +132,13 @@ pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
             checkpoint.dir.display()
         );
     }
-    let (enc, head) = model.tensors().map_err(anyhow::Error::msg)?;
-    let head = if a.head {
-        model
-            .head
-            .as_ref()
-            .zip(head.as_ref())
-            .map(|(h, t)| (h.kind, t))
-    } else {
-        None
-    };
+    let head = model.head.as_ref().filter(|_| a.head).map(|h| h.kind);
     let feature_dim = model.arch.feature_dim();
     let mut metadata = pre.to_metadata();
     metadata.push(("embedding_output".into(), FEATURES.into()));
     metadata.push(("embedding_size".into(), feature_dim.to_string()));
     let mut projection_size = None;
-    if let Some((kind, _)) = &head {
+    if let Some(kind) = &head {
         let out = kind.out_size(feature_dim);
         projection_size = Some(out);
         metadata.push(("projection_output".into(), PROJECTION.into()));
@@ -161,8 +146,8 @@ pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
     }
     let info = &checkpoint.info;
     metadata.extend([
-        ("encoder".to_owned(), model.kind.clone()),
-        ("encoder_spec".into(), model.spec.to_string()),
+        ("encoder".to_owned(), model.arch.kind().to_owned()),
+        ("encoder_spec".into(), model.arch.spec().to_string()),
         (
             "batch_norm".into(),
             if a.fold {
@@ -188,7 +173,7 @@ pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
         "SimCLR encoder f: {}, trained {} steps (definition {}). Input `{INPUT}`: float32 \
          [batch, {}, H, W] ({size_text}), pixels/255 normalised with mean {:?} and std {:?}. \
          Output `{FEATURES}`: h [batch, {feature_dim}]{}.",
-        describe(&model),
+        model.arch.describe(),
         info.steps,
         info.definition_hash,
         pre.channels,
@@ -204,10 +189,9 @@ pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
         metadata,
         doc,
     };
-    let proto = export(
-        &model.arch,
-        &enc,
-        head,
+    let proto = export_model(
+        &model,
+        a.head,
         InputShape {
             channels: pre.channels,
             size: pre.size,
@@ -220,7 +204,7 @@ pub fn export_command(a: &ExportArgs<'_>) -> Result<String> {
     let mut text = format!(
         "exported {} from {} (step {}) to {}: {} nodes, opset {}, {:.1} MB, BatchNorm {}\n  \
          input `{INPUT}` [batch, {}, {}] float32 NCHW; outputs `{FEATURES}` [batch, {feature_dim}]{}\n",
-        describe(&model),
+        model.arch.describe(),
         checkpoint.dir.display(),
         info.steps,
         a.out.display(),
@@ -364,9 +348,7 @@ impl Backend {
                 Ok((o.dims.get(1).copied().unwrap_or(1), o.data))
             }
             Backend::Candle(m) => {
-                let (h, z) = m
-                    .forward(x, dims, output == PROJECTION)
-                    .map_err(anyhow::Error::msg)?;
+                let (h, z) = m.forward(x, dims, output == PROJECTION)?;
                 let rows = if output == PROJECTION {
                     z.context("the checkpoint has no projection head")?
                 } else {
@@ -483,7 +465,7 @@ pub fn embed_command(a: &EmbedArgs<'_>) -> Result<String> {
             pre,
         )
     } else {
-        let m = Model::from_checkpoint(a.model, &Device::Cpu).map_err(anyhow::Error::msg)?;
+        let m = load_model(a.model)?;
         let (run, _) = run_data(&m)?;
         let pre = preprocessing(&m, &run, &TrainSplit::new(&run))?;
         (Backend::Candle(Box::new(m)), pre)
@@ -690,12 +672,11 @@ pub fn bench_embed(a: &BenchEmbedArgs) -> Result<String> {
     let spec = serde_json::json!({
         "depth": a.depth, "width": a.width, "stem": "cifar", "in_channels": a.channels
     });
-    let model = Model::seeded("resnet", spec, None, 0, &Device::Cpu).map_err(anyhow::Error::msg)?;
-    let (enc, _) = model.tensors().map_err(anyhow::Error::msg)?;
-    let proto = export(
-        &model.arch,
-        &enc,
-        None,
+    let arch = simclr::registry::encoders().architecture("resnet", &spec)?;
+    let model = Model::seeded(arch, None, 0, &Device::Cpu)?;
+    let proto = export_model(
+        &model,
+        false,
         InputShape {
             channels: a.channels,
             size: Some((a.size, a.size)),
@@ -728,9 +709,7 @@ pub fn bench_embed(a: &BenchEmbedArgs) -> Result<String> {
         Ok(())
     })?;
     let candle_s = time(&mut || {
-        model
-            .forward(&x, &dims, false)
-            .map_err(anyhow::Error::msg)?;
+        model.forward(&x, &dims, false)?;
         Ok(())
     })?;
     let per = |s: f64| a.batch as f64 / s;

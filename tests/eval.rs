@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use simclr::eval::data::{RunData, load};
-use simclr::eval::features::{Init, embed, load_encoder};
+use simclr::eval::features::embed;
+use simclr::model::{TrainedModel, Weights};
 use simclr::source::common::Split;
 
 mod common;
@@ -122,7 +123,13 @@ fn the_probed_encoder_stays_frozen() {
     // In memory: embedding every image leaves every variable — BatchNorm running statistics
     // included — bit-identical to the file.
     let device = Device::Cpu;
-    let enc = load_encoder(&run, Init::Trained, &device).expect("encoder");
+    let enc = TrainedModel::from_checkpoint(
+        &run,
+        &simclr::registry::encoders(),
+        Weights::Trained,
+        &device,
+    )
+    .expect("encoder");
     let text = std::fs::read_to_string(run.join("checkpoints/step-00000016/definition.yaml"))
         .expect("definition");
     let data = RunData::from_definition(&text).expect("source");
@@ -132,9 +139,9 @@ fn the_probed_encoder_stays_frozen() {
         None,
     )
     .expect("set");
-    embed(enc.net.as_ref(), &enc.arch, &set, &device, 16).expect("features");
+    embed(&enc, &set, 16).expect("features");
     let saved = candle_core::safetensors::load(&file, &device).expect("saved");
-    let same = |enc: &simclr::eval::features::FrozenEncoder| -> bool {
+    let same = |enc: &TrainedModel| -> bool {
         let vars = enc.vars.data().lock().expect("vars");
         vars.iter().all(|(name, var)| {
             let a = var.as_tensor().flatten_all().and_then(|t| t.to_vec1::<f32>());
@@ -146,7 +153,7 @@ fn the_probed_encoder_stays_frozen() {
     // The check can fail: a forward pass in training mode moves the running statistics.
     let x = Tensor::from_slice(&set.pixels[..16 * 3 * 16 * 16], (16, 3, 16, 16), &device)
         .expect("batch");
-    enc.net.forward_t(&x, true).expect("train-mode forward");
+    enc.encoder.forward_t(&x, true).expect("train-mode forward");
     assert!(
         !same(&enc),
         "a training-mode pass should have changed BatchNorm statistics"

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
+use simclr::model::TrainedModel as Model;
 use simclr::model::stage::head::HeadParams;
-use simclr::onnx::export::{ExportOptions, InputShape, export, to_bytes};
+use simclr::onnx::export::{ExportOptions, InputShape, export_model, to_bytes};
 use simclr::onnx::meta::Preprocessing;
-use simclr::onnx::model::Model;
 use simclr::onnx::runtime::OnnxModel;
 use simclr::onnx::verify::{compare, random_inputs};
 
@@ -174,29 +174,19 @@ fn cases() -> Vec<Case> {
 }
 
 fn exported(case: &Case, seed: u64) -> (Model, Vec<u8>) {
-    let model = Model::seeded(
-        case.kind,
-        case.spec.clone(),
-        case.head.as_ref(),
-        seed,
-        &Device::Cpu,
-    )
-    .expect("model");
+    let arch = simclr::registry::encoders()
+        .architecture(case.kind, &case.spec)
+        .expect("architecture");
+    let model = Model::seeded(arch, case.head.as_ref(), seed, &Device::Cpu).expect("model");
     perturb(&model, seed, &[8, case.channels, case.size.0, case.size.1]);
-    let (enc, head) = model.tensors().expect("tensors");
     let options = ExportOptions {
         fold_batch_norm: case.fold,
         metadata: Preprocessing::identity(case.channels, Some(case.size)).to_metadata(),
         ..ExportOptions::default()
     };
-    let proto = export(
-        &model.arch,
-        &enc,
-        model
-            .head
-            .as_ref()
-            .zip(head.as_ref())
-            .map(|(h, t)| (h.kind, t)),
+    let proto = export_model(
+        &model,
+        model.head.is_some(),
         InputShape {
             channels: case.channels,
             size: Some(case.size),

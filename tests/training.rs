@@ -16,7 +16,6 @@ use simclr::core::{
 };
 use simclr::model::loss::nt_xent;
 use simclr::model::stage::checkpoint::find_checkpoint;
-use simclr::model::stage::encoder::{Architecture, build_encoder};
 use simclr::model::stage::head::{HeadParams, build_head};
 use simclr::model::stage::train::{TrainParams, group_params};
 use simclr::runtime::{self, RunOptions};
@@ -148,9 +147,10 @@ fn pipelined_training_equals_a_sequential_loop() {
     // The sequential loop: build the same networks (seeded per stage id), then
     // forward → NT-Xent → backward → LARS, batch after batch.
     let device = Device::Cpu;
-    let arch = Architecture::from_spec("resnet", &serde_json::json!({ "depth": 18, "width": 4 }))
+    let arch = simclr::registry::encoders()
+        .architecture("resnet", &serde_json::json!({ "depth": 18, "width": 4 }))
         .expect("arch");
-    let encoder = build_encoder(&arch, &device, 7, "encoder").expect("encoder");
+    let encoder = arch.build_seeded(&device, 7, "encoder").expect("encoder");
     let head_params: HeadParams =
         serde_json::from_value(serde_json::json!({ "head": "mlp", "hidden": 16, "out": 8 }))
             .expect("head params");
@@ -197,6 +197,7 @@ fn group(stage: &str, vars: candle_nn::VarMap) -> Arc<simclr::model::stage::Para
         role: simclr::model::stage::Role::Encoder,
         kind: "test".into(),
         spec: serde_json::Value::Null,
+        arch: None,
         vars,
         version: Default::default(),
     })

@@ -136,7 +136,7 @@ impl RunData {
     /// # Errors
     /// No readable definition there, or one [`RunData::from_definition`] refuses.
     pub fn from_checkpoint(dir: &std::path::Path) -> Result<Self, String> {
-        let definition = dir.join("definition.yaml");
+        let definition = dir.join(simclr_stage_model::run_dir::DEFINITION);
         let text = std::fs::read_to_string(&definition)
             .map_err(|e| format!("cannot read {}: {e}", definition.display()))?;
         Self::from_definition(&text).map_err(|e| format!("{}: {e}", definition.display()))

@@ -21,11 +21,13 @@ use simclr_core::{
     BuildContext, InputPorts, Message, OutputPort, Outputs, Parallelism, ParamError, PortType,
     Stage, StageContext, StageError, StageFactory, StageKind,
 };
+use simclr_stage_model::error::chain;
 use simclr_stage_model::stage::{Role, TrainState};
+use simclr_stage_model::{RunDir, TrainedModel};
 use simclr_stage_source::common::Split;
 
 use crate::data::{LabelledSet, RunData, load};
-use crate::features::{embed, encoder_from_tensors};
+use crate::features::embed;
 use crate::knn::{KnnScore, KnnSettings, evaluate};
 
 /// Parameters of `knn_monitor`.
@@ -132,8 +134,8 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     Ok(StageFactory::stage(move |_| KnnMonitor {
         params: params.clone(),
         run: run.clone(),
-        file: run_dir.join("knn.jsonl"),
-        plot: run_dir.join("knn.png"),
+        file: RunDir::new(&run_dir).knn(),
+        plot: RunDir::new(&run_dir).knn_plot(),
         resuming,
         data: None,
         points: Vec::new(),
@@ -190,11 +192,12 @@ impl KnnMonitor {
         };
         let device = first.device().clone();
         simclr_stage_model::stage::bind(&device)?;
-        let (net, arch) = encoder_from_tensors(&group.kind, &group.spec, &group.tensors, &device)
-            .map_err(StageError::msg)?;
+        let model = TrainedModel::from_snapshot(&state.groups, &device)
+            .map_err(|e| StageError::msg(chain(&e)))?;
+        let arch = &model.arch;
         let b = self.params.batch_size;
-        let fb = embed(net.as_ref(), &arch, bank, &device, b).map_err(StageError::msg)?;
-        let ft = embed(net.as_ref(), &arch, test, &device, b).map_err(StageError::msg)?;
+        let fb = embed(&model, bank, b).map_err(StageError::msg)?;
+        let ft = embed(&model, test, b).map_err(StageError::msg)?;
         let settings = KnnSettings {
             k: self.params.k,
             temperature: self.params.temperature,

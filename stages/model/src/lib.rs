@@ -5,12 +5,17 @@
 //!   exclusions and checkpointable state) ([`optim`]), learning-rate schedules and scaling
 //!   rules ([`schedule`]), the networks ([`resnet`], [`small_cnn`], [`projector`]) and seeded
 //!   initialisation ([`init`]).
-//! - The stage kinds built on them ([`stage`]): `resnet`, `small_cnn`, `projector`,
-//!   `nt_xent` (loss + optimizer) and `checkpoint`.
+//! - The encoder f as one trait and one list ([`encoder`]): a kind is a type implementing
+//!   [`encoder::Encoder`] plus a line in [`encoder::ENCODERS`]; its layers in evaluation form
+//!   ([`encoder::plan`]) are what the ONNX writer walks.
+//! - The stage kinds built on them ([`stage`]): every encoder, `projector`, `nt_xent` (loss +
+//!   optimizer) and `checkpoint`.
 //!
 //! \[0\] SimCLR, Chen et al. 2020, arXiv:2002.05709.
 #![deny(missing_docs)]
 
+pub mod encoder;
+pub mod error;
 pub mod init;
 pub mod kernels;
 pub mod loss;
@@ -18,14 +23,20 @@ pub mod optim;
 pub mod plot;
 pub mod projector;
 pub mod resnet;
+pub mod run_dir;
 pub mod schedule;
 pub mod small_cnn;
 pub mod stage;
+pub mod trained;
 
-/// The model stage kinds, for the registry.
+pub use encoder::{ENCODERS, Encoders};
+pub use error::ModelError;
+pub use run_dir::RunDir;
+pub use trained::{TrainedModel, Weights};
+
+/// The model stage kinds other than the encoders, for the registry (which lists
+/// [`ENCODERS`]' stage kinds first).
 pub static KINDS: &[&simclr_core::StageKind] = &[
-    &stage::encoder::RESNET,
-    &stage::encoder::SMALL_CNN,
     &stage::head::PROJECTOR,
     &stage::train::NT_XENT,
     &stage::checkpoint::CHECKPOINT,

@@ -7,6 +7,19 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder};
 
+use crate::encoder::plan::Plan;
+
+/// BatchNorm's ε in the head (PyTorch's default).
+const BN_EPS: f64 = 1e-5;
+
+fn linear_name(i: usize) -> String {
+    format!("head.{i}")
+}
+
+fn norm_name(i: usize) -> String {
+    format!("head_bn.{i}")
+}
+
 /// Which head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProjectorKind {
@@ -75,6 +88,8 @@ impl ProjectorKind {
 pub struct Projector {
     linears: Vec<Linear>,
     norms: Vec<Option<BatchNorm>>,
+    sizes: Vec<usize>,
+    input: usize,
 }
 
 impl Projector {
@@ -90,28 +105,50 @@ impl Projector {
             let hidden_layer = i + 2 < sizes.len();
             // Biases are redundant before a BatchNorm.
             let linear = if batch_norm && hidden_layer {
-                candle_nn::linear_no_bias(pair[0], pair[1], vb.pp(format!("head.{i}")))?
+                candle_nn::linear_no_bias(pair[0], pair[1], vb.pp(linear_name(i)))?
             } else {
-                candle_nn::linear(pair[0], pair[1], vb.pp(format!("head.{i}")))?
+                candle_nn::linear(pair[0], pair[1], vb.pp(linear_name(i)))?
             };
             linears.push(linear);
             norms.push(if batch_norm && hidden_layer {
                 let cfg = BatchNormConfig {
-                    eps: 1e-5,
+                    eps: BN_EPS,
                     remove_mean: true,
                     affine: true,
                     momentum: 0.1,
                 };
-                Some(candle_nn::batch_norm(
-                    pair[1],
-                    cfg,
-                    vb.pp(format!("head_bn.{i}")),
-                )?)
+                Some(candle_nn::batch_norm(pair[1], cfg, vb.pp(norm_name(i)))?)
             } else {
                 None
             });
         }
-        Ok(Self { linears, norms })
+        Ok(Self {
+            linears,
+            norms,
+            sizes,
+            input,
+        })
+    }
+
+    /// The head's layers in evaluation form, from h to z (the layer `head` names z): the
+    /// same order of operations as `forward_t`.
+    pub fn plan(&self) -> Plan {
+        let mut plan = Plan::new(self.input);
+        let mut ys = plan.input();
+        let last = self.linears.len().saturating_sub(1);
+        for (i, (linear, norm)) in self.linears.iter().zip(&self.norms).enumerate() {
+            let (cin, cout) = (self.sizes[i], self.sizes[i + 1]);
+            ys = plan.linear(linear_name(i), ys, cin, cout, linear.bias().is_some());
+            if norm.is_some() {
+                ys = plan.batch_norm(norm_name(i), ys, cout, BN_EPS);
+            }
+            if i != last {
+                ys = plan.relu(format!("head.{i}.relu"), ys);
+            }
+        }
+        let z = plan.identity("head", ys);
+        let out = self.sizes.last().copied().unwrap_or(self.input);
+        plan.finish(z, out)
     }
 }
 

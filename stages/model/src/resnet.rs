@@ -11,17 +11,26 @@
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
+use crate::encoder::plan::{Plan, Value};
+use crate::encoder::{Encoder, EncoderKind, Invalid, check_channels};
 use crate::kernels::batch_norm::BatchNorm2d;
 use crate::kernels::conv::Conv;
 
+/// The `resnet` encoder kind.
+pub static KIND: EncoderKind = EncoderKind::of::<ResNet>();
+
 /// The stem of the network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub enum Stem {
-    /// 3×3 convolution, stride 1, no max-pool (CIFAR-sized inputs).
+    /// 3×3 convolution, stride 1, no max-pool: for 28-64 px inputs (CIFAR, Fashion-MNIST).
+    #[default]
+    #[serde(rename = "cifar")]
     Cifar,
-    /// 7×7 convolution, stride 2, padding 3, then 3×3 max-pool, stride 2, padding 1
-    /// (torchvision's ImageNet ResNet).
+    /// 7×7 convolution, stride 2, then a 3×3 stride-2 max-pool: for 96 px and up (ImageNet).
+    #[serde(rename = "imagenet")]
     ImageNet,
 }
 
@@ -80,20 +89,37 @@ fn pad_neg_inf(xs: &Tensor, dim: usize, before: usize, after: usize) -> Result<T
     Tensor::cat(&parts, dim)
 }
 
-/// Architecture of an encoder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Architecture of a ResNet: the `params:` of a `resnet` stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ResNetConfig {
-    /// 18, 34 or 50.
+    /// 18, 34 or 50 layers.
+    #[serde(default = "default_depth")]
     pub depth: usize,
-    /// Channels of the first stage (64 standard; 16 for small machines).
+    /// Channels of the first stage: 64 is torchvision's ResNet; 16-32 trains in minutes on a
+    /// few CPU cores. h has 8·width features (32·width for ResNet-50).
+    #[serde(default = "default_width")]
     pub width: usize,
-    /// The stem.
+    /// `cifar` (3×3, stride 1, no max-pool) or `imagenet` (7×7, stride 2, max-pool).
+    #[serde(default)]
     pub stem: Stem,
-    /// Input channels (1 or 3).
+    /// Channels of the input views: 1 (gray) or 3 (RGB).
+    #[serde(default = "default_channels")]
     pub in_channels: usize,
-    /// Start the last BatchNorm of every residual block at zero (each block starts as the
-    /// identity), as torchvision's `zero_init_residual`.
+    /// Start each residual block's last BatchNorm γ at 0, so every block starts as the
+    /// identity (torchvision's `zero_init_residual`).
+    #[serde(default)]
     pub zero_init_residual: bool,
+}
+
+fn default_depth() -> usize {
+    18
+}
+fn default_width() -> usize {
+    64
+}
+fn default_channels() -> usize {
+    3
 }
 
 impl ResNetConfig {
@@ -138,6 +164,8 @@ fn bn(vb: VarBuilder<'_>, c: usize, zero: bool) -> Result<BatchNorm2d> {
 struct Block {
     convs: Vec<(Conv, BatchNorm2d)>,
     downsample: Option<(Conv, BatchNorm2d)>,
+    /// The variables' prefix (`layer1.0`).
+    name: String,
 }
 
 impl Block {
@@ -186,7 +214,34 @@ impl Block {
         } else {
             None
         };
-        Ok(Self { convs, downsample })
+        Ok(Self {
+            convs,
+            downsample,
+            name: vb.prefix(),
+        })
+    }
+
+    /// The block's layers: the same order of operations as [`Block::forward_t`].
+    fn plan(&self, plan: &mut Plan, x: Value) -> Value {
+        let p = &self.name;
+        let mut ys = x;
+        let last = self.convs.len() - 1;
+        for (i, (c, b)) in self.convs.iter().enumerate() {
+            let y = c.plan(plan, ys);
+            ys = b.plan(plan, y);
+            if i != last {
+                ys = plan.relu(format!("{p}.relu{}", i + 1), ys);
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some((c, b)) => {
+                let y = c.plan(plan, x);
+                b.plan(plan, y)
+            }
+            None => x,
+        };
+        let sum = plan.add(format!("{p}.add"), ys, shortcut);
+        plan.relu(format!("{p}.relu"), sum)
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
@@ -252,6 +307,76 @@ impl ResNet {
     /// The architecture.
     pub fn config(&self) -> ResNetConfig {
         self.config
+    }
+}
+
+impl Encoder for ResNet {
+    const KIND: &'static str = "resnet";
+    const SUMMARY: &'static str = "encoder f: ResNet-18/34/50 (CIFAR or ImageNet stem), BatchNorm in training mode; emits h = f(x)";
+    const EXAMPLE: &'static str =
+        crate::encoder_example!("resnet", "{ depth: 18, width: 4, in_channels: 3 }");
+    type Config = ResNetConfig;
+
+    fn check(config: &ResNetConfig) -> std::result::Result<(), Invalid> {
+        if ![18, 34, 50].contains(&config.depth) {
+            return Err(Invalid {
+                field: "depth",
+                message: format!("`depth` must be 18, 34 or 50, found {}", config.depth),
+                help: "ResNet-18 is SimCLR's CIFAR encoder, ResNet-50 its ImageNet one".into(),
+            });
+        }
+        if !(1..=512).contains(&config.width) {
+            return Err(Invalid {
+                field: "width",
+                message: format!("`width` must be 1-512, found {}", config.width),
+                help: "64 is torchvision's ResNet; 16 trains quickly on a CPU".into(),
+            });
+        }
+        check_channels(config.in_channels)
+    }
+
+    fn in_channels(config: &ResNetConfig) -> usize {
+        config.in_channels
+    }
+
+    fn feature_dim(config: &ResNetConfig) -> usize {
+        config.feature_dim()
+    }
+
+    fn describe(config: &ResNetConfig) -> String {
+        format!(
+            "ResNet-{} (width {}, {} stem)",
+            config.depth,
+            config.width,
+            match config.stem {
+                Stem::Cifar => "CIFAR",
+                Stem::ImageNet => "ImageNet",
+            }
+        )
+    }
+
+    fn build(config: &ResNetConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        ResNet::new(vb, *config)
+    }
+
+    /// The same order of operations as `forward_t`; the ImageNet stem's max-pool pads with
+    /// −∞ in both (padding never wins the max).
+    fn plan(&self) -> Plan {
+        let mut plan = Plan::new(self.config.in_channels);
+        let x = plan.input();
+        let (conv, bn) = &self.stem;
+        let y = conv.plan(&mut plan, x);
+        let mut ys = bn.plan(&mut plan, y);
+        ys = plan.relu("relu", ys);
+        if self.config.stem == Stem::ImageNet {
+            ys = plan.max_pool("maxpool", ys, 3, 2, 1);
+        }
+        for block in &self.layers {
+            ys = block.plan(&mut plan, ys);
+        }
+        let pooled = plan.global_avg_pool("avgpool", ys);
+        let h = plan.flatten("flatten", pooled);
+        plan.finish(h, self.config.feature_dim())
     }
 }
 

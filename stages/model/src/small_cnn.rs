@@ -6,9 +6,35 @@
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
+use crate::encoder::plan::Plan;
+use crate::encoder::{Encoder, EncoderKind, Invalid, check_channels};
 use crate::kernels::batch_norm::BatchNorm2d;
 use crate::kernels::conv::Conv;
+
+/// The `small_cnn` encoder kind.
+pub static KIND: EncoderKind = EncoderKind::of::<SmallCnn>();
+
+/// Parameters of `small_cnn`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SmallCnnConfig {
+    /// Channels of the first layer (then 2·, 4·, 8·width); h has 8·width features.
+    #[serde(default = "default_width")]
+    pub width: usize,
+    /// Channels of the input views: 1 or 3.
+    #[serde(default = "default_channels")]
+    pub in_channels: usize,
+}
+
+fn default_width() -> usize {
+    16
+}
+fn default_channels() -> usize {
+    3
+}
 
 /// Per layer: channels as a multiple of the width, and stride.
 pub const LAYERS: [(usize, usize); 4] = [(1, 1), (2, 2), (4, 2), (8, 2)];
@@ -18,6 +44,7 @@ pub const LAYERS: [(usize, usize); 4] = [(1, 1), (2, 2), (4, 2), (8, 2)];
 pub struct SmallCnn {
     layers: Vec<(Conv, BatchNorm2d)>,
     width: usize,
+    in_channels: usize,
 }
 
 impl SmallCnn {
@@ -38,12 +65,64 @@ impl SmallCnn {
             layers.push((conv, BatchNorm2d::new(vb.pp("bn"), cout, false)?));
             cin = cout;
         }
-        Ok(Self { layers, width })
+        Ok(Self {
+            layers,
+            width,
+            in_channels,
+        })
     }
 
     /// Size of the representation h (8 × width).
     pub fn feature_dim(&self) -> usize {
         8 * self.width
+    }
+}
+
+impl Encoder for SmallCnn {
+    const KIND: &'static str = "small_cnn";
+    const SUMMARY: &'static str = "encoder f: four conv-BN-ReLU layers and global pooling, for fast tests and tiny experiments";
+    const EXAMPLE: &'static str =
+        crate::encoder_example!("small_cnn", "{ width: 4, in_channels: 3 }");
+    type Config = SmallCnnConfig;
+
+    fn check(config: &SmallCnnConfig) -> std::result::Result<(), Invalid> {
+        if !(1..=512).contains(&config.width) {
+            return Err(Invalid {
+                field: "width",
+                message: format!("`width` must be 1-512, found {}", config.width),
+                help: "8-32 is typical for this network".into(),
+            });
+        }
+        check_channels(config.in_channels)
+    }
+
+    fn in_channels(config: &SmallCnnConfig) -> usize {
+        config.in_channels
+    }
+
+    fn feature_dim(config: &SmallCnnConfig) -> usize {
+        8 * config.width
+    }
+
+    fn describe(config: &SmallCnnConfig) -> String {
+        format!("small_cnn (width {})", config.width)
+    }
+
+    fn build(config: &SmallCnnConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        SmallCnn::new(vb, config.in_channels, config.width)
+    }
+
+    fn plan(&self) -> Plan {
+        let mut plan = Plan::new(self.in_channels);
+        let mut ys = plan.input();
+        for (i, (conv, bn)) in self.layers.iter().enumerate() {
+            let y = conv.plan(&mut plan, ys);
+            ys = bn.plan(&mut plan, y);
+            ys = plan.relu(format!("features.{i}.relu"), ys);
+        }
+        let pooled = plan.global_avg_pool("avgpool", ys);
+        let h = plan.flatten("flatten", pooled);
+        plan.finish(h, self.feature_dim())
     }
 }
 

@@ -1,5 +1,6 @@
-//! The ONNX graph of an encoder f (and optionally its projection head g), written from the
-//! architecture and its named tensors.
+//! The ONNX graph of an encoder f (and optionally its projection head g), written by walking
+//! the networks' layer plans ([`simclr_stage_model::encoder::plan`]) with their named tensors:
+//! one writer for every encoder kind, built in or a user's.
 //!
 //! The graph is the network in evaluation mode: every BatchNorm uses its running statistics,
 //! either folded into the convolution (or linear layer) before it — `W' = W·γ/√(σ²+ε)`,
@@ -12,9 +13,8 @@
 
 use std::collections::HashMap;
 
-use simclr_stage_model::projector::ProjectorKind;
-use simclr_stage_model::resnet::Stem;
-use simclr_stage_model::stage::encoder::Architecture;
+use simclr_stage_model::TrainedModel;
+use simclr_stage_model::encoder::plan::{ConvShape, Op, Plan};
 
 use crate::proto::{
     AttributeProto, AttributeType, Dimension, GraphProto, ModelProto, NodeProto,
@@ -28,9 +28,6 @@ pub const INPUT: &str = "images";
 pub const FEATURES: &str = "features";
 /// Name of the projection output z (exports with the head).
 pub const PROJECTION: &str = "projection";
-
-/// BatchNorm's ε in the model stages (PyTorch's default).
-const BN_EPS: f64 = 1e-5;
 
 /// Opsets the exporter writes (the operators it uses have the same meaning in all of them).
 pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=23;
@@ -121,15 +118,16 @@ pub fn ir_version(opset: i64) -> i64 {
     }
 }
 
-/// Write the graph of `arch` with `encoder`'s tensors, and of the head when `head` is given.
+/// Write the graph of an encoder from its layer plan and tensors, followed by the head's
+/// (from `features`) when `head` is given.
 ///
 /// # Errors
-/// An opset outside [`OPSETS`], or tensors missing or of other shapes than the architecture
-/// needs (named).
+/// An opset outside [`OPSETS`], an input of other channels than the encoder takes, or tensors
+/// missing or of other shapes than the plans need (named).
 pub fn export(
-    arch: &Architecture,
-    encoder: &Tensors,
-    head: Option<(ProjectorKind, &Tensors)>,
+    encoder: &Plan,
+    tensors: &Tensors,
+    head: Option<(&Plan, &Tensors)>,
     input: InputShape,
     options: &ExportOptions,
 ) -> Result<ModelProto, String> {
@@ -141,32 +139,21 @@ pub fn export(
             OPSETS.end()
         ));
     }
-    if input.channels != arch.in_channels() {
+    if input.channels != encoder.in_channels() {
         return Err(format!(
             "the input has {} channel(s), the encoder takes {}",
             input.channels,
-            arch.in_channels()
+            encoder.in_channels()
         ));
     }
     let mut g = Builder {
         nodes: Vec::new(),
         initializers: Vec::new(),
         fold: options.fold_batch_norm,
-        tensors: encoder,
+        tensors,
     };
-    let h = match arch {
-        Architecture::ResNet(c) => resnet(&mut g, c)?,
-        Architecture::SmallCnn { in_channels, width } => small_cnn(&mut g, *in_channels, *width)?,
-    };
-    let pooled = g.node("GlobalAveragePool", "avgpool", &[&h], vec![]);
-    g.node_named(
-        "Flatten",
-        "flatten",
-        &[&pooled],
-        FEATURES,
-        vec![attr_int("axis", 1)],
-    );
-    let feature_dim = arch.feature_dim();
+    g.plan(encoder, INPUT, FEATURES)?;
+    let feature_dim = encoder.output().1;
     let batch = || Dimension {
         dim_param: Some("batch".into()),
         ..Default::default()
@@ -176,10 +163,19 @@ pub fn export(
         ..Default::default()
     };
     let mut outputs = vec![value_info(FEATURES, vec![batch(), fixed(feature_dim)])];
-    if let Some((kind, tensors)) = head {
+    if let Some((plan, tensors)) = head {
+        if plan.in_channels() != feature_dim {
+            return Err(format!(
+                "the head takes {} features, the encoder gives {feature_dim}",
+                plan.in_channels()
+            ));
+        }
         g.tensors = tensors;
-        let out = projector(&mut g, kind, feature_dim)?;
-        outputs.push(value_info(PROJECTION, vec![batch(), fixed(out)]));
+        g.plan(plan, FEATURES, PROJECTION)?;
+        outputs.push(value_info(
+            PROJECTION,
+            vec![batch(), fixed(plan.output().1)],
+        ));
     }
     let (height, width) = match input.size {
         Some((h, w)) => (fixed(h), fixed(w)),
@@ -227,6 +223,31 @@ pub fn export(
             })
             .collect(),
     })
+}
+
+/// Write the graph of a model's encoder, and of its head when `with_head` (it must have one).
+///
+/// # Errors
+/// As [`export`]; a model without a head when `with_head`.
+pub fn export_model(
+    model: &TrainedModel,
+    with_head: bool,
+    input: InputShape,
+    options: &ExportOptions,
+) -> Result<ModelProto, String> {
+    let tensors = tensors_of(&model.vars)?;
+    let head = match (&model.head, with_head) {
+        (Some(head), true) => Some((head.net.plan(), tensors_of(&head.vars)?)),
+        (None, true) => return Err("the model has no projection head to include".into()),
+        (_, false) => None,
+    };
+    export(
+        &model.encoder.plan(),
+        &tensors,
+        head.as_ref().map(|(p, t)| (p, t)),
+        input,
+        options,
+    )
 }
 
 /// Serialise a model.
@@ -282,27 +303,19 @@ struct Builder<'a> {
     tensors: &'a Tensors,
 }
 
-impl Builder<'_> {
-    /// A node whose one output is named after the node.
-    fn node(
-        &mut self,
-        op: &str,
-        name: &str,
-        inputs: &[&str],
-        attrs: Vec<AttributeProto>,
-    ) -> String {
-        self.node_named(op, name, inputs, name, attrs);
-        name.to_owned()
-    }
+/// The BatchNorm a convolution or linear layer absorbs: its name and ε.
+type Folded<'p> = Option<(&'p str, f64)>;
 
-    fn node_named(
+impl Builder<'_> {
+    /// A node `name` computing `output` from `inputs`; returns `output`.
+    fn node(
         &mut self,
         op: &str,
         name: &str,
         inputs: &[&str],
         output: &str,
         attrs: Vec<AttributeProto>,
-    ) {
+    ) -> String {
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| (*s).to_owned()).collect(),
             output: vec![output.to_owned()],
@@ -312,6 +325,7 @@ impl Builder<'_> {
             attribute: attrs,
             doc_string: None,
         });
+        output.to_owned()
     }
 
     fn tensor(&self, name: &str, dims: &[usize]) -> Result<&Array, String> {
@@ -345,13 +359,13 @@ impl Builder<'_> {
 
     /// Scale `s` and shift `t` per channel of the BatchNorm `prefix` over `c` channels
     /// (y = s·x + t), in float64.
-    fn bn_affine(&self, prefix: &str, c: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
+    fn bn_affine(&self, prefix: &str, c: usize, eps: f64) -> Result<(Vec<f64>, Vec<f64>), String> {
         let gamma = &self.tensor(&format!("{prefix}.weight"), &[c])?.data;
         let beta = &self.tensor(&format!("{prefix}.bias"), &[c])?.data;
         let mean = &self.tensor(&format!("{prefix}.running_mean"), &[c])?.data;
         let var = &self.tensor(&format!("{prefix}.running_var"), &[c])?.data;
         let s: Vec<f64> = (0..c)
-            .map(|i| f64::from(gamma[i]) / (f64::from(var[i]) + BN_EPS).sqrt())
+            .map(|i| f64::from(gamma[i]) / (f64::from(var[i]) + eps).sqrt())
             .collect();
         let t = (0..c)
             .map(|i| f64::from(beta[i]) - s[i] * f64::from(mean[i]))
@@ -359,8 +373,15 @@ impl Builder<'_> {
         Ok((s, t))
     }
 
-    /// A `BatchNormalization` node in inference mode over `c` channels.
-    fn batch_norm_node(&mut self, x: &str, prefix: &str, c: usize) -> Result<String, String> {
+    /// A `BatchNormalization` node `prefix` in inference mode over `c` channels.
+    fn batch_norm(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        c: usize,
+        eps: f64,
+        output: &str,
+    ) -> Result<String, String> {
         let mut inputs = vec![x.to_owned()];
         for part in ["weight", "bias", "running_mean", "running_var"] {
             let name = format!("{prefix}.{part}");
@@ -372,89 +393,80 @@ impl Builder<'_> {
             "BatchNormalization",
             prefix,
             &refs,
-            vec![attr_float("epsilon", BN_EPS as f32)],
+            output,
+            vec![attr_float("epsilon", eps as f32)],
         ))
     }
 
-    /// Convolution `conv` (no bias; `k×k`, `cin → cout`, padding k/2), BatchNorm `bn`,
-    /// optionally ReLU.
-    #[allow(clippy::too_many_arguments)]
-    fn conv_bn(
+    /// Convolution `conv` (no bias), with BatchNorm `bn` folded in when given.
+    fn conv(
         &mut self,
         x: &str,
         conv: &str,
-        bn: &str,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        relu: Option<&str>,
+        shape: ConvShape,
+        bn: Folded<'_>,
+        output: &str,
     ) -> Result<String, String> {
+        let ConvShape {
+            cin,
+            cout,
+            kernel: k,
+            stride,
+            padding,
+        } = shape;
         let wname = format!("{conv}.weight");
         let w = self.tensor(&wname, &[cout, cin, k, k])?.data.clone();
-        let pad = (k / 2) as i64;
-        let attrs = || {
-            vec![
-                attr_ints("kernel_shape", &[k as i64, k as i64]),
-                attr_ints("strides", &[stride as i64, stride as i64]),
-                attr_ints("pads", &[pad, pad, pad, pad]),
-                attr_ints("dilations", &[1, 1]),
-                attr_int("group", 1),
-            ]
-        };
-        let y = if self.fold {
-            let (s, t) = self.bn_affine(bn, cout)?;
-            let per = cin * k * k;
-            let folded: Vec<f32> = w
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| (f64::from(v) * s[i / per]) as f32)
-                .collect();
-            let bias: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-            let wi = self.initializer(&wname, &[cout, cin, k, k], &folded);
-            let bi = self.initializer(&format!("{conv}.bias"), &[cout], &bias);
-            self.node("Conv", conv, &[x, &wi, &bi], attrs())
-        } else {
-            let wi = self.initializer(&wname, &[cout, cin, k, k], &w);
-            let c = self.node("Conv", conv, &[x, &wi], attrs());
-            self.batch_norm_node(&c, bn, cout)?
-        };
-        Ok(match relu {
-            Some(name) => self.node("Relu", name, &[&y], vec![]),
-            None => y,
+        let (k, stride, pad) = (k as i64, stride as i64, padding as i64);
+        let attrs = vec![
+            attr_ints("kernel_shape", &[k, k]),
+            attr_ints("strides", &[stride, stride]),
+            attr_ints("pads", &[pad, pad, pad, pad]),
+            attr_ints("dilations", &[1, 1]),
+            attr_int("group", 1),
+        ];
+        let dims = [cout, cin, shape.kernel, shape.kernel];
+        Ok(match bn {
+            Some((bn, eps)) => {
+                let (s, t) = self.bn_affine(bn, cout, eps)?;
+                let per = cin * shape.kernel * shape.kernel;
+                let folded: Vec<f32> = w
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (f64::from(v) * s[i / per]) as f32)
+                    .collect();
+                let bias: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+                let wi = self.initializer(&wname, &dims, &folded);
+                let bi = self.initializer(&format!("{conv}.bias"), &[cout], &bias);
+                self.node("Conv", conv, &[x, &wi, &bi], output, attrs)
+            }
+            None => {
+                let wi = self.initializer(&wname, &dims, &w);
+                self.node("Conv", conv, &[x, &wi], output, attrs)
+            }
         })
     }
 
-    /// Gemm `linear` (`cin → cout`, bias when the tensors have one), then BatchNorm `bn`
-    /// (1-D) when given.
+    /// Gemm `linear` (`cin → cout`, with a bias when `bias`), with BatchNorm `bn` (1-D)
+    /// folded in when given.
     fn linear(
         &mut self,
         x: &str,
         linear: &str,
-        bn: Option<&str>,
-        cin: usize,
-        cout: usize,
+        (cin, cout, bias): (usize, usize, bool),
+        bn: Folded<'_>,
+        output: &str,
     ) -> Result<String, String> {
         let wname = format!("{linear}.weight");
         let bname = format!("{linear}.bias");
         let w = self.tensor(&wname, &[cout, cin])?.data.clone();
-        let b = match self.tensors.contains_key(&bname) {
+        let b = match bias {
             true => Some(self.tensor(&bname, &[cout])?.data.clone()),
             false => None,
         };
-        let gemm = |g: &mut Self, w: &[f32], b: Option<&[f32]>| {
-            let wi = g.initializer(&wname, &[cout, cin], w);
-            let mut inputs = vec![x.to_owned(), wi];
-            if let Some(b) = b {
-                inputs.push(g.initializer(&bname, &[cout], b));
-            }
-            let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-            g.node("Gemm", linear, &refs, vec![attr_int("transB", 1)])
-        };
-        match bn {
-            None => Ok(gemm(self, &w, b.as_deref())),
-            Some(bn) if self.fold => {
-                let (s, t) = self.bn_affine(bn, cout)?;
+        let (w, b) = match bn {
+            None => (w, b),
+            Some((bn, eps)) => {
+                let (s, t) = self.bn_affine(bn, cout, eps)?;
                 let folded: Vec<f32> = w
                     .iter()
                     .enumerate()
@@ -466,143 +478,117 @@ impl Builder<'_> {
                         (s[o] * b0 + t[o]) as f32
                     })
                     .collect();
-                Ok(gemm(self, &folded, Some(&bias)))
+                (folded, Some(bias))
             }
-            Some(bn) => {
-                let y = gemm(self, &w, b.as_deref());
-                self.batch_norm_node(&y, bn, cout)
-            }
+        };
+        let wi = self.initializer(&wname, &[cout, cin], &w);
+        let mut inputs = vec![x.to_owned(), wi];
+        if let Some(b) = &b {
+            inputs.push(self.initializer(&bname, &[cout], b));
         }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        Ok(self.node("Gemm", linear, &refs, output, vec![attr_int("transB", 1)]))
     }
-}
 
-fn resnet(
-    g: &mut Builder<'_>,
-    c: &simclr_stage_model::resnet::ResNetConfig,
-) -> Result<String, String> {
-    let (counts, bottleneck) = c.blocks().map_err(|e| e.to_string())?;
-    let (k, stride) = match c.stem {
-        Stem::Cifar => (3, 1),
-        Stem::ImageNet => (7, 2),
-    };
-    let mut y = g.conv_bn(
-        INPUT,
-        "conv1",
-        "bn1",
-        c.in_channels,
-        c.width,
-        k,
-        stride,
-        Some("relu"),
-    )?;
-    if c.stem == Stem::ImageNet {
-        // Padding of MaxPool is ignored in the max, as the -inf padding of the model stages.
-        y = g.node(
-            "MaxPool",
-            "maxpool",
-            &[&y],
-            vec![
-                attr_ints("kernel_shape", &[3, 3]),
-                attr_ints("strides", &[2, 2]),
-                attr_ints("pads", &[1, 1, 1, 1]),
-            ],
-        );
-    }
-    let expansion = if bottleneck { 4 } else { 1 };
-    let mut cin = c.width;
-    for (stage, &count) in counts.iter().enumerate() {
-        let planes = c.width << stage;
-        let cout = planes * expansion;
-        for i in 0..count {
-            let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-            let p = format!("layer{}.{i}", stage + 1);
-            let x = y.clone();
-            let layers: Vec<(usize, usize, usize, usize)> = if bottleneck {
-                vec![
-                    (cin, planes, 1, 1),
-                    (planes, planes, 3, stride),
-                    (planes, cout, 1, 1),
-                ]
-            } else {
-                vec![(cin, planes, 3, stride), (planes, cout, 3, 1)]
-            };
-            let last = layers.len() - 1;
-            let mut z = x.clone();
-            for (j, &(a, b, k, s)) in layers.iter().enumerate() {
-                let relu = (j != last).then(|| format!("{p}.relu{}", j + 1));
-                z = g.conv_bn(
-                    &z,
-                    &format!("{p}.conv{}", j + 1),
-                    &format!("{p}.bn{}", j + 1),
-                    a,
-                    b,
-                    k,
-                    s,
-                    relu.as_deref(),
-                )?;
+    /// Every layer of `plan` as nodes, reading the graph value `input` and naming the plan's
+    /// output `output`; every other node's output is named after the node. With folding, a
+    /// BatchNorm that alone reads a convolution's or linear layer's output is folded into
+    /// that layer (one node, named after the layer).
+    ///
+    /// # Errors
+    /// A layer that reads a value not computed before it, or a tensor the layer needs that
+    /// is missing or of another shape.
+    fn plan(&mut self, plan: &Plan, input: &str, output: &str) -> Result<(), String> {
+        let layers = plan.layers();
+        let (out, _) = plan.output();
+        // The graph name of each value: the input's, then each layer's.
+        let mut names: Vec<Option<String>> = vec![None; layers.len() + 1];
+        names[0] = Some(input.to_owned());
+        for (i, layer) in layers.iter().enumerate() {
+            if names[i + 1].is_some() {
+                continue; // a BatchNorm folded into the layer before it
             }
-            let shortcut = if stride != 1 || cin != cout {
-                g.conv_bn(
-                    &x,
-                    &format!("{p}.downsample.0"),
-                    &format!("{p}.downsample.1"),
-                    cin,
-                    cout,
-                    1,
+            let inputs = layer
+                .inputs
+                .iter()
+                .map(|v| match v.layer() {
+                    None => names[0].clone(),
+                    Some(l) if l < i => names[l + 1].clone(),
+                    Some(_) => None,
+                })
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| {
+                    format!(
+                        "layer `{}` reads a value not computed before it",
+                        layer.name
+                    )
+                })?;
+            let arity = if layer.op == Op::Add { 2 } else { 1 };
+            if inputs.len() != arity {
+                return Err(format!(
+                    "layer `{}` has {} input(s), its operation takes {arity}",
+                    layer.name,
+                    inputs.len()
+                ));
+            }
+            let x = inputs[0].as_str();
+            let this = plan.value(i);
+            let bn = match (&layer.op, self.fold) {
+                (Op::Conv(_) | Op::Linear { .. }, true) => {
+                    let mut readers = plan.readers(this);
+                    match (readers.next(), readers.next()) {
+                        (Some(j), None) => match layers[j].op {
+                            Op::BatchNorm { eps, .. } => Some((j, eps)),
+                            _ => None,
+                        },
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            // The value this node gives: its own, or that of the BatchNorm folded into it.
+            let gives = bn.map_or(this, |(j, _)| plan.value(j));
+            let target = if gives == out { output } else { &layer.name };
+            let folded = bn.map(|(j, eps)| (layers[j].name.as_str(), eps));
+            let name = layer.name.as_str();
+            let y = match &layer.op {
+                Op::Conv(shape) => self.conv(x, name, *shape, folded, target)?,
+                Op::Linear { cin, cout, bias } => {
+                    self.linear(x, name, (*cin, *cout, *bias), folded, target)?
+                }
+                Op::BatchNorm { channels, eps } => {
+                    self.batch_norm(x, name, *channels, *eps, target)?
+                }
+                Op::Relu => self.node("Relu", name, &[x], target, vec![]),
+                Op::Add => self.node("Add", name, &[x, &inputs[1]], target, vec![]),
+                Op::MaxPool {
+                    kernel,
                     stride,
-                    None,
-                )?
-            } else {
-                x
+                    padding,
+                } => {
+                    let (k, s, p) = (*kernel as i64, *stride as i64, *padding as i64);
+                    // ONNX's MaxPool leaves its padding out of the max, as the model stages'
+                    // −∞ padding does.
+                    let attrs = vec![
+                        attr_ints("kernel_shape", &[k, k]),
+                        attr_ints("strides", &[s, s]),
+                        attr_ints("pads", &[p, p, p, p]),
+                    ];
+                    self.node("MaxPool", name, &[x], target, attrs)
+                }
+                Op::GlobalAvgPool => self.node("GlobalAveragePool", name, &[x], target, vec![]),
+                Op::Flatten => self.node("Flatten", name, &[x], target, vec![attr_int("axis", 1)]),
+                Op::Identity => self.node("Identity", name, &[x], target, vec![]),
+                other => return Err(format!("layer `{name}`: {other:?} has no ONNX form here")),
             };
-            let sum = g.node("Add", &format!("{p}.add"), &[&z, &shortcut], vec![]);
-            y = g.node("Relu", &format!("{p}.relu"), &[&sum], vec![]);
-            cin = cout;
+            if let Some((j, _)) = bn {
+                names[j + 1] = Some(y.clone());
+            }
+            names[i + 1] = Some(y);
         }
-    }
-    Ok(y)
-}
-
-fn small_cnn(g: &mut Builder<'_>, in_channels: usize, width: usize) -> Result<String, String> {
-    let mut y = INPUT.to_owned();
-    let mut cin = in_channels;
-    for (i, (mult, stride)) in simclr_stage_model::small_cnn::LAYERS
-        .into_iter()
-        .enumerate()
-    {
-        let p = format!("features.{i}");
-        y = g.conv_bn(
-            &y,
-            &format!("{p}.conv"),
-            &format!("{p}.bn"),
-            cin,
-            width * mult,
-            3,
-            stride,
-            Some(&format!("{p}.relu")),
-        )?;
-        cin = width * mult;
-    }
-    Ok(y)
-}
-
-/// The head's nodes from `features`; returns the size of z.
-fn projector(g: &mut Builder<'_>, kind: ProjectorKind, input: usize) -> Result<usize, String> {
-    if kind == ProjectorKind::None {
-        g.node_named("Identity", "head", &[FEATURES], PROJECTION, vec![]);
-        return Ok(input);
-    }
-    let (sizes, batch_norm) = kind.sizes(input).map_err(|e| e.to_string())?;
-    let mut y = FEATURES.to_owned();
-    let n = sizes.len() - 1;
-    for (i, pair) in sizes.windows(2).enumerate() {
-        let hidden = i + 1 < n;
-        let bn = (batch_norm && hidden).then(|| format!("head_bn.{i}"));
-        y = g.linear(&y, &format!("head.{i}"), bn.as_deref(), pair[0], pair[1])?;
-        if hidden {
-            y = g.node("Relu", &format!("head.{i}.relu"), &[&y], vec![]);
+        if out == plan.input() {
+            self.node("Identity", output, &[input], output, vec![]);
         }
+        Ok(())
     }
-    g.node_named("Identity", "head", &[&y], PROJECTION, vec![]);
-    Ok(sizes[n])
 }

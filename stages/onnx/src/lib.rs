@@ -1,18 +1,17 @@
 //! ONNX export of trained encoders, written by the project (no Rust library writes ONNX),
 //! verified against candle through ONNX Runtime, and inference with ONNX Runtime for `embed`.
 //!
-//! - [`export`]: the graph (ResNet-18/34/50 with either stem, `small_cnn`, the projection
-//!   heads), BatchNorm folded or in inference mode, symbolic batch dimension.
+//! - [`export`]: the graph of any encoder, written by walking its layer plan
+//!   (`simclr_stage_model::encoder::plan`), and of the projection heads; BatchNorm folded or in
+//!   inference mode, symbolic batch dimension.
 //! - [`meta`]: the preprocessing a consumer needs, as the model's `metadata_props`.
 //! - [`runtime`]: ONNX Runtime loaded at run time, with a clear error when it is missing.
 //! - [`verify`]: ONNX Runtime against candle on the same inputs.
-//! - [`model`]: a trained model (checkpoint) as candle runs it in evaluation mode.
 //! - [`npy`]: `.npy` files in and out; [`files`]: atomic writes.
 
 pub mod export;
 pub mod files;
 pub mod meta;
-pub mod model;
 pub mod npy;
 pub mod proto;
 pub mod runtime;

@@ -1,7 +1,7 @@
 //! An exported model checked against the candle model it came from, on the same inputs.
 
-use crate::model::Model;
 use crate::runtime::OnnxModel;
+use simclr_stage_model::TrainedModel as Model;
 
 /// One output compared on one batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,7 +49,9 @@ pub fn compare(
         .output_names()
         .iter()
         .any(|n| n == crate::export::PROJECTION);
-    let (h, z) = model.forward(x, dims, with_head)?;
+    let (h, z) = model
+        .forward(x, dims, with_head)
+        .map_err(|e| simclr_stage_model::error::chain(&e))?;
     let outputs = onnx.run(x, dims)?;
     let mut out = Vec::new();
     for o in outputs {

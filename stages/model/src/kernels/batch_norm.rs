@@ -17,6 +17,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::encoder::plan::{Plan, Value};
+
 /// `(N, C, S)` of an `[N, C, ...]` tensor (S: the product of the spatial dimensions).
 fn ncs(dims: &[usize]) -> Result<(usize, usize, usize)> {
     if dims.len() < 2 {
@@ -478,6 +480,8 @@ pub struct BatchNorm2d {
     running_var: candle_core::Var,
     eps: f64,
     momentum: f64,
+    /// The variables' prefix (`layer1.0.bn1`).
+    name: String,
 }
 
 impl BatchNorm2d {
@@ -507,7 +511,13 @@ impl BatchNorm2d {
             beta,
             eps,
             momentum: 0.1,
+            name: vb.prefix(),
         })
+    }
+
+    /// Append the layer (inference mode) to `plan`, reading `x`.
+    pub fn plan(&self, plan: &mut Plan, x: Value) -> Value {
+        plan.batch_norm(&self.name, x, self.gamma.elem_count(), self.eps)
     }
 
     /// Normalise `x` `[N, C, H, W]`, then ReLU if `relu`.

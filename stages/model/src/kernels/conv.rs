@@ -17,6 +17,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{View, matmul, matmul_col_major, matmul_ld};
+use crate::encoder::plan::{ConvShape, Plan, Value};
 
 /// Geometry of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -730,6 +731,8 @@ pub struct Conv {
     weight: Tensor,
     stride: usize,
     padding: usize,
+    /// The variables' prefix (`layer1.0.conv1`).
+    name: String,
 }
 
 impl Conv {
@@ -754,7 +757,25 @@ impl Conv {
             weight,
             stride,
             padding,
+            name: vb.prefix(),
         })
+    }
+
+    /// Its geometry.
+    pub fn shape(&self) -> ConvShape {
+        let (cout, cin, kernel, _) = self.weight.dims4().unwrap_or_default();
+        ConvShape {
+            cin,
+            cout,
+            kernel,
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+
+    /// Append the layer to `plan`, reading `x`.
+    pub fn plan(&self, plan: &mut Plan, x: Value) -> Value {
+        plan.conv(&self.name, x, self.shape())
     }
 }
 

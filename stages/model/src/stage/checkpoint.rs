@@ -33,6 +33,7 @@ use simclr_core::{
 };
 
 use super::{Role, TrainState};
+use crate::run_dir::{CHECKPOINTS, DEFINITION, LATEST, OPTIMIZER, STATE};
 
 /// Parameters of `checkpoint`.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -57,7 +58,7 @@ fn default_keep() -> usize {
     3
 }
 fn default_dir() -> PathBuf {
-    PathBuf::from("checkpoints")
+    PathBuf::from(CHECKPOINTS)
 }
 
 /// `checkpoint`.
@@ -67,7 +68,7 @@ pub static CHECKPOINT: StageKind = StageKind {
     input: InputPorts::Accepts(&[PortType::TrainStates]),
     output: OutputPort::None,
     parallelism: Parallelism::Single,
-    example: super::encoder::const_format_example!("small_cnn", "{ width: 4 }"),
+    example: crate::encoder_example!("small_cnn", "{ width: 4 }"),
     params: || schemars::schema_for!(CheckpointParams),
     build,
 };
@@ -163,10 +164,7 @@ impl Stage for CheckpointSink {
     }
 }
 
-/// `step-00000042`.
-pub fn step_name(steps: u64) -> String {
-    format!("step-{steps:08}")
-}
+pub use crate::run_dir::step_name;
 
 /// What `state.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -296,7 +294,7 @@ pub fn write_checkpoint(
             file,
         });
     }
-    save_tensors(&state.optimizer_state, &tmp.join("optimizer.safetensors"))?;
+    save_tensors(&state.optimizer_state, &tmp.join(OPTIMIZER))?;
     let info = CheckpointInfo {
         format: 1,
         steps: state.steps,
@@ -311,12 +309,12 @@ pub fn write_checkpoint(
         groups,
     };
     write_synced(
-        &tmp.join("state.json"),
+        &tmp.join(STATE),
         serde_json::to_string_pretty(&info)
             .map_err(std::io::Error::other)?
             .as_bytes(),
     )?;
-    write_synced(&tmp.join("definition.yaml"), definition.as_bytes())?;
+    write_synced(&tmp.join(DEFINITION), definition.as_bytes())?;
     sync_dir(&tmp)?;
     let dest = root.join(&name);
     if dest.exists() {
@@ -326,7 +324,7 @@ pub fn write_checkpoint(
     sync_dir(root)?;
     let pointer = root.join(".latest.tmp");
     write_synced(&pointer, format!("{name}\n").as_bytes())?;
-    fs::rename(&pointer, root.join("latest"))?;
+    fs::rename(&pointer, root.join(LATEST))?;
     sync_dir(root)?;
     if keep_last > 0 {
         let mut all: Vec<String> = fs::read_dir(root)?
@@ -371,6 +369,16 @@ impl Checkpoint {
             .ok_or_else(|| format!("{}: the checkpoint holds no encoder", self.dir.display()))
     }
 
+    /// The copy of the definition it was trained with.
+    pub fn definition(&self) -> PathBuf {
+        self.dir.join(DEFINITION)
+    }
+
+    /// The file of a group's tensors.
+    pub fn group_file(&self, group: &GroupInfo) -> PathBuf {
+        self.dir.join(&group.file)
+    }
+
     /// Where a run resumed from this checkpoint starts.
     pub fn resume_point(&self) -> ResumePoint {
         ResumePoint {
@@ -388,10 +396,10 @@ impl Checkpoint {
 /// # Errors
 /// No checkpoint there, or one that cannot be read; the message says what was looked for.
 pub fn find_checkpoint(path: &Path) -> Result<Checkpoint, String> {
-    let dir = if path.join("state.json").is_file() {
+    let dir = if path.join(STATE).is_file() {
         path.to_owned()
     } else {
-        let pointer = [path.join("checkpoints").join("latest"), path.join("latest")]
+        let pointer = [path.join(CHECKPOINTS).join(LATEST), path.join(LATEST)]
             .into_iter()
             .find(|p| p.is_file())
             .ok_or_else(|| {
@@ -405,7 +413,7 @@ pub fn find_checkpoint(path: &Path) -> Result<Checkpoint, String> {
         let parent = pointer.parent().unwrap_or(Path::new("."));
         parent.join(name.trim())
     };
-    let state = dir.join("state.json");
+    let state = dir.join(STATE);
     let text =
         fs::read_to_string(&state).map_err(|e| format!("cannot read {}: {e}", state.display()))?;
     let info: CheckpointInfo = serde_json::from_str(&text)
@@ -414,7 +422,7 @@ pub fn find_checkpoint(path: &Path) -> Result<Checkpoint, String> {
         .groups
         .iter()
         .map(|g| g.file.as_str())
-        .chain(["optimizer.safetensors"])
+        .chain([OPTIMIZER])
     {
         let path = dir.join(file);
         candle_core::safetensors::load(&path, &candle_core::Device::Cpu)

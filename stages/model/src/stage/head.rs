@@ -60,6 +60,22 @@ fn default_out() -> usize {
 }
 
 impl HeadParams {
+    /// The head's parameters and input size from its checkpointed spec (its parameters plus
+    /// `input`).
+    ///
+    /// # Errors
+    /// A spec that does not parse.
+    pub fn from_spec(spec: &serde_json::Value) -> Result<(Self, usize), String> {
+        let mut spec = spec.clone();
+        let input = spec
+            .as_object_mut()
+            .and_then(|m| m.remove("input"))
+            .and_then(|v| v.as_u64())
+            .ok_or("the head's spec has no `input` size")? as usize;
+        let params: Self = serde_json::from_value(spec).map_err(|e| format!("projector: {e}"))?;
+        Ok((params, input))
+    }
+
     /// The head for representations of size `input`.
     pub fn kind(&self, input: usize) -> ProjectorKind {
         match self.head {
@@ -82,7 +98,7 @@ pub static PROJECTOR: StageKind = StageKind {
     input: InputPorts::Accepts(&[PortType::Features]),
     output: OutputPort::Emits(PortType::Projections),
     parallelism: Parallelism::Single,
-    example: super::encoder::const_format_example!("small_cnn", "{ width: 4 }"),
+    example: crate::encoder_example!("small_cnn", "{ width: 4 }"),
     params: || schemars::schema_for!(HeadParams),
     build,
 };
@@ -186,6 +202,7 @@ impl Stage for Head {
                 role: Role::Projector,
                 kind: "projector".into(),
                 spec,
+                arch: None,
                 vars,
                 version: AtomicU64::new(0),
             });

@@ -16,6 +16,8 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use simclr_core::{Activations, BuildContext, ParamError, SampleId, StageError};
 
+use crate::encoder::Architecture;
+
 pub mod checkpoint;
 pub mod encoder;
 pub mod head;
@@ -41,6 +43,9 @@ pub struct ParamGroup {
     pub kind: String,
     /// The architecture, as the stage's resolved parameters (written into checkpoints).
     pub spec: serde_json::Value,
+    /// The encoder's architecture (for an encoder's group): what builds the network again
+    /// from a snapshot of its variables.
+    pub arch: Option<Architecture>,
     /// Every variable (trainable parameters and BatchNorm running statistics), named as in
     /// torchvision's state dicts.
     pub vars: VarMap,
@@ -104,6 +109,8 @@ pub struct GroupSnapshot {
     pub kind: String,
     /// Architecture.
     pub spec: serde_json::Value,
+    /// The encoder's architecture, for an encoder's group.
+    pub arch: Option<Architecture>,
     /// Every variable, by name.
     pub tensors: Vec<(String, Tensor)>,
 }
@@ -374,6 +381,7 @@ pub(crate) fn snapshot(group: &ParamGroup) -> candle_core::Result<GroupSnapshot>
         role: group.role,
         kind: group.kind.clone(),
         spec: group.spec.clone(),
+        arch: group.arch.clone(),
         tensors,
     })
 }

@@ -201,7 +201,7 @@ pub static NT_XENT: StageKind = StageKind {
     input: InputPorts::Accepts(&[PortType::Projections, PortType::Features]),
     output: OutputPort::Emits(PortType::TrainStates),
     parallelism: Parallelism::Single,
-    example: super::encoder::const_format_example!("small_cnn", "{ width: 4 }"),
+    example: crate::encoder_example!("small_cnn", "{ width: 4 }"),
     params: || schemars::schema_for!(TrainParams),
     build,
 };
@@ -319,7 +319,7 @@ struct Trainer {
 
 impl Trainer {
     fn steps_file(&self) -> PathBuf {
-        self.run_dir.join("steps.jsonl")
+        crate::run_dir::RunDir::new(&self.run_dir).steps()
     }
 
     /// Open `steps.jsonl`: fresh, or (resuming) keeping the lines before the resume step.
@@ -369,7 +369,7 @@ impl Trainer {
         let params = group_params(&self.groups).map_err(candle_err("parameters"))?;
         let mut optimizer = self.params.optimizer(params);
         if let Some(resume) = &self.resume {
-            let file = resume.checkpoint.join("optimizer.safetensors");
+            let file = resume.checkpoint.join(crate::run_dir::OPTIMIZER);
             let state: NamedState = candle_core::safetensors::load(&file, fwd.tensor.device())
                 .map_err(|e| {
                     StageError::msg(format!(
@@ -592,7 +592,7 @@ impl Stage for Trainer {
             last.1
         ));
         if self.params.metrics {
-            let path = self.run_dir.join("loss.png");
+            let path = crate::run_dir::RunDir::new(&self.run_dir).loss_plot();
             crate::plot::loss_curve(&self.history, &path)
                 .map_err(|e| StageError::msg(format!("cannot draw {}: {e}", path.display())))?;
             cx.note(format!("loss curve: {}", path.display()));
