@@ -4,12 +4,17 @@
 //! - [`export`]: the graph of any encoder, written by walking its layer plan
 //!   (`simclr_stage_model::encoder::plan`), and of the projection heads; BatchNorm folded or in
 //!   inference mode, symbolic batch dimension.
+//! - [`exporter`]: a checkpoint to a verified ONNX file (`simclr export` as a library call);
+//!   [`embed`]: the [`embed::Embedder`] behind `simclr embed`; [`error`]: what fails.
 //! - [`meta`]: the preprocessing a consumer needs, as the model's `metadata_props`.
 //! - [`runtime`]: ONNX Runtime loaded at run time, with a clear error when it is missing.
 //! - [`verify`]: ONNX Runtime against candle on the same inputs.
 //! - [`npy`]: `.npy` files in and out; [`files`]: atomic writes.
 
+pub mod embed;
+pub mod error;
 pub mod export;
+pub mod exporter;
 pub mod files;
 pub mod meta;
 pub mod npy;

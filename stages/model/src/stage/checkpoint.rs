@@ -390,6 +390,36 @@ impl Checkpoint {
     }
 }
 
+/// Where `simclr run --resume FROM` continues.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    /// The checkpoint found from `FROM`.
+    pub checkpoint: Checkpoint,
+    /// `FROM` itself when it is a run folder (the resumed run keeps writing there).
+    pub run_dir: Option<PathBuf>,
+    /// Whether the definition given differs from the one the checkpoint was trained with
+    /// (compared by [`text_hash`]; `false` when there is no text to compare).
+    pub definition_changed: bool,
+}
+
+/// Resolve `simclr run --resume FROM` for a run of the definition `definition` (its text).
+///
+/// # Errors
+/// As [`find_checkpoint`].
+pub fn resume_from(from: &Path, definition: Option<&str>) -> Result<Resume, String> {
+    let checkpoint = find_checkpoint(from)?;
+    let run_dir = crate::run_dir::RunDir::new(from)
+        .latest()
+        .map(|_| from.to_owned());
+    let definition_changed =
+        definition.is_some_and(|text| text_hash(text) != checkpoint.info.definition_hash);
+    Ok(Resume {
+        checkpoint,
+        run_dir,
+        definition_changed,
+    })
+}
+
 /// Find a checkpoint from a run folder (its `checkpoints/latest`), a checkpoints folder (its
 /// `latest`) or a checkpoint folder itself.
 ///

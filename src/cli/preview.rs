@@ -1,10 +1,12 @@
 //! `simclr preview`: a PNG grid, one row per sample: original, t(x), t'(x).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use simclr::augment::{Img, Shape};
-use simclr::config::Graph;
+use simclr::config::graph::LoadOptions;
+use simclr::config::{Graph, Registry};
 use simclr::core::rng::{Rng, stream};
 use simclr::core::stage::Signals;
 use simclr::core::{Instance, Message, StageContext};
@@ -13,8 +15,40 @@ use simclr::core::{Instance, Message, StageContext};
 const MIN_CELL: usize = 96;
 const GAP: usize = 4;
 
+/// Arguments of `simclr preview`.
+#[derive(clap::Args)]
+pub struct PreviewArgs {
+    /// Definition file (with a `views` stage fed by a source).
+    file: PathBuf,
+    /// Output PNG.
+    #[arg(long, default_value = "grid.png")]
+    out: PathBuf,
+    /// Samples (rows).
+    #[arg(long, default_value_t = 16)]
+    n: usize,
+}
+
+impl PreviewArgs {
+    /// Validate the definition and draw its views.
+    pub fn run(&self, registry: &Registry) -> Result<ExitCode> {
+        let graph = match simclr::config::load_file(&self.file, registry, &LoadOptions::default()) {
+            Ok(graph) => graph,
+            Err(diagnostics) => {
+                eprintln!("{diagnostics}");
+                return Ok(ExitCode::from(super::EXIT_INVALID));
+            }
+        };
+        let (w, h) = preview(&graph, &self.out, self.n.max(1))?;
+        println!(
+            "wrote {} ({w}x{h} px): one row per sample, columns original, t, t'",
+            self.out.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
 /// Draw the grid for the first `n` samples of `graph`'s `views` stage and write it to `out`.
-pub fn preview(graph: &Graph, out: &Path, n: usize) -> Result<(usize, usize)> {
+fn preview(graph: &Graph, out: &Path, n: usize) -> Result<(usize, usize)> {
     let Some(views) = graph.nodes.iter().find(|node| node.kind.name == "views") else {
         bail!(
             "{}: the definition has no `views` stage to preview",

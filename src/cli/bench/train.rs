@@ -6,10 +6,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use simclr_stage_model::loss::nt_xent;
-use simclr_stage_model::optim::{DEFAULT_TRUST, Lars, Optimizer, trainable_params};
-use simclr_stage_model::projector::{Projector, ProjectorKind};
-use simclr_stage_model::resnet::{ResNet, ResNetConfig, Stem};
+use simclr::model::loss::nt_xent;
+use simclr::model::optim::{DEFAULT_TRUST, Lars, Optimizer, trainable_params};
+use simclr::model::projector::{Projector, ProjectorKind};
+use simclr::model::resnet::{ResNet, ResNetConfig, Stem};
 
 /// One measured configuration.
 #[derive(Debug, serde::Serialize)]
@@ -36,7 +36,7 @@ struct Row {
     ratio_to_torch: Option<f64>,
     /// Per-layer kernel times over the measured steps (with `--layers`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    layers: Vec<simclr_stage_model::kernels::LayerTime>,
+    layers: Vec<simclr::model::kernels::LayerTime>,
 }
 
 /// One configuration as the PyTorch reference prints it.
@@ -121,14 +121,14 @@ impl Target {
     /// # Errors
     /// An unknown or unavailable device, TF32 on the CPU, an unknown precision.
     pub fn new(device: &str, precision: &str) -> Result<Self> {
-        let device = simclr_stage_model::stage::device(device).map_err(anyhow::Error::msg)?;
+        let device = simclr::model::stage::device(device).map_err(anyhow::Error::msg)?;
         let tf32 = match precision {
             "fp32" => false,
             "tf32" if device.is_cuda() => true,
             "tf32" => anyhow::bail!("precision tf32 applies to CUDA devices, not the CPU"),
             other => anyhow::bail!("unknown precision `{other}` (fp32 or tf32)"),
         };
-        simclr_stage_model::kernels::set_tf32(tf32);
+        simclr::model::kernels::set_tf32(tf32);
         Ok(Self { device, tf32 })
     }
 
@@ -201,8 +201,8 @@ fn measure(
         device.synchronize()?;
         let t3 = Instant::now();
         if step == 0 {
-            simclr_stage_model::kernels::take_conv_counters();
-            simclr_stage_model::kernels::set_layer_profile(layers);
+            simclr::model::kernels::take_conv_counters();
+            simclr::model::kernels::set_layer_profile(layers);
         }
         // Step 0 warms up allocator and kernels and is not counted.
         if step > 0 {
@@ -213,9 +213,9 @@ fn measure(
     }
     let n = steps as f64;
     let total = (fwd + bwd + opt) / n;
-    let (conv_flops, conv_secs) = simclr_stage_model::kernels::take_conv_counters();
-    let layers = simclr_stage_model::kernels::take_layer_profile();
-    simclr_stage_model::kernels::set_layer_profile(false);
+    let (conv_flops, conv_secs) = simclr::model::kernels::take_conv_counters();
+    let layers = simclr::model::kernels::take_layer_profile();
+    simclr::model::kernels::set_layer_profile(false);
     Ok(Row {
         width,
         channels,
@@ -443,7 +443,7 @@ pub fn parity(
         channels,
     )?;
     // Seeded weights and inputs: the same comparison every run.
-    simclr_stage_model::init::seeded(&cpu_map, 0, "parity")?;
+    simclr::model::init::seeded(&cpu_map, 0, "parity")?;
     let mut dev_map = VarMap::new();
     let (dev_enc, dev_head) = model(
         &VarBuilder::from_varmap(&dev_map, dev_dtype, &on.device),
@@ -518,20 +518,20 @@ pub fn parity(
     )?;
     for step in 0..steps.max(1) {
         let x = batch.get(step)?;
-        simclr_stage_model::kernels::set_enabled(!(candle_ops && f64_reference));
+        simclr::model::kernels::set_enabled(!(candle_ops && f64_reference));
         let cpu_loss = nt_xent(
             &cpu_head.forward_t(&cpu_enc.forward_t(&x, true)?, true)?,
             0.5,
         )?;
         let cpu_grads = cpu_loss.backward()?;
-        simclr_stage_model::kernels::set_enabled(!candle_ops);
+        simclr::model::kernels::set_enabled(!candle_ops);
         let xd = x.to_device(&on.device)?.to_dtype(dev_dtype)?;
         let dev_loss = nt_xent(
             &dev_head.forward_t(&dev_enc.forward_t(&xd, true)?, true)?,
             0.5,
         )?;
         let dev_grads = dev_loss.backward()?;
-        simclr_stage_model::kernels::set_enabled(true);
+        simclr::model::kernels::set_enabled(true);
         let (mut grad_err, mut grad_sq) = (Vec::new(), (0.0, 0.0));
         for (name, c, d) in &trainable {
             if let (Some(gc), Some(gd)) =

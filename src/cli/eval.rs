@@ -10,13 +10,144 @@ use simclr::eval::data::{LabelledSet, RunData, load};
 use simclr::eval::features::embed;
 use simclr::eval::knn::{KnnSettings, evaluate};
 use simclr::eval::linear::{ProbeSettings, probe};
+use simclr::model::run_dir::{DEFINITION, STATE};
 use simclr::model::stage::checkpoint::find_checkpoint;
-use simclr::model::{TrainedModel, Weights};
+use simclr::model::{RunDir, TrainedModel, Weights};
 use simclr::source::common::Split;
+
+/// `simclr eval linear | knn`.
+#[derive(clap::Subcommand)]
+pub enum EvalCommand {
+    /// Frozen encoder, standardised features of un-augmented images, multinomial logistic
+    /// regression trained on the train split, top-1/top-5 on the test split.
+    Linear {
+        #[command(flatten)]
+        common: EvalArgs,
+        /// L2 strength (default: chosen on a held-out tenth of the train split).
+        #[arg(long)]
+        l2: Option<f64>,
+        /// Full-batch optimisation steps of the probe.
+        #[arg(long, default_value_t = 500)]
+        iterations: usize,
+    },
+    /// Weighted k-nearest neighbours on cosine similarity, bank = train split.
+    Knn {
+        #[command(flatten)]
+        common: EvalArgs,
+        /// Neighbours that vote.
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        /// Temperature of the vote weights.
+        #[arg(long, default_value_t = 0.1)]
+        temperature: f64,
+        /// Evaluate every checkpoint of the run (PATH: a run or checkpoints folder) and draw
+        /// the curve: knn-checkpoints.jsonl and knn.png in the run folder.
+        #[arg(long)]
+        every_checkpoint: bool,
+    },
+}
+
+/// What both protocols take.
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A run folder (its latest checkpoint), a checkpoints folder or one checkpoint folder.
+    path: PathBuf,
+    /// Features: the trained encoder, the same encoder at its initialisation (baseline), or
+    /// the preprocessed pixels (baseline).
+    #[arg(long, value_enum, default_value = "trained")]
+    features: Features,
+    /// `--init random` is `--features random` (`--init trained`: the default).
+    #[arg(long, value_name = "trained|random", conflicts_with_all = ["features", "raw_pixels"])]
+    init: Option<InitArg>,
+    /// Same as `--features raw-pixels`.
+    #[arg(long, conflicts_with = "features")]
+    raw_pixels: bool,
+    /// Use only the first N training images.
+    #[arg(long, value_name = "N")]
+    train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long, value_name = "N")]
+    test_limit: Option<usize>,
+    /// Device for the encoder: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// For `image_folder` sources: a folder of held-out images, one sub-folder per class.
+    #[arg(long, value_name = "DIR")]
+    test_path: Option<String>,
+    /// Result file (default: eval-<protocol>-<features>.json in the checkpoint folder).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InitArg {
+    Trained,
+    Random,
+}
+
+impl EvalArgs {
+    fn common(&self) -> Common<'_> {
+        let features = match (self.init, self.raw_pixels) {
+            (_, true) => Features::RawPixels,
+            (Some(InitArg::Random), _) => Features::Random,
+            (Some(InitArg::Trained), _) => Features::Trained,
+            (None, false) => self.features,
+        };
+        Common {
+            path: &self.path,
+            features,
+            train_limit: self.train_limit,
+            test_limit: self.test_limit,
+            device: &self.device,
+            batch_size: self.batch_size,
+            test_path: self.test_path.clone(),
+            out: self.out.clone(),
+        }
+    }
+}
+
+impl EvalCommand {
+    /// Run the protocol; the report's text.
+    pub fn run(&self) -> Result<String> {
+        match self {
+            EvalCommand::Linear {
+                common,
+                l2,
+                iterations,
+            } => linear(
+                &common.common(),
+                &ProbeSettings {
+                    l2: *l2,
+                    iterations: (*iterations).max(1),
+                    ..Default::default()
+                },
+            ),
+            EvalCommand::Knn {
+                common,
+                k,
+                temperature,
+                every_checkpoint,
+            } => {
+                let settings = KnnSettings {
+                    k: *k,
+                    temperature: *temperature,
+                };
+                if *every_checkpoint {
+                    knn_curve(&common.common(), settings)
+                } else {
+                    knn(&common.common(), settings)
+                }
+            }
+        }
+    }
+}
 
 /// What the features are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Features {
+enum Features {
     /// The checkpoint's trained encoder.
     Trained,
     /// The same architecture at its initialisation (same seed): the baseline.
@@ -36,7 +167,7 @@ impl Features {
 }
 
 /// Options shared by both protocols.
-pub struct Common<'a> {
+struct Common<'a> {
     /// Run folder, checkpoints folder or checkpoint.
     pub path: &'a Path,
     /// Which features.
@@ -93,7 +224,7 @@ struct Prepared {
 fn load_splits(c: &Common<'_>, checkpoint: &Path) -> Result<Splits> {
     let mut run = RunData::from_checkpoint(checkpoint).map_err(anyhow::Error::msg)?;
     run.test_path.clone_from(&c.test_path);
-    let definition = checkpoint.join("definition.yaml");
+    let definition = checkpoint.join(DEFINITION);
     let open = |split: Split, limit: Option<usize>| -> Result<LabelledSet> {
         let data = run
             .open(split)
@@ -195,7 +326,7 @@ fn write<T: Serialize>(c: &Common<'_>, report: &Report<T>, default_name: &str) -
 }
 
 /// `simclr eval linear`.
-pub fn linear(c: &Common<'_>, settings: &ProbeSettings) -> Result<String> {
+fn linear(c: &Common<'_>, settings: &ProbeSettings) -> Result<String> {
     let t0 = Instant::now();
     let (splits, p) = prepare(c)?;
     let score = probe(
@@ -286,7 +417,7 @@ fn check_knn(settings: KnnSettings) -> Result<()> {
 }
 
 /// `simclr eval knn`.
-pub fn knn(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
+fn knn(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
     let t0 = Instant::now();
     check_knn(settings)?;
     let (splits, p) = prepare(c)?;
@@ -314,10 +445,10 @@ pub fn knn(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
 
 /// `simclr eval knn --every-checkpoint`: kNN accuracy of every checkpoint of a run, as a curve:
 /// `knn-checkpoints.jsonl` and `knn.png` in the run folder.
-pub fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
+fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
     check_knn(settings)?;
-    let root = if c.path.join("checkpoints").is_dir() {
-        c.path.join("checkpoints")
+    let root = if RunDir::new(c.path).checkpoints().is_dir() {
+        RunDir::new(c.path).checkpoints()
     } else {
         c.path.to_path_buf()
     };
@@ -325,7 +456,7 @@ pub fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
         .with_context(|| format!("cannot list {}", root.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.join("state.json").is_file()
+            p.join(STATE).is_file()
                 && p.file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
         })
@@ -337,7 +468,7 @@ pub fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
             root.display()
         );
     }
-    let run_dir = root.parent().unwrap_or(&root).to_path_buf();
+    let run_dir = RunDir::new(root.parent().unwrap_or(&root));
     let mut lines = String::new();
     let mut points = Vec::new();
     let mut table = String::from("| step | kNN top-1 | top-5 |\n|---|---|---|\n");
@@ -355,7 +486,7 @@ pub fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
             test_path: c.test_path.clone(),
             out: None,
         };
-        let definition = dir.join("definition.yaml");
+        let definition = dir.join(DEFINITION);
         let text = std::fs::read_to_string(&definition)
             .with_context(|| format!("cannot read {}", definition.display()))?;
         let (text, splits) = match loaded.take() {
@@ -379,9 +510,9 @@ pub fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
         table.push_str(&format!("| {step} | {top1:.4} | {top5:.4} |\n"));
         eprintln!("step {step}: kNN top-1 {top1:.4}");
     }
-    let file = run_dir.join("knn-checkpoints.jsonl");
+    let file = run_dir.knn_checkpoints();
     std::fs::write(&file, lines).with_context(|| format!("cannot write {}", file.display()))?;
-    let png = run_dir.join("knn.png");
+    let png = run_dir.knn_plot();
     simclr::model::plot::curve(&points, &png, "knn top-1", false).map_err(anyhow::Error::msg)?;
     Ok(format!(
         "{table}written to {} and {}",

@@ -1,0 +1,227 @@
+//! `simclr run FILE` (train, writing a run folder) and `simclr profile FILE` (measure only).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+use simclr::config::graph::LoadOptions;
+use simclr::config::{Graph, Registry};
+use simclr::model::RunDir;
+use simclr::model::stage::checkpoint::resume_from;
+use simclr::runtime::{self, RunOptions};
+
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, parse_overrides};
+
+/// Arguments of `simclr run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Definition file.
+    file: PathBuf,
+    /// Run folder, overriding the definition's `run_dir` (and, with --resume, the resumed
+    /// run's folder).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Stop training after this many steps in all (the schedule keeps its full length,
+    /// so --resume continues it).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Continue from a checkpoint: a run folder (its latest checkpoint), a checkpoints
+    /// folder, or one checkpoint folder.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// Override a value of the definition: `--set stages.images.params.path=/data/x`
+    /// (the value is YAML; repeatable).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    set: Vec<String>,
+    #[command(flatten)]
+    measure: MeasureArgs,
+}
+
+/// Arguments of `simclr profile`.
+#[derive(clap::Args)]
+pub struct ProfileArgs {
+    /// Definition file.
+    file: PathBuf,
+    /// Override a value of the definition, as `simclr run --set` (repeatable).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    set: Vec<String>,
+    #[command(flatten)]
+    measure: MeasureArgs,
+}
+
+/// What both commands measure and where they write it.
+#[derive(clap::Args)]
+struct MeasureArgs {
+    /// Stop each source after N items.
+    #[arg(long, value_name = "N")]
+    items: Option<u64>,
+    /// Write the metrics (the table's numbers) as JSON.
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<PathBuf>,
+    /// Write a Chrome trace-event JSON file (open it in https://ui.perfetto.dev).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl RunArgs {
+    /// Resolve the checkpoint to resume from, then run.
+    pub fn run(&self, registry: &Registry) -> Result<ExitCode> {
+        let mut options = LoadOptions {
+            run_dir: self.run_dir.clone(),
+            max_steps: self.max_steps,
+            overrides: parse_overrides(&self.set)?,
+            ..LoadOptions::default()
+        };
+        if let Some(from) = &self.resume {
+            let text = std::fs::read_to_string(&self.file).ok();
+            let resume = match resume_from(from, text.as_deref()) {
+                Ok(r) => r,
+                Err(message) => {
+                    eprintln!("error: cannot resume: {message}");
+                    return Ok(ExitCode::from(EXIT_FAILED));
+                }
+            };
+            let checkpoint = &resume.checkpoint;
+            if options.run_dir.is_none() {
+                options.run_dir = resume.run_dir.clone();
+            }
+            if resume.definition_changed {
+                eprintln!(
+                    "warning: {} differs from the definition the checkpoint was trained with ({}); the run continues with the new one",
+                    self.file.display(),
+                    checkpoint.definition().display()
+                );
+            }
+            eprintln!(
+                "resuming from {} (step {}, epoch {}, loss {:.4})",
+                checkpoint.dir.display(),
+                checkpoint.info.steps,
+                checkpoint.info.epoch,
+                checkpoint.info.loss
+            );
+            options.resume = Some(checkpoint.resume_point());
+        }
+        execute(&self.file, registry, options, &self.measure, true)
+    }
+}
+
+impl ProfileArgs {
+    /// Run for the measurements only.
+    pub fn run(&self, registry: &Registry) -> Result<ExitCode> {
+        let options = LoadOptions {
+            overrides: parse_overrides(&self.set)?,
+            ..LoadOptions::default()
+        };
+        execute(&self.file, registry, options, &self.measure, false)
+    }
+}
+
+/// Validate and run `file`; a run (`is_run`) also writes its run folder's definition copy and
+/// `metrics.json`.
+fn execute(
+    file: &std::path::Path,
+    registry: &Registry,
+    options: LoadOptions,
+    measure: &MeasureArgs,
+    is_run: bool,
+) -> Result<ExitCode> {
+    let resuming = options.resume.is_some();
+    let graph: Graph = match simclr::config::load_file(file, registry, &options) {
+        Ok(graph) => graph,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let run_dir = RunDir::new(&graph.run_dir);
+    if is_run && !resuming && run_dir.latest().is_some() {
+        eprintln!(
+            "warning: {} holds checkpoints of an earlier run; this run replaces them as it writes its own (--run-dir picks another folder, --resume continues that run)",
+            graph.run_dir.display()
+        );
+    }
+    if is_run {
+        std::fs::create_dir_all(&graph.run_dir)
+            .with_context(|| format!("cannot create the run folder {}", graph.run_dir.display()))?;
+        let copy = run_dir.definition();
+        std::fs::write(&copy, &graph.source)
+            .with_context(|| format!("cannot write {}", copy.display()))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    install_interrupt(stop.clone());
+    let options = RunOptions {
+        item_limit: measure.items,
+        trace: measure.trace.is_some(),
+        progress: !measure.quiet,
+        stop: stop.clone(),
+        ..RunOptions::default()
+    };
+    let (run, failure) = match runtime::run(&graph, &options) {
+        Ok(run) => (run, None),
+        Err(failure) => {
+            let failure = *failure;
+            let message = failure.to_string();
+            (failure.run, Some(message))
+        }
+    };
+    writeln!(std::io::stdout().lock(), "{}", run.report)?;
+    let mut metrics_paths: Vec<PathBuf> = measure.metrics.iter().cloned().collect();
+    if is_run {
+        metrics_paths.push(run_dir.metrics());
+    }
+    for path in &metrics_paths {
+        let json =
+            serde_json::to_string_pretty(&run.report).context("cannot serialise the metrics")?;
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write the metrics to {}", path.display()))?;
+        eprintln!("metrics written to {}", path.display());
+    }
+    if let (Some(path), Some(trace)) = (&measure.trace, &run.trace) {
+        trace
+            .write(path)
+            .with_context(|| format!("cannot write the trace to {}", path.display()))?;
+        let dropped = trace.dropped();
+        let note = if dropped > 0 {
+            format!(" ({dropped} spans over the per-thread cap were dropped)")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "trace written to {}{note}; open it in https://ui.perfetto.dev",
+            path.display()
+        );
+    }
+    if let Some(message) = failure {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
+    if stop.load(Ordering::SeqCst) {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A Ctrl-C handler: the first press asks for a clean stop, the second aborts.
+fn install_interrupt(stop: Arc<AtomicBool>) {
+    let presses = AtomicUsize::new(0);
+    let installed = ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!(
+                "\ninterrupted: sources stop and the pipeline drains; press Ctrl-C again to abort"
+            );
+            stop.store(true, Ordering::SeqCst);
+        } else {
+            eprintln!("\naborted");
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: cannot install the Ctrl-C handler: {e}");
+    }
+}
