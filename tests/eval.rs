@@ -132,7 +132,7 @@ fn the_probed_encoder_stays_frozen() {
     .expect("encoder");
     let text = std::fs::read_to_string(run.join("checkpoints/step-00000016/definition.yaml"))
         .expect("definition");
-    let data = RunData::from_definition(&text).expect("source");
+    let data = RunData::from_definition(&text, &simclr::registry::user()).expect("source");
     let set = load(
         &data,
         data.open(Split::Train).expect("split").as_ref(),
@@ -306,4 +306,79 @@ fn knn_over_every_checkpoint_draws_the_curve() {
         .collect();
     assert_eq!(steps, [8, 16]);
     assert!(run.join("knn.png").is_file());
+}
+
+/// Evaluation's preprocessing comes from the built `views` stage: the default policy's crop
+/// (`views: { size }` without `t`), `t`'s last crop and normalisation, and a custom policy's
+/// size — not from reading the definition's text.
+#[test]
+fn the_evaluation_preprocessing_is_the_built_policys_counterpart() {
+    let registry = simclr::registry::user();
+    let with_views = |views: &str| {
+        definition("")
+            .replace("size: 16, epochs: 2", "size: 32, epochs: 2")
+            .replace("params: { size: 16 }", views)
+    };
+    // The default SimCLR policy crops to `size`.
+    let run = RunData::from_definition(&with_views("params: { size: 24 }"), &registry)
+        .expect("default policy");
+    assert_eq!(run.preprocessing.size, Some((24, 24)));
+    assert_eq!(run.preprocessing.normalize, None);
+    // A written policy: its last crop, non-square too, and its normalisation as written.
+    let run = RunData::from_definition(
+        &with_views(
+            "params: { size: 20, t: [{ resize: { size: 28 } }, { random_resized_crop: { size: [20, 12] } }, horizontal_flip, { normalize: { mean: [0.4914, 0.4822, 0.4465], std: [0.247, 0.243, 0.261] } }] }",
+        ),
+        &registry,
+    )
+    .expect("written policy");
+    assert_eq!(run.preprocessing.size, Some((20, 12)));
+    assert_eq!(
+        run.preprocessing.normalize,
+        Some((vec![0.4914, 0.4822, 0.4465], vec![0.247, 0.243, 0.261]))
+    );
+    // Without a crop, the first resize fixes the size.
+    let run = RunData::from_definition(
+        &with_views("params: { size: 20, t: [{ resize: { size: 20 } }, horizontal_flip] }"),
+        &registry,
+    )
+    .expect("resize only");
+    assert_eq!(run.preprocessing.size, Some((20, 20)));
+    assert_eq!(run.source(), "synthetic ");
+}
+
+/// `--set` overrides reach what evaluation and export read: the checkpoint records the
+/// preprocessing of the graph that trained, so a run whose views were resized on the command
+/// line exports for that size (its definition copy still says 16).
+#[test]
+fn an_overridden_view_size_is_what_export_declares() {
+    let dir = common::scratch("eval", "override");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("def.yaml");
+    std::fs::write(&file, definition("")).expect("definition written");
+    let run = dir.join("run");
+    ok(&simclr(&[
+        "run",
+        file.to_str().expect("utf-8"),
+        "--run-dir",
+        run.to_str().expect("utf-8"),
+        "--quiet",
+        "--set",
+        "stages.views.params.size=12",
+        "--max-steps",
+        "2",
+    ]));
+    let state = std::fs::read_to_string(run.join("checkpoints/step-00000002/state.json"))
+        .expect("state.json");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("json");
+    assert_eq!(state["preprocessing"]["size"], serde_json::json!([12, 12]));
+    let out = dir.join("e.onnx");
+    let text = ok(&simclr(&[
+        "export",
+        run.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--no-verify",
+    ]));
+    assert!(text.contains("[batch, 3, 12, 12]"), "{text}");
 }

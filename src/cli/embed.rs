@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use simclr::config::Registry;
 use simclr::onnx::embed::{Embedder, Inputs};
 use simclr::onnx::export::{FEATURES, PROJECTION};
 
@@ -40,7 +41,7 @@ pub struct EmbedArgs {
 
 impl EmbedArgs {
     /// Embed, write the `.npy` (and `.ids.txt` for folders); the report.
-    pub fn run(&self) -> Result<String> {
+    pub fn run(&self, registry: &Registry) -> Result<String> {
         let t0 = Instant::now();
         if self.threads > 0 {
             rayon::ThreadPoolBuilder::new()
@@ -55,8 +56,13 @@ impl EmbedArgs {
             );
         }
         let encoders = simclr::registry::encoders();
-        let mut embedder =
-            Embedder::open_for(&self.model, &encoders, self.threads, Some(&self.input))?;
+        let mut embedder = Embedder::open_for(
+            &self.model,
+            registry,
+            &encoders,
+            self.threads,
+            Some(&self.input),
+        )?;
         let inputs = Inputs::open(&self.input, embedder.preprocessing().channels)?;
         let total = inputs.len().min(self.limit.unwrap_or(usize::MAX));
         let bar = if self.quiet {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use simclr::config::Registry;
 use simclr::eval::data::{LabelledSet, RunData, load};
 use simclr::eval::features::embed;
 use simclr::eval::knn::{KnnSettings, evaluate};
@@ -89,7 +90,7 @@ enum InitArg {
 }
 
 impl EvalArgs {
-    fn common(&self) -> Common<'_> {
+    fn common<'a>(&'a self, registry: &'a Registry) -> Common<'a> {
         let features = match (self.init, self.raw_pixels) {
             (_, true) => Features::RawPixels,
             (Some(InitArg::Random), _) => Features::Random,
@@ -97,6 +98,7 @@ impl EvalArgs {
             (None, false) => self.features,
         };
         Common {
+            registry,
             path: &self.path,
             features,
             train_limit: self.train_limit,
@@ -111,14 +113,14 @@ impl EvalArgs {
 
 impl EvalCommand {
     /// Run the protocol; the report's text.
-    pub fn run(&self) -> Result<String> {
+    pub fn run(&self, registry: &Registry) -> Result<String> {
         match self {
             EvalCommand::Linear {
                 common,
                 l2,
                 iterations,
             } => linear(
-                &common.common(),
+                &common.common(registry),
                 &ProbeSettings {
                     l2: *l2,
                     iterations: (*iterations).max(1),
@@ -136,9 +138,9 @@ impl EvalCommand {
                     temperature: *temperature,
                 };
                 if *every_checkpoint {
-                    knn_curve(&common.common(), settings)
+                    knn_curve(&common.common(registry), settings)
                 } else {
-                    knn(&common.common(), settings)
+                    knn(&common.common(registry), settings)
                 }
             }
         }
@@ -168,6 +170,8 @@ impl Features {
 
 /// Options shared by both protocols.
 struct Common<'a> {
+    /// The stage kinds the run's definition is built with.
+    registry: &'a Registry,
     /// Run folder, checkpoints folder or checkpoint.
     pub path: &'a Path,
     /// Which features.
@@ -222,7 +226,7 @@ struct Prepared {
 }
 
 fn load_splits(c: &Common<'_>, checkpoint: &Path) -> Result<Splits> {
-    let mut run = RunData::from_checkpoint(checkpoint).map_err(anyhow::Error::msg)?;
+    let mut run = RunData::from_checkpoint(checkpoint, c.registry).map_err(anyhow::Error::msg)?;
     run.test_path.clone_from(&c.test_path);
     let definition = checkpoint.join(DEFINITION);
     let open = |split: Split, limit: Option<usize>| -> Result<LabelledSet> {
@@ -234,7 +238,7 @@ fn load_splits(c: &Common<'_>, checkpoint: &Path) -> Result<Splits> {
     Ok(Splits {
         train: open(Split::Train, c.train_limit)?,
         test: open(Split::Test, c.test_limit)?,
-        source: format!("{} {}", run.kind, describe_params(&run)),
+        source: run.source(),
     })
 }
 
@@ -305,14 +309,6 @@ impl<T: Serialize> Report<T> {
             seconds: t0.elapsed().as_secs_f64(),
         }
     }
-}
-
-/// `path: …` of the source, for the report.
-fn describe_params(run: &RunData) -> String {
-    run.params
-        .get("path")
-        .and_then(simclr::core::Value::as_str)
-        .map_or_else(String::new, |p| format!("({p})"))
 }
 
 fn write<T: Serialize>(c: &Common<'_>, report: &Report<T>, default_name: &str) -> Result<PathBuf> {
@@ -477,6 +473,7 @@ fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
     for dir in &dirs {
         let t0 = Instant::now();
         let one = Common {
+            registry: c.registry,
             path: dir,
             features: c.features,
             train_limit: c.train_limit,

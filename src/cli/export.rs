@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
+use simclr::config::Registry;
 use simclr::onnx::export::{DEFAULT_OPSET, FEATURES, INPUT, PROJECTION};
 use simclr::onnx::exporter::{ExportSettings, VerifySettings, export_checkpoint};
 
@@ -38,7 +39,7 @@ pub struct ExportArgs {
 
 impl ExportArgs {
     /// Export, verify, write the file atomically; the report.
-    pub fn run(&self) -> Result<String> {
+    pub fn run(&self, registry: &Registry) -> Result<String> {
         let t0 = Instant::now();
         let settings = ExportSettings {
             head: self.head,
@@ -49,8 +50,8 @@ impl ExportArgs {
                 images: self.verify_images,
             }),
         };
-        let exported = export_checkpoint(&self.path, &simclr::registry::encoders(), &settings);
-        let e = exported?;
+        let encoders = simclr::registry::encoders();
+        let e = export_checkpoint(&self.path, registry, &encoders, &settings)?;
         for note in &e.notes {
             eprintln!("note: {note}");
         }

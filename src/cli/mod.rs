@@ -72,9 +72,9 @@ pub fn main() -> ExitCode {
         Command::Run(args) => args.run(&registry),
         Command::Profile(args) => args.run(&registry),
         Command::Preview(args) => args.run(&registry),
-        Command::Eval { what } => what.run().map(printed),
-        Command::Export(args) => args.run().map(printed),
-        Command::Embed(args) => args.run().map(printed),
+        Command::Eval { what } => what.run(&registry).map(printed),
+        Command::Export(args) => args.run(&registry).map(printed),
+        Command::Embed(args) => args.run(&registry).map(printed),
         Command::Bench { what } => what.run().map(printed),
     };
     match result {

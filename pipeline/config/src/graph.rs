@@ -62,6 +62,9 @@ pub struct Node {
     pub output_type: Option<PortType>,
     /// Makes its per-worker instances.
     pub factory: StageFactory,
+    /// What it told the stages downstream about its output stream at build time (its input's
+    /// facts, for a stage that publishes none).
+    pub facts: StreamFacts,
     /// Where its id is written.
     pub loc: Loc,
 }
@@ -192,7 +195,11 @@ pub fn load_str(
                 ..cx
             };
             let factory = (kind.build)(&cx)?;
-            let published = cx.published.borrow().unwrap_or(cx.upstream);
+            let published = cx
+                .published
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| cx.upstream.clone());
             Ok((factory, published))
         },
     );
@@ -583,7 +590,7 @@ fn resolve(
                 .inputs
                 .first()
                 .map(|&(from, _, _)| {
-                    let mut f = facts[from];
+                    let mut f = facts[from].clone();
                     f.incomplete |= stages[from].kind.is_some() && factories[from].is_none();
                     f
                 })
@@ -644,6 +651,7 @@ fn resolve(
             outputs: Vec::new(),
             output_type: out_type[i],
             factory: factories[i].take()?,
+            facts: std::mem::take(&mut facts[i]),
             loc: s.entry.id_loc,
         });
     }

@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
@@ -139,9 +140,11 @@ impl fmt::Debug for StageFactory {
 }
 
 /// What is known, at build time, about the stream arriving on a stage's inputs: sources
-/// publish their length and epochs, batchers their batch size, and stages downstream read
-/// them (a trainer derives its schedule's total steps from them).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// publish their length and epochs (and their labelled splits), `views` the deterministic
+/// counterpart of its policy, batchers their batch size, and stages downstream read them (a
+/// trainer derives its schedule's total steps from them, the kNN monitor its data). A stage
+/// that publishes facts of its own keeps the rest of its input's (`..cx.upstream.clone()`).
+#[derive(Clone, Debug, Default)]
 pub struct StreamFacts {
     /// Samples per epoch, when the source knows it before running.
     pub items_per_epoch: Option<u64>,
@@ -151,6 +154,10 @@ pub struct StreamFacts {
     pub batch_size: Option<usize>,
     /// Batches per epoch.
     pub batches_per_epoch: Option<u64>,
+    /// The labelled splits of the source upstream, for evaluation.
+    pub labelled: Option<Arc<dyn crate::data::LabelledData>>,
+    /// The deterministic counterpart of the augmentation policy upstream, for evaluation.
+    pub preprocessing: Option<crate::data::Preprocess>,
     /// A stage upstream could not be configured (its error is reported), so missing facts
     /// are not worth a second error.
     pub incomplete: bool,

@@ -12,6 +12,7 @@
 //!   deserializer over it, so stage parameters are parsed with exact error locations.
 //! - [`rng`]: the deterministic generator keyed by (seed, epoch, index, view).
 
+pub mod data;
 pub mod error;
 pub mod kind;
 pub mod message;
@@ -19,6 +20,7 @@ pub mod rng;
 pub mod stage;
 pub mod value;
 
+pub use data::{Dataset, ItemError, LabelledData, Preprocess, Sample, Split};
 pub use error::StageError;
 pub use kind::{
     BuildContext, InputPorts, Instance, OutputPort, Parallelism, ParamError, ResumePoint,

@@ -80,7 +80,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     cx.publish(simclr_core::StreamFacts {
         batch_size: Some(config.batch_size),
         batches_per_epoch: per_epoch,
-        ..cx.upstream
+        ..cx.upstream.clone()
     });
     // A resumed run's first batch is the step after the checkpoint's.
     let first_step = cx.resume.map_or(0, |r| r.step);

@@ -19,7 +19,9 @@ pub mod transform;
 pub mod views;
 
 pub use img::{Img, Pixels, Shape};
-pub use transform::{Params, Policy, Transform, TransformError, TransformKind, register_transform};
+pub use transform::{
+    EvalStep, Params, Policy, Transform, TransformError, TransformKind, register_transform,
+};
 
 /// The kinds of this crate, in the order `simclr stages` lists them.
 pub const KINDS: &[&simclr_core::StageKind] = &[&views::KIND, &batch::KIND];

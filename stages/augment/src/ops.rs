@@ -13,7 +13,7 @@ use simclr_core::{ParamError, Value};
 use crate::img::{Img, Pixels, Shape};
 use crate::resample::{Interpolation, crop_resize};
 use crate::transform::{
-    Params, Policy, Transform, TransformError, TransformKind, invalid, parse_config,
+    EvalStep, Params, Policy, Transform, TransformError, TransformKind, invalid, parse_config,
 };
 
 /// ITU-R 601-2 luma weights, as torchvision's `rgb_to_grayscale` and PIL's `convert("L")`.
@@ -305,6 +305,9 @@ impl RandomResizedCrop {
 }
 
 impl Transform for RandomResizedCrop {
+    fn eval_counterpart(&self) -> EvalStep {
+        EvalStep::Crop(self.size.0 as usize, self.size.1 as usize)
+    }
     fn name(&self) -> &str {
         "random_resized_crop"
     }
@@ -389,6 +392,9 @@ impl Resize {
 }
 
 impl Transform for Resize {
+    fn eval_counterpart(&self) -> EvalStep {
+        EvalStep::Resize(self.size.0 as usize, self.size.1 as usize)
+    }
     fn name(&self) -> &str {
         "resize"
     }
@@ -437,6 +443,9 @@ fn build_center_crop(node: &Value, path: &str) -> Result<Box<dyn Transform>, Par
 }
 
 impl Transform for CenterCrop {
+    fn eval_counterpart(&self) -> EvalStep {
+        EvalStep::Crop(self.size.0, self.size.1)
+    }
     fn name(&self) -> &str {
         "center_crop"
     }
@@ -1317,6 +1326,39 @@ pub struct Normalize {
     pub std: Vec<f32>,
 }
 
+/// `normalize`'s values read as written (float64), beside the float32 ones it computes with.
+#[derive(Deserialize)]
+struct NormalizeWritten {
+    mean: Vec<f64>,
+    std: Vec<f64>,
+}
+
+/// `normalize` from a definition: [`Normalize`], with its values as written for its
+/// evaluation counterpart (exports and evaluation keep `0.4914`, not its float32 rounding).
+#[derive(Debug, Clone)]
+struct WrittenNormalize {
+    op: Normalize,
+    written: (Vec<f64>, Vec<f64>),
+}
+
+impl Transform for WrittenNormalize {
+    fn eval_counterpart(&self) -> EvalStep {
+        EvalStep::Normalize(self.written.0.clone(), self.written.1.clone())
+    }
+    fn name(&self) -> &str {
+        self.op.name()
+    }
+    fn sample(&self, shape: Shape, rng: &mut Rng) -> Params {
+        self.op.sample(shape, rng)
+    }
+    fn apply(&self, img: &mut Img, params: &Params) -> Result<(), TransformError> {
+        self.op.apply(img, params)
+    }
+    fn is_normalize(&self) -> bool {
+        true
+    }
+}
+
 fn build_normalize(node: &Value, path: &str) -> Result<Box<dyn Transform>, ParamError> {
     let c: NormalizeConfig = parse_config(node, path)?;
     if c.mean.is_empty() || c.mean.len() != c.std.len() {
@@ -1339,13 +1381,21 @@ fn build_normalize(node: &Value, path: &str) -> Result<Box<dyn Transform>, Param
             "a zero std would divide by zero",
         ));
     }
-    Ok(Box::new(Normalize {
-        mean: c.mean,
-        std: c.std,
+    let written: NormalizeWritten = parse_config(node, path)?;
+    Ok(Box::new(WrittenNormalize {
+        op: Normalize {
+            mean: c.mean,
+            std: c.std,
+        },
+        written: (written.mean, written.std),
     }))
 }
 
 impl Transform for Normalize {
+    fn eval_counterpart(&self) -> EvalStep {
+        let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect();
+        EvalStep::Normalize(wide(&self.mean), wide(&self.std))
+    }
     fn name(&self) -> &str {
         "normalize"
     }

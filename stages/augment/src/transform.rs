@@ -107,6 +107,26 @@ pub trait Transform: Send + Sync + fmt::Debug {
     fn is_normalize(&self) -> bool {
         false
     }
+
+    /// What the transform becomes in the deterministic counterpart of a policy (evaluation,
+    /// exports): by default nothing — a random augmentation is left out.
+    fn eval_counterpart(&self) -> EvalStep {
+        EvalStep::Drop
+    }
+}
+
+/// A transform's part in the deterministic counterpart of its policy ([`Policy::preprocess`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum EvalStep {
+    /// Left out (random augmentations: flips, colour jitter, blur, grayscale, ...).
+    Drop,
+    /// Fixes the views to `(height, width)` (`random_resized_crop`, `center_crop`).
+    Crop(usize, usize),
+    /// Resizes to `(height, width)` (`resize`; a single size counts as a square): fixes the
+    /// size when no crop does.
+    Resize(usize, usize),
+    /// Normalises with per-channel mean and std, as written in the definition.
+    Normalize(Vec<f64>, Vec<f64>),
 }
 
 /// Builds a transform from its parameters node (`path` is its key path, for errors).
@@ -211,6 +231,29 @@ impl Policy {
     /// A policy of these transforms, applied in order.
     pub fn new(ops: Vec<Box<dyn Transform>>) -> Self {
         Self { ops }
+    }
+
+    /// The deterministic counterpart of the policy, for evaluation: the size of its last crop
+    /// (or, without one, of its first resize) and its last normalisation; every random step
+    /// is left out.
+    pub fn preprocess(&self) -> simclr_core::Preprocess {
+        let mut out = simclr_core::Preprocess::default();
+        let mut cropped = false;
+        for op in &self.ops {
+            match op.eval_counterpart() {
+                EvalStep::Drop => {}
+                EvalStep::Crop(h, w) => {
+                    out.size = Some((h, w));
+                    cropped = true;
+                }
+                EvalStep::Resize(h, w) if !cropped && out.size.is_none() => {
+                    out.size = Some((h, w));
+                }
+                EvalStep::Resize(..) => {}
+                EvalStep::Normalize(mean, std) => out.normalize = Some((mean, std)),
+            }
+        }
+        out
     }
 
     /// Parse a policy: a list whose items are `name` or `{ name: { params } }`.

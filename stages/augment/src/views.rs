@@ -234,6 +234,12 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         ));
     }
     let (t, t_prime) = policies(cx.params, &cx.params_path)?;
+    // Evaluation sees images as t's deterministic counterpart makes them (its crop size and
+    // normalisation); t' must give views of the same shape anyway.
+    cx.publish(simclr_core::StreamFacts {
+        preprocessing: Some(t.preprocess()),
+        ..cx.upstream.clone()
+    });
     let (t, t_prime) = (Arc::new(t), Arc::new(t_prime));
     let (seed, workers, chunk) = (cx.seed, cx.workers, config.chunk);
     Ok(StageFactory::stage(move |_| Views {

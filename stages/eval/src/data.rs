@@ -1,166 +1,136 @@
 //! The labelled images an evaluation reads, prepared as the encoder saw them in training minus
 //! the randomness.
 //!
-//! A run's definition names its source stage (kind and parameters) and its `views` stage (the
-//! augmentation policy). Evaluation opens the same source's train or test split and applies
-//! the deterministic counterpart of the policy, as torchvision evaluation transforms do:
-//! images whose size differs from the training crop are resized (shorter side) and
-//! centre-cropped to it, and a `normalize` step of the policy is kept. Nothing is random.
+//! The built graph says both: the source stage publishes its labelled splits and the `views`
+//! stage the deterministic counterpart of its policy (`simclr_core::data`), and they reach
+//! every stage downstream in its stream facts. The kNN monitor reads them from its own; the
+//! commands that start from a checkpoint build the graph of its copy of the definition with
+//! the registry (custom sources and transforms included) and read them from its last stage.
+//! As torchvision's evaluation transforms do, images whose size differs from the training crop
+//! are resized (shorter side) and centre-cropped to it, and a `normalize` step of the policy is
+//! kept. Nothing is random.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use simclr_core::{Value, ValueKind};
+use simclr_config::Registry;
+use simclr_config::graph::LoadOptions;
+use simclr_core::{LabelledData, Preprocess, StreamFacts};
 use simclr_stage_augment::{Img, Policy, Shape};
+use simclr_stage_model::stage::checkpoint::CheckpointInfo;
 use simclr_stage_source::common::{Dataset, Split};
 
-/// Source kinds evaluation can read labels from.
-const SOURCE_KINDS: &[&str] = &["idx", "cifar", "image_folder", "synthetic"];
-
-/// Where a run's images come from, read from its definition.
+/// Where a run's images come from and how evaluation prepares them, from its built graph.
 #[derive(Clone, Debug)]
 pub struct RunData {
-    /// The source stage's kind.
-    pub kind: String,
-    /// Its parameters.
-    pub params: Value,
-    /// The definition's seed.
-    pub seed: u64,
-    /// Side of the training crop (from `random_resized_crop`, `center_crop` or `resize` in the
-    /// `t` policy), if the policy fixes one.
-    pub crop: Option<usize>,
-    /// `normalize` of the policy: per-channel mean and std.
-    pub normalize: Option<(Vec<f64>, Vec<f64>)>,
-    /// For `image_folder` sources: the folder of held-out images.
+    /// The source's labelled splits.
+    pub labelled: Arc<dyn LabelledData>,
+    /// The deterministic counterpart of the training policy.
+    pub preprocessing: Preprocess,
+    /// For sources without a test split (an image folder): the folder of held-out images.
     pub test_path: Option<String>,
 }
 
-fn num(v: &Value) -> Option<f64> {
-    match v.kind {
-        ValueKind::Int(i) => Some(i as f64),
-        ValueKind::UInt(u) => Some(u as f64),
-        ValueKind::Float(f) => Some(f),
-        _ => None,
-    }
-}
-
-fn nums(v: &Value) -> Option<Vec<f64>> {
-    match &v.kind {
-        ValueKind::Seq(items) => items.iter().map(num).collect(),
-        _ => num(v).map(|x| vec![x]),
-    }
-}
-
-/// The side a `size:` fixes (`32` or `[32, 32]`).
-fn side(v: &Value) -> Option<usize> {
-    let n = nums(v)?;
-    let first = *n.first()?;
-    (n.iter().all(|&x| x == first) && first >= 1.0).then_some(first as usize)
-}
-
 impl RunData {
-    /// Read the source and the policy from a definition's text.
+    /// From the stream facts that reached a stage: its source's splits and its `views`
+    /// stage's preprocessing (none when no `views` stage is upstream).
     ///
     /// # Errors
-    /// A definition that does not parse, or one without a source stage evaluation can read.
-    pub fn from_definition(text: &str) -> Result<Self, String> {
-        let root = simclr_config::yaml::parse(text)
-            .map_err(|e| format!("definition, line {}: {}", e.loc.line, e.message))?;
-        let seed = root
-            .get("seed")
-            .and_then(num)
-            .map_or(0, |s| s.max(0.0) as u64);
-        let stages = root
-            .get("stages")
-            .and_then(Value::entries)
-            .ok_or("the definition has no `stages`")?;
-        let kind_of = |s: &Value| s.get("kind").and_then(Value::as_str).map(str::to_owned);
-        let (kind, params) = stages
-            .iter()
-            .find_map(|(_, s)| {
-                let kind = kind_of(s)?;
-                SOURCE_KINDS.contains(&kind.as_str()).then(|| {
-                    (
-                        kind,
-                        s.get("params")
-                            .cloned()
-                            .unwrap_or_else(|| Value::empty_map(s.loc)),
-                    )
-                })
-            })
-            .ok_or("the definition has no source stage with labels (idx, cifar, image_folder, synthetic)")?;
-        let policy = stages
-            .iter()
-            .find(|(_, s)| kind_of(s).as_deref() == Some("views"))
-            .and_then(|(_, s)| s.get("params")?.get("t").cloned());
-        let (mut crop, mut normalize) = (None, None);
-        if let Some(Value {
-            kind: ValueKind::Seq(ops),
-            ..
-        }) = &policy
-        {
-            for op in ops {
-                let Some([(name, cfg)]) = op.entries() else {
-                    continue;
-                };
-                match name.as_str() {
-                    Some("random_resized_crop" | "center_crop") => {
-                        crop = cfg.get("size").and_then(side).or(crop);
-                    }
-                    Some("resize") if crop.is_none() => crop = cfg.get("size").and_then(side),
-                    Some("normalize") => {
-                        if let (Some(m), Some(s)) = (
-                            cfg.get("mean").and_then(nums),
-                            cfg.get("std").and_then(nums),
-                        ) {
-                            normalize = Some((m, s));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+    /// No source with labelled splits upstream.
+    pub fn from_facts(facts: &StreamFacts) -> Result<Self, String> {
+        let labelled = facts.labelled.clone().ok_or(
+            "no source stage upstream offers labelled data (idx, cifar, image_folder, synthetic)",
+        )?;
         Ok(Self {
-            kind,
-            params,
-            seed,
-            crop,
-            normalize,
+            labelled,
+            preprocessing: facts.preprocessing.clone().unwrap_or_default(),
             test_path: None,
         })
     }
 
-    /// Read the source and the policy from the copy of the definition a checkpoint folder
-    /// keeps (`definition.yaml`); errors name that file.
+    /// From a built graph: the facts of the last stage that has a source upstream.
+    ///
+    /// # Errors
+    /// A graph without a source of labelled data.
+    pub fn from_graph(graph: &simclr_config::Graph) -> Result<Self, String> {
+        let facts = graph
+            .nodes
+            .iter()
+            .rev()
+            .map(|n| &n.facts)
+            .find(|f| f.labelled.is_some())
+            .ok_or("the definition has no source stage with labels (idx, cifar, image_folder, synthetic)")?;
+        Self::from_facts(facts)
+    }
+
+    /// Build the graph of a definition's text with `registry` and read it. The graph is built
+    /// for the CPU (a run trained on a GPU is evaluated anywhere): `device` and `precision` are
+    /// set to `cpu` and `fp32`.
+    ///
+    /// # Errors
+    /// A definition that does not validate here (its data missing, say), or one without a
+    /// source of labelled data.
+    pub fn from_definition(text: &str, registry: &Registry) -> Result<Self, String> {
+        Self::from_definition_file(Path::new("definition.yaml"), text, registry)
+    }
+
+    fn from_definition_file(file: &Path, text: &str, registry: &Registry) -> Result<Self, String> {
+        let options = LoadOptions {
+            overrides: vec![
+                ("device".into(), "cpu".into()),
+                ("precision".into(), "fp32".into()),
+            ],
+            ..LoadOptions::default()
+        };
+        let graph =
+            simclr_config::load_str(file, text, registry, &options).map_err(|d| d.to_string())?;
+        Self::from_graph(&graph)
+    }
+
+    /// Read the copy of the definition a checkpoint folder keeps (`definition.yaml`); errors
+    /// name that file. The preprocessing is the one the checkpoint recorded from the graph
+    /// that trained (`state.json`), when it has one: the definition copy may lack `--set`
+    /// overrides.
     ///
     /// # Errors
     /// No readable definition there, or one [`RunData::from_definition`] refuses.
-    pub fn from_checkpoint(dir: &std::path::Path) -> Result<Self, String> {
+    pub fn from_checkpoint(dir: &Path, registry: &Registry) -> Result<Self, String> {
         let definition = dir.join(simclr_stage_model::run_dir::DEFINITION);
         let text = std::fs::read_to_string(&definition)
             .map_err(|e| format!("cannot read {}: {e}", definition.display()))?;
-        Self::from_definition(&text).map_err(|e| format!("{}: {e}", definition.display()))
+        let mut run = Self::from_definition_file(&definition, &text, registry)
+            .map_err(|e| format!("{}: {e}", definition.display()))?;
+        let state = dir.join(simclr_stage_model::run_dir::STATE);
+        let recorded = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<CheckpointInfo>(&t).ok())
+            .and_then(|info| info.preprocessing);
+        if let Some(p) = recorded {
+            run.preprocessing = p;
+        }
+        Ok(run)
     }
 
     /// Open one split.
     ///
     /// # Errors
-    /// As [`simclr_stage_source::open_split`].
+    /// As the source's [`LabelledData::open`].
     pub fn open(&self, split: Split) -> Result<Arc<dyn Dataset>, String> {
-        simclr_stage_source::open_split(
-            &self.kind,
-            &self.params,
-            self.seed,
-            split,
-            self.test_path.as_deref(),
-        )
+        self.labelled.open(split, self.test_path.as_deref())
+    }
+
+    /// The source, for reports (`idx (/data/fashion-mnist)`).
+    pub fn source(&self) -> String {
+        self.labelled.describe()
     }
 
     /// The deterministic preprocessing for images of `height × width`.
     fn policy(&self, height: usize, width: usize) -> Result<Policy, String> {
         deterministic_policy(
-            self.crop.map(|s| (s, s)),
-            self.normalize
+            self.preprocessing.size,
+            self.preprocessing
+                .normalize
                 .as_ref()
                 .map(|(m, s)| (m.as_slice(), s.as_slice())),
             height,

@@ -114,15 +114,21 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     if params.batch_size == 0 {
         return Err(cx.invalid("batch_size", "`batch_size` must be at least 1", "e.g. 256"));
     }
-    let mut run = RunData::from_definition(cx.definition).map_err(|msg| {
-        cx.invalid(
-            "",
-            msg,
-            "the monitor evaluates on the labelled dataset of the definition's source stage",
-        )
-    })?;
+    let mut run = match RunData::from_facts(&cx.upstream) {
+        Ok(run) => run,
+        // A stage upstream failed to configure and says so; don't pile on (validation fails,
+        // so this stage never runs).
+        Err(_) if cx.upstream.incomplete => return Ok(StageFactory::stage(|_| Unconfigured)),
+        Err(msg) => {
+            return Err(cx.invalid(
+                "",
+                msg,
+                "the monitor evaluates on the labelled dataset of the definition's source stage",
+            ));
+        }
+    };
     run.test_path.clone_from(&params.test_path);
-    if run.kind == "image_folder" && run.test_path.is_none() {
+    if !run.labelled.has_test_split() && run.test_path.is_none() {
         return Err(cx.invalid(
             "test_path",
             "an `image_folder` source has no test split",
@@ -143,6 +149,23 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         evaluated: None,
         last: None,
     }))
+}
+
+/// The stage of a definition whose source could not be configured (never run: the definition
+/// does not validate).
+struct Unconfigured;
+
+impl Stage for Unconfigured {
+    fn process(
+        &mut self,
+        _msg: Message,
+        _out: &mut Outputs<'_>,
+        _cx: &mut StageContext,
+    ) -> Result<(), StageError> {
+        Err(StageError::msg(
+            "knn_monitor: its source was not configured",
+        ))
+    }
 }
 
 /// One evaluation, as a line of `knn.jsonl`.

@@ -5,7 +5,9 @@
 //! use std::path::Path;
 //! use simclr_stage_onnx::embed::{Embedder, Inputs};
 //!
-//! let mut embedder = Embedder::open(Path::new("encoder.onnx"), &Default::default(), 0)?;
+//! let registry = simclr_config::Registry::default();
+//! let encoders = simclr_stage_model::Encoders::builtin();
+//! let mut embedder = Embedder::open(Path::new("encoder.onnx"), &registry, &encoders, 0)?;
 //! let inputs = Inputs::open(Path::new("images/"), embedder.preprocessing().channels)?;
 //! let out = embedder.embed(&inputs, "features", 256, None, &mut |_done| {})?;
 //! println!("{} rows of {} values", out.rows.len() / out.dim, out.dim);
@@ -23,13 +25,14 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use rayon::prelude::*;
+use simclr_config::Registry;
 use simclr_stage_augment::{Img, Policy, Shape};
 use simclr_stage_model::{Encoders, TrainedModel, Weights};
 use simclr_stage_source::common::{Dataset, Sample};
 
 use crate::error::OnnxError;
 use crate::export::{FEATURES, PROJECTION};
-use crate::exporter::{TrainSplit, preprocessing, run_data};
+use crate::exporter::{RunInputs, preprocessing};
 use crate::meta::Preprocessing;
 use crate::runtime::OnnxModel;
 
@@ -184,13 +187,19 @@ fn policy(pre: &Preprocessing, height: usize, width: usize) -> Result<Policy, On
 
 impl Embedder {
     /// An `.onnx` file (ONNX Runtime, `threads` intra-op threads, 0: one per core) or a run,
-    /// checkpoints or checkpoint folder (candle on the CPU; its encoder kind from `encoders`).
+    /// checkpoints or checkpoint folder (candle on the CPU; its encoder kind from `encoders`,
+    /// its definition built with `registry`).
     /// An `.onnx` model without this project's metadata embeds preprocessed `.npy` inputs only.
     ///
     /// # Errors
     /// The model cannot be loaded, or ONNX Runtime cannot be found.
-    pub fn open(model: &Path, encoders: &Encoders, threads: usize) -> Result<Self, OnnxError> {
-        Self::open_for(model, encoders, threads, None)
+    pub fn open(
+        model: &Path,
+        registry: &Registry,
+        encoders: &Encoders,
+        threads: usize,
+    ) -> Result<Self, OnnxError> {
+        Self::open_for(model, registry, encoders, threads, None)
     }
 
     /// [`Embedder::open`], for `input`: an ONNX model from elsewhere (no preprocessing in
@@ -200,6 +209,7 @@ impl Embedder {
     /// As [`Embedder::open`].
     pub fn open_for(
         model: &Path,
+        registry: &Registry,
         encoders: &Encoders,
         threads: usize,
         input: Option<&Path>,
@@ -230,8 +240,8 @@ impl Embedder {
             });
         }
         let m = TrainedModel::from_checkpoint(model, encoders, Weights::Trained, &Device::Cpu)?;
-        let run = run_data(&m)?;
-        let pre = preprocessing(&m, &run, &TrainSplit::new(&run), &mut Vec::new())?;
+        let inputs = RunInputs::of(&m, registry)?;
+        let pre = preprocessing(&m, &inputs.preprocess, &inputs.train(), &mut Vec::new())?;
         Ok(Self {
             backend: Backend::Candle(Box::new(m)),
             pre,

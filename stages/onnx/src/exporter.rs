@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
+use simclr_config::Registry;
+use simclr_core::Preprocess;
 use simclr_stage_eval::data::{RunData, load};
 use simclr_stage_model::run_dir::DEFINITION;
 use simclr_stage_model::{Encoders, TrainedModel, Weights};
@@ -84,13 +86,14 @@ impl Exported {
 /// The run's training split, opened at most once and only when something needs it (opening
 /// Fashion-MNIST's reads 60 000 images).
 pub struct TrainSplit<'a> {
-    run: &'a RunData,
+    run: Result<&'a RunData, &'a str>,
     data: std::cell::OnceCell<Result<Arc<dyn Dataset>, String>>,
 }
 
 impl<'a> TrainSplit<'a> {
-    /// The training split of `run`, not yet opened.
-    pub fn new(run: &'a RunData) -> Self {
+    /// The training split of `run`, not yet opened (`Err`: why the run's data is not
+    /// available here).
+    pub fn new(run: Result<&'a RunData, &'a str>) -> Self {
         Self {
             run,
             data: std::cell::OnceCell::new(),
@@ -102,23 +105,58 @@ impl<'a> TrainSplit<'a> {
     /// # Errors
     /// The data cannot be read here (the same error on every call).
     pub fn get(&self) -> Result<&dyn Dataset, String> {
-        match self.data.get_or_init(|| self.run.open(Split::Train)) {
+        let open = || match self.run {
+            Ok(run) => run.open(Split::Train),
+            Err(e) => Err(e.to_owned()),
+        };
+        match self.data.get_or_init(open) {
             Ok(d) => Ok(d.as_ref()),
             Err(e) => Err(e.clone()),
         }
     }
 }
 
-/// The run's data and preprocessing, from the copy of its definition in `model`'s checkpoint.
-///
-/// # Errors
-/// A model without a checkpoint, or a definition copy that cannot be read.
-pub fn run_data(model: &TrainedModel) -> Result<RunData, OnnxError> {
-    let checkpoint = model
-        .checkpoint
-        .as_ref()
-        .ok_or_else(|| OnnxError::Message("the model has no checkpoint".into()))?;
-    RunData::from_checkpoint(&checkpoint.dir).map_err(OnnxError::Message)
+/// A checkpoint's run as export and embed need it: the deterministic preprocessing its
+/// checkpoint recorded (or, for older checkpoints, its graph's), and its data when the graph
+/// of its definition builds here.
+pub struct RunInputs {
+    /// The policy's deterministic counterpart.
+    pub preprocess: Preprocess,
+    /// The run's data, or why it is not available here.
+    pub run: Result<RunData, String>,
+}
+
+impl RunInputs {
+    /// Read `model`'s checkpoint: its recorded preprocessing, and the graph of its definition
+    /// copy built with `registry`.
+    ///
+    /// # Errors
+    /// A model without a checkpoint; a checkpoint that recorded no preprocessing (written by
+    /// an older build) whose definition does not build here.
+    pub fn of(model: &TrainedModel, registry: &Registry) -> Result<Self, OnnxError> {
+        let checkpoint = model
+            .checkpoint
+            .as_ref()
+            .ok_or_else(|| OnnxError::Message("the model has no checkpoint".into()))?;
+        let mut run = RunData::from_checkpoint(&checkpoint.dir, registry);
+        let preprocess = match (&checkpoint.info.preprocessing, &mut run) {
+            // The recorded one is what the run trained with (its definition copy may lack
+            // `--set` overrides): the run's images are prepared with it too.
+            (Some(p), Ok(run)) => {
+                run.preprocessing = p.clone();
+                p.clone()
+            }
+            (Some(p), Err(_)) => p.clone(),
+            (None, Ok(run)) => run.preprocessing.clone(),
+            (None, Err(e)) => return Err(OnnxError::Message(e.clone())),
+        };
+        Ok(Self { preprocess, run })
+    }
+
+    /// The run's training split, opened on first use.
+    pub fn train(&self) -> TrainSplit<'_> {
+        TrainSplit::new(self.run.as_ref().map_err(String::as_str))
+    }
 }
 
 /// How images become `model`'s input: the training crop size (or, without one, the size of
@@ -129,13 +167,13 @@ pub fn run_data(model: &TrainedModel) -> Result<RunData, OnnxError> {
 /// A `normalize` whose values do not fit the channels.
 pub fn preprocessing(
     model: &TrainedModel,
-    run: &RunData,
+    preprocess: &Preprocess,
     train: &TrainSplit<'_>,
     notes: &mut Vec<String>,
 ) -> Result<Preprocessing, OnnxError> {
     let channels = model.arch.in_channels();
-    let size = match run.crop {
-        Some(s) => Some((s, s)),
+    let size = match preprocess.size {
+        Some(s) => Some(s),
         None => match train
             .get()
             .and_then(|d| d.get(0).map_err(|e| e.to_string()))
@@ -151,7 +189,7 @@ pub fn preprocessing(
         },
     };
     let mut p = Preprocessing::identity(channels, size);
-    if let Some((mean, std)) = &run.normalize {
+    if let Some((mean, std)) = &preprocess.normalize {
         let fit = |v: &Vec<f64>| -> Result<Vec<f64>, OnnxError> {
             match v.len() {
                 1 => Ok(vec![v[0]; channels]),
@@ -176,6 +214,7 @@ pub fn preprocessing(
 /// ([`OnnxError::Verification`]).
 pub fn export_checkpoint(
     path: &Path,
+    registry: &Registry,
     encoders: &Encoders,
     settings: &ExportSettings,
 ) -> Result<Exported, OnnxError> {
@@ -184,10 +223,10 @@ pub fn export_checkpoint(
         .checkpoint
         .clone()
         .ok_or_else(|| OnnxError::Message("checkpoint".into()))?;
-    let run = run_data(&model)?;
-    let train = TrainSplit::new(&run);
+    let inputs = RunInputs::of(&model, registry)?;
+    let train = inputs.train();
     let mut notes = Vec::new();
-    let pre = preprocessing(&model, &run, &train, &mut notes)?;
+    let pre = preprocessing(&model, &inputs.preprocess, &train, &mut notes)?;
     let head = match (&model.head, settings.head) {
         (Some(h), true) => Some(h.kind),
         (None, true) => {
@@ -264,7 +303,7 @@ pub fn export_checkpoint(
                 &model,
                 &bytes,
                 &pre,
-                &train,
+                (&inputs, &train),
                 &definition,
                 v.images,
                 &mut notes,
@@ -301,7 +340,7 @@ fn verify(
     model: &TrainedModel,
     bytes: &[u8],
     pre: &Preprocessing,
-    train: &TrainSplit<'_>,
+    (inputs, train): (&RunInputs, &TrainSplit<'_>),
     definition: &Path,
     images: usize,
     notes: &mut Vec<String>,
@@ -321,7 +360,11 @@ fn verify(
         "random",
     )?);
     if images > 0 {
-        match train.get().and_then(|d| load(train.run, d, Some(images))) {
+        let real = train.get().and_then(|d| match &inputs.run {
+            Ok(run) => load(run, d, Some(images)),
+            Err(e) => Err(e.clone()),
+        });
+        match real {
             Ok(set) => {
                 let (sc, sh, sw) = set.shape;
                 let dims = [set.len(), sc, sh, sw];

@@ -196,7 +196,32 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     })?;
     let n: u64 = files.iter().map(|(_, n)| n).sum();
     let variant = config.variant;
-    Ok(factory(cx, options, n, move || {
+    let labelled = Arc::new(CifarSplits {
+        config: config.clone(),
+    });
+    Ok(factory(cx, options, n, labelled, move || {
         CifarDataset::load(variant, &files).map(|d| Arc::new(d) as Arc<dyn Dataset>)
     }))
+}
+
+/// The labelled splits of a `cifar` stage: the variant's train or test batches.
+#[derive(Debug)]
+struct CifarSplits {
+    config: CifarConfig,
+}
+
+impl crate::common::LabelledData for CifarSplits {
+    fn describe(&self) -> String {
+        format!("cifar ({})", self.config.path)
+    }
+
+    fn open(&self, split: Split, test_path: Option<&str>) -> Result<Arc<dyn Dataset>, String> {
+        let mut c = self.config.clone();
+        c.split = split;
+        if let (Split::Test, Some(p)) = (split, test_path) {
+            c.path = p.to_owned();
+        }
+        let files = resolve(&c)?;
+        Ok(Arc::new(CifarDataset::load(c.variant, &files)?))
+    }
 }

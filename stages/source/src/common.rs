@@ -1,11 +1,11 @@
 //! What every source shares: options, the dataset trait, and the driver that streams a
 //! dataset epoch by epoch in a seeded order.
 
-use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+pub use simclr_core::data::{Dataset, ItemError, LabelledData, Sample, Split};
 use simclr_core::rng::{Rng, stream};
 use simclr_core::{Image, Message, SampleId, Source, StageContext, StageError};
 
@@ -43,53 +43,6 @@ impl Default for SourceOptions {
             on_error: OnError::Fail,
         }
     }
-}
-
-/// Why one item could not be produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ItemError {
-    /// What the item is (a path, `record 17 of data_batch_1.bin`).
-    pub item: String,
-    /// What went wrong.
-    pub cause: String,
-}
-
-impl fmt::Display for ItemError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.item, self.cause)
-    }
-}
-
-/// A random-access dataset of images.
-pub trait Dataset: Send + Sync {
-    /// Number of items.
-    fn len(&self) -> u64;
-
-    /// Whether there are none.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Item `index`: `(height, width, channels, HWC pixels, label)`.
-    ///
-    /// # Errors
-    /// An item that cannot be read or decoded.
-    fn get(&self, index: u64) -> Result<Sample, ItemError>;
-}
-
-/// One decoded item.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// 1 or 3.
-    pub channels: u8,
-    /// HWC bytes.
-    pub pixels: Arc<[u8]>,
-    /// Class label, if known.
-    pub label: Option<u32>,
 }
 
 /// Loads a dataset once for all of a stage's workers (on the first worker's `on_start`).
@@ -332,23 +285,14 @@ mod tests {
     }
 }
 
-/// Which part of a dataset with a fixed split to read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Split {
-    /// The training part.
-    #[default]
-    Train,
-    /// The test part.
-    Test,
-}
-
 /// A factory of [`DatasetSource`] workers sharing one lazily loaded dataset. Publishes the
-/// stream's length and epochs, and starts where a resumed run left off.
+/// stream's length and epochs and the source's labelled splits (for evaluation), and starts
+/// where a resumed run left off.
 pub fn factory(
     cx: &simclr_core::BuildContext<'_>,
     options: SourceOptions,
     expected_len: u64,
+    labelled: Arc<dyn LabelledData>,
     load: impl Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync + 'static,
 ) -> simclr_core::StageFactory {
     let shared: SharedDataset = Arc::new(OnceLock::new());
@@ -357,6 +301,7 @@ pub fn factory(
     cx.publish(simclr_core::StreamFacts {
         items_per_epoch: Some(used),
         epochs: Some(options.epochs),
+        labelled: Some(labelled),
         ..simclr_core::StreamFacts::default()
     });
     let resume = cx.resume.map(|r| (r.epoch, r.position));

@@ -257,7 +257,32 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
                 "point `path` at an IDX images file or the folder holding one",
             )
         })?[0];
-    Ok(factory(cx, options, u64::from(n), move || {
+    let labelled = Arc::new(IdxSplits {
+        config: config.clone(),
+    });
+    Ok(factory(cx, options, u64::from(n), labelled, move || {
         IdxDataset::load(&images, labels.as_deref()).map(|d| Arc::new(d) as Arc<dyn Dataset>)
     }))
+}
+
+/// The labelled splits of an `idx` stage: its own files, or the test part of the same folder.
+#[derive(Debug)]
+struct IdxSplits {
+    config: IdxConfig,
+}
+
+impl crate::common::LabelledData for IdxSplits {
+    fn describe(&self) -> String {
+        format!("idx ({})", self.config.path)
+    }
+
+    fn open(&self, split: Split, test_path: Option<&str>) -> Result<Arc<dyn Dataset>, String> {
+        let mut c = self.config.clone();
+        c.split = split;
+        if let (Split::Test, Some(p)) = (split, test_path) {
+            c.path = p.to_owned();
+        }
+        let (images, labels) = resolve(&c)?;
+        Ok(Arc::new(IdxDataset::load(&images, labels.as_deref())?))
+    }
 }

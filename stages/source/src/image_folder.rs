@@ -194,7 +194,47 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     }
     let n = files.len() as u64;
     let channels = config.channels;
-    Ok(factory(cx, options, n, move || {
+    let labelled = Arc::new(FolderSplits {
+        path: config.path.clone(),
+        channels,
+    });
+    Ok(factory(cx, options, n, labelled, move || {
         Ok(Arc::new(ImageFolder::new(files.clone(), channels)) as Arc<dyn Dataset>)
     }))
+}
+
+/// The labelled splits of an `image_folder` stage: its folder, and for the test split a folder
+/// of held-out images the caller names (one sub-folder per class, the same class names).
+#[derive(Debug)]
+struct FolderSplits {
+    path: String,
+    channels: u8,
+}
+
+impl crate::common::LabelledData for FolderSplits {
+    fn describe(&self) -> String {
+        format!("image_folder ({})", self.path)
+    }
+
+    fn has_test_split(&self) -> bool {
+        false
+    }
+
+    fn open(
+        &self,
+        split: crate::common::Split,
+        test_path: Option<&str>,
+    ) -> Result<Arc<dyn Dataset>, String> {
+        let path = match split {
+            crate::common::Split::Train => self.path.as_str(),
+            crate::common::Split::Test => test_path.ok_or(
+                "an `image_folder` source has no test split: name a folder of held-out images (one sub-folder per class, the same class names)",
+            )?,
+        };
+        let (files, _) = scan(Path::new(path), true)?;
+        if files.is_empty() {
+            return Err(format!("no images under {path}"));
+        }
+        Ok(Arc::new(ImageFolder::new(files, self.channels)))
+    }
 }

@@ -240,9 +240,34 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         classes: config.classes,
         channels: config.channels,
     };
-    Ok(factory(cx, options, config.count, move || {
+    let labelled = Arc::new(SyntheticSplits(data.clone()));
+    Ok(factory(cx, options, config.count, labelled, move || {
         Ok(Arc::new(data.clone()) as Arc<dyn Dataset>)
     }))
+}
+
+/// The labelled splits of a `synthetic` stage: the test part is a disjoint set of images of
+/// the same classes, drawn from another seed.
+#[derive(Debug)]
+struct SyntheticSplits(Synthetic);
+
+impl crate::common::LabelledData for SyntheticSplits {
+    fn describe(&self) -> String {
+        "synthetic ".into()
+    }
+
+    fn open(
+        &self,
+        split: crate::common::Split,
+        _test_path: Option<&str>,
+    ) -> Result<Arc<dyn Dataset>, String> {
+        let mut data = self.0.clone();
+        if split == crate::common::Split::Test {
+            // A different seed draws different images of the same classes.
+            data.seed ^= 0x7e57_5e7d_0000_0001;
+        }
+        Ok(Arc::new(data))
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use simclr_core::{
     BuildContext, InputPorts, Message, OutputPort, Outputs, Parallelism, ParamError, PortType,
-    ResumePoint, Stage, StageContext, StageError, StageFactory, StageKind,
+    Preprocess, ResumePoint, Stage, StageContext, StageError, StageFactory, StageKind,
 };
 
 use super::{Role, TrainState};
@@ -87,8 +87,10 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     }
     let root = cx.run_dir.join(&params.dir);
     let definition: Arc<str> = Arc::from(cx.definition);
+    let preprocessing = cx.upstream.preprocessing.clone();
     Ok(StageFactory::stage(move |_| CheckpointSink {
         root: root.clone(),
+        preprocessing: preprocessing.clone(),
         every: params.every,
         keep_last: params.keep_last,
         definition: definition.clone(),
@@ -99,6 +101,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
 
 struct CheckpointSink {
     root: PathBuf,
+    preprocessing: Option<Preprocess>,
     every: u64,
     keep_last: usize,
     definition: Arc<str>,
@@ -108,14 +111,17 @@ struct CheckpointSink {
 
 impl CheckpointSink {
     fn write(&mut self, state: &TrainState, cx: &StageContext) -> Result<(), StageError> {
-        let dir =
-            write_checkpoint(&self.root, state, &self.definition, self.keep_last).map_err(|e| {
-                StageError::msg(format!(
-                    "cannot write the checkpoint of step {} under {}: {e}",
-                    state.steps,
-                    self.root.display()
-                ))
-            })?;
+        let written = CheckpointText {
+            definition: &self.definition,
+            preprocessing: self.preprocessing.as_ref(),
+        };
+        let dir = write_checkpoint(&self.root, state, &written, self.keep_last).map_err(|e| {
+            StageError::msg(format!(
+                "cannot write the checkpoint of step {} under {}: {e}",
+                state.steps,
+                self.root.display()
+            ))
+        })?;
         self.written = Some(state.steps);
         cx.set_status(format!(
             "saved {}",
@@ -191,6 +197,20 @@ pub struct CheckpointInfo {
     pub definition_hash: String,
     /// The model stages.
     pub groups: Vec<GroupInfo>,
+    /// The deterministic counterpart of the training policy (crop size, normalisation), as
+    /// the built `views` stage gave it: what evaluation and exports prepare images with.
+    /// Absent in checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<Preprocess>,
+}
+
+/// What a checkpoint records besides the training state.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointText<'a> {
+    /// The definition's text (kept as `definition.yaml`, hashed into `state.json`).
+    pub definition: &'a str,
+    /// The policy's deterministic counterpart.
+    pub preprocessing: Option<&'a Preprocess>,
 }
 
 /// One model stage in `state.json`.
@@ -267,9 +287,10 @@ fn failpoint(path: &Path) -> std::io::Result<()> {
 pub fn write_checkpoint(
     root: &Path,
     state: &TrainState,
-    definition: &str,
+    text: &CheckpointText<'_>,
     keep_last: usize,
 ) -> std::io::Result<PathBuf> {
+    let definition = text.definition;
     fs::create_dir_all(root)?;
     let name = step_name(state.steps);
     // Leftovers of interrupted writes.
@@ -307,6 +328,7 @@ pub fn write_checkpoint(
         optimizer: state.optimizer.clone(),
         definition_hash: text_hash(definition),
         groups,
+        preprocessing: text.preprocessing.cloned(),
     };
     write_synced(
         &tmp.join(STATE),
