@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use simclr::augment::transform::{TransformKind, invalid, parse_config};
-use simclr::augment::{Img, Params, Shape, Transform, TransformError, register_transform};
+use simclr::augment::{Img, Params, Shape, Transform, TransformError, Transforms};
 use simclr::config::graph::LoadOptions;
 use simclr::core::rng::Rng;
 use simclr::core::{ParamError, Value};
@@ -91,7 +91,11 @@ impl Transform for RandomCutout {
     }
 }
 
-fn build_cutout(node: &Value, path: &str) -> Result<Box<dyn Transform>, ParamError> {
+fn build_cutout(
+    node: &Value,
+    path: &str,
+    _transforms: &Transforms,
+) -> Result<Box<dyn Transform>, ParamError> {
     let c: CutoutConfig = parse_config(node, path)?;
     if !(c.size > 0.0 && c.size <= 1.0) {
         return Err(invalid(
@@ -127,16 +131,20 @@ stages:
 ";
 
 fn main() -> anyhow::Result<()> {
-    register_transform(TransformKind {
-        name: "random_cutout",
-        summary: "blank a random square",
-        build: build_cutout,
-    })
+    let mut registry = simclr::registry::user();
+    simclr::registry::add_transform(
+        &mut registry,
+        TransformKind {
+            name: "random_cutout",
+            summary: "blank a random square",
+            build: build_cutout,
+        },
+    )
     .map_err(anyhow::Error::msg)?;
     let graph = simclr::config::load_str(
         Path::new("cutout.yaml"),
         DEFINITION,
-        &simclr::registry::user(),
+        &registry,
         &LoadOptions::default(),
     )
     .map_err(|d| anyhow::anyhow!("{d}"))?;

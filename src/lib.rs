@@ -41,6 +41,19 @@ pub mod registry {
         simclr_stage_model::Encoders::builtin()
     }
 
+    /// Make `kind` usable by name in the policies of definitions loaded with `registry`.
+    ///
+    /// # Errors
+    /// A name taken by a built-in transform or an earlier addition.
+    pub fn add_transform(
+        registry: &mut Registry,
+        kind: simclr_stage_augment::TransformKind,
+    ) -> Result<(), String> {
+        registry
+            .extensions_mut()
+            .update(|transforms: &mut simclr_stage_augment::Transforms| transforms.add(kind))
+    }
+
     /// The user-facing kinds plus the runtime's test-only kinds (slow, failing, panicking,
     /// stuck, jittery, collecting). Used by tests; never by the CLI.
     pub fn with_testing_kinds() -> Registry {

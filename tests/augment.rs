@@ -492,6 +492,7 @@ impl Transform for Fill {
 fn build_fill(
     node: &simclr::core::Value,
     path: &str,
+    _transforms: &simclr::augment::Transforms,
 ) -> Result<Box<dyn Transform>, simclr::core::ParamError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -505,26 +506,29 @@ fn build_fill(
 #[test]
 fn a_registered_custom_transform_is_usable_by_name() {
     use simclr::augment::transform::TransformKind;
-    simclr::augment::register_transform(TransformKind {
-        name: "test_fill",
-        summary: "fill",
-        build: build_fill,
-    })
-    .expect("registers");
-    assert!(
-        simclr::augment::register_transform(TransformKind {
-            name: "resize",
-            summary: "x",
-            build: build_fill
+    let mut transforms = simclr::augment::Transforms::default();
+    transforms
+        .add(TransformKind {
+            name: "test_fill",
+            summary: "fill",
+            build: build_fill,
         })
-        .is_err(),
+        .expect("registers");
+    assert!(
+        transforms
+            .add(TransformKind {
+                name: "resize",
+                summary: "x",
+                build: build_fill
+            })
+            .is_err(),
         "built-in names are taken"
     );
     let root = simclr::config::yaml::parse(
         "[{ resize: { size: [4, 5] } }, { test_fill: { value: 0.25 } }]",
     )
     .expect("yaml");
-    let policy = Policy::parse(&root, "t").expect("policy");
+    let policy = Policy::parse_with(&root, "t", &transforms).expect("policy");
     let mut img = pattern();
     policy
         .run(&mut img, &mut Rng::from_key(&[1]))
@@ -539,7 +543,7 @@ fn a_registered_custom_transform_is_usable_by_name() {
     );
     assert!(img.to_f32().iter().all(|&v| v == 0.25));
     let bad = simclr::config::yaml::parse("[{ test_fill: { valeu: 1 } }]").expect("yaml");
-    let err = Policy::parse(&bad, "t").expect_err("unknown key");
+    let err = Policy::parse_with(&bad, "t", &transforms).expect_err("unknown key");
     assert!(
         err.message.contains("unknown field `valeu`"),
         "{}",
@@ -578,4 +582,59 @@ fn simd_and_baseline_paths_give_bit_identical_views() {
         );
         assert_eq!(fast_bits, plain_bits, "draw {key}");
     }
+}
+
+/// A transform added to one registry is known to definitions loaded with it, and to no
+/// other: there is no process-wide table.
+#[test]
+fn a_transform_belongs_to_the_registry_it_was_added_to() {
+    use simclr::augment::transform::TransformKind;
+    let definition = "\
+name: fill
+stages:
+  images: { kind: synthetic, params: { count: 8, size: 16 } }
+  views: { kind: views, inputs: [images], params: { size: 16, t: [{ random_resized_crop: { size: 12 } }, { test_fill2: { value: 0.5 } }] } }
+  drain: { kind: sink, inputs: [views] }
+";
+    let load = |registry: &simclr::config::Registry| {
+        simclr::config::load_str(
+            std::path::Path::new("fill.yaml"),
+            definition,
+            registry,
+            &Default::default(),
+        )
+    };
+    let mut with = simclr::registry::user();
+    simclr::registry::add_transform(
+        &mut with,
+        TransformKind {
+            name: "test_fill2",
+            summary: "fill",
+            build: build_fill,
+        },
+    )
+    .expect("added");
+    let graph = load(&with).expect("known to its registry");
+    let views = graph.nodes.iter().find(|n| n.id == "views").expect("views");
+    assert_eq!(
+        views.facts.preprocessing.as_ref().and_then(|p| p.size),
+        Some((12, 12))
+    );
+    let err = load(&simclr::registry::user()).expect_err("unknown elsewhere");
+    assert!(
+        err.to_string().contains("unknown transform `test_fill2`"),
+        "{err}"
+    );
+    assert!(
+        simclr::registry::add_transform(
+            &mut with,
+            TransformKind {
+                name: "test_fill2",
+                summary: "again",
+                build: build_fill,
+            },
+        )
+        .is_err(),
+        "a name is added once"
+    );
 }

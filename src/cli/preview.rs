@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use simclr::augment::{Img, Shape};
+use simclr::augment::{BUILTIN_TRANSFORMS, Img, Shape, Transforms};
 use simclr::config::graph::LoadOptions;
 use simclr::config::{Graph, Registry};
 use simclr::core::rng::{Rng, stream};
@@ -38,7 +38,7 @@ impl PreviewArgs {
                 return Ok(ExitCode::from(super::EXIT_INVALID));
             }
         };
-        let (w, h) = preview(&graph, &self.out, self.n.max(1))?;
+        let (w, h) = preview(&graph, registry, &self.out, self.n.max(1))?;
         println!(
             "wrote {} ({w}x{h} px): one row per sample, columns original, t, t'",
             self.out.display()
@@ -48,7 +48,7 @@ impl PreviewArgs {
 }
 
 /// Draw the grid for the first `n` samples of `graph`'s `views` stage and write it to `out`.
-fn preview(graph: &Graph, out: &Path, n: usize) -> Result<(usize, usize)> {
+fn preview(graph: &Graph, registry: &Registry, out: &Path, n: usize) -> Result<(usize, usize)> {
     let Some(views) = graph.nodes.iter().find(|node| node.kind.name == "views") else {
         bail!(
             "{}: the definition has no `views` stage to preview",
@@ -67,7 +67,11 @@ fn preview(graph: &Graph, out: &Path, n: usize) -> Result<(usize, usize)> {
             )
         })?;
     let path = format!("stages.{}.params", views.id);
-    let (t, t_prime) = simclr::augment::views::policies(&views.params, &path)
+    let transforms = registry
+        .extensions()
+        .get::<Transforms>()
+        .unwrap_or(&BUILTIN_TRANSFORMS);
+    let (t, t_prime) = simclr::augment::views::policies(&views.params, &path, transforms)
         .map_err(|e| anyhow::anyhow!("{}: {}", path, e.message))?;
     let Instance::Source(mut src) = source.factory.instance(0) else {
         bail!("stage `{}` is not a source", source.id);

@@ -599,6 +599,7 @@ fn resolve(
             resume: None,
             max_steps: None,
             definition: "",
+            extensions: registry.extensions(),
         };
         match build(kind, cx) {
             Ok((f, published)) => {

@@ -1,11 +1,13 @@
 //! The set of stage kinds a definition may use.
 
-use simclr_core::StageKind;
+use simclr_core::{Extensions, StageKind};
 
-/// An ordered, explicit list of stage kinds.
+/// An ordered, explicit list of stage kinds, and the values (registered transforms, say) a
+/// program hands to their `build` functions ([`Registry::extensions_mut`]).
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     kinds: Vec<&'static StageKind>,
+    extensions: Extensions,
 }
 
 impl Registry {
@@ -37,6 +39,16 @@ impl Registry {
     /// The kind named `name`.
     pub fn get(&self, name: &str) -> Option<&'static StageKind> {
         self.kinds.iter().copied().find(|k| k.name == name)
+    }
+
+    /// What the kinds' `build` functions can look up (`BuildContext::extension`).
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Add or change such values.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
     }
 
     /// Every kind, in registration order.

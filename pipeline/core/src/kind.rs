@@ -215,6 +215,16 @@ pub struct BuildContext<'a> {
     pub max_steps: Option<u64>,
     /// The definition's text (checkpoints keep a copy).
     pub definition: &'a str,
+    /// What the program added to its registry beside the stage kinds (registered
+    /// transforms, say), for kinds that look such things up.
+    pub extensions: &'a crate::Extensions,
+}
+
+impl BuildContext<'_> {
+    /// The registry's value of type `T`, if the program added one.
+    pub fn extension<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
+        self.extensions.get::<T>()
+    }
 }
 
 impl BuildContext<'_> {

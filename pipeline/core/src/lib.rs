@@ -14,6 +14,7 @@
 
 pub mod data;
 pub mod error;
+pub mod extensions;
 pub mod kind;
 pub mod message;
 pub mod rng;
@@ -22,6 +23,7 @@ pub mod value;
 
 pub use data::{Dataset, ItemError, LabelledData, Preprocess, Sample, Split};
 pub use error::StageError;
+pub use extensions::Extensions;
 pub use kind::{
     BuildContext, InputPorts, Instance, OutputPort, Parallelism, ParamError, ResumePoint,
     StageFactory, StageKind, StreamFacts,

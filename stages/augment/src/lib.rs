@@ -2,7 +2,8 @@
 //!
 //! - [`transform`]: the [`Transform`] trait (draw parameters from an RNG, or apply explicit
 //!   ones, so every augmentation can be logged, replayed and tested), [`Params`], policies,
-//!   and [`register_transform`] for custom transforms.
+//!   and [`Transforms`], the list of transform names a policy may use (a program adds its own
+//!   and puts the list in its stage registry).
 //! - [`ops`]: the built-ins, with torchvision's names, parameters and semantics.
 //! - [`views`]: the `views` stage (t, t' per image on a rayon pool).
 //! - [`batch`]: the `batch` stage (2N views, NCHW float32).
@@ -20,7 +21,8 @@ pub mod views;
 
 pub use img::{Img, Pixels, Shape};
 pub use transform::{
-    EvalStep, Params, Policy, Transform, TransformError, TransformKind, register_transform,
+    BUILTIN_TRANSFORMS, EvalStep, Params, Policy, Transform, TransformError, TransformKind,
+    Transforms,
 };
 
 /// The kinds of this crate, in the order `simclr stages` lists them.

@@ -2,7 +2,6 @@
 //! (ordered lists of transforms) parsed from a definition.
 
 use std::fmt;
-use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -129,8 +128,9 @@ pub enum EvalStep {
     Normalize(Vec<f64>, Vec<f64>),
 }
 
-/// Builds a transform from its parameters node (`path` is its key path, for errors).
-pub type BuildTransform = fn(&Value, &str) -> Result<Box<dyn Transform>, ParamError>;
+/// Builds a transform from its parameters node (`path` is its key path, for errors); a
+/// transform that holds a policy of its own (`random_apply`) parses it with `transforms`.
+pub type BuildTransform = fn(&Value, &str, &Transforms) -> Result<Box<dyn Transform>, ParamError>;
 
 /// A named transform: the entry behind `- name: {...}` in a policy.
 #[derive(Clone, Copy)]
@@ -149,48 +149,48 @@ impl fmt::Debug for TransformKind {
     }
 }
 
-static CUSTOM: RwLock<Vec<TransformKind>> = RwLock::new(Vec::new());
-
-/// Register a custom transform so that definitions can use it by name. Call it before
-/// loading the definition (see `examples/custom_transform.rs`).
-///
-/// # Errors
-/// If the name is taken by a built-in or an earlier registration.
-pub fn register_transform(kind: TransformKind) -> Result<(), String> {
-    if lookup(kind.name).is_some() {
-        return Err(format!(
-            "a transform named `{}` is already registered",
-            kind.name
-        ));
-    }
-    CUSTOM
-        .write()
-        .map_err(|_| "transform registry poisoned".to_owned())?
-        .push(kind);
-    Ok(())
+/// The transforms a policy may name: the built-in ones ([`crate::ops::BUILTINS`]) and those a
+/// program adds. A program puts its list in its stage registry
+/// (`registry.extensions_mut().insert(transforms)`, or `simclr::registry::add_transform`), where
+/// the `views` stage finds it; see `examples/custom_transform.rs`.
+#[derive(Clone, Debug, Default)]
+pub struct Transforms {
+    added: Vec<TransformKind>,
 }
 
-/// The transform named `name`: built-ins first, then registered ones.
-pub fn lookup(name: &str) -> Option<TransformKind> {
-    crate::ops::BUILTINS
-        .iter()
-        .copied()
-        .find(|k| k.name == name)
-        .or_else(|| {
-            CUSTOM
-                .read()
-                .ok()
-                .and_then(|c| c.iter().copied().find(|k| k.name == name))
-        })
-}
+/// The built-in transforms only.
+pub static BUILTIN_TRANSFORMS: Transforms = Transforms { added: Vec::new() };
 
-/// Every transform name, built-ins first.
-pub fn names() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = crate::ops::BUILTINS.iter().map(|k| k.name).collect();
-    if let Ok(custom) = CUSTOM.read() {
-        names.extend(custom.iter().map(|k| k.name));
+impl Transforms {
+    /// Add a transform kind.
+    ///
+    /// # Errors
+    /// If the name is taken by a built-in or an earlier addition.
+    pub fn add(&mut self, kind: TransformKind) -> Result<(), String> {
+        if self.get(kind.name).is_some() {
+            return Err(format!(
+                "a transform named `{}` is already registered",
+                kind.name
+            ));
+        }
+        self.added.push(kind);
+        Ok(())
     }
-    names
+
+    /// The transform named `name`: built-ins first, then added ones.
+    pub fn get(&self, name: &str) -> Option<TransformKind> {
+        self.iter().find(|k| k.name == name)
+    }
+
+    /// Every transform kind, built-ins first.
+    pub fn iter(&self) -> impl Iterator<Item = TransformKind> + '_ {
+        crate::ops::BUILTINS.iter().chain(&self.added).copied()
+    }
+
+    /// Every transform name, built-ins first.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.iter().map(|k| k.name).collect()
+    }
 }
 
 /// Deserialize a transform's config from its node, mapping errors to [`ParamError`].
@@ -256,11 +256,24 @@ impl Policy {
         out
     }
 
-    /// Parse a policy: a list whose items are `name` or `{ name: { params } }`.
+    /// Parse a policy of built-in transforms: a list whose items are `name` or
+    /// `{ name: { params } }`.
     ///
     /// # Errors
     /// An unknown name or bad parameters, located.
     pub fn parse(node: &Value, path: &str) -> Result<Self, ParamError> {
+        Self::parse_with(node, path, &BUILTIN_TRANSFORMS)
+    }
+
+    /// Parse a policy whose transforms are named in `transforms`.
+    ///
+    /// # Errors
+    /// An unknown name or bad parameters, located.
+    pub fn parse_with(
+        node: &Value,
+        path: &str,
+        transforms: &Transforms,
+    ) -> Result<Self, ParamError> {
         let ValueKind::Seq(items) = &node.kind else {
             return Err(invalid(
                 node,
@@ -299,8 +312,8 @@ impl Policy {
                 }
             };
             let name = name_node.as_str().unwrap_or_default();
-            let Some(kind) = lookup(name) else {
-                let known = names();
+            let Some(kind) = transforms.get(name) else {
+                let known = transforms.names();
                 return Err(invalid(
                     name_node,
                     &item_path,
@@ -308,7 +321,11 @@ impl Policy {
                     format!("the transforms are: {}", known.join(", ")),
                 ));
             };
-            ops.push((kind.build)(&params, &join_path(&item_path, name))?);
+            ops.push((kind.build)(
+                &params,
+                &join_path(&item_path, name),
+                transforms,
+            )?);
         }
         Ok(Self { ops })
     }

@@ -25,6 +25,7 @@ use crate::ops::{
     ColorJitter, Flip, GaussianBlur, RandomApply, RandomGrayscale, RandomResizedCrop,
 };
 use crate::resample::Interpolation;
+use crate::transform::Transforms;
 use crate::transform::{Policy, Transform, TransformError};
 
 /// A policy in a definition: a list of transforms (parsed from the located tree, so the
@@ -155,18 +156,29 @@ pub fn simclr_policy(size: u32, s: f64, blur: Option<bool>) -> Policy {
 ///
 /// # Errors
 /// Bad parameters, located.
-pub fn policies(params: &simclr_core::Value, path: &str) -> Result<(Policy, Policy), ParamError> {
+pub fn policies(
+    params: &simclr_core::Value,
+    path: &str,
+    transforms: &Transforms,
+) -> Result<(Policy, Policy), ParamError> {
     let config: ViewsConfig = crate::transform::parse_config(params, path)?;
-    let t = match params.get("t") {
-        Some(node) => Policy::parse(node, &simclr_core::value::join_path(path, "t"))?,
-        None => simclr_policy(config.size, config.jitter_strength, config.blur),
+    let parse = |key: &str| -> Result<Policy, ParamError> {
+        match params.get(key) {
+            Some(node) => {
+                Policy::parse_with(node, &simclr_core::value::join_path(path, key), transforms)
+            }
+            None => Ok(simclr_policy(
+                config.size,
+                config.jitter_strength,
+                config.blur,
+            )),
+        }
     };
-    let t_prime = match params.get("t_prime") {
-        Some(node) => Policy::parse(node, &simclr_core::value::join_path(path, "t_prime"))?,
-        None => match params.get("t") {
-            Some(node) => Policy::parse(node, &simclr_core::value::join_path(path, "t"))?,
-            None => simclr_policy(config.size, config.jitter_strength, config.blur),
-        },
+    let t = parse("t")?;
+    let t_prime = if params.get("t_prime").is_some() {
+        parse("t_prime")?
+    } else {
+        parse("t")?
     };
     Ok((t, t_prime))
 }
@@ -233,7 +245,10 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             "32 for CIFAR-sized views",
         ));
     }
-    let (t, t_prime) = policies(cx.params, &cx.params_path)?;
+    let transforms = cx
+        .extension::<Transforms>()
+        .unwrap_or(&crate::transform::BUILTIN_TRANSFORMS);
+    let (t, t_prime) = policies(cx.params, &cx.params_path, transforms)?;
     // Evaluation sees images as t's deterministic counterpart makes them (its crop size and
     // normalisation); t' must give views of the same shape anyway.
     cx.publish(simclr_core::StreamFacts {

@@ -17,7 +17,8 @@ use rayon::prelude::*;
 use simclr_config::Registry;
 use simclr_config::graph::LoadOptions;
 use simclr_core::{LabelledData, Preprocess, StreamFacts};
-use simclr_stage_augment::{Img, Policy, Shape};
+use simclr_stage_augment::ops::{CenterCrop, Normalize, Resize};
+use simclr_stage_augment::{Img, Policy, Shape, Transform};
 use simclr_stage_model::stage::checkpoint::CheckpointInfo;
 use simclr_stage_source::common::{Dataset, Split};
 
@@ -152,12 +153,13 @@ pub fn deterministic_policy(
     height: usize,
     width: usize,
 ) -> Result<Policy, String> {
-    let mut yaml = String::from("[");
+    let mut ops: Vec<Box<dyn Transform>> = Vec::new();
     if let Some((h, w)) = size
         && (height, width) != (h, w)
     {
+        let side = |n: usize| u32::try_from(n).map_err(|_| format!("size {n} is too large"));
         if h == w {
-            yaml.push_str(&format!("{{resize: {{size: {h}}}}}, "));
+            ops.push(Box::new(Resize::shorter_side(side(h)?)));
         } else {
             let s = f64::max(
                 h as f64 / height.max(1) as f64,
@@ -165,16 +167,27 @@ pub fn deterministic_policy(
             );
             let rh = ((height as f64 * s).ceil() as usize).max(h);
             let rw = ((width as f64 * s).ceil() as usize).max(w);
-            yaml.push_str(&format!("{{resize: {{size: [{rh}, {rw}]}}}}, "));
+            ops.push(Box::new(Resize::exact(side(rh)?, side(rw)?)));
         }
-        yaml.push_str(&format!("{{center_crop: {{size: [{h}, {w}]}}}}, "));
+        ops.push(Box::new(CenterCrop::new(h, w)));
     }
-    if let Some((m, s)) = normalize {
-        yaml.push_str(&format!("{{normalize: {{mean: {m:?}, std: {s:?}}}}}"));
+    if let Some((mean, std)) = normalize {
+        if mean.is_empty() || mean.len() != std.len() {
+            return Err(format!(
+                "`mean` and `std` need the same, non-zero length (found {} and {})",
+                mean.len(),
+                std.len()
+            ));
+        }
+        if std.iter().any(|&s| s.is_nan() || s <= 0.0) {
+            return Err("every `std` must be positive".into());
+        }
+        ops.push(Box::new(Normalize {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std: std.iter().map(|&s| s as f32).collect(),
+        }));
     }
-    yaml.push(']');
-    let node = simclr_config::yaml::parse(&yaml).map_err(|e| e.message)?;
-    Policy::parse(&node, "eval").map_err(|e| e.message)
+    Ok(Policy::new(ops))
 }
 
 /// Labelled images as float32 CHW tensors' data, in dataset order.

@@ -1,0 +1,465 @@
+//! Colour: `color_jitter`, `random_grayscale`, `solarize`, `equalize`.
+
+use serde::Deserialize;
+use simclr_core::rng::Rng;
+use simclr_core::value::join_path;
+use simclr_core::{ParamError, Value};
+
+use super::LUMA;
+use super::params::*;
+use crate::img::{Img, Shape};
+use crate::transform::{Params, Transform, TransformError, Transforms, invalid, parse_config};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JitterConfig {
+    #[serde(default)]
+    brightness: Option<Spread>,
+    #[serde(default)]
+    contrast: Option<Spread>,
+    #[serde(default)]
+    saturation: Option<Spread>,
+    #[serde(default)]
+    hue: Option<Spread>,
+}
+
+/// torchvision `ColorJitter(brightness, contrast, saturation, hue)`: each enabled adjustment
+/// draws a factor from its range, and the four are applied in a random order.
+#[derive(Debug, Clone)]
+pub struct ColorJitter {
+    /// Factor ranges; `None` when disabled.
+    pub ranges: [Option<(f64, f64)>; 4],
+}
+
+pub(super) fn build_jitter(
+    node: &Value,
+    path: &str,
+    _transforms: &Transforms,
+) -> Result<Box<dyn Transform>, ParamError> {
+    let c: JitterConfig = parse_config(node, path)?;
+    let mut ranges = [None; 4];
+    for (i, (key, spread, center, floor)) in [
+        ("brightness", c.brightness, 1.0, 0.0),
+        ("contrast", c.contrast, 1.0, 0.0),
+        ("saturation", c.saturation, 1.0, 0.0),
+        ("hue", c.hue, 0.0, -0.5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Some(spread) = spread else { continue };
+        if spread.0.is_some_and(|x| x < 0.0) {
+            return Err(invalid(
+                node.get(key).unwrap_or(node),
+                &join_path(path, key),
+                format!("`{key}` must be non-negative"),
+                "0 disables this adjustment",
+            ));
+        }
+        let (lo, hi) = spread.range(center, floor);
+        if lo > hi || (key == "hue" && (lo < -0.5 || hi > 0.5)) || (key != "hue" && lo < 0.0) {
+            let bound = if key == "hue" {
+                "within [-0.5, 0.5]"
+            } else {
+                "non-negative"
+            };
+            return Err(invalid(
+                node.get(key).unwrap_or(node),
+                &join_path(path, key),
+                format!("`{key}` range [{lo}, {hi}] must be increasing and {bound}"),
+                "give one number x (the range around no change) or [min, max]",
+            ));
+        }
+        // torchvision skips an adjustment whose range is exactly "no change".
+        if (lo, hi) != (center, center) {
+            ranges[i] = Some((lo, hi));
+        }
+    }
+    Ok(Box::new(ColorJitter { ranges }))
+}
+
+fn gray_of(chw: &[f32], plane: usize, out: &mut [f32]) {
+    let (r, rest) = chw.split_at(plane);
+    let (g, b) = rest.split_at(plane);
+    for i in 0..plane {
+        out[i] = LUMA[0] * r[i] + LUMA[1] * g[i] + LUMA[2] * b[i];
+    }
+}
+
+crate::simd::dispatch! {
+/// Brightness: `x * f`, clamped.
+pub fn adjust_brightness(chw: &mut [f32], f: f32) {
+    for x in chw {
+        *x = (*x * f).clamp(0.0, 1.0);
+    }
+}
+}
+
+crate::simd::dispatch! {
+/// Contrast: blend with the mean gray level of the image.
+pub fn adjust_contrast(chw: &mut [f32], channels: usize, plane: usize, f: f32) {
+    let mean = if channels == 3 {
+        let mut gray = vec![0f32; plane];
+        gray_of(chw, plane, &mut gray);
+        gray.iter().map(|&v| f64::from(v)).sum::<f64>() / plane as f64
+    } else {
+        chw.iter().map(|&v| f64::from(v)).sum::<f64>() / chw.len() as f64
+    } as f32;
+    let offset = (1.0 - f) * mean;
+    for x in chw {
+        *x = (f * *x + offset).clamp(0.0, 1.0);
+    }
+}
+}
+
+crate::simd::dispatch! {
+/// Saturation: blend with the image's own gray version (no-op on gray images).
+pub fn adjust_saturation(chw: &mut [f32], channels: usize, plane: usize, f: f32) {
+    if channels != 3 {
+        return;
+    }
+    let mut gray = vec![0f32; plane];
+    gray_of(chw, plane, &mut gray);
+    for c in 0..3 {
+        for (x, &g) in chw[c * plane..(c + 1) * plane].iter_mut().zip(&gray) {
+            *x = (f * *x + (1.0 - f) * g).clamp(0.0, 1.0);
+        }
+    }
+}
+}
+
+crate::simd::dispatch! {
+/// Hue: rotate the hue by `shift` turns in HSV space (no-op on gray images), following
+/// torchvision's `_rgb2hsv` / `_hsv2rgb`. Written without `floor`/`fmod` (library calls on
+/// baseline x86-64): every wrapped quantity is known to lie in a small positive range.
+pub fn adjust_hue(chw: &mut [f32], channels: usize, plane: usize, shift: f32) {
+    if channels != 3 {
+        return;
+    }
+    let (r, rest) = chw.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    // Eight pixels at a time through fixed-size lanes, which the compiler turns into SIMD.
+    const LANES: usize = 8;
+    let mut rc = r.chunks_exact_mut(LANES);
+    let mut gc = g.chunks_exact_mut(LANES);
+    let mut bc = b.chunks_exact_mut(LANES);
+    for ((r8, g8), b8) in (&mut rc).zip(&mut gc).zip(&mut bc) {
+        let mut out = [[0f32; LANES]; 3];
+        for l in 0..LANES {
+            let (nr, ng, nb) = hue_pixel(r8[l], g8[l], b8[l], shift);
+            out[0][l] = nr;
+            out[1][l] = ng;
+            out[2][l] = nb;
+        }
+        r8.copy_from_slice(&out[0]);
+        g8.copy_from_slice(&out[1]);
+        b8.copy_from_slice(&out[2]);
+    }
+    for ((rp, gp), bp) in rc
+        .into_remainder()
+        .iter_mut()
+        .zip(gc.into_remainder())
+        .zip(bc.into_remainder())
+    {
+        (*rp, *gp, *bp) = hue_pixel(*rp, *gp, *bp, shift);
+    }
+}
+}
+
+/// One pixel of [`adjust_hue`], branch-free (selects only) so lanes vectorise.
+#[inline(always)]
+fn hue_pixel(rv: f32, gv: f32, bv: f32, shift: f32) -> (f32, f32, f32) {
+    let maxc = rv.max(gv).max(bv);
+    let minc = rv.min(gv).min(bv);
+    let cr = maxc - minc;
+    let flat = cr == 0.0;
+    let s = if flat { 0.0 } else { cr / maxc };
+    let inv = 1.0 / if flat { 1.0 } else { cr };
+    let (rc, gc, bc) = ((maxc - rv) * inv, (maxc - gv) * inv, (maxc - bv) * inv);
+    // torchvision's masked sum of the three hue formulas.
+    let is_r = maxc == rv;
+    let is_g = (maxc == gv) & !is_r;
+    let h = if is_r {
+        bc - gc
+    } else if is_g {
+        2.0 + rc - bc
+    } else {
+        4.0 + gc - rc
+    };
+    // h / 6 + 1 lies in [5/6, 2), so its fractional part needs one compare, not `floor`;
+    // everything below is float compares and selects, which vectorise.
+    let turns = h * (1.0 / 6.0) + 1.0;
+    let mut hue = turns - if turns >= 1.0 { 1.0 } else { 0.0 } + shift;
+    hue += if hue < 0.0 { 1.0 } else { 0.0 };
+    hue -= if hue >= 1.0 { 1.0 } else { 0.0 };
+    let v = maxc;
+    let h6 = hue * 6.0;
+    let step = |edge: f32| if h6 >= edge { 1.0f32 } else { 0.0 };
+    let sector = step(1.0) + step(2.0) + step(3.0) + step(4.0) + step(5.0);
+    let f = h6 - sector;
+    let p = (v * (1.0 - s)).clamp(0.0, 1.0);
+    let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
+    let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
+    let nr = if !(1.0..5.0).contains(&h6) {
+        v
+    } else if h6 < 2.0 {
+        q
+    } else if h6 < 4.0 {
+        p
+    } else {
+        t
+    };
+    let ng = if h6 < 1.0 {
+        t
+    } else if h6 < 3.0 {
+        v
+    } else if h6 < 4.0 {
+        q
+    } else {
+        p
+    };
+    let nb = if h6 < 2.0 {
+        p
+    } else if h6 < 3.0 {
+        t
+    } else if h6 < 5.0 {
+        v
+    } else {
+        q
+    };
+    (nr, ng, nb)
+}
+
+impl Transform for ColorJitter {
+    fn name(&self) -> &str {
+        "color_jitter"
+    }
+    fn sample(&self, _shape: Shape, rng: &mut Rng) -> Params {
+        let mut order = [0u8, 1, 2, 3];
+        rng.shuffle(&mut order);
+        let mut draw = |i: usize| self.ranges[i].map(|(lo, hi)| rng.uniform(lo, hi) as f32);
+        let (brightness, contrast, saturation, hue) = (draw(0), draw(1), draw(2), draw(3));
+        Params::Jitter {
+            order,
+            brightness,
+            contrast,
+            saturation,
+            hue,
+        }
+    }
+    fn apply(&self, img: &mut Img, params: &Params) -> Result<(), TransformError> {
+        let Params::Jitter {
+            order,
+            brightness,
+            contrast,
+            saturation,
+            hue,
+        } = *params
+        else {
+            return Err(wrong("jitter", params));
+        };
+        let Shape {
+            channels,
+            height,
+            width,
+        } = img.shape;
+        let plane = height * width;
+        let chw = img.f32_mut();
+        for step in order {
+            match (step, brightness, contrast, saturation, hue) {
+                (0, Some(f), _, _, _) => adjust_brightness(chw, f),
+                (1, _, Some(f), _, _) => adjust_contrast(chw, channels, plane, f),
+                (2, _, _, Some(f), _) => adjust_saturation(chw, channels, plane, f),
+                (3, _, _, _, Some(h)) => adjust_hue(chw, channels, plane, h),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrayConfig {
+    #[serde(default = "tenth")]
+    p: f64,
+}
+
+fn tenth() -> f64 {
+    0.1
+}
+
+/// torchvision `RandomGrayscale(p)`: gray with 0.299/0.587/0.114, channel count kept.
+#[derive(Debug, Clone)]
+pub struct RandomGrayscale {
+    /// Probability.
+    pub p: f64,
+}
+
+pub(super) fn build_grayscale(
+    node: &Value,
+    path: &str,
+    _transforms: &Transforms,
+) -> Result<Box<dyn Transform>, ParamError> {
+    let c: GrayConfig = parse_config(node, path)?;
+    check_p(node, path, c.p)?;
+    Ok(Box::new(RandomGrayscale { p: c.p }))
+}
+
+impl Transform for RandomGrayscale {
+    fn name(&self) -> &str {
+        "random_grayscale"
+    }
+    fn sample(&self, _shape: Shape, rng: &mut Rng) -> Params {
+        Params::Flag(rng.bernoulli(self.p))
+    }
+    fn apply(&self, img: &mut Img, params: &Params) -> Result<(), TransformError> {
+        let Params::Flag(on) = *params else {
+            return Err(wrong("flag", params));
+        };
+        if !on || img.shape.channels != 3 {
+            return Ok(());
+        }
+        let plane = img.shape.height * img.shape.width;
+        let chw = img.f32_mut();
+        let mut gray = vec![0f32; plane];
+        gray_of(chw, plane, &mut gray);
+        for c in 0..3 {
+            chw[c * plane..(c + 1) * plane].copy_from_slice(&gray);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SolarizeConfig {
+    #[serde(default = "half")]
+    threshold: f64,
+    #[serde(default = "half")]
+    p: f64,
+}
+
+/// torchvision `RandomSolarize(threshold, p)`: pixels `>= threshold` (on the [0, 1] scale)
+/// become `1 - x`.
+#[derive(Debug, Clone)]
+pub struct Solarize {
+    /// Threshold in [0, 1].
+    pub threshold: f32,
+    /// Probability.
+    pub p: f64,
+}
+
+pub(super) fn build_solarize(
+    node: &Value,
+    path: &str,
+    _transforms: &Transforms,
+) -> Result<Box<dyn Transform>, ParamError> {
+    let c: SolarizeConfig = parse_config(node, path)?;
+    check_p(node, path, c.p)?;
+    if !(0.0..=1.0).contains(&c.threshold) {
+        return Err(invalid(
+            node.get("threshold").unwrap_or(node),
+            &join_path(path, "threshold"),
+            format!(
+                "`threshold` is on the [0, 1] pixel scale, found {}",
+                c.threshold
+            ),
+            "128/255 is 0.502",
+        ));
+    }
+    Ok(Box::new(Solarize {
+        threshold: c.threshold as f32,
+        p: c.p,
+    }))
+}
+
+impl Transform for Solarize {
+    fn name(&self) -> &str {
+        "solarize"
+    }
+    fn sample(&self, _shape: Shape, rng: &mut Rng) -> Params {
+        Params::Flag(rng.bernoulli(self.p))
+    }
+    fn apply(&self, img: &mut Img, params: &Params) -> Result<(), TransformError> {
+        let Params::Flag(on) = *params else {
+            return Err(wrong("flag", params));
+        };
+        if on {
+            for x in img.f32_mut() {
+                if *x >= self.threshold {
+                    *x = 1.0 - *x;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// torchvision `RandomEqualize(p)`: per-channel histogram equalisation of the 8-bit levels.
+#[derive(Debug, Clone)]
+pub struct Equalize {
+    /// Probability.
+    pub p: f64,
+}
+
+pub(super) fn build_equalize(
+    node: &Value,
+    path: &str,
+    _transforms: &Transforms,
+) -> Result<Box<dyn Transform>, ParamError> {
+    let c: ProbConfig = parse_config(node, path)?;
+    check_p(node, path, c.p)?;
+    Ok(Box::new(Equalize { p: c.p }))
+}
+
+/// torchvision's `_scale_channel` on one plane of 8-bit levels.
+pub fn equalize_plane(levels: &mut [u8]) {
+    let mut hist = [0usize; 256];
+    for &v in levels.iter() {
+        hist[usize::from(v)] += 1;
+    }
+    let last_nonzero = hist.iter().rposition(|&h| h > 0).map_or(0, |i| hist[i]);
+    let step = (levels.len() - last_nonzero) / 255;
+    if step == 0 {
+        return;
+    }
+    let mut lut = [0u8; 256];
+    let mut cum = 0usize;
+    for (i, &h) in hist.iter().enumerate() {
+        lut[i] = ((cum + step / 2) / step).min(255) as u8;
+        cum += h;
+    }
+    for v in levels {
+        *v = lut[usize::from(*v)];
+    }
+}
+
+impl Transform for Equalize {
+    fn name(&self) -> &str {
+        "equalize"
+    }
+    fn sample(&self, _shape: Shape, rng: &mut Rng) -> Params {
+        Params::Flag(rng.bernoulli(self.p))
+    }
+    fn apply(&self, img: &mut Img, params: &Params) -> Result<(), TransformError> {
+        let Params::Flag(on) = *params else {
+            return Err(wrong("flag", params));
+        };
+        if !on {
+            return Ok(());
+        }
+        let plane = img.shape.height * img.shape.width;
+        for chunk in img.f32_mut().chunks_exact_mut(plane) {
+            let mut levels: Vec<u8> = chunk
+                .iter()
+                .map(|&x| (x.clamp(0.0, 1.0) * 255.0).round() as u8)
+                .collect();
+            equalize_plane(&mut levels);
+            for (x, &l) in chunk.iter_mut().zip(&levels) {
+                *x = f32::from(l) / 255.0;
+            }
+        }
+        Ok(())
+    }
+}
