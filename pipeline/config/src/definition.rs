@@ -436,7 +436,7 @@ fn check_keys(map: &Value, path: &str, allowed: &[&str], what: &str, diags: &mut
             continue;
         };
         if !allowed.contains(&name) {
-            let help = match crate::graph::closest(name, allowed.iter().copied()) {
+            let help = match crate::diagnostic::closest(name, allowed.iter().copied()) {
                 Some(best) => format!(
                     "did you mean `{best}`? {what} takes: {}",
                     allowed.join(", ")

@@ -13,10 +13,12 @@
 //!
 //! Errors are [`Diagnostic`]s: file, line:column, key path, message and a help line.
 
+mod check;
 pub mod definition;
 pub mod diagnostic;
 pub mod graph;
 pub mod registry;
+mod topology;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
