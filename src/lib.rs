@@ -1,7 +1,8 @@
 //! `simclr`: SimCLR contrastive representation learning as YAML-defined dataflow pipelines.
 //!
 //! This facade re-exports the framework crates and holds the stage registry; the `simclr`
-//! binary (`src/main.rs`) is the command-line interface.
+//! binary (`src/main.rs`, one module per command under `src/cli/`) is the command-line
+//! interface.
 //!
 //! - [`core`] (`simclr-core`): stage traits, message kinds, the stage-kind registry types.
 //! - [`config`] (`simclr-config`): YAML definition → validated, typed stage graph.
