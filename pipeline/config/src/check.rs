@@ -285,7 +285,7 @@ fn resolve_credits(
             );
             continue;
         };
-        if !reachable(&adjacency, i, from) || from == i {
+        if !reachable(adjacency, i, from) || from == i {
             diags.push(
                 Diagnostic::new(credit.loc, path, format!("credit from `{}` to `{}` does not close a loop: `{}` is not downstream of `{}`", credit.from, s.entry.id, credit.from, s.entry.id))
                     .with_help("a credit returns from the stage that finishes a step (the optimizer) to the stage that starts it (the encoder)"),

@@ -1,6 +1,6 @@
 //! Phase 3: the validated graph and the loaders that make one ([`load_file`], [`load_str`]):
 //! parse the definition, apply overrides, then check and build its stages
-//! ([`crate::check`]).
+//! (`check.rs`, phase by phase).
 
 use std::path::{Path, PathBuf};
 
@@ -46,9 +46,9 @@ pub struct Node {
     pub id: String,
     /// Its kind.
     pub kind: &'static StageKind,
-    /// `workers` as written (for [`Parallelism::Internal`] kinds, the stage's own pool size).
+    /// `workers` as written (for [`simclr_core::Parallelism::Internal`] kinds, the stage's own pool size).
     pub workers: usize,
-    /// Runtime threads running the stage: `workers`, or 1 for [`Parallelism::Internal`] kinds.
+    /// Runtime threads running the stage: `workers`, or 1 for [`simclr_core::Parallelism::Internal`] kinds.
     pub threads: usize,
     /// The `params` node, for tools that inspect a stage's configuration (`simclr preview`).
     pub params: simclr_core::Value,

@@ -173,6 +173,116 @@ impl Source for DatasetSource {
     }
 }
 
+/// A factory of [`DatasetSource`] workers sharing one lazily loaded dataset. Publishes the
+/// stream's length and epochs and the source's labelled splits (for evaluation), and starts
+/// where a resumed run left off.
+pub fn factory(
+    cx: &simclr_core::BuildContext<'_>,
+    options: SourceOptions,
+    expected_len: u64,
+    labelled: Arc<dyn LabelledData>,
+    load: impl Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync + 'static,
+) -> simclr_core::StageFactory {
+    let shared: SharedDataset = Arc::new(OnceLock::new());
+    let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> = Arc::new(load);
+    let used = options.limit.map_or(expected_len, |l| l.min(expected_len));
+    cx.publish(simclr_core::StreamFacts {
+        items_per_epoch: Some(used),
+        epochs: Some(options.epochs),
+        labelled: Some(labelled),
+        ..simclr_core::StreamFacts::default()
+    });
+    let resume = cx.resume.map(|r| (r.epoch, r.position));
+    let workers = cx.workers;
+    simclr_core::StageFactory::source(move |worker| {
+        let source = DatasetSource::new(
+            shared.clone(),
+            load.clone(),
+            options.clone(),
+            expected_len,
+            worker,
+            workers,
+        );
+        match resume {
+            Some((epoch, position)) => source.resuming_at(epoch, position),
+            None => source,
+        }
+    })
+}
+
+/// Declares a source's parameter struct with the shared [`SourceOptions`] fields appended
+/// (serde's `flatten` cannot be combined with `deny_unknown_fields`).
+#[macro_export]
+macro_rules! source_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+            /// Passes over the dataset.
+            #[serde(default = "crate::common::default_epochs")]
+            pub epochs: u32,
+            /// Shuffle the order in every epoch (seeded by the definition's seed and the epoch).
+            #[serde(default = "crate::common::default_shuffle")]
+            pub shuffle: bool,
+            /// Use only the first `limit` items of the dataset.
+            #[serde(default)]
+            pub limit: Option<u64>,
+            /// `fail` stops the run at an unreadable item; `skip` counts it, names it in the run
+            /// summary and goes on.
+            #[serde(default)]
+            pub on_error: $crate::common::OnError,
+        }
+
+        impl $name {
+            /// The options every source shares.
+            pub fn source_options(&self) -> $crate::common::SourceOptions {
+                $crate::common::SourceOptions {
+                    epochs: self.epochs,
+                    shuffle: self.shuffle,
+                    limit: self.limit,
+                    on_error: self.on_error,
+                }
+            }
+        }
+    };
+}
+
+/// Default `epochs`.
+pub fn default_epochs() -> u32 {
+    1
+}
+
+/// Default `shuffle`.
+pub fn default_shuffle() -> bool {
+    true
+}
+
+/// Check the shared options; `Err((field, message, help))` on a bad value.
+pub fn check_options(options: &SourceOptions) -> Result<(), (&'static str, String, &'static str)> {
+    if options.epochs == 0 {
+        return Err((
+            "epochs",
+            "`epochs` must be at least 1".into(),
+            "one epoch is one pass over the dataset",
+        ));
+    }
+    if options.limit == Some(0) {
+        return Err((
+            "limit",
+            "`limit` must be at least 1".into(),
+            "leave `limit` out to use the whole dataset",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,114 +393,4 @@ mod tests {
             "item 3: unreadable (set `on_error: skip` to skip unreadable items)"
         );
     }
-}
-
-/// A factory of [`DatasetSource`] workers sharing one lazily loaded dataset. Publishes the
-/// stream's length and epochs and the source's labelled splits (for evaluation), and starts
-/// where a resumed run left off.
-pub fn factory(
-    cx: &simclr_core::BuildContext<'_>,
-    options: SourceOptions,
-    expected_len: u64,
-    labelled: Arc<dyn LabelledData>,
-    load: impl Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync + 'static,
-) -> simclr_core::StageFactory {
-    let shared: SharedDataset = Arc::new(OnceLock::new());
-    let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> = Arc::new(load);
-    let used = options.limit.map_or(expected_len, |l| l.min(expected_len));
-    cx.publish(simclr_core::StreamFacts {
-        items_per_epoch: Some(used),
-        epochs: Some(options.epochs),
-        labelled: Some(labelled),
-        ..simclr_core::StreamFacts::default()
-    });
-    let resume = cx.resume.map(|r| (r.epoch, r.position));
-    let workers = cx.workers;
-    simclr_core::StageFactory::source(move |worker| {
-        let source = DatasetSource::new(
-            shared.clone(),
-            load.clone(),
-            options.clone(),
-            expected_len,
-            worker,
-            workers,
-        );
-        match resume {
-            Some((epoch, position)) => source.resuming_at(epoch, position),
-            None => source,
-        }
-    })
-}
-
-/// Declares a source's parameter struct with the shared [`SourceOptions`] fields appended
-/// (serde's `flatten` cannot be combined with `deny_unknown_fields`).
-#[macro_export]
-macro_rules! source_config {
-    (
-        $(#[$meta:meta])*
-        pub struct $name:ident {
-            $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty, )*
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
-        #[serde(deny_unknown_fields)]
-        pub struct $name {
-            $( $(#[$fmeta])* pub $field: $ty, )*
-            /// Passes over the dataset.
-            #[serde(default = "crate::common::default_epochs")]
-            pub epochs: u32,
-            /// Shuffle the order in every epoch (seeded by the definition's seed and the epoch).
-            #[serde(default = "crate::common::default_shuffle")]
-            pub shuffle: bool,
-            /// Use only the first `limit` items of the dataset.
-            #[serde(default)]
-            pub limit: Option<u64>,
-            /// `fail` stops the run at an unreadable item; `skip` counts it, names it in the run
-            /// summary and goes on.
-            #[serde(default)]
-            pub on_error: $crate::common::OnError,
-        }
-
-        impl $name {
-            /// The options every source shares.
-            pub fn source_options(&self) -> $crate::common::SourceOptions {
-                $crate::common::SourceOptions {
-                    epochs: self.epochs,
-                    shuffle: self.shuffle,
-                    limit: self.limit,
-                    on_error: self.on_error,
-                }
-            }
-        }
-    };
-}
-
-/// Default `epochs`.
-pub fn default_epochs() -> u32 {
-    1
-}
-
-/// Default `shuffle`.
-pub fn default_shuffle() -> bool {
-    true
-}
-
-/// Check the shared options; `Err((field, message, help))` on a bad value.
-pub fn check_options(options: &SourceOptions) -> Result<(), (&'static str, String, &'static str)> {
-    if options.epochs == 0 {
-        return Err((
-            "epochs",
-            "`epochs` must be at least 1".into(),
-            "one epoch is one pass over the dataset",
-        ));
-    }
-    if options.limit == Some(0) {
-        return Err((
-            "limit",
-            "`limit` must be at least 1".into(),
-            "leave `limit` out to use the whole dataset",
-        ));
-    }
-    Ok(())
 }

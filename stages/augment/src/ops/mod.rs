@@ -1,11 +1,11 @@
 //! The built-in transforms, with torchvision's names, parameters and semantics
 //! (`torchvision.transforms` v1/v2 on float tensors in [0, 1]), by family:
 //!
-//! - [`params`]: sizes and ranges as definitions write them, and the checks they share;
-//! - [`geometry`]: `random_resized_crop`, `resize`, `center_crop`, the flips;
-//! - [`color`]: `color_jitter`, `random_grayscale`, `solarize`, `equalize`;
-//! - [`blur`]: `gaussian_blur`;
-//! - [`compose`]: `random_apply`, `normalize`.
+//! - [`params`] — sizes and ranges as definitions write them, and the checks they share;
+//! - [`geometry`] — `random_resized_crop`, `resize`, `center_crop`, the flips;
+//! - [`color`] — `color_jitter`, `random_grayscale`, `solarize`, `equalize`;
+//! - [`blur`] — `gaussian_blur`;
+//! - [`compose`] — `random_apply`, `normalize`.
 //!
 //! [`BUILTINS`] lists them in the order `simclr stages views` documents them. A new built-in
 //! goes into its family's file and gets a line there.

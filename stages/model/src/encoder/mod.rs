@@ -56,7 +56,7 @@ pub trait Encoder: ModuleT + Send + Sized + 'static {
     const KIND: &'static str;
     /// One line for `simclr stages`.
     const SUMMARY: &'static str;
-    /// A complete training definition that uses the kind (see [`encoder_example!`]); a test
+    /// A complete training definition that uses the kind (see [`crate::encoder_example!`]); a test
     /// validates and runs every one.
     const EXAMPLE: &'static str;
 
