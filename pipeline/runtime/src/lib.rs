@@ -19,6 +19,7 @@
 //!   Chrome trace-event JSON.
 
 mod io;
+mod launch;
 pub mod report;
 pub mod trace;
 mod worker;
@@ -28,16 +29,15 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use crossbeam_channel::Sender;
 use simclr_config::Graph;
+use simclr_core::StageError;
 use simclr_core::stage::Signals;
-use simclr_core::{Instance, Message, StageError};
 
 pub use report::RunReport;
 pub use trace::Trace;
 
-use crate::io::{Envelope, FanOut, Inputs};
-use crate::worker::{Counters, EdgeCounters, WorkerSetup};
+use crate::worker::{Counters, EdgeCounters};
 
 /// How often blocking waits wake to check for cancellation.
 pub(crate) const POLL: Duration = Duration::from_millis(20);
@@ -203,292 +203,40 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
         start: Instant::now(),
         trace: options.trace,
     });
-
-    // Channels: one bounded channel per edge, one per credit edge.
-    let mut edge_tx: Vec<Option<Sender<Message>>> = Vec::new();
-    let mut edge_rx: Vec<Option<Receiver<Message>>> = Vec::new();
-    // The sampler reads queue lengths through receiver clones: holding a sender would keep an
-    // edge open after its producer ended, and end-of-stream would never arrive.
-    let mut edge_probe: Vec<Receiver<Message>> = Vec::new();
-    let edge_counters: Vec<Arc<EdgeCounters>> = graph
-        .edges
-        .iter()
-        .map(|_| Arc::new(EdgeCounters::default()))
-        .collect();
-    for edge in &graph.edges {
-        let (tx, rx) = bounded(edge.capacity);
-        edge_probe.push(rx.clone());
-        edge_tx.push(Some(tx));
-        edge_rx.push(Some(rx));
-    }
-    let mut credit_tx: Vec<Vec<Sender<()>>> = vec![Vec::new(); graph.nodes.len()];
-    let mut credit_rx: Vec<Option<Receiver<()>>> = vec![None; graph.nodes.len()];
-    for credit in &graph.credits {
-        let (tx, rx) = bounded(credit.window);
-        for _ in 0..credit.window {
-            tx.try_send(()).ok();
-        }
-        credit_tx[credit.from].push(tx);
-        credit_rx[credit.to] = Some(rx);
-    }
-
-    // Instances first, on this thread: a kind that builds the wrong sort of instance is caught
-    // before any thread starts, and sources report their lengths for the progress bar.
-    let mut instances: Vec<Vec<Instance>> = Vec::new();
-    let mut total_hint: Option<u64> = Some(0);
-    for node in &graph.nodes {
-        let is_source = node.inputs.is_empty();
-        let mut list = Vec::new();
-        for w in 0..node.threads {
-            let instance = node.factory.instance(w);
-            let built = match &instance {
-                Instance::Source(s) => {
-                    total_hint = match (total_hint, s.len_hint()) {
-                        (Some(t), Some(n)) => Some(t + n),
-                        _ => None,
-                    };
-                    "source"
-                }
-                Instance::Stage(_) => "stage",
-            };
-            if (built == "source") != is_source {
-                let expected = if is_source { "source" } else { "stage" };
-                let run = empty_run(graph, &shared);
-                let error = RunError::InstanceMismatch {
-                    stage: node.id.clone(),
-                    kind: node.kind.name,
-                    built,
-                    expected,
-                };
-                return Err(Box::new(Failure {
-                    error,
-                    stuck: Vec::new(),
-                    run,
-                }));
-            }
-            list.push(instance);
-        }
-        instances.push(list);
-    }
-    if let Some(limit) = options.item_limit {
-        let sources = graph.nodes.iter().filter(|n| n.inputs.is_empty()).count() as u64;
-        total_hint = Some(total_hint.map_or(limit * sources, |t| t.min(limit * sources)));
-    }
-
-    // Threads.
+    let mut channels = launch::Channels::new(graph);
+    let (instances, total_hint) = launch::instantiate(graph, options, &shared)?;
     let logs: Vec<Arc<simclr_core::StageLog>> = graph
         .nodes
         .iter()
         .map(|_| Arc::new(simclr_core::StageLog::default()))
         .collect();
-    let (done_tx, done_rx) = unbounded::<usize>();
-    let mut handles: Vec<(String, Option<thread::JoinHandle<()>>)> = Vec::new();
-    let mut counters: Vec<Vec<Arc<Counters>>> = Vec::new();
     let traces: Arc<Mutex<Vec<trace::ThreadTrace>>> = Arc::new(Mutex::new(Vec::new()));
-    let mut spawn_error: Option<RunError> = None;
-
-    for (n, node) in graph.nodes.iter().enumerate() {
-        let inputs: Arc<[String]> = node
-            .inputs
-            .iter()
-            .map(|&e| graph.nodes[graph.edges[e].from].id.clone())
-            .collect();
-        let out_edges: Vec<(Sender<Message>, Arc<EdgeCounters>)> = node
-            .outputs
-            .iter()
-            .filter_map(|&e| edge_tx[e].take().map(|tx| (tx, edge_counters[e].clone())))
-            .collect();
-        let in_edges: Vec<(usize, Receiver<Message>)> = node
-            .inputs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &e)| edge_rx[e].take().map(|rx| (i, rx)))
-            .collect();
-        let node_counters: Vec<Arc<Counters>> = (0..node.threads)
-            .map(|_| Arc::new(Counters::default()))
-            .collect();
-        counters.push(node_counters.clone());
-        let limit_share = |w: usize| {
-            options.item_limit.map(|l| {
-                let k = node.threads as u64;
-                l / k + u64::from((w as u64) < l % k)
-            })
-        };
-        let setup = |w: usize, thread_name: String| WorkerSetup {
-            shared: shared.clone(),
-            stage_id: node.id.clone(),
-            kind: node.kind.name,
-            worker: w,
-            workers: node.threads,
-            seed: graph.seed,
-            log: logs[n].clone(),
-            inputs: inputs.clone(),
-            output_type: node.output_type,
-            counters: node_counters[w].clone(),
-            credit_in: credit_rx[n].clone(),
-            credit_out: credit_tx[n].clone(),
-            item_limit: limit_share(w),
-            traces: traces.clone(),
-            thread_name,
-        };
-        let mut spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
-            let done = done_tx.clone();
-            let index = handles.len();
-            let result = thread::Builder::new().name(name.clone()).spawn(move || {
-                let _guard = DoneGuard { tx: done, index };
-                body();
-            });
-            match result {
-                Ok(h) => handles.push((name, Some(h))),
-                Err(source) => {
-                    spawn_error.get_or_insert(RunError::Spawn {
-                        stage: name.clone(),
-                        source,
-                    });
-                    shared.signals.cancel.store(true, Ordering::SeqCst);
-                }
-            }
-        };
-        let worker_name = |w: usize| {
-            if node.threads > 1 {
-                format!("{}#{w}", node.id)
-            } else {
-                node.id.clone()
-            }
-        };
-
-        if node.ordered && node.threads > 1 {
-            // Dispatcher -> private worker inputs; worker outputs -> collector -> edges.
-            let mut worker_in: Vec<Receiver<(usize, Message)>> = Vec::new();
-            let mut worker_in_tx: Vec<Sender<(usize, Message)>> = Vec::new();
-            let mut worker_out_rx: Vec<Receiver<Envelope>> = Vec::new();
-            let mut worker_out_tx: Vec<Sender<Envelope>> = Vec::new();
-            for _ in 0..node.threads {
-                let (tx, rx) = bounded(1);
-                worker_in_tx.push(tx);
-                worker_in.push(rx);
-                let (tx, rx) = bounded(out_capacity(graph, node));
-                worker_out_tx.push(tx);
-                worker_out_rx.push(rx);
-            }
-            if !in_edges.is_empty() {
-                let signals = shared.signals.clone();
-                let inputs_side = Inputs::Edges(in_edges);
-                spawn(
-                    format!("{}:dispatch", node.id),
-                    Box::new(move || worker::dispatch(inputs_side, worker_in_tx, &signals)),
-                );
-            }
-            let fan = FanOut::new(out_edges, shared.signals.clone());
-            let collector_shared = shared.clone();
-            spawn(
-                format!("{}:collect", node.id),
-                Box::new(move || worker::collect(worker_out_rx, fan, &collector_shared)),
-            );
-            for (w, instance) in std::mem::take(&mut instances[n]).into_iter().enumerate() {
-                let s = setup(w, worker_name(w));
-                let input = if node.inputs.is_empty() {
-                    Inputs::None
-                } else {
-                    Inputs::Private(worker_in.remove(0))
-                };
-                let out = io::Target::Collector(worker_out_tx.remove(0));
-                spawn(
-                    worker_name(w),
-                    Box::new(move || worker::run_worker(s, instance, input, out)),
-                );
-            }
-        } else {
-            for (w, instance) in std::mem::take(&mut instances[n]).into_iter().enumerate() {
-                let s = setup(w, worker_name(w));
-                let input = if in_edges.is_empty() {
-                    Inputs::None
-                } else {
-                    Inputs::Edges(in_edges.clone())
-                };
-                let out = io::Target::Edges(FanOut::new(out_edges.clone(), shared.signals.clone()));
-                spawn(
-                    worker_name(w),
-                    Box::new(move || worker::run_worker(s, instance, input, out)),
-                );
-            }
-        }
-    }
-    drop(edge_tx);
-    drop(edge_rx);
-    drop(credit_tx);
-    drop(credit_rx);
-    drop(done_tx);
-
-    // Sampler: edge occupancy, progress bar, trace counters.
-    let sampler_stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = sampler_stop.clone();
-        let probes: Vec<(Receiver<Message>, usize, Arc<EdgeCounters>)> = edge_probe
-            .into_iter()
-            .zip(&graph.edges)
-            .zip(&edge_counters)
-            .map(|((tx, e), c)| (tx, e.capacity, c.clone()))
-            .collect();
-        let edge_names: Vec<String> = graph
-            .edges
-            .iter()
-            .map(|e| format!("{} -> {}", graph.nodes[e.from].id, graph.nodes[e.to].id))
-            .collect();
-        let source_counters: Vec<Arc<Counters>> = graph
-            .nodes
-            .iter()
-            .zip(&counters)
-            .filter(|(n, _)| n.inputs.is_empty())
-            .flat_map(|(_, c)| c.iter().cloned())
-            .collect();
-        let shared = shared.clone();
-        let interval = options.sample_interval;
-        let progress = options.progress;
-        let logs = logs.clone();
-        thread::Builder::new()
-            .name("sampler".into())
-            .spawn(move || {
-                worker::sample(
-                    &shared,
-                    &stop,
-                    probes,
-                    edge_names,
-                    source_counters,
-                    total_hint,
-                    interval,
-                    progress,
-                    &logs,
-                )
-            })
-            .ok()
+    let cx = launch::RunContext {
+        graph,
+        options,
+        shared: &shared,
+        logs: &logs,
+        traces: &traces,
     };
-
-    // Wait for every thread; after a cancellation, for at most the grace period.
-    let mut remaining = handles.len();
-    let mut deadline: Option<Instant> = None;
-    let mut finished = vec![false; handles.len()];
-    while remaining > 0 {
-        if deadline.is_none() && shared.signals.is_cancelled() {
-            deadline = Some(Instant::now() + options.shutdown_grace);
-        }
-        let wait = deadline.map_or(Duration::from_millis(100), |d| {
-            d.saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(100))
-        });
-        match done_rx.recv_timeout(wait) {
-            Ok(i) => {
-                finished[i] = true;
-                remaining -= 1;
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-            }
-        }
+    let mut threads = launch::Threads::new();
+    for (n, node_instances) in instances.into_iter().enumerate() {
+        launch::spawn_node(&cx, n, node_instances, &mut channels, &mut threads);
     }
+    // Every sender and receiver not taken by a thread goes now: end of stream is "every
+    // sender dropped", and the done channel closes when the last thread ends.
+    let (edge_probe, edge_counters) = channels.into_probes();
+    let threads = threads.sealed();
+
+    let sampler_stop = Arc::new(AtomicBool::new(false));
+    let sampler = launch::start_sampler(
+        &cx,
+        edge_probe,
+        &edge_counters,
+        &threads.counters,
+        total_hint,
+        sampler_stop.clone(),
+    );
+    let finished = launch::join_with_grace(&threads, &shared, options.shutdown_grace);
     let wall_ns = shared.now_ns();
     let cpu_seconds = report::process_cpu_seconds()
         .zip(cpu_at_start)
@@ -499,6 +247,12 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
     {
         all.push(edges);
     }
+    let launch::Threads {
+        mut handles,
+        counters,
+        spawn_error,
+        ..
+    } = threads;
     let mut stuck = Vec::new();
     for (i, (name, handle)) in handles.iter_mut().enumerate() {
         if finished[i] {
