@@ -31,17 +31,24 @@ stages:
 }
 
 fn train(dir: &Path, text: &str) -> PathBuf {
+    train_with(dir, text, &[])
+}
+
+/// [`train`] with more `simclr run` arguments.
+fn train_with(dir: &Path, text: &str, args: &[&str]) -> PathBuf {
     std::fs::create_dir_all(dir).expect("run parent");
     let file = dir.join("def.yaml");
     std::fs::write(&file, text).expect("definition written");
     let run = dir.join("run");
-    ok(&simclr(&[
+    let mut all = vec![
         "run",
         file.to_str().expect("utf-8"),
         "--run-dir",
         run.to_str().expect("utf-8"),
         "--quiet",
-    ]));
+    ];
+    all.extend_from_slice(args);
+    ok(&simclr(&all));
     run
 }
 
@@ -353,21 +360,8 @@ fn the_evaluation_preprocessing_is_the_built_policys_counterpart() {
 #[test]
 fn an_overridden_view_size_is_what_export_declares() {
     let dir = common::scratch("eval", "override");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let file = dir.join("def.yaml");
-    std::fs::write(&file, definition("")).expect("definition written");
-    let run = dir.join("run");
-    ok(&simclr(&[
-        "run",
-        file.to_str().expect("utf-8"),
-        "--run-dir",
-        run.to_str().expect("utf-8"),
-        "--quiet",
-        "--set",
-        "stages.views.params.size=12",
-        "--max-steps",
-        "2",
-    ]));
+    let args = ["--set", "stages.views.params.size=12", "--max-steps", "2"];
+    let run = train_with(&dir, &definition(""), &args);
     let state = std::fs::read_to_string(run.join("checkpoints/step-00000002/state.json"))
         .expect("state.json");
     let state: serde_json::Value = serde_json::from_str(&state).expect("json");

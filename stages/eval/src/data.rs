@@ -73,7 +73,11 @@ impl RunData {
     /// A definition that does not validate here (its data missing, say), or one without a
     /// source of labelled data.
     pub fn from_definition(text: &str, registry: &Registry) -> Result<Self, String> {
-        Self::from_definition_file(Path::new("definition.yaml"), text, registry)
+        Self::from_definition_file(
+            Path::new(simclr_stage_model::run_dir::DEFINITION),
+            text,
+            registry,
+        )
     }
 
     fn from_definition_file(file: &Path, text: &str, registry: &Registry) -> Result<Self, String> {
@@ -190,6 +194,28 @@ pub fn deterministic_policy(
     Ok(Policy::new(ops))
 }
 
+/// A decoded item through a deterministic `policy` (one of [`deterministic_policy`]'s): its
+/// float32 CHW values and their shape.
+///
+/// # Errors
+/// A transform that refuses the image.
+pub fn prepare(
+    sample: &simclr_core::Sample,
+    policy: &Policy,
+) -> Result<(Vec<f32>, Shape), simclr_stage_augment::TransformError> {
+    let shape = Shape {
+        channels: usize::from(sample.channels),
+        height: sample.height as usize,
+        width: sample.width as usize,
+    };
+    let mut img = Img::from_u8(shape, sample.pixels.to_vec());
+    // Nothing in the policy draws; the generator only satisfies the interface.
+    let mut rng = simclr_core::Rng::from_key(&[0]);
+    policy.run(&mut img, &mut rng)?;
+    let shape = img.shape;
+    Ok((img.into_f32(), shape))
+}
+
 /// Labelled images as float32 CHW tensors' data, in dataset order.
 #[derive(Clone, Debug)]
 pub struct LabelledSet {
@@ -241,18 +267,8 @@ pub fn load(
             let label = s
                 .label
                 .ok_or_else(|| format!("item {i} has no label; evaluation needs labelled data"))?;
-            let shape = Shape {
-                channels: usize::from(s.channels),
-                height: s.height as usize,
-                width: s.width as usize,
-            };
-            let mut img = Img::from_u8(shape, s.pixels.to_vec());
-            let mut rng = simclr_core::Rng::from_key(&[0]);
-            policy
-                .run(&mut img, &mut rng)
-                .map_err(|e| format!("item {i}: {}", e.0))?;
-            let shape = img.shape;
-            Ok((img.into_f32(), label, shape))
+            let (pixels, shape) = prepare(&s, &policy).map_err(|e| format!("item {i}: {}", e.0))?;
+            Ok((pixels, label, shape))
         })
         .collect::<Result<_, String>>()?;
     let shape = items[0].2;

@@ -26,7 +26,8 @@ use std::sync::Arc;
 use candle_core::Device;
 use rayon::prelude::*;
 use simclr_config::Registry;
-use simclr_stage_augment::{Img, Policy, Shape};
+use simclr_stage_augment::{Policy, Shape};
+use simclr_stage_eval::data::prepare;
 use simclr_stage_model::{Encoders, TrainedModel, Weights};
 use simclr_stage_source::common::{Dataset, Sample};
 
@@ -440,18 +441,8 @@ impl ImageBatch<'_> {
             .into_par_iter()
             .enumerate()
             .map(|(k, s)| {
-                let shape = Shape {
-                    channels: usize::from(s.channels),
-                    height: s.height as usize,
-                    width: s.width as usize,
-                };
-                let mut img = Img::from_u8(shape, s.pixels.to_vec());
-                let mut rng = simclr_core::Rng::from_key(&[0]);
-                policies[&(shape.height, shape.width)]
-                    .run(&mut img, &mut rng)
-                    .map_err(|e| self.fail(start + k, e.0))?;
-                let shape = img.shape;
-                Ok((img.into_f32(), shape))
+                let policy = &policies[&(s.height as usize, s.width as usize)];
+                prepare(&s, policy).map_err(|e| self.fail(start + k, e.0))
             })
             .collect::<Result<_, OnnxError>>()?;
         let shape = *first_shape.get_or_insert(images[0].1);
