@@ -87,10 +87,7 @@ impl TrainedModel {
             message,
         };
         let enc = checkpoint
-            .info
-            .groups
-            .iter()
-            .find(|g| g.role == Role::Encoder)
+            .group(Role::Encoder)
             .ok_or_else(|| here("the checkpoint holds no encoder".into()))?;
         let arch = encoders
             .architecture(&enc.kind, &enc.spec)
@@ -103,12 +100,7 @@ impl TrainedModel {
         if trained {
             load_vars(&built.vars, &checkpoint.group_file(enc), device).map_err(&here)?;
         }
-        let head = match checkpoint
-            .info
-            .groups
-            .iter()
-            .find(|g| g.role == Role::Projector)
-        {
+        let head = match checkpoint.group(Role::Projector) {
             Some(g) => {
                 let (params, input) = HeadParams::from_spec(&g.spec).map_err(&here)?;
                 let head = Head::seeded(&params, input, device, seed, &g.stage)

@@ -217,15 +217,15 @@ impl Embedder {
     ) -> Result<Self, OnnxError> {
         if model.is_file() {
             let m = OnnxModel::load(model, threads)?;
-            let pre = match Preprocessing::from_metadata(m.metadata()) {
-                Ok(pre) => pre,
+            let npy = input.filter(|p| p.extension().is_some_and(|e| e == "npy"));
+            let pre = match (Preprocessing::from_metadata(m.metadata()), npy) {
+                (Ok(pre), _) => pre,
                 // A model from elsewhere: preprocessed .npy inputs need no metadata.
-                Err(_) if input.is_some_and(|p| p.extension().is_some_and(|e| e == "npy")) => {
-                    let npy = input.unwrap_or(model);
+                (Err(_), Some(npy)) => {
                     let (dims, _) = crate::npy::read_f32(npy)?;
                     Preprocessing::identity(dims.get(1).copied().unwrap_or(0), None)
                 }
-                Err(e) => {
+                (Err(e), None) => {
                     return Err(OnnxError::file(
                         model,
                         format!("{e}; without it only preprocessed .npy inputs can be embedded"),

@@ -114,6 +114,18 @@ impl<'a> TrainSplit<'a> {
             Err(e) => Err(e.clone()),
         }
     }
+
+    /// Its first `limit` images, prepared for evaluation.
+    ///
+    /// # Errors
+    /// As [`TrainSplit::get`] and [`load`].
+    pub fn load(&self, limit: usize) -> Result<simclr_stage_eval::data::LabelledSet, String> {
+        let data = self.get()?;
+        match self.run {
+            Ok(run) => load(run, data, Some(limit)),
+            Err(e) => Err(e.to_owned()),
+        }
+    }
 }
 
 /// A checkpoint's run as export and embed need it: the deterministic preprocessing its
@@ -138,17 +150,13 @@ impl RunInputs {
             .checkpoint
             .as_ref()
             .ok_or_else(|| OnnxError::Message("the model has no checkpoint".into()))?;
-        let mut run = RunData::from_checkpoint(&checkpoint.dir, registry);
-        let preprocess = match (&checkpoint.info.preprocessing, &mut run) {
-            // The recorded one is what the run trained with (its definition copy may lack
-            // `--set` overrides): the run's images are prepared with it too.
-            (Some(p), Ok(run)) => {
-                run.preprocessing = p.clone();
-                p.clone()
-            }
-            (Some(p), Err(_)) => p.clone(),
-            (None, Ok(run)) => run.preprocessing.clone(),
-            (None, Err(e)) => return Err(OnnxError::Message(e.clone())),
+        // `from_checkpoint` prepares the run's images with the checkpoint's recorded
+        // preprocessing when it has one (its definition copy may lack `--set` overrides).
+        let run = RunData::from_checkpoint(&checkpoint.dir, registry);
+        let preprocess = match (&run, &checkpoint.info.preprocessing) {
+            (Ok(run), _) => run.preprocessing.clone(),
+            (Err(_), Some(p)) => p.clone(),
+            (Err(e), None) => return Err(OnnxError::Message(e.clone())),
         };
         Ok(Self { preprocess, run })
     }
@@ -303,7 +311,7 @@ pub fn export_checkpoint(
                 &model,
                 &bytes,
                 &pre,
-                (&inputs, &train),
+                &train,
                 &definition,
                 v.images,
                 &mut notes,
@@ -340,7 +348,7 @@ fn verify(
     model: &TrainedModel,
     bytes: &[u8],
     pre: &Preprocessing,
-    (inputs, train): (&RunInputs, &TrainSplit<'_>),
+    train: &TrainSplit<'_>,
     definition: &Path,
     images: usize,
     notes: &mut Vec<String>,
@@ -360,11 +368,7 @@ fn verify(
         "random",
     )?);
     if images > 0 {
-        let real = train.get().and_then(|d| match &inputs.run {
-            Ok(run) => load(run, d, Some(images)),
-            Err(e) => Err(e.clone()),
-        });
-        match real {
+        match train.load(images) {
             Ok(set) => {
                 let (sc, sh, sw) = set.shape;
                 let dims = [set.len(), sc, sh, sw];

@@ -384,11 +384,13 @@ impl Checkpoint {
     /// # Errors
     /// The checkpoint holds no encoder (the message names its folder).
     pub fn encoder(&self) -> Result<&GroupInfo, String> {
-        self.info
-            .groups
-            .iter()
-            .find(|g| g.role == super::Role::Encoder)
+        self.group(Role::Encoder)
             .ok_or_else(|| format!("{}: the checkpoint holds no encoder", self.dir.display()))
+    }
+
+    /// The first group of `role`.
+    pub fn group(&self, role: Role) -> Option<&GroupInfo> {
+        self.info.groups.iter().find(|g| g.role == role)
     }
 
     /// The copy of the definition it was trained with.
