@@ -49,7 +49,7 @@ pub mod registry {
     pub fn add_transform(
         registry: &mut Registry,
         kind: simclr_stage_augment::TransformKind,
-    ) -> Result<(), String> {
+    ) -> Result<(), simclr_stage_augment::transform::DuplicateTransform> {
         registry
             .extensions_mut()
             .update(|transforms: &mut simclr_stage_augment::Transforms| transforms.add(kind))

@@ -704,32 +704,43 @@ fn bench_parity_compares_our_kernels_with_candles_step_by_step() {
         assert!(value(4) < 1e-4, "gradients parted: {table}");
         assert!(value(5) < 1e-6, "weights parted: {table}");
     }
-    // Against float64: a whole ResNet step with our kernels is as exact as float32 allows. (A
-    // BatchNorm forward computing a·x + (β − a·μ) instead of a·(x − μ) + β gave 3.9e-3 here,
-    // candle's float32 operations give 2.3e-4; now 3.1e-6.)
-    let out = simclr(&[
-        "bench",
-        "parity",
-        "--device",
-        "cpu",
-        "--f64-reference",
-        "--width",
-        "16",
-        "--pairs",
-        "64",
-        "--steps",
-        "1",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let table = text(&out.stdout);
-    let row: Vec<&str> = table
-        .lines()
-        .find(|l| l.starts_with('0'))
-        .expect("step 0")
-        .split_whitespace()
-        .collect();
-    let grads: f64 = row[4].parse().expect("a number");
-    assert!(grads < 1e-4, "gradients vs float64: {table}");
+    // Against float64: a whole ResNet step with our kernels is as exact as float32 allows. A
+    // ReLU input within rounding of zero takes the other side in float64 and moves that
+    // gradient path wholesale: how often depends on the batch and on the CPU (the matrix
+    // products' summation order follows its vector width: on an AVX-512 machine 64 pairs gave
+    // 3.8e-3 with our kernels and 5.8e-4 with candle's, where 8 and 16 pairs give ~3e-6). So
+    // two small batches, and the better of the two: one flip passes, a systematic error does
+    // not. (A BatchNorm forward computing a·x + (β − a·μ) instead of a·(x − μ) + β gives
+    // 9.7e-4 and 2.8e-3 here.)
+    let mut best = f64::INFINITY;
+    let mut tables = String::new();
+    for pairs in ["8", "16"] {
+        let out = simclr(&[
+            "bench",
+            "parity",
+            "--device",
+            "cpu",
+            "--f64-reference",
+            "--width",
+            "16",
+            "--pairs",
+            pairs,
+            "--steps",
+            "1",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let table = text(&out.stdout);
+        let row: Vec<&str> = table
+            .lines()
+            .find(|l| l.starts_with('0'))
+            .expect("step 0")
+            .split_whitespace()
+            .collect();
+        let grads: f64 = row[4].parse().expect("a number");
+        best = best.min(grads);
+        tables.push_str(&table);
+    }
+    assert!(best < 1e-4, "gradients vs float64: {tables}");
     // TF32 is for CUDA.
     let out = simclr(&["bench", "parity", "--device", "cpu", "--precision", "tf32"]);
     assert!(!out.status.success());

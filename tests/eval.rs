@@ -221,10 +221,13 @@ fn baselines_run_through_the_same_path() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint found"));
 }
 
-/// SimCLR on 2048 Fashion-MNIST training images for 6 epochs (96 steps, about a minute on two
+/// SimCLR on 2048 Fashion-MNIST training images for 8 epochs (128 steps, about 25 s on two
 /// cores), then linear probes on 4000 training / 1000 test images: the trained encoder must
-/// clearly beat the same encoder at its initialisation. Measured when written: 0.735 against
-/// 0.690 (12 epochs: 0.745).
+/// clearly beat the same encoder at its initialisation. Measured when written (6 epochs, an
+/// AVX2 machine): 0.735 against 0.690 (12 epochs: 0.745). float32 training follows another
+/// trajectory on another CPU (the matrix products sum in the order its vector width gives): on
+/// an AVX-512 machine 6 epochs gave 0.714 against 0.690 (0.7205 / 0.6965 on 4000 test images),
+/// 8 epochs 0.725.
 #[test]
 fn a_short_fashion_mnist_run_beats_its_random_initialisation() {
     let data = Path::new("/usr/share/datasets/fashion-mnist");
@@ -241,7 +244,7 @@ seed: 5
 stages:
   images:
     kind: idx
-    params: { path: /usr/share/datasets/fashion-mnist, split: train, limit: 2048, epochs: 6 }
+    params: { path: /usr/share/datasets/fashion-mnist, split: train, limit: 2048, epochs: 8 }
   views:
     kind: views
     inputs: [images]
@@ -277,7 +280,7 @@ stages:
         ]));
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("json");
-        assert_eq!(report["step"], 96);
+        assert_eq!(report["step"], 128);
         report["top1"].as_f64().expect("top1")
     };
     let (trained, random) = (top1("trained"), top1("random"));

@@ -87,8 +87,7 @@ impl EmbedArgs {
             &mut |done| bar.set_position(done as u64),
         )?;
         bar.finish_and_clear();
-        simclr::onnx::npy::write_f32(&self.out, &[out.total, out.dim], &out.rows)
-            .map_err(anyhow::Error::msg)?;
+        simclr::onnx::npy::write_f32(&self.out, &[out.total, out.dim], &out.rows)?;
         let mut text = format!(
             "{} embeddings ({}, {} values each) of {} with {} -> {}",
             out.total,
@@ -106,8 +105,7 @@ impl EmbedArgs {
                 body.push_str(&id.replace('\\', "\\\\").replace('\n', "\\n"));
                 body.push('\n');
             }
-            simclr::onnx::files::write_atomic(&ids_path, body.as_bytes())
-                .map_err(anyhow::Error::msg)?;
+            simclr::onnx::files::write_atomic(&ids_path, body.as_bytes())?;
             text.push_str(&format!(" (row ids: {})", ids_path.display()));
         } else if ids_path.is_file() {
             // A previous run's ids would describe other rows.

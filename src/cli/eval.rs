@@ -226,14 +226,14 @@ struct Prepared {
 }
 
 fn load_splits(c: &Common<'_>, checkpoint: &Path) -> Result<Splits> {
-    let mut run = RunData::from_checkpoint(checkpoint, c.registry).map_err(anyhow::Error::msg)?;
+    let mut run = RunData::from_checkpoint(checkpoint, c.registry)?;
     run.test_path.clone_from(&c.test_path);
     let definition = checkpoint.join(DEFINITION);
     let open = |split: Split, limit: Option<usize>| -> Result<LabelledSet> {
         let data = run
             .open(split)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", definition.display()))?;
-        load(&run, data.as_ref(), limit).map_err(anyhow::Error::msg)
+            .with_context(|| definition.display().to_string())?;
+        Ok(load(&run, data.as_ref(), limit)?)
     };
     Ok(Splits {
         train: open(Split::Train, c.train_limit)?,
@@ -244,7 +244,7 @@ fn load_splits(c: &Common<'_>, checkpoint: &Path) -> Result<Splits> {
 
 /// The features of `splits` for the checkpoint at `path`.
 fn features(c: &Common<'_>, splits: &Splits, path: &Path) -> Result<Prepared> {
-    let checkpoint = find_checkpoint(path).map_err(anyhow::Error::msg)?;
+    let checkpoint = find_checkpoint(path)?;
     let t0 = Instant::now();
     let (train, test) = (&splits.train, &splits.test);
     let (ftr, fte, dim) = match c.features {
@@ -253,7 +253,7 @@ fn features(c: &Common<'_>, splits: &Splits, path: &Path) -> Result<Prepared> {
             (train.pixels.clone(), test.pixels.clone(), ch * h * w)
         }
         Features::Trained | Features::Random => {
-            let device = simclr::model::stage::device(c.device).map_err(anyhow::Error::msg)?;
+            let device = simclr::model::stage::device(c.device.parse()?)?;
             let weights = if c.features == Features::Trained {
                 Weights::Trained
             } else {
@@ -262,8 +262,8 @@ fn features(c: &Common<'_>, splits: &Splits, path: &Path) -> Result<Prepared> {
             let encoders = simclr::registry::encoders();
             let model = TrainedModel::from_checkpoint(path, &encoders, weights, &device)?;
             let b = c.batch_size.max(1);
-            let ftr = embed(&model, train, b).map_err(anyhow::Error::msg)?;
-            let fte = embed(&model, test, b).map_err(anyhow::Error::msg)?;
+            let ftr = embed(&model, train, b)?;
+            let fte = embed(&model, test, b)?;
             (ftr, fte, model.arch.feature_dim())
         }
     };
@@ -279,7 +279,7 @@ fn features(c: &Common<'_>, splits: &Splits, path: &Path) -> Result<Prepared> {
 
 /// The splits and their features for `c.path`.
 fn prepare(c: &Common<'_>) -> Result<(Splits, Prepared)> {
-    let checkpoint = find_checkpoint(c.path).map_err(anyhow::Error::msg)?;
+    let checkpoint = find_checkpoint(c.path)?;
     let splits = load_splits(c, &checkpoint.dir)?;
     let prepared = features(c, &splits, &checkpoint.dir)?;
     Ok((splits, prepared))
@@ -332,8 +332,7 @@ fn linear(c: &Common<'_>, settings: &ProbeSettings) -> Result<String> {
         &splits.test.labels,
         p.dim,
         settings,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let report = Report::new(
         c,
         "linear",
@@ -391,8 +390,7 @@ fn knn_report(
         &splits.test.labels,
         p.dim,
         settings,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let report = Report::new(
         c,
         "knn",
@@ -510,7 +508,7 @@ fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
     let file = run_dir.knn_checkpoints();
     std::fs::write(&file, lines).with_context(|| format!("cannot write {}", file.display()))?;
     let png = run_dir.knn_plot();
-    simclr::model::plot::curve(&points, &png, "knn top-1", false).map_err(anyhow::Error::msg)?;
+    simclr::model::plot::curve(&points, &png, "knn top-1", false)?;
     Ok(format!(
         "{table}written to {} and {}",
         file.display(),

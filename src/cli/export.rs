@@ -89,7 +89,7 @@ impl ExportArgs {
             }
             _ => text.push_str("  not verified (--no-verify)\n"),
         }
-        simclr::onnx::files::write_atomic(&self.out, &e.bytes).map_err(anyhow::Error::msg)?;
+        simclr::onnx::files::write_atomic(&self.out, &e.bytes)?;
         text.push_str(&format!("  {:.1} s", t0.elapsed().as_secs_f64()));
         Ok(text)
     }

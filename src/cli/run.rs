@@ -82,8 +82,8 @@ impl RunArgs {
             let text = std::fs::read_to_string(&self.file).ok();
             let resume = match resume_from(from, text.as_deref()) {
                 Ok(r) => r,
-                Err(message) => {
-                    eprintln!("error: cannot resume: {message}");
+                Err(e) => {
+                    eprintln!("error: cannot resume: {}", simclr::model::error::chain(&e));
                     return Ok(ExitCode::from(EXIT_FAILED));
                 }
             };

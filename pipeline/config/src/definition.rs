@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use simclr_core::value::{from_value, join_path};
-use simclr_core::{Loc, Value, ValueKind};
+use simclr_core::{DeviceSpec, Loc, Precision, Value, ValueKind};
 
 use crate::diagnostic::Diagnostic;
 
@@ -49,10 +49,10 @@ pub struct Definition {
     /// `seed`: every random draw derives from it.
     pub seed: u64,
     /// `device`: `cpu`, `cuda`, `cuda:N` or `auto`.
-    pub device: String,
+    pub device: DeviceSpec,
     /// `precision`: `fp32` (strict float32, the default) or `tf32` (TensorFloat-32 matrix
     /// products and convolutions on CUDA tensor cores).
-    pub precision: String,
+    pub precision: Precision,
     /// `run_dir`, if given (default `runs/<name>`).
     pub run_dir: Option<PathBuf>,
     /// `edges.capacity`.
@@ -112,8 +112,8 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
         name: String::new(),
         description: None,
         seed: 0,
-        device: "cpu".to_owned(),
-        precision: "fp32".to_owned(),
+        device: DeviceSpec::Cpu,
+        precision: Precision::Fp32,
         run_dir: None,
         default_capacity: DEFAULT_CAPACITY,
         stages: Vec::new(),
@@ -160,28 +160,28 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
         def.seed = seed;
     }
     if let Some(device) = field::<String>(root, "device", "", diags) {
-        if !valid_device(&device) {
-            diags.push(bad_value(
+        match device.parse() {
+            Ok(d) => def.device = d,
+            Err(_) => diags.push(bad_value(
                 root,
                 "device",
                 "",
                 format!("unknown device `{device}`"),
                 "use `cpu`, `cuda`, `cuda:N` (N a GPU index) or `auto`",
-            ));
+            )),
         }
-        def.device = device;
     }
     if let Some(precision) = field::<String>(root, "precision", "", diags) {
-        if !matches!(precision.as_str(), "fp32" | "tf32") {
-            diags.push(bad_value(
+        match precision.parse() {
+            Ok(p) => def.precision = p,
+            Err(_) => diags.push(bad_value(
                 root,
                 "precision",
                 "",
                 format!("unknown precision `{precision}`"),
                 "use `fp32` (strict float32) or `tf32` (TensorFloat-32 on CUDA tensor cores)",
-            ));
+            )),
         }
-        def.precision = precision;
     }
     def.run_dir = field::<String>(root, "run_dir", "", diags).map(PathBuf::from);
     if let Some(edges) = root.get("edges") {
@@ -514,15 +514,6 @@ fn expected_mapping(node: &Value, path: &str, example: &str) -> Diagnostic {
         ),
     )
     .with_help(format!("write {example}"))
-}
-
-fn valid_device(device: &str) -> bool {
-    match device {
-        "cpu" | "cuda" | "auto" => true,
-        other => other
-            .strip_prefix("cuda:")
-            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
-    }
 }
 
 /// What each definition key takes, for the help line of a malformed value.

@@ -144,6 +144,8 @@ fn token_width(line: &str, col: usize) -> usize {
     width.max(1)
 }
 
+impl std::error::Error for Diagnostics {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

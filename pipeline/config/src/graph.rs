@@ -24,7 +24,7 @@ pub struct Graph {
     /// `seed`.
     pub seed: u64,
     /// `device`.
-    pub device: String,
+    pub device: simclr_core::DeviceSpec,
     /// Run folder (`run_dir`, or `runs/<name>`, or the override given to the loader).
     pub run_dir: PathBuf,
     /// The definition file.
@@ -186,8 +186,8 @@ pub fn load_str(
         &|kind, cx| {
             let cx = BuildContext {
                 seed: def.seed,
-                device: &def.device,
-                precision: &def.precision,
+                device: def.device,
+                precision: def.precision,
                 run_dir: &run_dir,
                 resume: options.resume.as_ref(),
                 max_steps: options.max_steps,

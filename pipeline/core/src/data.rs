@@ -9,6 +9,7 @@
 //! included — instead of reading the definition's text.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use schemars::JsonSchema;
@@ -91,7 +92,64 @@ pub trait LabelledData: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// Data that cannot be read, or a split the source cannot offer (named, with a fix).
-    fn open(&self, split: Split, test_path: Option<&str>) -> Result<Arc<dyn Dataset>, String>;
+    fn open(&self, split: Split, test_path: Option<&str>) -> Result<Arc<dyn Dataset>, DataError>;
+}
+
+/// Any error, boxed, as a cause in a chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a dataset, or one of its splits, could not be opened. Its text is the error's own; the
+/// cause (the operating system's or a decoder's error) is its [`std::error::Error::source`],
+/// which the command line prints after it (`path: cannot read the IDX header: failed to fill
+/// whole buffer`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// A file or folder that cannot be read, opened or decoded.
+    #[error("{}{}", path.display(), message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    File {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was being done or what is wrong (`cannot read the IDX header`); `None`
+        /// when the cause says it all.
+        message: Option<String>,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Data the configuration asks for that is not there or cannot be offered (a missing
+    /// folder, a test split of a source without one), with the fix where there is one.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A failure already reported once: the stage's workers share one load.
+    #[error(transparent)]
+    Shared(Arc<DataError>),
+}
+
+impl DataError {
+    /// `path: message`, with no further cause.
+    pub fn file(path: &Path, message: impl Into<String>) -> Self {
+        Self::File {
+            path: path.to_owned(),
+            message: Some(message.into()),
+            source: None,
+        }
+    }
+
+    /// `path: message: cause` (`message` may be empty: `path: cause`).
+    pub fn caused(path: &Path, message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        let message: String = message.into();
+        Self::File {
+            path: path.to_owned(),
+            message: (!message.is_empty()).then_some(message),
+            source: Some(source.into()),
+        }
+    }
+
+    /// `path: cause`, for an I/O error on `path`.
+    pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |e| Self::caused(path, "", e)
+    }
 }
 
 /// The deterministic counterpart of an augmentation policy, as evaluation and exports apply

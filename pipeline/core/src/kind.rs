@@ -196,9 +196,9 @@ pub struct BuildContext<'a> {
     /// The definition's seed.
     pub seed: u64,
     /// The definition's device (`cpu`, `cuda`, `cuda:N`, `auto`).
-    pub device: &'a str,
+    pub device: crate::DeviceSpec,
     /// The definition's `precision` for float32 work on CUDA: `fp32` (strict) or `tf32`.
-    pub precision: &'a str,
+    pub precision: crate::Precision,
     /// The run folder.
     pub run_dir: &'a Path,
     /// How many workers the stage runs.

@@ -13,6 +13,7 @@
 //! - [`rng`]: the deterministic generator keyed by (seed, epoch, index, view).
 
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod extensions;
 pub mod kind;
@@ -21,7 +22,8 @@ pub mod rng;
 pub mod stage;
 pub mod value;
 
-pub use data::{Dataset, ItemError, LabelledData, Preprocess, Sample, Split};
+pub use data::{BoxError, DataError, Dataset, ItemError, LabelledData, Preprocess, Sample, Split};
+pub use device::{DeviceSpec, Precision};
 pub use error::StageError;
 pub use extensions::Extensions;
 pub use kind::{

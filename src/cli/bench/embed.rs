@@ -48,14 +48,11 @@ pub fn bench_embed(a: &BenchEmbedArgs) -> Result<String> {
             opset: DEFAULT_OPSET,
             ..ExportOptions::default()
         },
-    )
-    .map_err(anyhow::Error::msg)?;
-    let mut onnx =
-        OnnxModel::from_bytes(&to_bytes(&proto), a.threads).map_err(anyhow::Error::msg)?;
+    )?;
+    let mut onnx = OnnxModel::from_bytes(&to_bytes(&proto), a.threads)?;
     let dims = [a.batch, a.channels, a.size, a.size];
     let x = random_inputs(dims.iter().product(), 7);
-    let diff = compare(&mut onnx, &model, &x, &dims, "random")
-        .map_err(anyhow::Error::msg)?
+    let diff = compare(&mut onnx, &model, &x, &dims, "random")?
         .iter()
         .map(|c| c.max_abs)
         .fold(0.0, f64::max);
@@ -68,7 +65,7 @@ pub fn bench_embed(a: &BenchEmbedArgs) -> Result<String> {
         Ok(t.elapsed().as_secs_f64() / a.batches.max(1) as f64)
     };
     let ort_s = time(&mut || {
-        onnx.run(&x, &dims).map_err(anyhow::Error::msg)?;
+        onnx.run(&x, &dims)?;
         Ok(())
     })?;
     let candle_s = time(&mut || {

@@ -121,7 +121,7 @@ impl Target {
     /// # Errors
     /// An unknown or unavailable device, TF32 on the CPU, an unknown precision.
     pub fn new(device: &str, precision: &str) -> Result<Self> {
-        let device = simclr::model::stage::device(device).map_err(anyhow::Error::msg)?;
+        let device = simclr::model::stage::device(device.parse()?)?;
         let tf32 = match precision {
             "fp32" => false,
             "tf32" if device.is_cuda() => true,

@@ -161,17 +161,26 @@ pub struct Transforms {
 /// The built-in transforms only.
 pub static BUILTIN_TRANSFORMS: Transforms = Transforms { added: Vec::new() };
 
+/// A transform kind added under a name already taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuplicateTransform(pub &'static str);
+
+impl fmt::Display for DuplicateTransform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a transform named `{}` is already registered", self.0)
+    }
+}
+
+impl std::error::Error for DuplicateTransform {}
+
 impl Transforms {
     /// Add a transform kind.
     ///
     /// # Errors
     /// If the name is taken by a built-in or an earlier addition.
-    pub fn add(&mut self, kind: TransformKind) -> Result<(), String> {
+    pub fn add(&mut self, kind: TransformKind) -> Result<(), DuplicateTransform> {
         if self.get(kind.name).is_some() {
-            return Err(format!(
-                "a transform named `{}` is already registered",
-                kind.name
-            ));
+            return Err(DuplicateTransform(kind.name));
         }
         self.added.push(kind);
         Ok(())

@@ -297,10 +297,10 @@ impl Views {
         };
         for (pair, image) in pairs.into_iter().zip(&images) {
             let pair = pair.map_err(|e| {
-                StageError::msg(format!(
-                    "sample {} (epoch {}): {e}",
-                    image.id.index, image.id.epoch
-                ))
+                StageError::caused(
+                    format!("sample {} (epoch {})", image.id.index, image.id.epoch),
+                    e,
+                )
             })?;
             out.push(Message::ViewPair(pair))?;
         }
@@ -316,10 +316,10 @@ impl Stage for Views {
             .thread_name(move |i| format!("{id}-pool-{i}"))
             .build()
             .map_err(|e| {
-                StageError::msg(format!(
-                    "cannot start a pool of {} threads: {e}",
-                    self.workers
-                ))
+                StageError::caused(
+                    format!("cannot start a pool of {} threads", self.workers),
+                    e,
+                )
             })?;
         self.pool = Some(pool);
         Ok(())

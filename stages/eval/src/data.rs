@@ -22,6 +22,8 @@ use simclr_stage_augment::{Img, Policy, Shape, Transform};
 use simclr_stage_model::stage::checkpoint::CheckpointInfo;
 use simclr_stage_source::common::{Dataset, Split};
 
+use crate::EvalError;
+
 /// Where a run's images come from and how evaluation prepares them, from its built graph.
 #[derive(Clone, Debug)]
 pub struct RunData {
@@ -39,10 +41,13 @@ impl RunData {
     ///
     /// # Errors
     /// No source with labelled splits upstream.
-    pub fn from_facts(facts: &StreamFacts) -> Result<Self, String> {
-        let labelled = facts.labelled.clone().ok_or(
-            "no source stage upstream offers labelled data (idx, cifar, image_folder, synthetic)",
-        )?;
+    pub fn from_facts(facts: &StreamFacts) -> Result<Self, EvalError> {
+        let labelled = facts.labelled.clone().ok_or_else(|| {
+            EvalError::Invalid(
+                "no source stage upstream offers labelled data (idx, cifar, image_folder, synthetic)"
+                    .into(),
+            )
+        })?;
         Ok(Self {
             labelled,
             preprocessing: facts.preprocessing.clone().unwrap_or_default(),
@@ -54,14 +59,19 @@ impl RunData {
     ///
     /// # Errors
     /// A graph without a source of labelled data.
-    pub fn from_graph(graph: &simclr_config::Graph) -> Result<Self, String> {
+    pub fn from_graph(graph: &simclr_config::Graph) -> Result<Self, EvalError> {
         let facts = graph
             .nodes
             .iter()
             .rev()
             .map(|n| &n.facts)
             .find(|f| f.labelled.is_some())
-            .ok_or("the definition has no source stage with labels (idx, cifar, image_folder, synthetic)")?;
+            .ok_or_else(|| {
+                EvalError::Invalid(
+                    "the definition has no source stage with labels (idx, cifar, image_folder, synthetic)"
+                        .into(),
+                )
+            })?;
         Self::from_facts(facts)
     }
 
@@ -72,7 +82,7 @@ impl RunData {
     /// # Errors
     /// A definition that does not validate here (its data missing, say), or one without a
     /// source of labelled data.
-    pub fn from_definition(text: &str, registry: &Registry) -> Result<Self, String> {
+    pub fn from_definition(text: &str, registry: &Registry) -> Result<Self, EvalError> {
         Self::from_definition_file(
             Path::new(simclr_stage_model::run_dir::DEFINITION),
             text,
@@ -80,7 +90,11 @@ impl RunData {
         )
     }
 
-    fn from_definition_file(file: &Path, text: &str, registry: &Registry) -> Result<Self, String> {
+    fn from_definition_file(
+        file: &Path,
+        text: &str,
+        registry: &Registry,
+    ) -> Result<Self, EvalError> {
         let options = LoadOptions {
             overrides: vec![
                 ("device".into(), "cpu".into()),
@@ -88,8 +102,7 @@ impl RunData {
             ],
             ..LoadOptions::default()
         };
-        let graph =
-            simclr_config::load_str(file, text, registry, &options).map_err(|d| d.to_string())?;
+        let graph = simclr_config::load_str(file, text, registry, &options)?;
         Self::from_graph(&graph)
     }
 
@@ -100,12 +113,14 @@ impl RunData {
     ///
     /// # Errors
     /// No readable definition there, or one [`RunData::from_definition`] refuses.
-    pub fn from_checkpoint(dir: &Path, registry: &Registry) -> Result<Self, String> {
+    pub fn from_checkpoint(dir: &Path, registry: &Registry) -> Result<Self, EvalError> {
         let definition = dir.join(simclr_stage_model::run_dir::DEFINITION);
-        let text = std::fs::read_to_string(&definition)
-            .map_err(|e| format!("cannot read {}: {e}", definition.display()))?;
+        let text = std::fs::read_to_string(&definition).map_err(|source| EvalError::Read {
+            path: definition.clone(),
+            source,
+        })?;
         let mut run = Self::from_definition_file(&definition, &text, registry)
-            .map_err(|e| format!("{}: {e}", definition.display()))?;
+            .map_err(|e| e.context(definition.display().to_string()))?;
         let state = dir.join(simclr_stage_model::run_dir::STATE);
         let recorded = std::fs::read_to_string(&state)
             .ok()
@@ -121,8 +136,8 @@ impl RunData {
     ///
     /// # Errors
     /// As the source's [`LabelledData::open`].
-    pub fn open(&self, split: Split) -> Result<Arc<dyn Dataset>, String> {
-        self.labelled.open(split, self.test_path.as_deref())
+    pub fn open(&self, split: Split) -> Result<Arc<dyn Dataset>, EvalError> {
+        Ok(self.labelled.open(split, self.test_path.as_deref())?)
     }
 
     /// The source, for reports (`idx (/data/fashion-mnist)`).
@@ -131,7 +146,7 @@ impl RunData {
     }
 
     /// The deterministic preprocessing for images of `height × width`.
-    fn policy(&self, height: usize, width: usize) -> Result<Policy, String> {
+    fn policy(&self, height: usize, width: usize) -> Result<Policy, EvalError> {
         deterministic_policy(
             self.preprocessing.size,
             self.preprocessing
@@ -156,12 +171,14 @@ pub fn deterministic_policy(
     normalize: Option<(&[f64], &[f64])>,
     height: usize,
     width: usize,
-) -> Result<Policy, String> {
+) -> Result<Policy, EvalError> {
     let mut ops: Vec<Box<dyn Transform>> = Vec::new();
     if let Some((h, w)) = size
         && (height, width) != (h, w)
     {
-        let side = |n: usize| u32::try_from(n).map_err(|_| format!("size {n} is too large"));
+        let side = |n: usize| {
+            u32::try_from(n).map_err(|_| EvalError::Invalid(format!("size {n} is too large")))
+        };
         if h == w {
             ops.push(Box::new(Resize::shorter_side(side(h)?)));
         } else {
@@ -177,14 +194,14 @@ pub fn deterministic_policy(
     }
     if let Some((mean, std)) = normalize {
         if mean.is_empty() || mean.len() != std.len() {
-            return Err(format!(
+            return Err(EvalError::Invalid(format!(
                 "`mean` and `std` need the same, non-zero length (found {} and {})",
                 mean.len(),
                 std.len()
-            ));
+            )));
         }
         if std.iter().any(|&s| s.is_nan() || s <= 0.0) {
-            return Err("every `std` must be positive".into());
+            return Err(EvalError::Invalid("every `std` must be positive".into()));
         }
         ops.push(Box::new(Normalize {
             mean: mean.iter().map(|&m| m as f32).collect(),
@@ -253,30 +270,35 @@ pub fn load(
     run: &RunData,
     data: &dyn Dataset,
     limit: Option<usize>,
-) -> Result<LabelledSet, String> {
+) -> Result<LabelledSet, EvalError> {
     let n = (data.len() as usize).min(limit.unwrap_or(usize::MAX));
     if n == 0 {
-        return Err("the dataset is empty".into());
+        return Err(EvalError::Invalid("the dataset is empty".into()));
     }
-    let first = data.get(0).map_err(|e| e.to_string())?;
+    let first = data.get(0).map_err(|e| EvalError::Invalid(e.to_string()))?;
     let policy = run.policy(first.height as usize, first.width as usize)?;
     let items: Vec<(Vec<f32>, u32, Shape)> = (0..n)
         .into_par_iter()
         .map(|i| {
-            let s = data.get(i as u64).map_err(|e| e.to_string())?;
-            let label = s
-                .label
-                .ok_or_else(|| format!("item {i} has no label; evaluation needs labelled data"))?;
-            let (pixels, shape) = prepare(&s, &policy).map_err(|e| format!("item {i}: {}", e.0))?;
+            let s = data
+                .get(i as u64)
+                .map_err(|e| EvalError::Invalid(e.to_string()))?;
+            let label = s.label.ok_or_else(|| {
+                EvalError::Invalid(format!(
+                    "item {i} has no label; evaluation needs labelled data"
+                ))
+            })?;
+            let (pixels, shape) = prepare(&s, &policy)
+                .map_err(|e| EvalError::Invalid(format!("item {i}: {}", e.0)))?;
             Ok((pixels, label, shape))
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, EvalError>>()?;
     let shape = items[0].2;
     if let Some((i, s)) = items.iter().enumerate().find(|(_, it)| it.2 != shape) {
-        return Err(format!(
+        return Err(EvalError::Invalid(format!(
             "item {i} is {}×{}×{} after preprocessing, item 0 {}×{}×{}; evaluation needs one size",
             s.2.channels, s.2.height, s.2.width, shape.channels, shape.height, shape.width
-        ));
+        )));
     }
     let mut pixels = Vec::with_capacity(n * shape.len());
     let mut labels = Vec::with_capacity(n);

@@ -7,6 +7,7 @@
 use candle_core::{DType, Tensor};
 use simclr_stage_model::TrainedModel;
 
+use crate::EvalError;
 use crate::data::LabelledSet;
 
 /// Features h of every image of `set`, `[n, d]` row-major, computed in batches of `batch`
@@ -14,28 +15,28 @@ use crate::data::LabelledSet;
 ///
 /// # Errors
 /// Images the network does not take (channels), or a device failure.
-pub fn embed(model: &TrainedModel, set: &LabelledSet, batch: usize) -> Result<Vec<f32>, String> {
+pub fn embed(model: &TrainedModel, set: &LabelledSet, batch: usize) -> Result<Vec<f32>, EvalError> {
     let (c, h, w) = set.shape;
     let arch = &model.arch;
     if c != arch.in_channels() {
-        return Err(format!(
+        return Err(EvalError::Invalid(format!(
             "the images have {c} channel(s), the encoder takes {}",
             arch.in_channels()
-        ));
+        )));
     }
     let per = c * h * w;
     let mut out = Vec::with_capacity(set.len() * arch.feature_dim());
     for chunk in set.pixels.chunks(per * batch.max(1)) {
         let n = chunk.len() / per;
-        let x =
-            Tensor::from_slice(chunk, (n, c, h, w), &model.device).map_err(|e| e.to_string())?;
+        let x = Tensor::from_slice(chunk, (n, c, h, w), &model.device)
+            .map_err(EvalError::candle("cannot copy the images to the device"))?;
         let f = model
             .encoder
             .forward_t(&x, false)
             .and_then(|f| f.to_dtype(DType::F32))
             .and_then(|f| f.flatten_all())
             .and_then(|f| f.to_vec1::<f32>())
-            .map_err(|e| format!("encoder forward: {e}"))?;
+            .map_err(EvalError::candle("encoder forward"))?;
         out.extend_from_slice(&f);
     }
     Ok(out)

@@ -6,6 +6,8 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::EvalError;
+
 /// Settings of a kNN evaluation.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KnnSettings {
@@ -65,17 +67,19 @@ pub fn class_scores(
     d: usize,
     classes: usize,
     settings: KnnSettings,
-) -> Result<Vec<Vec<f64>>, String> {
+) -> Result<Vec<Vec<f64>>, EvalError> {
     let n = bank_labels.len();
     if d == 0 || bank.len() != n * d || !queries.len().is_multiple_of(d) {
-        return Err(format!(
+        return Err(EvalError::Invalid(format!(
             "kNN: {} bank values for {n} labels of dimension {d}, {} query values",
             bank.len(),
             queries.len()
-        ));
+        )));
     }
     if settings.k == 0 || settings.temperature.is_nan() || settings.temperature <= 0.0 {
-        return Err("kNN: k must be at least 1 and the temperature positive".into());
+        return Err(EvalError::Invalid(
+            "kNN: k must be at least 1 and the temperature positive".into(),
+        ));
     }
     let k = settings.k.min(n);
     let mut b = bank.to_vec();
@@ -84,7 +88,7 @@ pub fn class_scores(
     normalize_rows(&mut q, d);
     let bt = Tensor::from_vec(b, (n, d), &Device::Cpu)
         .and_then(|t| t.t())
-        .map_err(|e| e.to_string())?;
+        .map_err(EvalError::candle("kNN"))?;
     let mut out = Vec::with_capacity(q.len() / d);
     // 256 queries at a time: a [256, n] similarity block.
     for chunk in q.chunks(256 * d) {
@@ -92,7 +96,7 @@ pub fn class_scores(
             .and_then(|t| t.matmul(&bt))
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| e.to_string())?;
+            .map_err(EvalError::candle("kNN"))?;
         let scores: Vec<Vec<f64>> = sims
             .par_chunks(n)
             .map(|row| {
@@ -153,7 +157,7 @@ pub fn evaluate(
     query_labels: &[u32],
     d: usize,
     settings: KnnSettings,
-) -> Result<KnnScore, String> {
+) -> Result<KnnScore, EvalError> {
     let classes = bank_labels
         .iter()
         .chain(query_labels)

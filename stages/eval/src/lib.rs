@@ -10,10 +10,13 @@
 #![deny(missing_docs)]
 
 pub mod data;
+pub mod error;
 pub mod features;
 pub mod knn;
 pub mod linear;
 pub mod monitor;
+
+pub use error::EvalError;
 
 /// The stage kinds of this crate.
 pub static KINDS: &[&simclr_core::StageKind] = &[&monitor::KNN_MONITOR];

@@ -10,6 +10,8 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::EvalError;
+
 /// How the probe is trained.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProbeSettings {
@@ -99,8 +101,11 @@ struct Fitted {
     b: Tensor,
 }
 
-fn err(e: candle_core::Error) -> String {
-    e.to_string()
+fn err(e: candle_core::Error) -> EvalError {
+    EvalError::Candle {
+        what: "linear probe",
+        source: e,
+    }
 }
 
 fn fit(
@@ -109,7 +114,7 @@ fn fit(
     classes: usize,
     l2: f64,
     s: &ProbeSettings,
-) -> Result<Fitted, String> {
+) -> Result<Fitted, EvalError> {
     let (n, d) = x.dims2().map_err(err)?;
     let dev = Device::Cpu;
     let mut onehot = vec![0f32; n * classes];
@@ -148,7 +153,7 @@ fn fit(
     Ok(Fitted { w, b })
 }
 
-fn scores(f: &Fitted, x: &Tensor) -> Result<Vec<Vec<f64>>, String> {
+fn scores(f: &Fitted, x: &Tensor) -> Result<Vec<Vec<f64>>, EvalError> {
     let logits = x
         .matmul(&f.w)
         .and_then(|l| l.broadcast_add(&f.b))
@@ -158,7 +163,7 @@ fn scores(f: &Fitted, x: &Tensor) -> Result<Vec<Vec<f64>>, String> {
     Ok(logits)
 }
 
-fn tensor(x: Vec<f32>, d: usize) -> Result<Tensor, String> {
+fn tensor(x: Vec<f32>, d: usize) -> Result<Tensor, EvalError> {
     let n = x.len() / d.max(1);
     Tensor::from_vec(x, (n, d), &Device::Cpu).map_err(err)
 }
@@ -175,19 +180,19 @@ pub fn probe(
     test_labels: &[u32],
     d: usize,
     settings: &ProbeSettings,
-) -> Result<ProbeScore, String> {
+) -> Result<ProbeScore, EvalError> {
     if d == 0
         || train.len() != train_labels.len() * d
         || test.len() != test_labels.len() * d
         || train_labels.is_empty()
     {
-        return Err(format!(
+        return Err(EvalError::Invalid(format!(
             "linear probe: {} train values for {} labels and {} test values for {} labels, dimension {d}",
             train.len(),
             train_labels.len(),
             test.len(),
             test_labels.len()
-        ));
+        )));
     }
     let classes = train_labels
         .iter()
@@ -195,7 +200,9 @@ pub fn probe(
         .max()
         .map_or(0, |&m| m as usize + 1);
     if classes < 2 {
-        return Err("linear probe: the labels name fewer than two classes".into());
+        return Err(EvalError::Invalid(
+            "linear probe: the labels name fewer than two classes".into(),
+        ));
     }
     let (mean, sd) = moments(train, d);
     let xtr = standardise(train, d, &mean, &sd);

@@ -119,10 +119,10 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         // A stage upstream failed to configure and says so; don't pile on (validation fails,
         // so this stage never runs).
         Err(_) if cx.upstream.incomplete => return Ok(StageFactory::stage(|_| Unconfigured)),
-        Err(msg) => {
+        Err(e) => {
             return Err(cx.invalid(
                 "",
-                msg,
+                chain(&e),
                 "the monitor evaluates on the labelled dataset of the definition's source stage",
             ));
         }
@@ -215,12 +215,11 @@ impl KnnMonitor {
         };
         let device = first.device().clone();
         simclr_stage_model::stage::bind(&device)?;
-        let model = TrainedModel::from_snapshot(&state.groups, &device)
-            .map_err(|e| StageError::msg(chain(&e)))?;
+        let model = TrainedModel::from_snapshot(&state.groups, &device)?;
         let arch = &model.arch;
         let b = self.params.batch_size;
-        let fb = embed(&model, bank, b).map_err(StageError::msg)?;
-        let ft = embed(&model, test, b).map_err(StageError::msg)?;
+        let fb = embed(&model, bank, b)?;
+        let ft = embed(&model, test, b)?;
         let settings = KnnSettings {
             k: self.params.k,
             temperature: self.params.temperature,
@@ -232,8 +231,7 @@ impl KnnMonitor {
             &test.labels,
             arch.feature_dim(),
             settings,
-        )
-        .map_err(StageError::msg)?;
+        )?;
         let record = KnnRecord {
             step: state.steps,
             epoch: state.epoch,
@@ -241,17 +239,16 @@ impl KnnMonitor {
             settings,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        let line = serde_json::to_string(&record).map_err(|e| StageError::msg(e.to_string()))?;
+        let line = serde_json::to_string(&record).map_err(StageError::other)?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.file)
-            .map_err(|e| StageError::msg(format!("{}: {e}", self.file.display())))?;
-        writeln!(f, "{line}")
-            .map_err(|e| StageError::msg(format!("{}: {e}", self.file.display())))?;
+            .map_err(|source| io_error(&self.file, source))?;
+        writeln!(f, "{line}").map_err(|source| io_error(&self.file, source))?;
         self.points.push((state.steps, score.top1));
         simclr_stage_model::plot::curve(&self.points, &self.plot, "knn top-1", false)
-            .map_err(|e| StageError::msg(format!("{}: {e}", self.plot.display())))?;
+            .map_err(|e| StageError::caused(self.plot.display().to_string(), e))?;
         cx.set_status(format!(
             "kNN top-1 {:.4} at step {}",
             score.top1, state.steps
@@ -271,15 +268,14 @@ impl Stage for KnnMonitor {
             let data = self
                 .run
                 .open(split)
-                .map_err(|e| StageError::msg(format!("cannot open the {what}: {e}")))?;
-            load(&self.run, data.as_ref(), limit)
-                .map_err(|e| StageError::msg(format!("cannot read the {what}: {e}")))
+                .map_err(|e| e.context(format!("cannot open the {what}")))?;
+            Ok(load(&self.run, data.as_ref(), limit)
+                .map_err(|e| e.context(format!("cannot read the {what}")))?)
         };
         let bank = open(Split::Train, self.params.bank_limit)?;
         let test = open(Split::Test, self.params.test_limit)?;
         if let Some(parent) = self.file.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StageError::msg(format!("{}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|source| io_error(parent, source))?;
         }
         if self.resuming {
             // Keep the earlier evaluations of a resumed run.
@@ -291,8 +287,7 @@ impl Stage for KnnMonitor {
                     .collect();
             }
         } else if self.file.exists() {
-            std::fs::remove_file(&self.file)
-                .map_err(|e| StageError::msg(format!("{}: {e}", self.file.display())))?;
+            std::fs::remove_file(&self.file).map_err(|source| io_error(&self.file, source))?;
         }
         self.data = Some((bank, test));
         Ok(())
@@ -332,5 +327,12 @@ impl Stage for KnnMonitor {
             }
         }
         Ok(())
+    }
+}
+
+fn io_error(path: &std::path::Path, source: std::io::Error) -> StageError {
+    StageError::Io {
+        path: path.to_owned(),
+        source,
     }
 }

@@ -106,7 +106,7 @@ fn label(v: f64) -> String {
 ///
 /// # Errors
 /// The file cannot be written.
-pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), String> {
+pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), image::ImageError> {
     curve(points, path, "loss", true)
 }
 
@@ -121,7 +121,7 @@ pub fn curve(
     path: &Path,
     y_label: &str,
     smooth: bool,
-) -> Result<(), String> {
+) -> Result<(), image::ImageError> {
     let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
     let (x0, x1) = (LEFT, i64::from(W) - RIGHT);
     let (y0, y1) = (TOP, i64::from(H) - BOTTOM);
@@ -210,7 +210,7 @@ pub fn curve(
         axis,
     );
     text(&mut img, 8, TOP - 22, y_label, axis);
-    img.save(path).map_err(|e| e.to_string())
+    img.save(path)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarMap;
 
 use crate::encoder::{Architecture, EncoderNet, Encoders};
-use crate::error::{ModelError, chain};
+use crate::error::ModelError;
 use crate::projector::{Projector, ProjectorKind};
 use crate::stage::checkpoint::{Checkpoint, find_checkpoint};
 use crate::stage::head::{HeadParams, build_head};
@@ -78,35 +78,29 @@ impl TrainedModel {
         weights: Weights,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        let checkpoint = find_checkpoint(path).map_err(|message| ModelError::Checkpoint {
-            path: path.to_owned(),
-            message,
+        let checkpoint = find_checkpoint(path)?;
+        let here = |e: ModelError| e.inside(&checkpoint.dir);
+        let enc = checkpoint.encoder().map_err(|e| match e {
+            // The message names the folder already.
+            e @ ModelError::Checkpoint { .. } => e,
+            e => here(e),
         })?;
-        let here = |message: String| ModelError::Checkpoint {
-            path: checkpoint.dir.clone(),
-            message,
-        };
-        let enc = checkpoint
-            .group(Role::Encoder)
-            .ok_or_else(|| here("the checkpoint holds no encoder".into()))?;
-        let arch = encoders
-            .architecture(&enc.kind, &enc.spec)
-            .map_err(|e| here(chain(&e)))?;
+        let arch = encoders.architecture(&enc.kind, &enc.spec).map_err(here)?;
         let seed = checkpoint.info.seed;
         let built = arch
             .build_seeded(device, seed, &enc.stage)
-            .map_err(|e| here(format!("cannot build the encoder: {}", chain(&e))))?;
+            .map_err(|e| here(ModelError::candle("cannot build the encoder")(e)))?;
         let trained = weights == Weights::Trained;
         if trained {
-            load_vars(&built.vars, &checkpoint.group_file(enc), device).map_err(&here)?;
+            load_vars(&built.vars, &checkpoint.group_file(enc), device).map_err(here)?;
         }
         let head = match checkpoint.group(Role::Projector) {
             Some(g) => {
-                let (params, input) = HeadParams::from_spec(&g.spec).map_err(&here)?;
+                let (params, input) = HeadParams::from_spec(&g.spec).map_err(here)?;
                 let head = Head::seeded(&params, input, device, seed, &g.stage)
-                    .map_err(|e| here(format!("cannot build the head: {}", chain(&e))))?;
+                    .map_err(|e| here(ModelError::candle("cannot build the head")(e)))?;
                 if trained {
-                    load_vars(&head.vars, &checkpoint.group_file(g), device).map_err(&here)?;
+                    load_vars(&head.vars, &checkpoint.group_file(g), device).map_err(here)?;
                 }
                 Some(head)
             }

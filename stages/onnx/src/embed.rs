@@ -138,7 +138,13 @@ impl Inputs {
             });
         }
         let data = simclr_stage_source::idx::IdxDataset::load(path, None).map_err(|e| {
-            OnnxError::file(path, format!("not an image folder, .npy or IDX file: {e}"))
+            OnnxError::file(
+                path,
+                format!(
+                    "not an image folder, .npy or IDX file: {}",
+                    simclr_stage_model::error::chain(&e)
+                ),
+            )
         })?;
         Ok(Inputs::Images {
             data: Arc::new(data),

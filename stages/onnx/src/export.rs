@@ -14,6 +14,8 @@
 use std::collections::HashMap;
 
 use simclr_stage_model::TrainedModel;
+
+use crate::error::OnnxError;
 use simclr_stage_model::encoder::plan::{ConvShape, Op, Plan};
 
 use crate::proto::{
@@ -50,11 +52,11 @@ pub type Tensors = HashMap<String, Array>;
 ///
 /// # Errors
 /// A variable that cannot be read as float32.
-pub fn tensors_of(vars: &candle_nn::VarMap) -> Result<Tensors, String> {
+pub fn tensors_of(vars: &candle_nn::VarMap) -> Result<Tensors, OnnxError> {
     let data = vars
         .data()
         .lock()
-        .map_err(|_| "variable map poisoned".to_owned())?;
+        .map_err(|_| OnnxError::Message("variable map poisoned".into()))?;
     data.iter()
         .map(|(name, var)| {
             let t = var.as_tensor();
@@ -62,7 +64,10 @@ pub fn tensors_of(vars: &candle_nn::VarMap) -> Result<Tensors, String> {
                 .to_dtype(candle_core::DType::F32)
                 .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| format!("`{name}`: {e}"))?;
+                .map_err(|source| OnnxError::Candle {
+                    what: format!("`{name}`"),
+                    source,
+                })?;
             Ok((
                 name.clone(),
                 Array {
@@ -130,21 +135,21 @@ pub fn export(
     head: Option<(&Plan, &Tensors)>,
     input: InputShape,
     options: &ExportOptions,
-) -> Result<ModelProto, String> {
+) -> Result<ModelProto, OnnxError> {
     if !OPSETS.contains(&options.opset) {
-        return Err(format!(
+        return Err(OnnxError::Message(format!(
             "opset {} is not supported (choose {} to {})",
             options.opset,
             OPSETS.start(),
             OPSETS.end()
-        ));
+        )));
     }
     if input.channels != encoder.in_channels() {
-        return Err(format!(
+        return Err(OnnxError::Message(format!(
             "the input has {} channel(s), the encoder takes {}",
             input.channels,
             encoder.in_channels()
-        ));
+        )));
     }
     let mut g = Builder {
         nodes: Vec::new(),
@@ -165,10 +170,10 @@ pub fn export(
     let mut outputs = vec![value_info(FEATURES, vec![batch(), fixed(feature_dim)])];
     if let Some((plan, tensors)) = head {
         if plan.in_channels() != feature_dim {
-            return Err(format!(
+            return Err(OnnxError::Message(format!(
                 "the head takes {} features, the encoder gives {feature_dim}",
                 plan.in_channels()
-            ));
+            )));
         }
         g.tensors = tensors;
         g.plan(plan, FEATURES, PROJECTION)?;
@@ -234,11 +239,15 @@ pub fn export_model(
     with_head: bool,
     input: InputShape,
     options: &ExportOptions,
-) -> Result<ModelProto, String> {
+) -> Result<ModelProto, OnnxError> {
     let tensors = tensors_of(&model.vars)?;
     let head = match (&model.head, with_head) {
         (Some(head), true) => Some((head.net.plan(), tensors_of(&head.vars)?)),
-        (None, true) => return Err("the model has no projection head to include".into()),
+        (None, true) => {
+            return Err(OnnxError::Message(
+                "the model has no projection head to include".into(),
+            ));
+        }
         (_, false) => None,
     };
     export(
@@ -328,16 +337,16 @@ impl Builder<'_> {
         output.to_owned()
     }
 
-    fn tensor(&self, name: &str, dims: &[usize]) -> Result<&Array, String> {
+    fn tensor(&self, name: &str, dims: &[usize]) -> Result<&Array, OnnxError> {
         let t = self
             .tensors
             .get(name)
-            .ok_or_else(|| format!("no tensor `{name}`"))?;
+            .ok_or_else(|| OnnxError::Message(format!("no tensor `{name}`")))?;
         if t.dims != dims {
-            return Err(format!(
+            return Err(OnnxError::Message(format!(
                 "tensor `{name}` is {:?}, the architecture needs {dims:?}",
                 t.dims
-            ));
+            )));
         }
         Ok(t)
     }
@@ -359,7 +368,12 @@ impl Builder<'_> {
 
     /// Scale `s` and shift `t` per channel of the BatchNorm `prefix` over `c` channels
     /// (y = s·x + t), in float64.
-    fn bn_affine(&self, prefix: &str, c: usize, eps: f64) -> Result<(Vec<f64>, Vec<f64>), String> {
+    fn bn_affine(
+        &self,
+        prefix: &str,
+        c: usize,
+        eps: f64,
+    ) -> Result<(Vec<f64>, Vec<f64>), OnnxError> {
         let gamma = &self.tensor(&format!("{prefix}.weight"), &[c])?.data;
         let beta = &self.tensor(&format!("{prefix}.bias"), &[c])?.data;
         let mean = &self.tensor(&format!("{prefix}.running_mean"), &[c])?.data;
@@ -381,7 +395,7 @@ impl Builder<'_> {
         c: usize,
         eps: f64,
         output: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, OnnxError> {
         let mut inputs = vec![x.to_owned()];
         for part in ["weight", "bias", "running_mean", "running_var"] {
             let name = format!("{prefix}.{part}");
@@ -406,7 +420,7 @@ impl Builder<'_> {
         shape: ConvShape,
         bn: Folded<'_>,
         output: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, OnnxError> {
         let ConvShape {
             cin,
             cout,
@@ -455,7 +469,7 @@ impl Builder<'_> {
         (cin, cout, bias): (usize, usize, bool),
         bn: Folded<'_>,
         output: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, OnnxError> {
         let wname = format!("{linear}.weight");
         let bname = format!("{linear}.bias");
         let w = self.tensor(&wname, &[cout, cin])?.data.clone();
@@ -498,7 +512,7 @@ impl Builder<'_> {
     /// # Errors
     /// A layer that reads a value not computed before it, or a tensor the layer needs that
     /// is missing or of another shape.
-    fn plan(&mut self, plan: &Plan, input: &str, output: &str) -> Result<(), String> {
+    fn plan(&mut self, plan: &Plan, input: &str, output: &str) -> Result<(), OnnxError> {
         let layers = plan.layers();
         let (out, _) = plan.output();
         // The graph name of each value: the input's, then each layer's.
@@ -518,18 +532,18 @@ impl Builder<'_> {
                 })
                 .collect::<Option<Vec<String>>>()
                 .ok_or_else(|| {
-                    format!(
+                    OnnxError::Message(format!(
                         "layer `{}` reads a value not computed before it",
                         layer.name
-                    )
+                    ))
                 })?;
             let arity = if layer.op == Op::Add { 2 } else { 1 };
             if inputs.len() != arity {
-                return Err(format!(
+                return Err(OnnxError::Message(format!(
                     "layer `{}` has {} input(s), its operation takes {arity}",
                     layer.name,
                     inputs.len()
-                ));
+                )));
             }
             let x = inputs[0].as_str();
             let this = plan.value(i);
@@ -579,7 +593,11 @@ impl Builder<'_> {
                 Op::GlobalAvgPool => self.node("GlobalAveragePool", name, &[x], target, vec![]),
                 Op::Flatten => self.node("Flatten", name, &[x], target, vec![attr_int("axis", 1)]),
                 Op::Identity => self.node("Identity", name, &[x], target, vec![]),
-                other => return Err(format!("layer `{name}`: {other:?} has no ONNX form here")),
+                other => {
+                    return Err(OnnxError::Message(format!(
+                        "layer `{name}`: {other:?} has no ONNX form here"
+                    )));
+                }
             };
             if let Some((j, _)) = bn {
                 names[j + 1] = Some(y.clone());

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use candle_core::Device;
 use simclr_config::Registry;
 use simclr_core::Preprocess;
+use simclr_stage_eval::EvalError;
 use simclr_stage_eval::data::{RunData, load};
+use simclr_stage_model::error::chain;
 use simclr_stage_model::run_dir::DEFINITION;
 use simclr_stage_model::{Encoders, TrainedModel, Weights};
 use simclr_stage_source::common::{Dataset, Split};
@@ -86,14 +88,14 @@ impl Exported {
 /// The run's training split, opened at most once and only when something needs it (opening
 /// Fashion-MNIST's reads 60 000 images).
 pub struct TrainSplit<'a> {
-    run: Result<&'a RunData, &'a str>,
-    data: std::cell::OnceCell<Result<Arc<dyn Dataset>, String>>,
+    run: Result<&'a RunData, &'a Arc<EvalError>>,
+    data: std::cell::OnceCell<Result<Arc<dyn Dataset>, Arc<EvalError>>>,
 }
 
 impl<'a> TrainSplit<'a> {
     /// The training split of `run`, not yet opened (`Err`: why the run's data is not
     /// available here).
-    pub fn new(run: Result<&'a RunData, &'a str>) -> Self {
+    pub fn new(run: Result<&'a RunData, &'a Arc<EvalError>>) -> Self {
         Self {
             run,
             data: std::cell::OnceCell::new(),
@@ -104,10 +106,10 @@ impl<'a> TrainSplit<'a> {
     ///
     /// # Errors
     /// The data cannot be read here (the same error on every call).
-    pub fn get(&self) -> Result<&dyn Dataset, String> {
+    pub fn get(&self) -> Result<&dyn Dataset, Arc<EvalError>> {
         let open = || match self.run {
-            Ok(run) => run.open(Split::Train),
-            Err(e) => Err(e.to_owned()),
+            Ok(run) => run.open(Split::Train).map_err(Arc::new),
+            Err(e) => Err(e.clone()),
         };
         match self.data.get_or_init(open) {
             Ok(d) => Ok(d.as_ref()),
@@ -119,11 +121,14 @@ impl<'a> TrainSplit<'a> {
     ///
     /// # Errors
     /// As [`TrainSplit::get`] and [`load`].
-    pub fn load(&self, limit: usize) -> Result<simclr_stage_eval::data::LabelledSet, String> {
+    pub fn load(
+        &self,
+        limit: usize,
+    ) -> Result<simclr_stage_eval::data::LabelledSet, Arc<EvalError>> {
         let data = self.get()?;
         match self.run {
-            Ok(run) => load(run, data, Some(limit)),
-            Err(e) => Err(e.to_owned()),
+            Ok(run) => load(run, data, Some(limit)).map_err(Arc::new),
+            Err(e) => Err(e.clone()),
         }
     }
 }
@@ -135,7 +140,7 @@ pub struct RunInputs {
     /// The policy's deterministic counterpart.
     pub preprocess: Preprocess,
     /// The run's data, or why it is not available here.
-    pub run: Result<RunData, String>,
+    pub run: Result<RunData, Arc<EvalError>>,
 }
 
 impl RunInputs {
@@ -152,18 +157,18 @@ impl RunInputs {
             .ok_or_else(|| OnnxError::Message("the model has no checkpoint".into()))?;
         // `from_checkpoint` prepares the run's images with the checkpoint's recorded
         // preprocessing when it has one (its definition copy may lack `--set` overrides).
-        let run = RunData::from_checkpoint(&checkpoint.dir, registry);
+        let run = RunData::from_checkpoint(&checkpoint.dir, registry).map_err(Arc::new);
         let preprocess = match (&run, &checkpoint.info.preprocessing) {
             (Ok(run), _) => run.preprocessing.clone(),
             (Err(_), Some(p)) => p.clone(),
-            (Err(e), None) => return Err(OnnxError::Message(e.clone())),
+            (Err(e), None) => return Err(OnnxError::Eval(e.clone())),
         };
         Ok(Self { preprocess, run })
     }
 
     /// The run's training split, opened on first use.
     pub fn train(&self) -> TrainSplit<'_> {
-        TrainSplit::new(self.run.as_ref().map_err(String::as_str))
+        TrainSplit::new(self.run.as_ref())
     }
 }
 
@@ -184,6 +189,7 @@ pub fn preprocessing(
         Some(s) => Some(s),
         None => match train
             .get()
+            .map_err(|e| chain(&*e))
             .and_then(|d| d.get(0).map_err(|e| e.to_string()))
         {
             Ok(s) => Some((s.height as usize, s.width as usize)),
@@ -300,8 +306,11 @@ pub fn export_checkpoint(
         channels: pre.channels,
         size: pre.size,
     };
-    let proto = export_model(&model, settings.head, input, &options)
-        .map_err(|e| OnnxError::file(&checkpoint.dir, e))?;
+    let proto =
+        export_model(&model, settings.head, input, &options).map_err(|e| OnnxError::In {
+            path: checkpoint.dir.clone(),
+            source: Box::new(e),
+        })?;
     let nodes = proto.graph.as_ref().map_or(0, |g| g.node.len());
     let bytes = to_bytes(&proto);
     let comparisons = match settings.verify {
@@ -354,7 +363,10 @@ fn verify(
     notes: &mut Vec<String>,
 ) -> Result<Vec<Comparison>, OnnxError> {
     let mut onnx = OnnxModel::from_bytes(bytes, 0).map_err(|e| {
-        OnnxError::Message(format!("{e}\n(to export without the check: --no-verify)"))
+        OnnxError::Message(format!(
+            "{}\n(to export without the check: --no-verify)",
+            chain(&e)
+        ))
     })?;
     let (h, w) = pre.size.unwrap_or((32, 32));
     let c = pre.channels;
@@ -375,8 +387,9 @@ fn verify(
                 rows.extend(compare(&mut onnx, model, &set.pixels, &dims, "dataset")?);
             }
             Err(e) => notes.push(format!(
-                "verifying on random inputs only; the run's images are not readable here ({}: {e})",
-                definition.display()
+                "verifying on random inputs only; the run's images are not readable here ({}: {})",
+                definition.display(),
+                chain(&*e)
             )),
         }
     }

@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::Path;
 
+use crate::error::OnnxError;
+
 /// Write `bytes` to `path` through a temporary file in the same folder (named after the
 /// target and this process, so concurrent writers do not share it), synced, then renamed into
 /// place: readers see the old file or the complete new one. The temporary file is removed when
@@ -10,15 +12,15 @@ use std::path::Path;
 ///
 /// # Errors
 /// The folder cannot be created or the file written (the message names the path).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = parent {
         std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            .map_err(OnnxError::io(format!("cannot create {}", dir.display())))?;
     }
     let name = path
         .file_name()
-        .ok_or_else(|| format!("{}: not a file name", path.display()))?
+        .ok_or_else(|| OnnxError::file(path, "not a file name"))?
         .to_string_lossy();
     let tmp = parent
         .unwrap_or(Path::new("."))
@@ -31,6 +33,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     };
     write().map_err(|e| {
         std::fs::remove_file(&tmp).ok();
-        format!("cannot write {}: {e}", path.display())
+        OnnxError::io(format!("cannot write {}", path.display()))(e)
     })
 }

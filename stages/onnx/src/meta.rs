@@ -19,6 +19,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::OnnxError;
+
 /// How images become the model's input.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocessing {
@@ -78,25 +80,27 @@ impl Preprocessing {
     ///
     /// # Errors
     /// Missing or malformed keys (named): a model not exported by this tool.
-    pub fn from_metadata(m: &BTreeMap<String, String>) -> Result<Self, String> {
+    pub fn from_metadata(m: &BTreeMap<String, String>) -> Result<Self, OnnxError> {
         let get = |k: &str| {
             m.get(k).ok_or_else(|| {
-                format!("the model's metadata has no `{k}` (was it exported by `simclr export`?)")
+                OnnxError::Message(format!(
+                    "the model's metadata has no `{k}` (was it exported by `simclr export`?)"
+                ))
             })
         };
-        let int = |k: &str| -> Result<usize, String> {
+        let int = |k: &str| -> Result<usize, OnnxError> {
             get(k)?
                 .trim()
                 .parse()
-                .map_err(|_| format!("metadata `{k}` is not a size"))
+                .map_err(|_| OnnxError::Message(format!("metadata `{k}` is not a size")))
         };
-        let floats = |k: &str| -> Result<Vec<f64>, String> {
+        let floats = |k: &str| -> Result<Vec<f64>, OnnxError> {
             get(k)?
                 .split(',')
                 .map(|s| {
-                    s.trim()
-                        .parse::<f64>()
-                        .map_err(|_| format!("metadata `{k}` is not a list of numbers"))
+                    s.trim().parse::<f64>().map_err(|_| {
+                        OnnxError::Message(format!("metadata `{k}` is not a list of numbers"))
+                    })
                 })
                 .collect()
         };
@@ -107,20 +111,24 @@ impl Preprocessing {
         ) {
             (true, true) => Some((int("input_height")?, int("input_width")?)),
             (false, false) => None,
-            _ => return Err("the metadata has only one of input_height and input_width".into()),
+            _ => {
+                return Err(OnnxError::Message(
+                    "the metadata has only one of input_height and input_width".into(),
+                ));
+            }
         };
         let (mean, std) = (floats("mean")?, floats("std")?);
         if mean.len() != channels || std.len() != channels {
-            return Err(format!(
+            return Err(OnnxError::Message(format!(
                 "metadata mean/std ({} and {} values) do not fit {channels} channel(s)",
                 mean.len(),
                 std.len()
-            ));
+            )));
         }
         if std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-            return Err(format!(
+            return Err(OnnxError::Message(format!(
                 "metadata std {std:?} has a zero or non-finite value"
-            ));
+            )));
         }
         Ok(Self {
             channels,

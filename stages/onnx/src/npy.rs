@@ -2,17 +2,18 @@
 
 use std::path::Path;
 
+use crate::error::OnnxError;
+
 /// Write `data` (row-major, shape `dims`) as a little-endian float32 `.npy`, atomically
 /// (a temporary file renamed into place).
 ///
 /// # Errors
 /// A size that does not match `dims`, or a write failure (with the path).
-pub fn write_f32(path: &Path, dims: &[usize], data: &[f32]) -> Result<(), String> {
+pub fn write_f32(path: &Path, dims: &[usize], data: &[f32]) -> Result<(), OnnxError> {
     if dims.iter().product::<usize>() != data.len() {
-        return Err(format!(
-            "{}: {} values do not make shape {dims:?}",
-            path.display(),
-            data.len()
+        return Err(OnnxError::file(
+            path,
+            format!("{} values do not make shape {dims:?}", data.len()),
         ));
     }
     let shape = match dims {
@@ -44,8 +45,8 @@ pub fn write_f32(path: &Path, dims: &[usize], data: &[f32]) -> Result<(), String
 ///
 /// # Errors
 /// Not an `.npy`, another dtype, Fortran order, or a truncated file; the message names the file.
-pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
-    let fail = |m: String| format!("{}: {m}", path.display());
+pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), OnnxError> {
+    let fail = |m: String| OnnxError::file(path, m);
     let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(fail("not a .npy file".into()));
@@ -160,11 +161,19 @@ mod tests {
             bytes.extend([0u8; 8]);
             std::fs::write(&path, &bytes).expect("write");
             let err = read_f32(&path).expect_err(expect);
+            let err = err.to_string();
             assert!(err.contains(expect) && err.contains("bad.npy"), "{err}");
         }
         std::fs::write(&path, b"\x93NUMPY\x02\x00\x10\x00\x00").expect("write");
-        assert!(read_f32(&path).expect_err("short").contains("truncated"));
-        let err = write_f32(&path, &[2, 2], &[1.0]).expect_err("size");
+        assert!(
+            read_f32(&path)
+                .expect_err("short")
+                .to_string()
+                .contains("truncated")
+        );
+        let err = write_f32(&path, &[2, 2], &[1.0])
+            .expect_err("size")
+            .to_string();
         assert!(err.contains("do not make shape"), "{err}");
     }
 }

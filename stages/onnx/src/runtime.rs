@@ -17,6 +17,8 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
 
+use crate::error::OnnxError;
+
 /// What to do when no library is found.
 pub const INSTALL_HINT: &str = "install ONNX Runtime 1.31 or newer: `pip install onnxruntime==1.31.1` \
 (the wheel ships libonnxruntime.so), or point ORT_DYLIB_PATH at a libonnxruntime.so";
@@ -28,11 +30,11 @@ static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, PathBuf), St
 ///
 /// # Errors
 /// No usable library: the message lists where it looked and what to install.
-pub fn environment() -> Result<&'static (ort::environment::Environment, PathBuf), String> {
+pub fn environment() -> Result<&'static (ort::environment::Environment, PathBuf), OnnxError> {
     ENVIRONMENT
         .get_or_init(|| {
             let mut tried = Vec::new();
-            for candidate in candidates(&mut tried)? {
+            for candidate in candidates(&mut tried).map_err(|NotFound(why)| why)? {
                 match ort::init_from(&candidate) {
                     Ok(builder) => {
                         let env = builder
@@ -50,18 +52,18 @@ pub fn environment() -> Result<&'static (ort::environment::Environment, PathBuf)
             ))
         })
         .as_ref()
-        .map_err(Clone::clone)
+        .map_err(|message| OnnxError::NoRuntime(message.clone()))
 }
 
 /// The library files to try, in order; `tried` collects where nothing was found.
-fn candidates(tried: &mut Vec<String>) -> Result<Vec<PathBuf>, String> {
+fn candidates(tried: &mut Vec<String>) -> Result<Vec<PathBuf>, NotFound> {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            return Err(format!(
+            return Err(NotFound(format!(
                 "ORT_DYLIB_PATH is {}, which is not a file; {INSTALL_HINT}",
                 path.display()
-            ));
+            )));
         }
         return Ok(vec![path]);
     }
@@ -72,10 +74,13 @@ fn candidates(tried: &mut Vec<String>) -> Result<Vec<PathBuf>, String> {
             Some(p) => found.push(p),
             None => tried.push(format!("no library in {}/capi", dir.display())),
         },
-        Err(e) => tried.push(e),
+        Err(NotFound(why)) => tried.push(why),
     }
     Ok(found)
 }
+
+/// Why no library was found (a line of the message that lists where it looked).
+struct NotFound(String);
 
 /// `libonnxruntime.so*` in `dir` (the versioned file when several).
 fn library_in(dir: &Path) -> Option<PathBuf> {
@@ -93,7 +98,7 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
 }
 
 /// The folder of the `onnxruntime` Python package, asked of `python3` without importing it.
-fn python_package() -> Result<PathBuf, String> {
+fn python_package() -> Result<PathBuf, NotFound> {
     let script = "import importlib.util as u\ns = u.find_spec('onnxruntime')\n\
                   print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')";
     let out = std::process::Command::new("python3")
@@ -101,10 +106,10 @@ fn python_package() -> Result<PathBuf, String> {
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("python3 not runnable ({e})"))?;
+        .map_err(|e| NotFound(format!("python3 not runnable ({e})")))?;
     let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if !out.status.success() || dir.is_empty() {
-        return Err("python3 has no `onnxruntime` package".into());
+        return Err(NotFound("python3 has no `onnxruntime` package".into()));
     }
     Ok(PathBuf::from(dir))
 }
@@ -137,15 +142,15 @@ impl std::fmt::Debug for OnnxModel {
     }
 }
 
-fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, String> {
+fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, OnnxError> {
     let (env, _) = environment()?;
-    let b = Session::builder(env).map_err(|e| format!("ONNX Runtime: {e}"))?;
+    let b = Session::builder(env).map_err(OnnxError::runtime("ONNX Runtime"))?;
     let b = b
         .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| format!("ONNX Runtime: {e}"))?;
+        .map_err(OnnxError::runtime("ONNX Runtime"))?;
     let b = if threads > 0 {
         b.with_intra_threads(threads)
-            .map_err(|e| format!("ONNX Runtime: {e}"))?
+            .map_err(OnnxError::runtime("ONNX Runtime"))?
     } else {
         b
     };
@@ -157,10 +162,13 @@ impl OnnxModel {
     ///
     /// # Errors
     /// No ONNX Runtime, or a file it refuses (its message, with the path).
-    pub fn load(path: &Path, threads: usize) -> Result<Self, String> {
+    pub fn load(path: &Path, threads: usize) -> Result<Self, OnnxError> {
         let session = builder(threads)?
             .commit_from_file(path)
-            .map_err(|e| format!("{}: ONNX Runtime cannot load it: {e}", path.display()))?;
+            .map_err(OnnxError::runtime(format!(
+                "{}: ONNX Runtime cannot load it",
+                path.display()
+            )))?;
         Self::from_session(session)
     }
 
@@ -168,21 +176,21 @@ impl OnnxModel {
     ///
     /// # Errors
     /// As [`OnnxModel::load`].
-    pub fn from_bytes(bytes: &[u8], threads: usize) -> Result<Self, String> {
+    pub fn from_bytes(bytes: &[u8], threads: usize) -> Result<Self, OnnxError> {
         let session = builder(threads)?
             .commit_from_memory(bytes)
-            .map_err(|e| format!("ONNX Runtime cannot load the model: {e}"))?;
+            .map_err(OnnxError::runtime("ONNX Runtime cannot load the model"))?;
         Self::from_session(session)
     }
 
-    fn from_session(session: Session) -> Result<Self, String> {
+    fn from_session(session: Session) -> Result<Self, OnnxError> {
         let input = match session.inputs() {
             [one] => one.name().to_owned(),
             other => {
-                return Err(format!(
+                return Err(OnnxError::Message(format!(
                     "the model has {} inputs; an encoder has one (images)",
                     other.len()
-                ));
+                )));
             }
         };
         let outputs = session
@@ -225,20 +233,20 @@ impl OnnxModel {
     ///
     /// # Errors
     /// A shape the model does not take, or a failure inside ONNX Runtime.
-    pub fn run(&mut self, x: &[f32], dims: &[usize]) -> Result<Vec<Output>, String> {
+    pub fn run(&mut self, x: &[f32], dims: &[usize]) -> Result<Vec<Output>, OnnxError> {
         let shape: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
         let tensor = Tensor::from_array((shape, x.to_vec()))
-            .map_err(|e| format!("ONNX Runtime input: {e}"))?;
+            .map_err(OnnxError::runtime("ONNX Runtime input"))?;
         let outputs = self
             .session
             .run(ort::inputs![self.input.as_str() => tensor])
-            .map_err(|e| format!("ONNX Runtime: {e}"))?;
+            .map_err(OnnxError::runtime("ONNX Runtime"))?;
         self.outputs
             .iter()
             .map(|name| {
                 let (shape, data) = outputs[name.as_str()]
                     .try_extract_tensor::<f32>()
-                    .map_err(|e| format!("output `{name}`: {e}"))?;
+                    .map_err(OnnxError::runtime(format!("output `{name}`")))?;
                 Ok(Output {
                     name: name.clone(),
                     dims: shape.iter().map(|&d| d.max(0) as usize).collect(),

@@ -1,5 +1,6 @@
 //! An exported model checked against the candle model it came from, on the same inputs.
 
+use crate::error::OnnxError;
 use crate::runtime::OnnxModel;
 use simclr_stage_model::TrainedModel as Model;
 
@@ -44,32 +45,30 @@ pub fn compare(
     x: &[f32],
     dims: &[usize],
     inputs: &str,
-) -> Result<Vec<Comparison>, String> {
+) -> Result<Vec<Comparison>, OnnxError> {
     let with_head = onnx
         .output_names()
         .iter()
         .any(|n| n == crate::export::PROJECTION);
-    let (h, z) = model
-        .forward(x, dims, with_head)
-        .map_err(|e| simclr_stage_model::error::chain(&e))?;
+    let (h, z) = model.forward(x, dims, with_head)?;
     let outputs = onnx.run(x, dims)?;
     let mut out = Vec::new();
     for o in outputs {
         let reference = match o.name.as_str() {
             crate::export::FEATURES => &h,
-            crate::export::PROJECTION => z
-                .as_ref()
-                .ok_or("the model has no head to compare the projection with")?,
-            other => return Err(format!("unexpected output `{other}`")),
+            crate::export::PROJECTION => z.as_ref().ok_or_else(|| {
+                OnnxError::Message("the model has no head to compare the projection with".into())
+            })?,
+            other => return Err(OnnxError::Message(format!("unexpected output `{other}`"))),
         };
         if reference.len() != o.data.len() {
-            return Err(format!(
+            return Err(OnnxError::Message(format!(
                 "`{}`: ONNX Runtime gave {} values {:?}, candle {}",
                 o.name,
                 o.data.len(),
                 o.dims,
                 reference.len()
-            ));
+            )));
         }
         let max_abs = o
             .data

@@ -14,6 +14,9 @@ use simclr_core::{
     StageKind,
 };
 
+use simclr_core::DataError;
+use simclr_core::error::chain;
+
 use crate::common::{Dataset, ItemError, Sample, Split, check_options, factory};
 
 /// Which CIFAR.
@@ -92,7 +95,7 @@ stages:
 };
 
 /// The files a configuration names, with their record counts, checked for whole records.
-pub(crate) fn resolve(config: &CifarConfig) -> Result<Vec<(PathBuf, u64)>, String> {
+pub(crate) fn resolve(config: &CifarConfig) -> Result<Vec<(PathBuf, u64)>, DataError> {
     let path = Path::new(&config.path);
     let files: Vec<PathBuf> = if path.is_dir() {
         config
@@ -104,21 +107,26 @@ pub(crate) fn resolve(config: &CifarConfig) -> Result<Vec<(PathBuf, u64)>, Strin
     } else if path.is_file() {
         vec![path.to_owned()]
     } else {
-        return Err(format!("{} does not exist", path.display()));
+        return Err(DataError::Unavailable(format!(
+            "{} does not exist",
+            path.display()
+        )));
     };
     let record = config.variant.record_len() as u64;
     files
         .into_iter()
         .map(|f| {
-            let len = std::fs::metadata(&f).map_err(|e| format!("{}: {e}", f.display()))?.len();
+            let len = std::fs::metadata(&f).map_err(DataError::io(&f))?.len();
             if len == 0 || len % record != 0 {
-                return Err(format!(
-                    "{}: {len} bytes is not a whole number of {record}-byte {} records (truncated, or the wrong `variant`?)",
-                    f.display(),
-                    match config.variant {
-                        Variant::Cifar10 => "CIFAR-10",
-                        Variant::Cifar100 => "CIFAR-100",
-                    }
+                return Err(DataError::file(
+                    &f,
+                    format!(
+                        "{len} bytes is not a whole number of {record}-byte {} records (truncated, or the wrong `variant`?)",
+                        match config.variant {
+                            Variant::Cifar10 => "CIFAR-10",
+                            Variant::Cifar100 => "CIFAR-100",
+                        }
+                    ),
                 ));
             }
             Ok((f, len / record))
@@ -138,12 +146,12 @@ impl CifarDataset {
     ///
     /// # Errors
     /// An unreadable or truncated file, named.
-    pub fn load(variant: Variant, files: &[(PathBuf, u64)]) -> Result<Self, String> {
+    pub fn load(variant: Variant, files: &[(PathBuf, u64)]) -> Result<Self, DataError> {
         let mut records = Vec::new();
         for (path, n) in files {
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let bytes = std::fs::read(path).map_err(DataError::io(path))?;
             if bytes.len() as u64 != n * variant.record_len() as u64 {
-                return Err(format!("{}: changed size while being read", path.display()));
+                return Err(DataError::file(path, "changed size while being read"));
             }
             records.extend_from_slice(&bytes);
         }
@@ -191,8 +199,8 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let config: CifarConfig = cx.parse()?;
     let options = config.source_options();
     check_options(&options).map_err(|(field, msg, help)| cx.invalid(field, msg, help))?;
-    let files = resolve(&config).map_err(|msg| {
-        cx.invalid("path", msg, "download and extract the binary version from https://www.cs.toronto.edu/~kriz/cifar.html and point `path` at its folder")
+    let files = resolve(&config).map_err(|e| {
+        cx.invalid("path", chain(&e), "download and extract the binary version from https://www.cs.toronto.edu/~kriz/cifar.html and point `path` at its folder")
     })?;
     let n: u64 = files.iter().map(|(_, n)| n).sum();
     let variant = config.variant;
@@ -215,7 +223,7 @@ impl crate::common::LabelledData for CifarSplits {
         format!("cifar ({})", self.config.path)
     }
 
-    fn open(&self, split: Split, test_path: Option<&str>) -> Result<Arc<dyn Dataset>, String> {
+    fn open(&self, split: Split, test_path: Option<&str>) -> Result<Arc<dyn Dataset>, DataError> {
         let mut c = self.config.clone();
         c.split = split;
         if let (Split::Test, Some(p)) = (split, test_path) {

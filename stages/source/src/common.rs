@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-pub use simclr_core::data::{Dataset, ItemError, LabelledData, Sample, Split};
+pub use simclr_core::data::{DataError, Dataset, ItemError, LabelledData, Sample, Split};
 use simclr_core::rng::{Rng, stream};
 use simclr_core::{Image, Message, SampleId, Source, StageContext, StageError};
 
@@ -46,13 +46,13 @@ impl Default for SourceOptions {
 }
 
 /// Loads a dataset once for all of a stage's workers (on the first worker's `on_start`).
-pub type SharedDataset = Arc<OnceLock<Result<Arc<dyn Dataset>, String>>>;
+pub type SharedDataset = Arc<OnceLock<Result<Arc<dyn Dataset>, Arc<DataError>>>>;
 
 /// Streams a dataset: worker `w` of `n` produces stream positions `w, w + n, ...` over
 /// `epochs × len` positions; position `p` of epoch `e` is item `perm_e[p]`.
 pub struct DatasetSource {
     shared: SharedDataset,
-    load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync>,
+    load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync>,
     data: Option<Arc<dyn Dataset>>,
     options: SourceOptions,
     /// Items before `limit` (known at build time, for the progress bar).
@@ -69,7 +69,7 @@ impl DatasetSource {
     /// its size as seen at build time.
     pub fn new(
         shared: SharedDataset,
-        load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync>,
+        load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync>,
         options: SourceOptions,
         expected_len: u64,
         worker: usize,
@@ -118,7 +118,7 @@ impl DatasetSource {
 
 impl Source for DatasetSource {
     fn on_start(&mut self, _cx: &mut StageContext) -> Result<(), StageError> {
-        let loaded = self.shared.get_or_init(|| (self.load)());
+        let loaded = self.shared.get_or_init(|| (self.load)().map_err(Arc::new));
         match loaded {
             Ok(data) => {
                 self.data = Some(data.clone());
@@ -128,7 +128,7 @@ impl Source for DatasetSource {
                 }
                 Ok(())
             }
-            Err(e) => Err(StageError::msg(e.clone())),
+            Err(e) => Err(DataError::Shared(e.clone()).into()),
         }
     }
 
@@ -181,10 +181,10 @@ pub fn factory(
     options: SourceOptions,
     expected_len: u64,
     labelled: Arc<dyn LabelledData>,
-    load: impl Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync + 'static,
+    load: impl Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync + 'static,
 ) -> simclr_core::StageFactory {
     let shared: SharedDataset = Arc::new(OnceLock::new());
-    let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> = Arc::new(load);
+    let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync> = Arc::new(load);
     let used = options.limit.map_or(expected_len, |l| l.min(expected_len));
     cx.publish(simclr_core::StreamFacts {
         items_per_epoch: Some(used),
@@ -314,7 +314,7 @@ mod tests {
         let mut out = Vec::new();
         let mut skipped = 0;
         for w in 0..workers {
-            let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> =
+            let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync> =
                 Arc::new(|| Ok(Arc::new(Numbers(10)) as Arc<dyn Dataset>));
             let mut src = DatasetSource::new(
                 Arc::new(OnceLock::new()),
@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn fail_policy_names_the_item() {
-        let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, String> + Send + Sync> =
+        let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync> =
             Arc::new(|| Ok(Arc::new(Numbers(10)) as Arc<dyn Dataset>));
         let options = SourceOptions {
             shuffle: false,

@@ -15,6 +15,9 @@ use simclr_core::{
     StageKind,
 };
 
+use simclr_core::DataError;
+use simclr_core::error::chain;
+
 use crate::common::{Dataset, ItemError, Sample, Split, check_options, factory};
 
 /// Where `apt-get install dataset-fashion-mnist` puts the files.
@@ -60,7 +63,7 @@ stages:
 };
 
 /// The files a configuration names.
-pub(crate) fn resolve(config: &IdxConfig) -> Result<(PathBuf, Option<PathBuf>), String> {
+pub(crate) fn resolve(config: &IdxConfig) -> Result<(PathBuf, Option<PathBuf>), DataError> {
     let path = Path::new(&config.path);
     if path.is_dir() {
         let prefix = match config.split {
@@ -77,23 +80,30 @@ pub(crate) fn resolve(config: &IdxConfig) -> Result<(PathBuf, Option<PathBuf>), 
             .map(|name| path.join(name))
             .find(|p| p.is_file())
         };
-        let images = find("images-idx3")
-            .ok_or_else(|| format!("no `{prefix}-images-idx3-ubyte[.gz]` in {}", path.display()))?;
+        let images = find("images-idx3").ok_or_else(|| {
+            DataError::Unavailable(format!(
+                "no `{prefix}-images-idx3-ubyte[.gz]` in {}",
+                path.display()
+            ))
+        })?;
         return Ok((images, find("labels-idx1")));
     }
     if path.is_file() {
         return Ok((path.to_owned(), config.labels.as_ref().map(PathBuf::from)));
     }
-    Err(format!("{} does not exist", path.display()))
+    Err(DataError::Unavailable(format!(
+        "{} does not exist",
+        path.display()
+    )))
 }
 
-fn open(path: &Path) -> Result<Box<dyn Read>, String> {
+fn open(path: &Path) -> Result<Box<dyn Read>, DataError> {
     use std::io::BufRead;
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = File::open(path).map_err(DataError::io(path))?;
     let mut reader = BufReader::new(file);
     let gz = reader
         .fill_buf()
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(DataError::io(path))?
         .starts_with(&[0x1f, 0x8b]);
     Ok(if gz {
         Box::new(GzDecoder::new(reader))
@@ -103,31 +113,33 @@ fn open(path: &Path) -> Result<Box<dyn Read>, String> {
 }
 
 /// Read an IDX header: the dims.
-fn read_header(reader: &mut dyn Read, path: &Path, want_dims: u8) -> Result<Vec<u32>, String> {
+fn read_header(reader: &mut dyn Read, path: &Path, want_dims: u8) -> Result<Vec<u32>, DataError> {
     let mut head = [0u8; 4];
     reader
         .read_exact(&mut head)
-        .map_err(|e| format!("{}: cannot read the IDX header: {e}", path.display()))?;
+        .map_err(|e| DataError::caused(path, "cannot read the IDX header", e))?;
     if head[0] != 0 || head[1] != 0 {
-        return Err(format!(
-            "{}: not an IDX file (magic bytes {:02x} {:02x}, expected 00 00)",
-            path.display(),
-            head[0],
-            head[1]
+        return Err(DataError::file(
+            path,
+            format!(
+                "not an IDX file (magic bytes {:02x} {:02x}, expected 00 00)",
+                head[0], head[1]
+            ),
         ));
     }
     if head[2] != 0x08 {
-        return Err(format!(
-            "{}: IDX element type 0x{:02x} is not supported (only 0x08, unsigned bytes)",
-            path.display(),
-            head[2]
+        return Err(DataError::file(
+            path,
+            format!(
+                "IDX element type 0x{:02x} is not supported (only 0x08, unsigned bytes)",
+                head[2]
+            ),
         ));
     }
     if head[3] != want_dims {
-        return Err(format!(
-            "{}: IDX file has {} dimensions, expected {want_dims}",
-            path.display(),
-            head[3]
+        return Err(DataError::file(
+            path,
+            format!("IDX file has {} dimensions, expected {want_dims}", head[3]),
         ));
     }
     let mut dims = Vec::new();
@@ -135,28 +147,25 @@ fn read_header(reader: &mut dyn Read, path: &Path, want_dims: u8) -> Result<Vec<
         let mut d = [0u8; 4];
         reader
             .read_exact(&mut d)
-            .map_err(|e| format!("{}: truncated IDX header: {e}", path.display()))?;
+            .map_err(|e| DataError::caused(path, "truncated IDX header", e))?;
         dims.push(u32::from_be_bytes(d));
     }
     Ok(dims)
 }
 
-fn read_body(reader: &mut dyn Read, path: &Path, expected: usize) -> Result<Vec<u8>, String> {
+fn read_body(reader: &mut dyn Read, path: &Path, expected: usize) -> Result<Vec<u8>, DataError> {
     let mut data = Vec::with_capacity(expected);
     reader
         .take(expected as u64 + 1)
         .read_to_end(&mut data)
-        .map_err(|e| {
-            format!(
-                "{}: cannot read the data (corrupt gzip stream?): {e}",
-                path.display()
-            )
-        })?;
+        .map_err(|e| DataError::caused(path, "cannot read the data (corrupt gzip stream?)", e))?;
     if data.len() < expected {
-        return Err(format!(
-            "{}: truncated: the header promises {expected} bytes of data, the file holds {}",
-            path.display(),
-            data.len()
+        return Err(DataError::file(
+            path,
+            format!(
+                "truncated: the header promises {expected} bytes of data, the file holds {}",
+                data.len()
+            ),
         ));
     }
     data.truncate(expected);
@@ -177,7 +186,7 @@ impl IdxDataset {
     ///
     /// # Errors
     /// A missing, truncated, corrupt or mismatched file, named.
-    pub fn load(images: &Path, labels: Option<&Path>) -> Result<Self, String> {
+    pub fn load(images: &Path, labels: Option<&Path>) -> Result<Self, DataError> {
         let mut reader = open(images)?;
         let dims = read_header(reader.as_mut(), images, 3)?;
         let (n, rows, cols) = (dims[0], dims[1], dims[2]);
@@ -192,11 +201,9 @@ impl IdxDataset {
                 let mut reader = open(path)?;
                 let dims = read_header(reader.as_mut(), path, 1)?;
                 if dims[0] != n {
-                    return Err(format!(
-                        "{}: {} labels for {n} images in {}",
-                        path.display(),
-                        dims[0],
-                        images.display()
+                    return Err(DataError::file(
+                        path,
+                        format!("{} labels for {n} images in {}", dims[0], images.display()),
                     ));
                 }
                 Some(read_body(reader.as_mut(), path, n as usize)?)
@@ -244,16 +251,16 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let config: IdxConfig = cx.parse()?;
     let options = config.source_options();
     check_options(&options).map_err(|(field, msg, help)| cx.invalid(field, msg, help))?;
-    let (images, labels) = resolve(&config).map_err(|msg| {
-        cx.invalid("path", msg, "install Fashion-MNIST with `apt-get install -y dataset-fashion-mnist` (files in /usr/share/datasets/fashion-mnist)")
+    let (images, labels) = resolve(&config).map_err(|e| {
+        cx.invalid("path", chain(&e), "install Fashion-MNIST with `apt-get install -y dataset-fashion-mnist` (files in /usr/share/datasets/fashion-mnist)")
     })?;
     // Read the header now so a wrong file is reported with its location in the definition.
     let n = open(&images)
         .and_then(|mut r| read_header(r.as_mut(), &images, 3))
-        .map_err(|msg| {
+        .map_err(|e| {
             cx.invalid(
                 "path",
-                msg,
+                chain(&e),
                 "point `path` at an IDX images file or the folder holding one",
             )
         })?[0];
@@ -276,7 +283,7 @@ impl crate::common::LabelledData for IdxSplits {
         format!("idx ({})", self.config.path)
     }
 
-    fn open(&self, split: Split, test_path: Option<&str>) -> Result<Arc<dyn Dataset>, String> {
+    fn open(&self, split: Split, test_path: Option<&str>) -> Result<Arc<dyn Dataset>, DataError> {
         let mut c = self.config.clone();
         c.split = split;
         if let (Split::Test, Some(p)) = (split, test_path) {

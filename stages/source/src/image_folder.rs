@@ -13,6 +13,8 @@ use simclr_core::{
     StageKind,
 };
 
+use simclr_core::DataError;
+
 use crate::common::{Dataset, ItemError, Sample, check_options, factory};
 
 const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];
@@ -66,14 +68,14 @@ pub type LabelledFiles = Vec<(PathBuf, Option<u32>)>;
 ///
 /// # Errors
 /// An unreadable folder.
-pub fn scan(root: &Path, labels: bool) -> Result<(LabelledFiles, Vec<String>), String> {
+pub fn scan(root: &Path, labels: bool) -> Result<(LabelledFiles, Vec<String>), DataError> {
     let mut classes: Vec<String> = Vec::new();
     let mut files: Vec<(PathBuf, Option<String>)> = Vec::new();
     let mut stack: Vec<(PathBuf, Option<String>)> = vec![(root.to_owned(), None)];
     while let Some((dir, class)) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let entries = std::fs::read_dir(&dir).map_err(DataError::io(&dir))?;
         for entry in entries {
-            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let entry = entry.map_err(DataError::io(&dir))?;
             let path = entry.path();
             if path.is_dir() {
                 let sub = class
@@ -179,8 +181,13 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             "point `path` at a folder of images, one sub-folder per class",
         ));
     }
-    let (files, _classes) = scan(root, config.labels)
-        .map_err(|msg| cx.invalid("path", msg, "check the folder's permissions"))?;
+    let (files, _classes) = scan(root, config.labels).map_err(|e| {
+        cx.invalid(
+            "path",
+            simclr_core::error::chain(&e),
+            "check the folder's permissions",
+        )
+    })?;
     if files.is_empty() {
         return Err(cx.invalid(
             "path",
@@ -224,16 +231,16 @@ impl crate::common::LabelledData for FolderSplits {
         &self,
         split: crate::common::Split,
         test_path: Option<&str>,
-    ) -> Result<Arc<dyn Dataset>, String> {
+    ) -> Result<Arc<dyn Dataset>, DataError> {
         let path = match split {
             crate::common::Split::Train => self.path.as_str(),
-            crate::common::Split::Test => test_path.ok_or(
-                "an `image_folder` source has no test split: name a folder of held-out images (one sub-folder per class, the same class names)",
-            )?,
+            crate::common::Split::Test => test_path.ok_or_else(|| DataError::Unavailable(
+                "an `image_folder` source has no test split: name a folder of held-out images (one sub-folder per class, the same class names)".into(),
+            ))?,
         };
         let (files, _) = scan(Path::new(path), true)?;
         if files.is_empty() {
-            return Err(format!("no images under {path}"));
+            return Err(DataError::Unavailable(format!("no images under {path}")));
         }
         Ok(Arc::new(ImageFolder::new(files, self.channels)))
     }

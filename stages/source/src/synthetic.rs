@@ -260,7 +260,7 @@ impl crate::common::LabelledData for SyntheticSplits {
         &self,
         split: crate::common::Split,
         _test_path: Option<&str>,
-    ) -> Result<Arc<dyn Dataset>, String> {
+    ) -> Result<Arc<dyn Dataset>, simclr_core::DataError> {
         let mut data = self.0.clone();
         if split == crate::common::Split::Test {
             // A different seed draws different images of the same classes.

@@ -33,6 +33,7 @@ use simclr_core::{
 };
 
 use super::{Role, TrainState};
+use crate::ModelError;
 use crate::run_dir::{CHECKPOINTS, DEFINITION, LATEST, OPTIMIZER, STATE};
 
 /// Parameters of `checkpoint`.
@@ -116,11 +117,14 @@ impl CheckpointSink {
             preprocessing: self.preprocessing.as_ref(),
         };
         let dir = write_checkpoint(&self.root, state, &written, self.keep_last).map_err(|e| {
-            StageError::msg(format!(
-                "cannot write the checkpoint of step {} under {}: {e}",
-                state.steps,
-                self.root.display()
-            ))
+            StageError::caused(
+                format!(
+                    "cannot write the checkpoint of step {} under {}",
+                    state.steps,
+                    self.root.display()
+                ),
+                e,
+            )
         })?;
         self.written = Some(state.steps);
         cx.set_status(format!(
@@ -234,7 +238,7 @@ pub fn text_hash(text: &str) -> String {
 }
 
 fn io_err(e: candle_core::Error) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+    std::io::Error::other(e)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -383,9 +387,12 @@ impl Checkpoint {
     ///
     /// # Errors
     /// The checkpoint holds no encoder (the message names its folder).
-    pub fn encoder(&self) -> Result<&GroupInfo, String> {
+    pub fn encoder(&self) -> Result<&GroupInfo, ModelError> {
         self.group(Role::Encoder)
-            .ok_or_else(|| format!("{}: the checkpoint holds no encoder", self.dir.display()))
+            .ok_or_else(|| ModelError::Checkpoint {
+                path: self.dir.clone(),
+                message: "the checkpoint holds no encoder".into(),
+            })
     }
 
     /// The first group of `role`.
@@ -430,7 +437,7 @@ pub struct Resume {
 ///
 /// # Errors
 /// As [`find_checkpoint`].
-pub fn resume_from(from: &Path, definition: Option<&str>) -> Result<Resume, String> {
+pub fn resume_from(from: &Path, definition: Option<&str>) -> Result<Resume, ModelError> {
     let checkpoint = find_checkpoint(from)?;
     let run_dir = crate::run_dir::RunDir::new(from)
         .latest()
@@ -449,29 +456,27 @@ pub fn resume_from(from: &Path, definition: Option<&str>) -> Result<Resume, Stri
 ///
 /// # Errors
 /// No checkpoint there, or one that cannot be read; the message says what was looked for.
-pub fn find_checkpoint(path: &Path) -> Result<Checkpoint, String> {
+pub fn find_checkpoint(path: &Path) -> Result<Checkpoint, ModelError> {
     let dir = if path.join(STATE).is_file() {
         path.to_owned()
     } else {
         let pointer = [path.join(CHECKPOINTS).join(LATEST), path.join(LATEST)]
             .into_iter()
             .find(|p| p.is_file())
-            .ok_or_else(|| {
-                format!(
-                    "{}: no checkpoint found (looked for checkpoints/latest, latest and state.json)",
-                    path.display()
-                )
+            .ok_or_else(|| ModelError::Checkpoint {
+                path: path.to_owned(),
+                message:
+                    "no checkpoint found (looked for checkpoints/latest, latest and state.json)"
+                        .into(),
             })?;
-        let name = fs::read_to_string(&pointer)
-            .map_err(|e| format!("cannot read {}: {e}", pointer.display()))?;
+        let name = fs::read_to_string(&pointer).map_err(ModelError::read(&pointer))?;
         let parent = pointer.parent().unwrap_or(Path::new("."));
         parent.join(name.trim())
     };
     let state = dir.join(STATE);
-    let text =
-        fs::read_to_string(&state).map_err(|e| format!("cannot read {}: {e}", state.display()))?;
+    let text = fs::read_to_string(&state).map_err(ModelError::read(&state))?;
     let info: CheckpointInfo = serde_json::from_str(&text)
-        .map_err(|e| format!("{}: not a checkpoint state: {e}", state.display()))?;
+        .map_err(ModelError::unreadable(&state, "not a checkpoint state"))?;
     for file in info
         .groups
         .iter()
@@ -480,7 +485,7 @@ pub fn find_checkpoint(path: &Path) -> Result<Checkpoint, String> {
     {
         let path = dir.join(file);
         candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
-            .map_err(|e| format!("{}: unreadable: {e}", path.display()))?;
+            .map_err(ModelError::unreadable(&path, "unreadable"))?;
     }
     Ok(Checkpoint { dir, info })
 }

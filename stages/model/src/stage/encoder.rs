@@ -26,13 +26,14 @@ pub(crate) fn build<E: Encoder>(cx: &BuildContext<'_>) -> Result<StageFactory, P
     check_device(cx)?;
     let arch = Architecture::new::<E>(config);
     let stage = cx.stage_id.to_owned();
-    let device = cx.device.to_owned();
+    let (device, precision) = (cx.device, cx.precision);
     let seed = cx.seed;
     let resume = cx.resume.map(|r| r.checkpoint.clone());
     Ok(StageFactory::stage(move |_| EncoderStage {
         stage: stage.clone(),
         arch: arch.clone(),
-        device_spec: device.clone(),
+        device_spec: device,
+        precision,
         seed,
         resume: resume.clone(),
         model: None,
@@ -42,7 +43,10 @@ pub(crate) fn build<E: Encoder>(cx: &BuildContext<'_>) -> Result<StageFactory, P
 struct EncoderStage {
     stage: String,
     arch: Architecture,
-    device_spec: String,
+    device_spec: simclr_core::DeviceSpec,
+    /// Applied when the stage starts (not when it is built: `simclr validate` changes no
+    /// math mode).
+    precision: simclr_core::Precision,
     seed: u64,
     resume: Option<std::path::PathBuf>,
     model: Option<(Box<dyn EncoderNet>, Arc<ParamGroup>, Device)>,
@@ -50,8 +54,12 @@ struct EncoderStage {
 
 impl Stage for EncoderStage {
     fn on_start(&mut self, _cx: &mut StageContext) -> Result<(), StageError> {
-        let device = device(&self.device_spec).map_err(StageError::msg)?;
+        let device = device(self.device_spec)?;
         super::bind(&device)?;
+        // cuBLAS's and cuDNN's float32 math mode is process-wide in candle; the definition's
+        // `precision` sets it when its encoder starts (strict fp32 on the CPU, where `tf32` is
+        // refused at build time).
+        crate::kernels::set_tf32(self.precision == simclr_core::Precision::Tf32);
         let built = self
             .arch
             .build_seeded(&device, self.seed, &self.stage)

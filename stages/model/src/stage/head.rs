@@ -65,14 +65,21 @@ impl HeadParams {
     ///
     /// # Errors
     /// A spec that does not parse.
-    pub fn from_spec(spec: &serde_json::Value) -> Result<(Self, usize), String> {
+    pub fn from_spec(spec: &serde_json::Value) -> Result<(Self, usize), crate::ModelError> {
         let mut spec = spec.clone();
         let input = spec
             .as_object_mut()
             .and_then(|m| m.remove("input"))
             .and_then(|v| v.as_u64())
-            .ok_or("the head's spec has no `input` size")? as usize;
-        let params: Self = serde_json::from_value(spec).map_err(|e| format!("projector: {e}"))?;
+            .ok_or_else(|| crate::ModelError::Invalid {
+                kind: "projector".into(),
+                message: "the head's spec has no `input` size".into(),
+            })? as usize;
+        let params: Self =
+            serde_json::from_value(spec).map_err(|source| crate::ModelError::Spec {
+                kind: "projector".into(),
+                source,
+            })?;
         Ok((params, input))
     }
 

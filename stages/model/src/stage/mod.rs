@@ -14,8 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use simclr_core::{Activations, BuildContext, ParamError, SampleId, StageError};
+use simclr_core::{
+    Activations, BuildContext, DeviceSpec, ParamError, Precision, SampleId, StageError,
+};
 
+use crate::ModelError;
 use crate::encoder::Architecture;
 
 pub mod checkpoint;
@@ -168,14 +171,14 @@ pub(crate) fn bind_state(state: &TrainState) -> Result<(), StageError> {
     }
 }
 
-/// The candle device named by a definition's `device:` (`cpu`, `cuda`, `cuda:N`, `auto`).
+/// The candle device a definition's `device:` names.
 ///
 /// # Errors
 /// CUDA asked of a build without the `cuda` feature, or a device that cannot be opened.
-pub fn device(spec: &str) -> Result<Device, String> {
+pub fn device(spec: DeviceSpec) -> Result<Device, ModelError> {
     let cuda_index = match spec {
-        "cpu" => return Ok(Device::Cpu),
-        "auto" => {
+        DeviceSpec::Cpu => return Ok(Device::Cpu),
+        DeviceSpec::Auto => {
             return Ok(
                 if cfg!(feature = "cuda")
                     && without_panic(candle_core::utils::cuda_is_available).unwrap_or(false)
@@ -186,23 +189,13 @@ pub fn device(spec: &str) -> Result<Device, String> {
                 },
             );
         }
-        "cuda" => 0,
-        other => match other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) => n,
-            None => {
-                return Err(format!(
-                    "unknown device `{other}` (cpu, cuda, cuda:N or auto)"
-                ));
-            }
-        },
+        DeviceSpec::Cuda(n) => n.unwrap_or(0),
     };
     if !cfg!(feature = "cuda") {
-        return Err(format!(
-            "device `{spec}`: this build has no CUDA support; rebuild with `cargo build --release --features cuda`, or use `device: cpu`"
-        ));
+        return Err(ModelError::Device {
+            spec,
+            message: "this build has no CUDA support; rebuild with `cargo build --release --features cuda`, or use `device: cpu`".into(),
+        });
     }
     // One stream for every thread. `Device::new_cuda` would give each calling thread its own
     // per-thread default stream, and the pipeline's stages are threads handing tensors to each
@@ -210,12 +203,15 @@ pub fn device(spec: &str) -> Result<Device, String> {
     // the loss climbing from the first update, then a crash). On one stream, the order in which
     // the stages enqueue work — which the channels and the step credit already fix — is the
     // order the GPU runs it.
-    open_cuda(cuda_index).map_err(|e| format!("device `{spec}`: cannot open it: {e}"))
+    open_cuda(cuda_index).map_err(|e| ModelError::Device {
+        spec,
+        message: format!("cannot open it: {e}"),
+    })
 }
 
 /// `Device::new_cuda_with_stream`, with a missing driver library as an error: a build that
 /// loads the CUDA libraries at run time (cudarc's `dynamic-loading`) panics inside cudarc when
-/// `libcuda.so` is not there.
+/// `libcuda.so` is not there. The text is the driver's (or the panic's) message.
 fn open_cuda(index: usize) -> Result<Device, String> {
     without_panic(|| Device::new_cuda_with_stream(index))
         .map_err(|e| format!("{e} (is an NVIDIA driver installed?)"))?
@@ -243,7 +239,7 @@ fn without_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 
 /// Check `device:` at build time, so `simclr validate` reports a CUDA device on a CPU build.
 pub(crate) fn check_device(cx: &BuildContext<'_>) -> Result<(), ParamError> {
-    if cx.device != "cpu" && cx.device != "auto" && !cfg!(feature = "cuda") {
+    if cx.device.is_cuda() && !cfg!(feature = "cuda") {
         return Err(ParamError {
             message: format!(
                 "device `{}` needs a build with CUDA support, and this one has none",
@@ -256,7 +252,7 @@ pub(crate) fn check_device(cx: &BuildContext<'_>) -> Result<(), ParamError> {
             path: "device".into(),
         });
     }
-    if cx.precision == "tf32" && cx.device == "cpu" {
+    if cx.precision == Precision::Tf32 && cx.device.is_cpu() {
         return Err(ParamError {
             message:
                 "precision `tf32` applies to CUDA devices, and this definition runs on the CPU"
@@ -266,19 +262,13 @@ pub(crate) fn check_device(cx: &BuildContext<'_>) -> Result<(), ParamError> {
             path: "precision".into(),
         });
     }
-    // Process-wide (cuBLAS and cuDNN math mode), set by every model stage alike.
-    crate::kernels::set_tf32(cx.precision == "tf32");
     Ok(())
 }
 
 /// A candle error in stage code, as a stage error (without the backtrace candle appends to
 /// some errors: the message names the stage and the operation already).
 pub(crate) fn candle_err(what: &str) -> impl FnOnce(candle_core::Error) -> StageError + '_ {
-    move |e| {
-        let text = e.to_string();
-        let text = text.split("\n   0: ").next().unwrap_or(&text).trim_end();
-        StageError::msg(format!("{what}: {text}"))
-    }
+    move |e| StageError::caused(what, e)
 }
 
 /// Make `device` current on the calling thread. A CUDA context is bound per thread, and the
@@ -291,9 +281,7 @@ pub fn bind(device: &Device) -> Result<(), StageError> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = device {
         d.cuda_stream().context().bind_to_thread().map_err(|e| {
-            StageError::msg(format!(
-                "cannot make the CUDA context current on this thread: {e}"
-            ))
+            StageError::caused("cannot make the CUDA context current on this thread", e)
         })?;
     }
     let _ = device;
@@ -314,30 +302,27 @@ pub fn load_vars(
     vars: &VarMap,
     file: &std::path::Path,
     device: &candle_core::Device,
-) -> Result<(), String> {
-    let saved = candle_core::safetensors::load(file, device)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    let data = vars
-        .data()
-        .lock()
-        .map_err(|_| "variable map poisoned".to_owned())?;
+) -> Result<(), ModelError> {
+    let saved =
+        candle_core::safetensors::load(file, device).map_err(ModelError::unreadable(file, ""))?;
+    let data = vars.data().lock().map_err(|_| ModelError::Poisoned)?;
+    let checkpoint = |message: String| ModelError::Checkpoint {
+        path: file.to_owned(),
+        message,
+    };
     for (name, var) in data.iter() {
-        let t = saved.get(name).ok_or_else(|| {
-            format!(
-                "{}: no tensor `{name}` (a different architecture?)",
-                file.display()
-            )
-        })?;
+        let t = saved
+            .get(name)
+            .ok_or_else(|| checkpoint(format!("no tensor `{name}` (a different architecture?)")))?;
         if t.dims() != var.dims() {
-            return Err(format!(
-                "{}: `{name}` has shape {:?} there, {:?} here (a different architecture?)",
-                file.display(),
+            return Err(checkpoint(format!(
+                "`{name}` has shape {:?} there, {:?} here (a different architecture?)",
                 t.dims(),
                 var.dims()
-            ));
+            )));
         }
         var.set(t)
-            .map_err(|e| format!("{}: `{name}`: {e}", file.display()))?;
+            .map_err(ModelError::unreadable(file, format!("`{name}`")))?;
     }
     Ok(())
 }
@@ -361,7 +346,7 @@ pub(crate) fn load_group(
         }
     };
     load_vars(vars, &file, &device)
-        .map_err(|e| StageError::msg(format!("cannot resume stage `{stage}`: {e}")))
+        .map_err(|e| StageError::caused(format!("cannot resume stage `{stage}`"), e))
 }
 
 /// Copy every variable of a group (a snapshot that later in-place updates do not touch).

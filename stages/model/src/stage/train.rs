@@ -329,10 +329,10 @@ impl Trainer {
         }
         let path = self.steps_file();
         std::fs::create_dir_all(&self.run_dir).map_err(|e| {
-            StageError::msg(format!(
-                "cannot create the run folder {}: {e}",
-                self.run_dir.display()
-            ))
+            StageError::caused(
+                format!("cannot create the run folder {}", self.run_dir.display()),
+                e,
+            )
         })?;
         let mut kept = Vec::new();
         if let Some(resume) = &self.resume
@@ -353,11 +353,11 @@ impl Trainer {
             }
         }
         let file = File::create(&path)
-            .map_err(|e| StageError::msg(format!("cannot write {}: {e}", path.display())))?;
+            .map_err(|e| StageError::caused(format!("cannot write {}", path.display()), e))?;
         let mut w = BufWriter::new(file);
         for line in kept {
             writeln!(w, "{line}")
-                .map_err(|e| StageError::msg(format!("{}: {e}", path.display())))?;
+                .map_err(|e| StageError::caused(format!("{}", path.display()), e))?;
         }
         self.log = Some(w);
         Ok(())
@@ -372,18 +372,18 @@ impl Trainer {
             let file = resume.checkpoint.join(crate::run_dir::OPTIMIZER);
             let state: NamedState = candle_core::safetensors::load(&file, fwd.tensor.device())
                 .map_err(|e| {
-                    StageError::msg(format!(
-                        "cannot resume the optimizer from {}: {e}",
-                        file.display()
-                    ))
+                    StageError::caused(
+                        format!("cannot resume the optimizer from {}", file.display()),
+                        e,
+                    )
                 })?
                 .into_iter()
                 .collect();
             optimizer.set_state(state).map_err(|e| {
-                StageError::msg(format!(
-                    "cannot resume the optimizer from {}: {e}",
-                    file.display()
-                ))
+                StageError::caused(
+                    format!("cannot resume the optimizer from {}", file.display()),
+                    e,
+                )
             })?;
         }
         self.optimizer = Some(optimizer);
@@ -488,7 +488,7 @@ impl Trainer {
             });
             writeln!(log, "{line}")
                 .and_then(|()| log.flush())
-                .map_err(|e| StageError::msg(format!("cannot append to steps.jsonl: {e}")))?;
+                .map_err(|e| StageError::caused("cannot append to steps.jsonl", e))?;
         }
         let end = self.max_steps.map_or(self.total, |m| m.min(self.total));
         let done_here = self.next_step - self.first_step.unwrap_or(0);
@@ -578,7 +578,7 @@ impl Stage for Trainer {
     ) -> Result<(), StageError> {
         if let Some(log) = self.log.as_mut() {
             log.flush()
-                .map_err(|e| StageError::msg(format!("cannot write steps.jsonl: {e}")))?;
+                .map_err(|e| StageError::caused("cannot write steps.jsonl", e))?;
         }
         let (Some(first), Some(last)) = (self.history.first(), self.history.last()) else {
             cx.note("no training step was taken");
@@ -594,7 +594,7 @@ impl Stage for Trainer {
         if self.params.metrics {
             let path = crate::run_dir::RunDir::new(&self.run_dir).loss_plot();
             crate::plot::loss_curve(&self.history, &path)
-                .map_err(|e| StageError::msg(format!("cannot draw {}: {e}", path.display())))?;
+                .map_err(|e| StageError::caused(format!("cannot draw {}", path.display()), e))?;
             cx.note(format!("loss curve: {}", path.display()));
         }
         Ok(())
