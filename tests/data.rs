@@ -105,7 +105,9 @@ fn truncated_or_corrupt_idx_files_give_clear_errors() {
     let mut truncated = idx_images(5, 4, 3);
     truncated.truncate(40);
     std::fs::write(dir.join("short.idx"), &truncated).expect("write");
-    let err = IdxDataset::load(&dir.join("short.idx"), None).expect_err("truncated").to_string();
+    let err = IdxDataset::load(&dir.join("short.idx"), None)
+        .expect_err("truncated")
+        .to_string();
     assert!(
         err.contains(
             "short.idx: truncated: the header promises 60 bytes of data, the file holds 24"
@@ -113,19 +115,24 @@ fn truncated_or_corrupt_idx_files_give_clear_errors() {
         "{err}"
     );
     std::fs::write(dir.join("junk.idx"), b"PK\x03\x04not idx at all").expect("write");
-    let err = IdxDataset::load(&dir.join("junk.idx"), None).expect_err("junk").to_string();
+    let err = IdxDataset::load(&dir.join("junk.idx"), None)
+        .expect_err("junk")
+        .to_string();
     assert!(err.contains("not an IDX file"), "{err}");
     let mut corrupt = gzip(&idx_images(5, 4, 3));
     let n = corrupt.len();
     corrupt[n / 2] ^= 0xff;
     corrupt.truncate(n - 6);
     std::fs::write(dir.join("corrupt.idx.gz"), &corrupt).expect("write");
-    let err = IdxDataset::load(&dir.join("corrupt.idx.gz"), None).expect_err("corrupt gzip").to_string();
+    let err = IdxDataset::load(&dir.join("corrupt.idx.gz"), None)
+        .expect_err("corrupt gzip")
+        .to_string();
     assert!(err.contains("corrupt.idx.gz"), "{err}");
     std::fs::write(dir.join("labels.idx"), idx_labels(4)).expect("write");
     std::fs::write(dir.join("images.idx"), idx_images(5, 4, 3)).expect("write");
     let err = IdxDataset::load(&dir.join("images.idx"), Some(&dir.join("labels.idx")))
-        .expect_err("count mismatch").to_string();
+        .expect_err("count mismatch")
+        .to_string();
     assert!(err.contains("4 labels for 5 images"), "{err}");
     // In a definition, a bad file is reported at `path` before anything runs.
     let text = format!(

@@ -27,3 +27,6 @@ pub use transform::{
 
 /// The kinds of this crate, in the order `simclr stages` lists them.
 pub const KINDS: &[&simclr_core::StageKind] = &[&views::KIND, &batch::KIND];
+
+#[cfg(test)]
+mod tests;

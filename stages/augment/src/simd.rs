@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 
-/// Turn the AVX2 paths off (or back on), e.g. to check that both give identical results.
-pub fn set_enabled(enabled: bool) {
+/// Turn the AVX2 paths off (or back on), to check that both give identical results.
+#[cfg(test)]
+pub(crate) fn set_enabled(enabled: bool) {
     DISABLED.store(!enabled, Ordering::Relaxed);
 }
 
@@ -30,13 +31,13 @@ pub fn has_avx2() -> bool {
         })
 }
 
-/// Defines `pub fn $name(args) -> ret` that runs `$body` compiled for AVX2 + FMA when the CPU
+/// Defines `fn $name(args)` (with the visibility given) that runs `$body` compiled for AVX2 + FMA when the CPU
 /// has them, and for the baseline otherwise.
 macro_rules! dispatch {
-    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         #[allow(unsafe_code)]
-        pub fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn generic($($arg: $ty),*) $body
 

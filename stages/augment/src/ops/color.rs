@@ -132,7 +132,7 @@ crate::simd::dispatch! {
 /// Hue: rotate the hue by `shift` turns in HSV space (no-op on gray images), following
 /// torchvision's `_rgb2hsv` / `_hsv2rgb`. Written without `floor`/`fmod` (library calls on
 /// baseline x86-64): every wrapped quantity is known to lie in a small positive range.
-pub fn adjust_hue(chw: &mut [f32], channels: usize, plane: usize, shift: f32) {
+pub(crate) fn adjust_hue(chw: &mut [f32], channels: usize, plane: usize, shift: f32) {
     if channels != 3 {
         return;
     }
@@ -414,7 +414,7 @@ pub(super) fn build_equalize(
 }
 
 /// torchvision's `_scale_channel` on one plane of 8-bit levels.
-pub fn equalize_plane(levels: &mut [u8]) {
+pub(crate) fn equalize_plane(levels: &mut [u8]) {
     let mut hist = [0usize; 256];
     for &v in levels.iter() {
         hist[usize::from(v)] += 1;

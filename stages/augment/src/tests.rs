@@ -1,0 +1,135 @@
+//! Tests of the crate's internal routines (`ops::color::adjust_hue`, `equalize_plane`, the
+//! SIMD switch), which are not part of its public interface.
+
+use simclr_core::rng::Rng;
+
+use crate::ops::color::{adjust_hue, equalize_plane};
+use crate::ops::{Equalize, Normalize};
+use crate::{Img, Params, Policy, Shape, Transform};
+
+fn rgb(h: usize, w: usize, f: impl Fn(usize, usize, usize) -> f32) -> Img {
+    let shape = Shape {
+        channels: 3,
+        height: h,
+        width: w,
+    };
+    let mut v = vec![0f32; shape.len()];
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                v[(c * h + y) * w + x] = f(c, y, x);
+            }
+        }
+    }
+    Img::from_f32(shape, v)
+}
+
+fn pattern() -> Img {
+    rgb(17, 23, |c, y, x| {
+        ((x * 7 + y * 13 + c * 29) % 256) as f32 / 255.0
+    })
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn hue_shift_then_its_inverse_returns_the_input_within_one_level() {
+    let img = pattern();
+    for shift in [0.05f32, 0.2, 0.37, 0.5] {
+        let mut chw = img.to_f32();
+        let plane = 17 * 23;
+        adjust_hue(&mut chw, 3, plane, shift);
+        assert!(
+            max_diff(&chw, &img.to_f32()) > 0.01,
+            "shift {shift} changes the image"
+        );
+        adjust_hue(&mut chw, 3, plane, -shift);
+        assert!(
+            max_diff(&chw, &img.to_f32()) <= 1.0 / 255.0,
+            "shift {shift}: {}",
+            max_diff(&chw, &img.to_f32())
+        );
+    }
+    // A pure hue rotation by 1/3 turn maps red to green.
+    let mut red = vec![1.0, 0.0, 0.0];
+    adjust_hue(&mut red, 3, 1, 1.0 / 3.0);
+    assert!(max_diff(&red, &[0.0, 1.0, 0.0]) < 1e-5, "{red:?}");
+}
+
+#[test]
+fn equalize_and_normalize_match_hand_computed_values() {
+    // Levels 0 (x2), 100 (x1), 200 (x1): step = (4 - 1) / 255 = 0 -> unchanged (torchvision).
+    let mut tiny = vec![0u8, 0, 100, 200];
+    equalize_plane(&mut tiny);
+    assert_eq!(tiny, vec![0, 0, 100, 200]);
+    // 256 pixels, levels 10 (x128) and 20 (x128): step = 128 / 255 = 0 -> unchanged as well;
+    // with 1024 pixels: step = 512 / 255 = 2, lut[10] = 1 / 2 = 0, lut[20] = (512 + 1) / 2 = 256 -> 255.
+    let mut plane: Vec<u8> = (0..1024).map(|i| if i < 512 { 10 } else { 20 }).collect();
+    equalize_plane(&mut plane);
+    assert!(plane[..512].iter().all(|&v| v == 0) && plane[512..].iter().all(|&v| v == 255));
+    // The transform does the same through the [0, 1] float scale.
+    let mut img = Img::from_f32(
+        Shape {
+            channels: 1,
+            height: 32,
+            width: 32,
+        },
+        (0..1024)
+            .map(|i| if i < 512 { 10.0 / 255.0 } else { 20.0 / 255.0 })
+            .collect(),
+    );
+    Equalize { p: 1.0 }
+        .apply(&mut img, &Params::Flag(true))
+        .expect("equalize");
+    assert!(
+        img.to_f32()[..512].iter().all(|&v| v == 0.0)
+            && img.to_f32()[512..].iter().all(|&v| v == 1.0)
+    );
+    let mut img = rgb(1, 1, |c, _, _| [0.5, 0.25, 1.0][c]);
+    Normalize {
+        mean: vec![0.5, 0.5, 0.5],
+        std: vec![0.25, 0.5, 0.5],
+    }
+    .apply(&mut img, &Params::None)
+    .expect("normalize");
+    assert!(max_diff(&img.to_f32(), &[0.0, -0.5, 1.0]) < 1e-6);
+}
+
+#[test]
+fn simd_and_baseline_paths_give_bit_identical_views() {
+    let text = "
+- random_resized_crop: { size: 40 }
+- random_apply: { p: 1.0, transforms: [{ color_jitter: { brightness: 0.8, contrast: 0.8, saturation: 0.8, hue: 0.2 } }] }
+- gaussian_blur: { kernel_size: 9 }
+";
+    let root = simclr_config::yaml::parse(text).expect("yaml");
+    let policy = Policy::parse(&root, "t").expect("policy");
+    let big = rgb(61, 77, |c, y, x| {
+        ((x * 5 + y * 11 + c * 17) % 97) as f32 / 96.0
+    });
+    let run = |key: u64| {
+        let mut img = big.clone();
+        policy
+            .run(&mut img, &mut Rng::from_key(&[key]))
+            .expect("runs");
+        img.to_f32()
+    };
+    for key in 0..10 {
+        crate::simd::set_enabled(true);
+        let fast = run(key);
+        crate::simd::set_enabled(false);
+        let plain = run(key);
+        crate::simd::set_enabled(true);
+        let (fast_bits, plain_bits): (Vec<u32>, Vec<u32>) = (
+            fast.iter().map(|x| x.to_bits()).collect(),
+            plain.iter().map(|x| x.to_bits()).collect(),
+        );
+        assert_eq!(fast_bits, plain_bits, "draw {key}");
+    }
+}
