@@ -286,8 +286,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         optimizer: None,
         groups: Vec::new(),
         schedule: None,
-        log: None,
-        history: Vec::new(),
+        log: StepLog::default(),
         started: Instant::now(),
         last_step_end: None,
         first_step: None,
@@ -309,60 +308,14 @@ struct Trainer {
     optimizer: Option<Box<dyn Optimizer>>,
     groups: Vec<Arc<ParamGroup>>,
     schedule: Option<WarmupCosine>,
-    log: Option<BufWriter<File>>,
-    /// (step, loss) of every step of the run, earlier segments of a resumed run included.
-    history: Vec<(u64, f64)>,
+    /// Opened when the stage starts.
+    log: StepLog,
     started: Instant,
     last_step_end: Option<Instant>,
     first_step: Option<u64>,
 }
 
 impl Trainer {
-    fn steps_file(&self) -> PathBuf {
-        crate::run_dir::RunDir::new(&self.run_dir).steps()
-    }
-
-    /// Open `steps.jsonl`: fresh, or (resuming) keeping the lines before the resume step.
-    fn open_log(&mut self) -> Result<(), StageError> {
-        if !self.params.metrics {
-            return Ok(());
-        }
-        let path = self.steps_file();
-        std::fs::create_dir_all(&self.run_dir).map_err(|e| {
-            StageError::caused(
-                format!("cannot create the run folder {}", self.run_dir.display()),
-                e,
-            )
-        })?;
-        let mut kept = Vec::new();
-        if let Some(resume) = &self.resume
-            && let Ok(file) = File::open(&path)
-        {
-            for line in BufReader::new(file).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                let step = v.get("step").and_then(serde_json::Value::as_u64);
-                let loss = v.get("loss").and_then(serde_json::Value::as_f64);
-                if let (Some(step), Some(loss)) = (step, loss)
-                    && step < resume.step
-                {
-                    self.history.push((step, loss));
-                    kept.push(line);
-                }
-            }
-        }
-        let file = File::create(&path)
-            .map_err(|e| StageError::caused(format!("cannot write {}", path.display()), e))?;
-        let mut w = BufWriter::new(file);
-        for line in kept {
-            writeln!(w, "{line}")
-                .map_err(|e| StageError::caused(format!("{}", path.display()), e))?;
-        }
-        self.log = Some(w);
-        Ok(())
-    }
-
     /// Build the optimizer over the groups the first batch went through.
     fn init(&mut self, fwd: &Forward, samples: usize) -> Result<(), StageError> {
         self.groups = fwd.groups.iter().map(|(g, _)| g.clone()).collect();
@@ -394,7 +347,29 @@ impl Trainer {
         Ok(())
     }
 
+    /// One training step on the batch `act`: check it, update the weights, record the step,
+    /// and give out the state after the update.
     fn step(&mut self, act: &Activations, cx: &StageContext) -> Result<TrainState, StageError> {
+        let fwd = self.check(act)?;
+        super::bind(fwd.tensor.device())?;
+        if self.optimizer.is_none() {
+            self.init(fwd, act.ids.len())?;
+        }
+        let update = self.update(fwd, act.step)?;
+        if act.epoch != self.epoch {
+            self.epoch = act.epoch;
+            self.position = 0;
+        }
+        self.position += act.ids.len() as u64;
+        self.next_step = act.step + 1;
+        let state = self.state(update.loss, update.lr)?;
+        self.record(act, fwd, &update, cx)?;
+        Ok(state)
+    }
+
+    /// The batch's forward pass, if it is the next one and was computed with the current
+    /// weights.
+    fn check<'a>(&self, act: &'a Activations) -> Result<&'a Forward, StageError> {
         let Some(fwd) = act.payload::<Forward>() else {
             return Err(StageError::msg("projections without a model payload"));
         };
@@ -403,10 +378,6 @@ impl Trainer {
                 "expected batch {} but got batch {}: batches must arrive in order",
                 self.next_step, act.step
             )));
-        }
-        super::bind(fwd.tensor.device())?;
-        if self.optimizer.is_none() {
-            self.init(fwd, act.ids.len())?;
         }
         for (group, used) in &fwd.groups {
             let now = group.version();
@@ -417,14 +388,19 @@ impl Trainer {
                 )));
             }
         }
+        Ok(fwd)
+    }
+
+    /// The loss of the batch, its backward pass and the optimizer's step at the scheduled
+    /// learning rate; every group's version moves on.
+    fn update(&mut self, fwd: &Forward, step: u64) -> Result<Update, StageError> {
         let t0 = Instant::now();
         let loss = nt_xent(&fwd.tensor, self.params.temperature).map_err(candle_err("nt_xent"))?;
         let value = f64::from(loss.to_scalar::<f32>().map_err(candle_err("nt_xent"))?);
-        let lr = self.schedule.map_or(0.0, |s| s.lr(act.step));
+        let lr = self.schedule.map_or(0.0, |s| s.lr(step));
         if !value.is_finite() {
             return Err(StageError::msg(format!(
-                "the loss is {value} at step {} (lr {lr:.4}): training diverged; lower `lr` or raise `warmup_steps`",
-                act.step
+                "the loss is {value} at step {step} (lr {lr:.4}): training diverged; lower `lr` or raise `warmup_steps`"
             )));
         }
         let t1 = Instant::now();
@@ -440,43 +416,75 @@ impl Trainer {
         for g in &self.groups {
             g.version.fetch_add(1, Ordering::SeqCst);
         }
-        let t3 = Instant::now();
-        if act.epoch != self.epoch {
-            self.epoch = act.epoch;
-            self.position = 0;
-        }
-        self.position += act.ids.len() as u64;
+        Ok(Update {
+            loss: value,
+            lr,
+            started: t0,
+            seconds: [
+                ("loss", (t1 - t0).as_secs_f64()),
+                ("backward", (t2 - t1).as_secs_f64()),
+                ("optimizer", t2.elapsed().as_secs_f64()),
+            ],
+        })
+    }
+
+    /// The state after the update (`next_step` moved on): the weights copied, the optimizer's
+    /// state by name.
+    fn state(&self, loss: f64, lr: f64) -> Result<TrainState, StageError> {
         let groups = self
             .groups
             .iter()
             .map(|g| snapshot(g))
             .collect::<candle_core::Result<Vec<_>>>()
             .map_err(candle_err("snapshot"))?;
-        let mut optimizer_state: Vec<(String, candle_core::Tensor)> =
-            optimizer.state().into_iter().collect();
+        let mut optimizer_state: Vec<(String, candle_core::Tensor)> = self
+            .optimizer
+            .as_ref()
+            .map(|o| o.state().into_iter().collect())
+            .unwrap_or_default();
         optimizer_state.sort_by(|a, b| a.0.cmp(&b.0));
-        self.next_step = act.step + 1;
+        Ok(TrainState {
+            steps: self.next_step,
+            epoch: self.epoch,
+            position: self.position,
+            loss,
+            lr,
+            total_steps: self.total,
+            seed: self.seed,
+            groups,
+            optimizer: self.params.optimizer.name().to_owned(),
+            optimizer_state,
+        })
+    }
 
-        // Metrics: the step's wall time is measured between step ends, so it includes any
-        // wait for data (images/s is the pipeline's training throughput).
+    /// The step's line in `steps.jsonl` and the status next to the progress bar. The step's
+    /// wall time is measured between step ends, so it includes any wait for data (images/s is
+    /// the pipeline's training throughput).
+    fn record(
+        &mut self,
+        act: &Activations,
+        fwd: &Forward,
+        update: &Update,
+        cx: &StageContext,
+    ) -> Result<(), StageError> {
         let now = Instant::now();
         let wall = self.last_step_end.map_or_else(
-            || (now - t0).as_secs_f64() + fwd_secs(fwd),
+            || (now - update.started).as_secs_f64() + fwd_secs(fwd),
             |t| (now - t).as_secs_f64(),
         );
         self.last_step_end = Some(now);
         self.first_step.get_or_insert(act.step);
         let images_per_s = act.ids.len() as f64 / wall.max(1e-9);
-        self.history.push((act.step, value));
-        if let Some(log) = self.log.as_mut() {
+        let (value, lr) = (update.loss, update.lr);
+        self.log.record(act.step, value, || {
             let mut stages = serde_json::Map::new();
             for (id, secs) in &fwd.timings {
                 stages.insert(id.clone(), (*secs).into());
             }
-            stages.insert("loss".into(), (t1 - t0).as_secs_f64().into());
-            stages.insert("backward".into(), (t2 - t1).as_secs_f64().into());
-            stages.insert("optimizer".into(), (t3 - t2).as_secs_f64().into());
-            let line = serde_json::json!({
+            for (what, secs) in update.seconds {
+                stages.insert(what.into(), secs.into());
+            }
+            serde_json::json!({
                 "step": act.step,
                 "epoch": act.epoch,
                 "loss": value,
@@ -485,11 +493,8 @@ impl Trainer {
                 "step_seconds": wall,
                 "elapsed_seconds": self.started.elapsed().as_secs_f64(),
                 "stage_seconds": stages,
-            });
-            writeln!(log, "{line}")
-                .and_then(|()| log.flush())
-                .map_err(|e| StageError::caused("cannot append to steps.jsonl", e))?;
-        }
+            })
+        })?;
         let end = self.max_steps.map_or(self.total, |m| m.min(self.total));
         let done_here = self.next_step - self.first_step.unwrap_or(0);
         let left = end.saturating_sub(self.next_step);
@@ -499,18 +504,118 @@ impl Trainer {
             self.next_step,
             human_secs(per_step * left as f64)
         ));
-        Ok(TrainState {
-            steps: self.next_step,
-            epoch: self.epoch,
-            position: self.position,
-            loss: value,
-            lr,
-            total_steps: self.total,
-            seed: self.seed,
-            groups,
-            optimizer: self.params.optimizer.name().to_owned(),
-            optimizer_state,
+        Ok(())
+    }
+}
+
+/// What one update did: the loss, the learning rate, when it started and how long its
+/// parts took.
+struct Update {
+    loss: f64,
+    lr: f64,
+    started: Instant,
+    seconds: [(&'static str, f64); 3],
+}
+
+/// `steps.jsonl` (a line per step) and, at the end, `loss.png`; off without `metrics`.
+#[derive(Default)]
+struct StepLog {
+    file: Option<BufWriter<File>>,
+    /// (step, loss) of every step of the run, earlier segments of a resumed run included.
+    history: Vec<(u64, f64)>,
+    plot: Option<PathBuf>,
+}
+
+impl StepLog {
+    /// Open `steps.jsonl` in `run_dir`: fresh, or (resuming) keeping the lines before the
+    /// resume step.
+    fn open(
+        run_dir: &std::path::Path,
+        metrics: bool,
+        resume: Option<&simclr_core::ResumePoint>,
+    ) -> Result<Self, StageError> {
+        if !metrics {
+            return Ok(Self::default());
+        }
+        let names = crate::run_dir::RunDir::new(run_dir);
+        let path = names.steps();
+        std::fs::create_dir_all(run_dir).map_err(|e| {
+            StageError::caused(
+                format!("cannot create the run folder {}", run_dir.display()),
+                e,
+            )
+        })?;
+        let mut history = Vec::new();
+        let mut kept = Vec::new();
+        if let Some(resume) = resume
+            && let Ok(file) = File::open(&path)
+        {
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let step = v.get("step").and_then(serde_json::Value::as_u64);
+                let loss = v.get("loss").and_then(serde_json::Value::as_f64);
+                if let (Some(step), Some(loss)) = (step, loss)
+                    && step < resume.step
+                {
+                    history.push((step, loss));
+                    kept.push(line);
+                }
+            }
+        }
+        let file = File::create(&path)
+            .map_err(|e| StageError::caused(format!("cannot write {}", path.display()), e))?;
+        let mut w = BufWriter::new(file);
+        for line in kept {
+            writeln!(w, "{line}").map_err(|e| StageError::caused(path.display().to_string(), e))?;
+        }
+        Ok(Self {
+            file: Some(w),
+            history,
+            plot: Some(names.loss_plot()),
         })
+    }
+
+    /// Remember the step's loss and, when the log is on, append `line()`.
+    fn record(
+        &mut self,
+        step: u64,
+        loss: f64,
+        line: impl FnOnce() -> serde_json::Value,
+    ) -> Result<(), StageError> {
+        self.history.push((step, loss));
+        if let Some(log) = self.file.as_mut() {
+            writeln!(log, "{}", line())
+                .and_then(|()| log.flush())
+                .map_err(|e| StageError::caused("cannot append to steps.jsonl", e))?;
+        }
+        Ok(())
+    }
+
+    /// Flush the log, note the loss's course and draw `loss.png`.
+    fn finish(&mut self, cx: &mut StageContext) -> Result<(), StageError> {
+        if let Some(log) = self.file.as_mut() {
+            log.flush()
+                .map_err(|e| StageError::caused("cannot write steps.jsonl", e))?;
+        }
+        let (Some(first), Some(last)) = (self.history.first(), self.history.last()) else {
+            cx.note("no training step was taken");
+            return Ok(());
+        };
+        cx.note(format!(
+            "steps {}..{}: loss {:.4} -> {:.4}",
+            first.0,
+            last.0 + 1,
+            first.1,
+            last.1
+        ));
+        if let Some(path) = &self.plot {
+            crate::plot::loss_curve(&self.history, path)
+                .map_err(|e| StageError::caused(format!("cannot draw {}", path.display()), e))?;
+            cx.note(format!("loss curve: {}", path.display()));
+        }
+        Ok(())
     }
 }
 
@@ -531,7 +636,8 @@ fn human_secs(secs: f64) -> String {
 impl Stage for Trainer {
     fn on_start(&mut self, _cx: &mut StageContext) -> Result<(), StageError> {
         self.started = Instant::now();
-        self.open_log()
+        self.log = StepLog::open(&self.run_dir, self.params.metrics, self.resume.as_ref())?;
+        Ok(())
     }
 
     fn process(
@@ -576,27 +682,6 @@ impl Stage for Trainer {
         _out: &mut Outputs<'_>,
         cx: &mut StageContext,
     ) -> Result<(), StageError> {
-        if let Some(log) = self.log.as_mut() {
-            log.flush()
-                .map_err(|e| StageError::caused("cannot write steps.jsonl", e))?;
-        }
-        let (Some(first), Some(last)) = (self.history.first(), self.history.last()) else {
-            cx.note("no training step was taken");
-            return Ok(());
-        };
-        cx.note(format!(
-            "steps {}..{}: loss {:.4} -> {:.4}",
-            first.0,
-            last.0 + 1,
-            first.1,
-            last.1
-        ));
-        if self.params.metrics {
-            let path = crate::run_dir::RunDir::new(&self.run_dir).loss_plot();
-            crate::plot::loss_curve(&self.history, &path)
-                .map_err(|e| StageError::caused(format!("cannot draw {}", path.display()), e))?;
-            cx.note(format!("loss curve: {}", path.display()));
-        }
-        Ok(())
+        self.log.finish(cx)
     }
 }
