@@ -7,36 +7,9 @@ use crate::ops::color::{adjust_hue, equalize_plane};
 use crate::ops::{Equalize, Normalize};
 use crate::{Img, Params, Policy, Shape, Transform};
 
-fn rgb(h: usize, w: usize, f: impl Fn(usize, usize, usize) -> f32) -> Img {
-    let shape = Shape {
-        channels: 3,
-        height: h,
-        width: w,
-    };
-    let mut v = vec![0f32; shape.len()];
-    for c in 0..3 {
-        for y in 0..h {
-            for x in 0..w {
-                v[(c * h + y) * w + x] = f(c, y, x);
-            }
-        }
-    }
-    Img::from_f32(shape, v)
-}
-
-fn pattern() -> Img {
-    rgb(17, 23, |c, y, x| {
-        ((x * 7 + y * 13 + c * 29) % 256) as f32 / 255.0
-    })
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+#[path = "../tests/images/mod.rs"]
+mod images;
+use images::{max_diff, pattern, rgb};
 
 #[test]
 fn hue_shift_then_its_inverse_returns_the_input_within_one_level() {
