@@ -22,7 +22,7 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "embeddings.npy")]
     out: PathBuf,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::at_least_one)]
     batch_size: usize,
     /// Threads for decoding and inference (0: one per core).
     #[arg(long, default_value_t = 0)]

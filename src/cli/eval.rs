@@ -73,7 +73,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::at_least_one)]
     batch_size: usize,
     /// For `image_folder` sources: a folder of held-out images, one sub-folder per class.
     #[arg(long, value_name = "DIR")]

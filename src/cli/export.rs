@@ -30,7 +30,7 @@ pub struct ExportArgs {
     #[arg(long)]
     no_verify: bool,
     /// Largest |ONNX Runtime - candle| the check accepts.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = super::tolerance)]
     tolerance: f64,
     /// Images of the run's own data the check also runs (when readable here).
     #[arg(long, default_value_t = 16)]

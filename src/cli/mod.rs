@@ -112,3 +112,21 @@ fn parse_overrides(set: &[String]) -> Result<Vec<(String, String)>> {
         })
         .collect()
 }
+
+/// A count of at least 1 (`--batch-size`).
+fn at_least_one(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A finite number ≥ 0 (`--tolerance`): NaN would pass every comparison.
+fn tolerance(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        Ok(t) => Err(format!("{t} is not a finite number ≥ 0")),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -152,6 +152,16 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
                 "`name` must not be empty",
                 "give the pipeline a name, e.g. `name: cifar10-simclr`",
             ));
+        } else if !is_plain_name(&name) {
+            // The run folder defaults to `runs/<name>`: a name with a separator or `..` would
+            // put it anywhere on the disk.
+            diags.push(bad_value(
+                root,
+                "name",
+                "",
+                format!("`name` is a name, not a path: `{name}`"),
+                "use letters, digits, `-`, `_` and `.` (no `/`, `\\` or `..`); set `run_dir:` or pass `--run-dir` to choose the folder",
+            ));
         }
         def.name = name;
     }
@@ -490,6 +500,15 @@ fn require(map: &Value, path: &str, keys: &[&str], diags: &mut Vec<Diagnostic>) 
             );
         }
     }
+}
+
+/// Whether `name` can stand as one path component: no separator, not `.` or `..`, nothing
+/// a file system treats specially.
+fn is_plain_name(name: &str) -> bool {
+    name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && !name.chars().any(char::is_control)
 }
 
 fn bad_value(

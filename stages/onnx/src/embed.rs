@@ -316,7 +316,7 @@ impl Embedder {
     /// name); `progress(done)` after every batch.
     ///
     /// # Errors
-    /// Nothing to embed; inputs of other channels or, for `.npy` inputs, another size than the
+    /// A batch size of 0; nothing to embed; inputs of other channels or, for `.npy` inputs, another size than the
     /// model takes; images that reach different sizes for a model of any size; an unreadable
     /// image (named); the model failing.
     pub fn embed(
@@ -352,7 +352,11 @@ impl Embedder {
                 ));
             }
         }
-        let batch = batch.max(1);
+        if batch == 0 {
+            return Err(OnnxError::Message(
+                "the batch size must be at least 1".into(),
+            ));
+        }
         let mut rows: Vec<f32> = Vec::new();
         let mut dim = 0;
         let mut start = 0;

@@ -223,7 +223,7 @@ pub fn preprocessing(
 /// checkpoint), reading its encoder kind from `encoders`.
 ///
 /// # Errors
-/// No usable checkpoint, `head` without a head in it, an export the writer refuses, ONNX
+/// A tolerance that is not a finite number ≥ 0, no usable checkpoint, `head` without a head in it, an export the writer refuses, ONNX
 /// Runtime missing (when verifying), or a verification over the tolerance
 /// ([`OnnxError::Verification`]).
 pub fn export_checkpoint(
@@ -232,6 +232,15 @@ pub fn export_checkpoint(
     encoders: &Encoders,
     settings: &ExportSettings,
 ) -> Result<Exported, OnnxError> {
+    if let Some(v) = &settings.verify
+        && !(v.tolerance.is_finite() && v.tolerance >= 0.0)
+    {
+        // A NaN tolerance would pass every comparison.
+        return Err(OnnxError::Message(format!(
+            "the verification tolerance must be a finite number ≥ 0, not {}",
+            v.tolerance
+        )));
+    }
     let model = TrainedModel::from_checkpoint(path, encoders, Weights::Trained, &Device::Cpu)?;
     let checkpoint = model
         .checkpoint

@@ -1,0 +1,199 @@
+//! What a hostile or careless user can hand the commands (issue 14): output paths that are not
+//! regular files, definitions whose name is a path, checks given values that would switch them
+//! off. Each case failed before its fix.
+
+mod common;
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use common::{ok, scratch, simclr};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A checkpoint of a tiny run (synthetic data, a ResNet-18 of width 4, 2 steps).
+fn tiny_run(dir: &Path) -> PathBuf {
+    let file = dir.join("def.yaml");
+    std::fs::write(
+        &file,
+        "\
+name: hostile
+seed: 3
+stages:
+  images: { kind: synthetic, params: { count: 16, size: 16, channels: 1 } }
+  views:
+    kind: views
+    inputs: [images]
+    params: { t: [{ random_resized_crop: { size: 16 } }] }
+  batches: { kind: batch, inputs: [views], params: { batch_size: 8 } }
+  encoder: { kind: resnet, inputs: [batches], credit: { from: train }, params: { depth: 18, width: 4, in_channels: 1 } }
+  head: { kind: projector, inputs: [encoder], params: { head: mlp, out: 8 } }
+  train: { kind: nt_xent, inputs: [head], params: { optimizer: lars, lr: 0.5 } }
+  checkpoints: { kind: checkpoint, inputs: [train], params: { every: 0 } }
+",
+    )
+    .expect("definition");
+    let run = dir.join("run");
+    ok(&simclr(&[
+        "run",
+        file.to_str().expect("utf-8"),
+        "--run-dir",
+        run.to_str().expect("utf-8"),
+        "--quiet",
+    ]));
+    run
+}
+
+fn is_char_device(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+}
+
+/// `export --out` a device writes to the device (and reports its failure) instead of renaming
+/// a temporary file over the device node; through a symbolic link, the file it points to is
+/// replaced and the link stays; a folder is refused.
+#[test]
+fn export_writes_through_devices_and_links_and_refuses_folders() {
+    let dir = scratch("hostile", "export-targets");
+    let run = tiny_run(&dir);
+    let run = run.to_str().expect("utf-8");
+    let export = |out: &str| simclr(&["export", run, "--no-verify", "--out", out]);
+
+    // Device nodes of our own (null and full, made with mknod: root only, as CI runs), so a
+    // regression replaces those and not the system's.
+    let null = dir.join("null");
+    let full = dir.join("full");
+    let made = [(&null, "3"), (&full, "7")].iter().all(|(path, minor)| {
+        std::process::Command::new("mknod")
+            .args(["-m", "666", path.to_str().expect("utf-8"), "c", "1", minor])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if made {
+        ok(&export(null.to_str().expect("utf-8")));
+        assert!(
+            is_char_device(&null),
+            "the null device was replaced by a file"
+        );
+        let out = export(full.to_str().expect("utf-8"));
+        assert!(
+            !out.status.success(),
+            "a write to the full device succeeded"
+        );
+        assert!(
+            text(&out.stderr).contains("No space left on device"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(
+            is_char_device(&full),
+            "the full device was replaced by a file"
+        );
+    } else {
+        eprintln!("not root: the device cases are skipped (CI runs them)");
+    }
+
+    let real = dir.join("real.onnx");
+    std::fs::write(&real, b"old").expect("file");
+    let link = dir.join("link.onnx");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    ok(&export(link.to_str().expect("utf-8")));
+    assert!(
+        std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()),
+        "the link was replaced by a file"
+    );
+    let written = std::fs::read(&real).expect("target");
+    assert!(written.len() > 1000, "the link's target was not written");
+
+    let folder = dir.join("a-folder");
+    std::fs::create_dir_all(&folder).expect("folder");
+    let out = export(folder.to_str().expect("utf-8"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is a folder"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(folder.is_dir());
+}
+
+/// A definition's `name` is one path component: `runs/<name>` must not leave `runs/`.
+#[test]
+fn a_name_that_is_a_path_is_refused_with_its_location() {
+    let dir = scratch("hostile", "name-path");
+    for name in ["../escape", "/tmp/elsewhere", "a/b", "..", "back\\\\slash"] {
+        let file = dir.join("def.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "name: \"{name}\"\nstages:\n  images: {{ kind: synthetic, params: {{ count: 4, size: 8 }} }}\n  drain: {{ kind: sink, inputs: [images] }}\n"
+            ),
+        )
+        .expect("definition");
+        let out = simclr(&["validate", file.to_str().expect("utf-8")]);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains("is a name, not a path"), "{name}: {err}");
+        assert!(err.contains("def.yaml:1:7"), "{name}: located: {err}");
+    }
+}
+
+/// Values that would switch a check off are refused: a NaN tolerance passed every comparison,
+/// a batch size of 0 was accepted.
+#[test]
+fn checks_cannot_be_switched_off_by_their_parameters() {
+    let dir = scratch("hostile", "switched-off");
+    let run = tiny_run(&dir);
+    let run = run.to_str().expect("utf-8");
+    let out_file = dir.join("model.onnx");
+    let out_file = out_file.to_str().expect("utf-8");
+    for bad in ["NaN", "inf", "-1"] {
+        let flag = format!("--tolerance={bad}");
+        let out = simclr(&["export", run, &flag, "--out", out_file]);
+        assert_eq!(out.status.code(), Some(2), "--tolerance {bad}");
+        assert!(
+            text(&out.stderr).contains("--tolerance"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!Path::new(out_file).exists(), "nothing written");
+    // The library refuses it too, for programs that call it directly.
+    let settings = simclr::onnx::exporter::ExportSettings {
+        head: false,
+        opset: 17,
+        fold_batch_norm: true,
+        verify: Some(simclr::onnx::exporter::VerifySettings {
+            tolerance: f64::NAN,
+            images: 0,
+        }),
+    };
+    let err = simclr::onnx::exporter::export_checkpoint(
+        Path::new(run),
+        &simclr::registry::user(),
+        &simclr::registry::encoders(),
+        &settings,
+    )
+    .expect_err("a NaN tolerance");
+    assert!(err.to_string().contains("tolerance"), "{err}");
+    for command in [
+        vec!["embed", "--model", run, "--input", "/dev/null"],
+        vec!["eval", "knn", run],
+    ] {
+        let mut args = command.clone();
+        args.extend(["--batch-size", "0"]);
+        let out = simclr(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("must be at least 1"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
