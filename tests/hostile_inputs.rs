@@ -197,3 +197,84 @@ fn checks_cannot_be_switched_off_by_their_parameters() {
         );
     }
 }
+
+/// `--set` overrides reach the run folder: its `definition.yaml` and the checkpoint's copy are
+/// the definition that ran (evaluation and export read those), and `--resume` compares the
+/// definition as it would run now — overrides included — with the one that trained.
+#[test]
+fn overrides_are_recorded_and_compared_on_resume() {
+    let dir = scratch("hostile", "overrides");
+    let file = dir.join("def.yaml");
+    std::fs::write(
+        &file,
+        "\
+name: overrides # a comment the resolved copy does not keep
+seed: 3
+stages:
+  images: { kind: synthetic, params: { count: 16, size: 16, channels: 1 } }
+  views: { kind: views, inputs: [images], params: { t: [{ random_resized_crop: { size: 16 } }] } }
+  batches: { kind: batch, inputs: [views], params: { batch_size: 8 } }
+  encoder: { kind: resnet, inputs: [batches], credit: { from: train }, params: { depth: 18, width: 4, in_channels: 1 } }
+  head: { kind: projector, inputs: [encoder], params: { head: mlp, out: 8 } }
+  train: { kind: nt_xent, inputs: [head], params: { optimizer: lars, lr: 0.5 } }
+  checkpoints: { kind: checkpoint, inputs: [train], params: { every: 1 } }
+",
+    )
+    .expect("definition");
+    let run = dir.join("run");
+    let (file, run) = (file.to_str().expect("utf-8"), run.to_str().expect("utf-8"));
+    let sets = ["--set", "stages.images.params.count=24", "--set", "seed=9"];
+    let mut args = vec!["run", file, "--run-dir", run, "--quiet", "--max-steps", "1"];
+    args.extend(sets);
+    ok(&simclr(&args));
+    let latest =
+        std::fs::read_to_string(Path::new(run).join("checkpoints/latest")).expect("latest");
+    let checkpoint = Path::new(run).join("checkpoints").join(latest.trim());
+    for copy in [
+        Path::new(run).join("definition.yaml"),
+        checkpoint.join("definition.yaml"),
+    ] {
+        let text = std::fs::read_to_string(&copy).expect("copy");
+        let tree = simclr::config::yaml::parse(&text).expect("the copy parses");
+        let count = tree
+            .get("stages")
+            .and_then(|s| s.get("images"))
+            .and_then(|s| s.get("params"))
+            .and_then(|p| p.get("count"));
+        assert!(
+            count.is_some_and(|c| matches!(
+                c.kind,
+                simclr::core::ValueKind::Int(24) | simclr::core::ValueKind::UInt(24)
+            )),
+            "{}: {text}",
+            copy.display()
+        );
+        assert!(
+            text.contains("--set seed=9"),
+            "says what was overridden: {text}"
+        );
+        // And it is a definition that validates as it stands.
+        ok(&simclr(&["validate", copy.to_str().expect("utf-8")]));
+    }
+    let state = std::fs::read_to_string(checkpoint.join("state.json")).expect("state");
+    assert!(state.contains("\"seed\": 9"), "{state}");
+
+    // Resuming with the same overrides: the same definition, no warning.
+    let mut same = vec!["run", file, "--resume", run, "--quiet", "--max-steps", "2"];
+    same.extend(sets);
+    let out = simclr(&same);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("differs"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Without them, the run would train another definition: say so.
+    let out = simclr(&["run", file, "--resume", run, "--quiet", "--max-steps", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("differs from the definition the checkpoint was trained with"),
+        "{}",
+        text(&out.stderr)
+    );
+}

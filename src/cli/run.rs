@@ -79,7 +79,10 @@ impl RunArgs {
             ..LoadOptions::default()
         };
         if let Some(from) = &self.resume {
-            let text = std::fs::read_to_string(&self.file).ok();
+            // Compared with the checkpoint's definition as it ran: overrides included.
+            let text = std::fs::read_to_string(&self.file)
+                .ok()
+                .and_then(|t| simclr::config::resolved_text(&self.file, &t, &options.overrides));
             let resume = match resume_from(from, text.as_deref()) {
                 Ok(r) => r,
                 Err(e) => {
@@ -150,7 +153,7 @@ fn execute(
         std::fs::create_dir_all(&graph.run_dir)
             .with_context(|| format!("cannot create the run folder {}", graph.run_dir.display()))?;
         let copy = run_dir.definition();
-        std::fs::write(&copy, &graph.source)
+        std::fs::write(&copy, &graph.resolved)
             .with_context(|| format!("cannot write {}", copy.display()))?;
     }
     let stop = Arc::new(AtomicBool::new(false));

@@ -29,8 +29,12 @@ pub struct Graph {
     pub run_dir: PathBuf,
     /// The definition file.
     pub file: PathBuf,
-    /// Its text, kept so a run can store an exact copy.
+    /// Its text, as read.
     pub source: String,
+    /// The definition this graph was built from: `source` itself, or — with `--set`
+    /// overrides — the resolved document (see [`resolved_text`]). What a run folder and its
+    /// checkpoints keep, and what `--resume` compares.
+    pub resolved: String,
     /// Stages, sources first.
     pub nodes: Vec<Node>,
     /// Data edges.
@@ -165,6 +169,7 @@ pub fn load_str(
             return Err(Diagnostics::new(file, text, vec![d]));
         }
     }
+    let resolved = resolved_from(file, text, &root, &options.overrides);
     let mut diags = Vec::new();
     let def = definition::read(&root, &mut diags);
     let run_dir = options
@@ -191,7 +196,7 @@ pub fn load_str(
                 run_dir: &run_dir,
                 resume: options.resume.as_ref(),
                 max_steps: options.max_steps,
-                definition: text,
+                definition: &resolved,
                 ..cx
             };
             let factory = (kind.build)(&cx)?;
@@ -217,10 +222,42 @@ pub fn load_str(
         run_dir,
         file: file.to_owned(),
         source: text.to_owned(),
+        resolved: resolved.clone(),
         nodes,
         edges,
         credits,
     })
+}
+
+/// The definition that runs when `text` is loaded with `overrides`: `text` itself when
+/// there are none; otherwise the document with the overrides applied, written back as YAML
+/// under a comment naming the file and the overrides (the original's comments and anchors
+/// are not kept). `None` when the text or an override does not parse.
+pub fn resolved_text(file: &Path, text: &str, overrides: &[(String, String)]) -> Option<String> {
+    if overrides.is_empty() {
+        return Some(text.to_owned());
+    }
+    let mut root = yaml::parse(text).ok()?;
+    for (path, value) in overrides {
+        apply_override(&mut root, path, value).ok()?;
+    }
+    Some(resolved_from(file, text, &root, overrides))
+}
+
+fn resolved_from(file: &Path, text: &str, root: &Value, overrides: &[(String, String)]) -> String {
+    if overrides.is_empty() {
+        return text.to_owned();
+    }
+    let sets: Vec<String> = overrides
+        .iter()
+        .map(|(k, v)| format!("--set {k}={}", v.replace('\n', " ")))
+        .collect();
+    format!(
+        "# {} with {}: the definition that ran\n{}",
+        file.display().to_string().replace('\n', " "),
+        sets.join(" "),
+        yaml::emit(root)
+    )
 }
 
 /// Set `path` (dotted keys) of `root` to the YAML `value`, creating missing mappings. The new

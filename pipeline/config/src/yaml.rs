@@ -151,6 +151,135 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 }
 
+/// Write a value tree as a YAML document that [`parse`] reads back to the same tree
+/// (locations aside): block mappings and sequences, every string double-quoted (JSON
+/// escapes), floats in Rust's shortest round-trip form. Comments, anchors and the original
+/// layout are not kept: this is for definitions the program resolved (`--set` applied).
+pub fn emit(value: &Value) -> String {
+    let mut out = String::new();
+    match &value.kind {
+        ValueKind::Map(entries) if !entries.is_empty() => block_map(entries, 0, &mut out),
+        ValueKind::Seq(items) if !items.is_empty() => block_seq(items, 0, &mut out),
+        _ => {
+            out.push_str(&scalar(value));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn block_map(entries: &[(Value, Value)], indent: usize, out: &mut String) {
+    for (i, (k, v)) in entries.iter().enumerate() {
+        // The first key of a mapping inside a sequence item follows the `- ` already written.
+        if i > 0 || indent == 0 || !out.ends_with("- ") {
+            out.push_str(&" ".repeat(indent));
+        }
+        out.push_str(&key(k));
+        out.push(':');
+        nested(v, indent, out);
+    }
+}
+
+fn block_seq(items: &[Value], indent: usize, out: &mut String) {
+    for (i, v) in items.iter().enumerate() {
+        if i > 0 || indent == 0 || !out.ends_with("- ") {
+            out.push_str(&" ".repeat(indent));
+        }
+        out.push_str("- ");
+        match &v.kind {
+            ValueKind::Map(entries) if !entries.is_empty() => block_map(entries, indent + 2, out),
+            ValueKind::Seq(inner) if !inner.is_empty() => block_seq(inner, indent + 2, out),
+            _ => {
+                out.push_str(&scalar(v));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+/// The value after `key:` at `indent`.
+fn nested(v: &Value, indent: usize, out: &mut String) {
+    match &v.kind {
+        ValueKind::Map(entries) if !entries.is_empty() => {
+            out.push('\n');
+            block_map(entries, indent + 2, out);
+        }
+        ValueKind::Seq(items) if !items.is_empty() => {
+            out.push('\n');
+            block_seq(items, indent + 2, out);
+        }
+        _ => {
+            out.push(' ');
+            out.push_str(&scalar(v));
+            out.push('\n');
+        }
+    }
+}
+
+fn key(k: &Value) -> String {
+    match &k.kind {
+        ValueKind::Str(s) if plain_key(s) => s.clone(),
+        _ => scalar(k),
+    }
+}
+
+/// A key that reads back as the same string unquoted.
+fn plain_key(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n"
+        )
+}
+
+fn scalar(v: &Value) -> String {
+    match &v.kind {
+        ValueKind::Null => "null".into(),
+        ValueKind::Bool(b) => b.to_string(),
+        ValueKind::Int(i) => i.to_string(),
+        ValueKind::UInt(u) => u.to_string(),
+        ValueKind::Float(f) if f.is_nan() => ".nan".into(),
+        ValueKind::Float(f) if f.is_infinite() => if *f > 0.0 { ".inf" } else { "-.inf" }.into(),
+        ValueKind::Float(f) => {
+            // Rust's shortest round-trip form: `0.5`, `3.0`, `1e-7`, `1e20`. A mantissa
+            // without a dot (`1e-7`) gets one, which every YAML version reads as a float.
+            let text = format!("{f:?}");
+            match text.split_once('e') {
+                Some((mantissa, exp)) if !mantissa.contains('.') => {
+                    format!("{mantissa}.0e{exp}")
+                }
+                _ => text,
+            }
+        }
+        ValueKind::Str(s) => quoted(s),
+        ValueKind::Seq(_) => "[]".into(),
+        ValueKind::Map(_) => "{}".into(),
+    }
+}
+
+/// `s` in double quotes with JSON's escapes (a YAML double-quoted scalar).
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +305,62 @@ mod tests {
         let e = parse("a: [1,\n").expect_err("unclosed");
         assert_eq!(e.loc, Loc { line: 1, column: 4 });
         assert_eq!(e.message, "unclosed bracket '['");
+    }
+
+    /// The tree without its locations.
+    fn shape(v: &Value) -> String {
+        match &v.kind {
+            ValueKind::Map(entries) => format!(
+                "{{{}}}",
+                entries
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", shape(k), shape(v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            ValueKind::Seq(items) => format!(
+                "[{}]",
+                items.iter().map(shape).collect::<Vec<_>>().join(", ")
+            ),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn emitted_documents_read_back_to_the_same_tree() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../definitions");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&root).expect("definitions/") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            let tree = parse(&text).expect("shipped definitions parse");
+            let again = parse(&emit(&tree)).expect("emitted YAML parses");
+            assert_eq!(shape(&again), shape(&tree), "{}", path.display());
+            files += 1;
+        }
+        assert!(files >= 5, "read the shipped definitions");
+        let tricky = "\
+plain: text
+quoted: \"a: b # not a comment\"
+words: [true, \"true\", null, \"null\", \"yes\", \"1\", \"0x10\", \"\", \" padded \"]
+escapes: \"tab\\there\\\"quote\\\\ backslash \\u00e9 \\n line\"
+numbers: [0, -3, 18446744073709551615, 0.5, -1.0e-6, 1.0e20, 3.0, 1e-7]
+\"key with space\": 1
+\"true\": key
+\"1\": key
+empty_map: {}
+empty_seq: []
+nested: [[1, [2]], [], {a: {b: [x, {c: d}]}}]
+items:
+  - { random_resized_crop: { size: 32, scale: [0.08, 1.0] } }
+  - random_apply: { p: 0.8, transforms: [{ color_jitter: { brightness: 0.4 } }] }
+";
+        let tree = parse(tricky).expect("tricky parses");
+        let emitted = emit(&tree);
+        let again = parse(&emitted).expect("emitted parses");
+        assert_eq!(shape(&again), shape(&tree), "{emitted}");
     }
 }

@@ -213,7 +213,7 @@ pub struct BuildContext<'a> {
     pub resume: Option<&'a ResumePoint>,
     /// Stop training after this many steps in all (`simclr run --max-steps`).
     pub max_steps: Option<u64>,
-    /// The definition's text (checkpoints keep a copy).
+    /// The definition's text as it runs (`--set` overrides applied; checkpoints keep a copy).
     pub definition: &'a str,
     /// What the program added to its registry beside the stage kinds (registered
     /// transforms, say), for kinds that look such things up.
