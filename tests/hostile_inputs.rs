@@ -278,3 +278,177 @@ stages:
         text(&out.stderr)
     );
 }
+
+/// Run `simclr ARGS`, killed after `secs` (a hang is a failure, not a stuck suite).
+fn simclr_within(args: &[&str], secs: u64) -> std::process::Output {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_simclr"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "`simclr {}` still running after {secs} s:\n{}",
+                args.join(" "),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn validate_text(dir: &Path, definition: &str) -> (Option<i32>, String) {
+    let file = dir.join("def.yaml");
+    std::fs::write(&file, definition).expect("definition");
+    let out = simclr(&["validate", file.to_str().expect("utf-8")]);
+    (out.status.code(), text(&out.stderr))
+}
+
+/// Sizes from a definition are bounded before anything is allocated for them: a projector of
+/// 2⁶⁴ − 1 units panicked ("capacity overflow"), a crop of 100 000 px aborted allocating 10 GB.
+#[test]
+fn sizes_beyond_any_sane_run_are_refused_at_validation() {
+    let dir = scratch("hostile", "sizes");
+    let (code, err) = validate_text(
+        &dir,
+        "\
+name: sizes
+stages:
+  images: { kind: synthetic, params: { count: 8, size: 16 } }
+  views: { kind: views, inputs: [images], params: { t: [{ random_resized_crop: { size: 100000 } }] } }
+  batches: { kind: batch, inputs: [views], params: { batch_size: 4 } }
+  encoder: { kind: resnet, inputs: [batches], credit: { from: train }, params: { depth: 18, width: 4 } }
+  head: { kind: projector, inputs: [encoder], params: { head: mlp, hidden: 18446744073709551615, out: 8 } }
+  train: { kind: nt_xent, inputs: [head] }
+  drain: { kind: sink, inputs: [train] }
+",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("largest supported side, 8192"), "{err}");
+    assert!(err.contains("largest supported layer"), "{err}");
+    assert!(err.contains("def.yaml:4:"), "located: {err}");
+}
+
+/// An IDX header claiming 2³² − 1 images in a file of a few bytes is reported as truncated
+/// (it aborted allocating 3.4 TB).
+#[test]
+fn an_idx_header_that_lies_about_its_size_is_truncated_not_fatal() {
+    let dir = scratch("hostile", "idx-lies");
+    let mut bytes = vec![0, 0, 0x08, 3];
+    for d in [u32::MAX, 28, 28] {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend([7u8; 100]);
+    let file = dir.join("huge.idx");
+    std::fs::write(&file, &bytes).expect("idx");
+    let err = simclr::source::idx::IdxDataset::load(&file, None).expect_err("truncated");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    let out = simclr_within(
+        &[
+            "embed",
+            "--model",
+            "/nonexistent.onnx",
+            "--input",
+            file.to_str().expect("utf-8"),
+        ],
+        60,
+    );
+    assert!(!out.status.success());
+    assert!(out.status.code().is_some(), "killed by a signal: {out:?}");
+}
+
+/// An image folder with a pipe named like an image and a symbolic link back up the tree: the
+/// pipe is not an image (reading it hung the run), each real folder is read once (48 images
+/// became 1 968).
+#[test]
+fn image_folders_skip_pipes_and_read_each_real_folder_once() {
+    let dir = scratch("hostile", "folder");
+    let root = dir.join("images");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(root.join(class)).expect("class");
+        for i in 0..3 {
+            image::GrayImage::from_pixel(4, 4, image::Luma([i * 60]))
+                .save(root.join(class).join(format!("{i}.png")))
+                .expect("png");
+        }
+    }
+    std::os::unix::fs::symlink("..", root.join("a").join("loop")).expect("loop");
+    let fifo = root.join("b").join("pipe.png");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(made, "mkfifo");
+    let (files, classes) = simclr::source::image_folder::scan(&root, true).expect("scan");
+    assert_eq!(files.len(), 6, "{files:?}");
+    assert_eq!(classes, ["a", "b"]);
+    let file = dir.join("def.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: folder\nstages:\n  images: {{ kind: image_folder, params: {{ path: {}, channels: 1 }} }}\n  drain: {{ kind: sink, inputs: [images], params: {{ expect: 6 }} }}\n",
+            root.display()
+        ),
+    )
+    .expect("definition");
+    for on_error in ["fail", "skip"] {
+        let out = simclr_within(
+            &[
+                "run",
+                file.to_str().expect("utf-8"),
+                "--run-dir",
+                dir.join("run").to_str().expect("utf-8"),
+                "--quiet",
+                "--set",
+                &format!("stages.images.params.on_error={on_error}"),
+            ],
+            60,
+        );
+        assert!(out.status.success(), "{on_error}: {}", text(&out.stderr));
+    }
+}
+
+/// A credit on a stage that emits one message per sample, from one that finishes one per
+/// batch, deadlocked the run with no output: refused at validation.
+#[test]
+fn a_credit_that_can_never_be_repaid_is_refused() {
+    let dir = scratch("hostile", "credit");
+    for (stage, line) in [("images", 3), ("views", 4)] {
+        let credit = |s: &str| {
+            if s == stage {
+                "credit: { from: train }, "
+            } else {
+                ""
+            }
+        };
+        let definition = format!(
+            "\
+name: credit
+stages:
+  images: {{ kind: synthetic, {}params: {{ count: 8, size: 16 }} }}
+  views: {{ kind: views, inputs: [images], {}params: {{ t: [{{ random_resized_crop: {{ size: 16 }} }}] }} }}
+  batches: {{ kind: batch, inputs: [views], params: {{ batch_size: 4 }} }}
+  encoder: {{ kind: resnet, inputs: [batches], params: {{ depth: 18, width: 4 }} }}
+  head: {{ kind: projector, inputs: [encoder], params: {{ head: mlp, out: 8 }} }}
+  train: {{ kind: nt_xent, inputs: [head] }}
+  drain: {{ kind: sink, inputs: [train] }}
+",
+            credit("images"),
+            credit("views")
+        );
+        let (code, err) = validate_text(&dir, &definition);
+        assert_eq!(code, Some(2), "{stage}: {err}");
+        assert!(
+            err.contains("wait for the second credit forever"),
+            "{stage}: {err}"
+        );
+        assert!(err.contains(&format!("def.yaml:{line}:")), "{stage}: {err}");
+    }
+}

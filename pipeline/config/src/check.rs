@@ -57,6 +57,7 @@ pub(crate) fn resolve(
         (0..stages.len()).collect()
     };
     let (out_type, types_ok) = port_types(&stages, &order, &ids, registry, diags);
+    check_credit_rates(&stages, &ids, &credits, &out_type, diags);
     let type_ok = types_ok && cycles.is_empty();
     check_outputs(entries, &stages, &index, &adjacency, &out_type, diags);
     let (factories, facts) = build_stages(&stages, &order, &out_type, registry, diags, build);
@@ -303,6 +304,57 @@ fn resolve_credits(
 
 /// The port type each stage emits, checking that every input fits its consumer; `false`
 /// when a type is unknown or wrong.
+/// A credit returns one token per message the giver finishes, and the taker spends one per
+/// message it emits. A taker that emits one message per sample (images, view pairs) paced by
+/// a giver that finishes one per batch would wait for the second credit forever: refuse it.
+fn check_credit_rates(
+    stages: &[Pending<'_>],
+    ids: &[&str],
+    credits: &[Credit],
+    out_type: &[Option<PortType>],
+    diags: &mut Vec<Diagnostic>,
+) {
+    let per_sample =
+        |t: Option<PortType>| matches!(t, Some(PortType::Images | PortType::ViewPairs));
+    let per_batch = |t: Option<PortType>| {
+        matches!(
+            t,
+            Some(
+                PortType::Batches
+                    | PortType::Features
+                    | PortType::Projections
+                    | PortType::TrainStates
+            )
+        )
+    };
+    for c in credits {
+        let (Some(taken), Some(given)) = (out_type[c.to], out_type[c.from]) else {
+            continue;
+        };
+        if per_sample(Some(taken)) && per_batch(Some(given)) {
+            let Some(loc) = stages[c.to].entry.credit.as_ref().map(|k| k.loc) else {
+                continue;
+            };
+            diags.push(
+                Diagnostic::new(
+                    loc,
+                    join_path(&join_path("stages", ids[c.to]), "credit.from"),
+                    format!(
+                        "`{}` emits one message per sample ({}) but `{}` returns one credit per batch: the run would wait for the second credit forever",
+                        ids[c.to],
+                        taken.name(),
+                        ids[c.from]
+                    ),
+                )
+                .with_help(format!(
+                    "pace the stage that takes the batches instead (the encoder: `credit: {{ from: {} }}`)",
+                    ids[c.from]
+                )),
+            );
+        }
+    }
+}
+
 fn port_types(
     stages: &[Pending<'_>],
     order: &[usize],

@@ -172,6 +172,17 @@ fn start(
 
 /// Take one credit if this stage is paced by a credit edge.
 fn acquire_credit(s: &WorkerSetup, trace: &mut Option<ThreadTrace>) -> Result<(), StageError> {
+    acquire_credit_or_stop(s, trace, false)
+}
+
+/// As [`acquire_credit`]; with `stoppable` (a source), a stop request (Ctrl-C, an item limit)
+/// also ends the wait: the source then stops producing instead of waiting for a credit that
+/// may never come.
+fn acquire_credit_or_stop(
+    s: &WorkerSetup,
+    trace: &mut Option<ThreadTrace>,
+    stoppable: bool,
+) -> Result<(), StageError> {
     let Some(rx) = &s.credit_in else {
         return Ok(());
     };
@@ -184,6 +195,9 @@ fn acquire_credit(s: &WorkerSetup, trace: &mut Option<ThreadTrace>) -> Result<()
             Err(RecvTimeoutError::Timeout) => {
                 if s.shared.signals.is_cancelled() {
                     break Err(StageError::Cancelled);
+                }
+                if stoppable && s.shared.signals.should_stop() {
+                    break Ok(());
                 }
             }
         }
@@ -295,7 +309,11 @@ fn source_loop(
             signals.truncated.store(true, Ordering::SeqCst);
             break;
         }
-        acquire_credit(s, trace)?;
+        acquire_credit_or_stop(s, trace, true)?;
+        if signals.should_stop() {
+            signals.truncated.store(true, Ordering::SeqCst);
+            break;
+        }
         let t1 = Instant::now();
         let next = guarded(|| source.next(cx));
         let took = t1.elapsed();

@@ -154,7 +154,10 @@ fn read_header(reader: &mut dyn Read, path: &Path, want_dims: u8) -> Result<Vec<
 }
 
 fn read_body(reader: &mut dyn Read, path: &Path, expected: usize) -> Result<Vec<u8>, DataError> {
-    let mut data = Vec::with_capacity(expected);
+    // Not `with_capacity(expected)`: the size is the header's claim, and a header claiming
+    // 2³² images must not allocate terabytes before the file is found short. The buffer grows
+    // with the data actually there.
+    let mut data = Vec::new();
     reader
         .take(expected as u64 + 1)
         .read_to_end(&mut data)
@@ -190,11 +193,16 @@ impl IdxDataset {
         let mut reader = open(images)?;
         let dims = read_header(reader.as_mut(), images, 3)?;
         let (n, rows, cols) = (dims[0], dims[1], dims[2]);
-        let data = read_body(
-            reader.as_mut(),
-            images,
-            n as usize * rows as usize * cols as usize,
-        )?;
+        let size = (n as usize)
+            .checked_mul(rows as usize)
+            .and_then(|x| x.checked_mul(cols as usize))
+            .ok_or_else(|| {
+                DataError::file(
+                    images,
+                    format!("the header's {n} images of {rows}×{cols} do not fit in memory"),
+                )
+            })?;
+        let data = read_body(reader.as_mut(), images, size)?;
         let labels = match labels {
             None => None,
             Some(path) => {

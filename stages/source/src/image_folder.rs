@@ -64,7 +64,9 @@ stages:
 /// Image files with their class index.
 pub type LabelledFiles = Vec<(PathBuf, Option<u32>)>;
 
-/// Image files under `root`, sorted, with their class index; and the class names.
+/// Image files under `root`, sorted, with their class index; and the class names. Links are
+/// followed, each real folder once; only regular files (or dangling links, reported when
+/// read) count as images.
 ///
 /// # Errors
 /// An unreadable folder.
@@ -72,12 +74,26 @@ pub fn scan(root: &Path, labels: bool) -> Result<(LabelledFiles, Vec<String>), D
     let mut classes: Vec<String> = Vec::new();
     let mut files: Vec<(PathBuf, Option<String>)> = Vec::new();
     let mut stack: Vec<(PathBuf, Option<String>)> = vec![(root.to_owned(), None)];
+    // Every real folder is read once: a symbolic link back up the tree (or two links to one
+    // folder) would otherwise list the same images again and again.
+    let mut seen = std::collections::HashSet::new();
     while let Some((dir, class)) = stack.pop() {
+        let real = std::fs::canonicalize(&dir).map_err(DataError::io(&dir))?;
+        if !seen.insert(real) {
+            continue;
+        }
         let entries = std::fs::read_dir(&dir).map_err(DataError::io(&dir))?;
         for entry in entries {
             let entry = entry.map_err(DataError::io(&dir))?;
             let path = entry.path();
-            if path.is_dir() {
+            // Through links; a dangling link stays a candidate, so reading it names it.
+            let meta = std::fs::metadata(&path).ok();
+            if meta.as_ref().is_some_and(|m| !m.is_dir() && !m.is_file()) {
+                // A pipe, socket or device named like an image is not one (reading a pipe
+                // would wait forever).
+                continue;
+            }
+            if meta.as_ref().is_some_and(std::fs::Metadata::is_dir) {
                 let sub = class
                     .clone()
                     .or_else(|| (labels).then(|| entry.file_name().to_string_lossy().into_owned()));

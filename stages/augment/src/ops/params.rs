@@ -10,9 +10,26 @@ use simclr_core::{ParamError, Value};
 
 use crate::transform::{Params, TransformError, invalid};
 
-/// `32` or `[height, width]`.
+/// `32` or `[height, width]`, each side from 1 to [`MAX_SIDE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Size(pub u32, pub u32);
+
+/// The largest side a transform produces: 8192 px (an 8192² RGB view is 0.8 GB in float32;
+/// beyond that a typo, not an experiment, and the allocation would abort the process).
+pub const MAX_SIDE: u32 = 8192;
+
+fn side<E: de::Error>(v: i64) -> Result<u32, E> {
+    match u32::try_from(v) {
+        Ok(s) if (1..=MAX_SIDE).contains(&s) => Ok(s),
+        Ok(s) if s > MAX_SIDE => Err(E::custom(format!(
+            "size {s} is larger than the largest supported side, {MAX_SIDE}"
+        ))),
+        _ if v > 0 => Err(E::custom(format!(
+            "size {v} is larger than the largest supported side, {MAX_SIDE}"
+        ))),
+        _ => Err(E::custom(format!("size must be positive, found {v}"))),
+    }
+}
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -23,28 +40,25 @@ impl<'de> Deserialize<'de> for Size {
                 f.write_str("a size: one integer, or [height, width]")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
-                let s = u32::try_from(v)
-                    .ok()
-                    .filter(|&s| s > 0)
-                    .ok_or_else(|| E::custom(format!("size must be positive, found {v}")))?;
+                let s = side(v)?;
                 Ok(Size(s, s))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
-                self.visit_i64(i64::try_from(v).unwrap_or(-1))
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Size, A::Error> {
-                let h: u32 = seq
+                let h: i64 = seq
                     .next_element()?
                     .ok_or_else(|| de::Error::custom("expected [height, width]"))?;
-                let w: u32 = seq
+                let w: i64 = seq
                     .next_element()?
                     .ok_or_else(|| de::Error::custom("expected [height, width]"))?;
-                if seq.next_element::<u32>()?.is_some() || h == 0 || w == 0 {
+                if seq.next_element::<i64>()?.is_some() || h <= 0 || w <= 0 {
                     return Err(de::Error::custom(
                         "expected [height, width] of two positive integers",
                     ));
                 }
-                Ok(Size(h, w))
+                Ok(Size(side(h)?, side(w)?))
             }
         }
         d.deserialize_any(V)

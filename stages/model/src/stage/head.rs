@@ -59,6 +59,9 @@ fn default_out() -> usize {
     128
 }
 
+/// The widest layer a head may have (a 65536 × 65536 float32 matrix is 16 GiB).
+pub const MAX_UNITS: usize = 1 << 16;
+
 impl HeadParams {
     /// The head's parameters and input size from its checkpointed spec (its parameters plus
     /// `input`).
@@ -120,6 +123,17 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
                 params.layers
             ),
             "use `head: linear` for a single layer",
+        ));
+    }
+    if let Some((field, n)) = [("out", params.out), ("hidden", params.hidden.unwrap_or(0))]
+        .into_iter()
+        .find(|&(_, n)| n > MAX_UNITS)
+    {
+        // The weight matrix would be allocated before anything else could fail.
+        return Err(cx.invalid(
+            field,
+            format!("`{field}` is {n}, more than the largest supported layer, {MAX_UNITS} units"),
+            "SimCLR uses hidden: 2048 (the encoder's width), out: 128",
         ));
     }
     if params.out == 0 || params.hidden == Some(0) {
