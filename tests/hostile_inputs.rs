@@ -452,3 +452,57 @@ stages:
         assert!(err.contains(&format!("def.yaml:{line}:")), "{stage}: {err}");
     }
 }
+
+/// Found by the fuzzer (`tests/fuzz_definitions.rs`): a synthetic source of 2⁶⁴ − 1 items
+/// panicked ("capacity overflow") building its shuffled order, and a `views` `size` of 10 204
+/// was accepted (the default policy's views never went through the transforms' bound).
+#[test]
+fn fuzzer_findings_are_errors_not_panics() {
+    let dir = scratch("hostile", "fuzz-findings");
+    let file = dir.join("def.yaml");
+    std::fs::write(
+        &file,
+        "\
+name: huge
+stages:
+  images: { kind: synthetic, params: { count: 18446744073709551615, size: 8 } }
+  drain: { kind: sink, inputs: [images] }
+",
+    )
+    .expect("definition");
+    let out = simclr_within(
+        &[
+            "run",
+            file.to_str().expect("utf-8"),
+            "--run-dir",
+            dir.join("run").to_str().expect("utf-8"),
+            "--items",
+            "4",
+            "--quiet",
+        ],
+        60,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot shuffle"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+    let (code, err) = validate_text(
+        &dir,
+        "\
+name: views-size
+stages:
+  images: { kind: synthetic, params: { count: 8, size: 8 } }
+  views: { kind: views, inputs: [images], params: { size: 10204 } }
+  drain: { kind: sink, inputs: [views] }
+",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("largest supported side"), "{err}");
+}

@@ -238,6 +238,17 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             "the paper uses 1.0 (0.5 for CIFAR-10)",
         ));
     }
+    if config.size > crate::ops::params::MAX_SIDE {
+        return Err(cx.invalid(
+            "size",
+            format!(
+                "`size` {} is larger than the largest supported side, {}",
+                config.size,
+                crate::ops::params::MAX_SIDE
+            ),
+            "32 for CIFAR-sized views, 224 for ImageNet",
+        ));
+    }
     if config.size == 0 {
         return Err(cx.invalid(
             "size",

@@ -101,18 +101,33 @@ impl DatasetSource {
     }
 
     /// Item index at position `pos` of `epoch`.
-    fn index(&mut self, seed: u64, epoch: u32, pos: u64, n: u64) -> u64 {
+    ///
+    /// # Errors
+    /// A dataset too large to hold its shuffled order in memory (8 bytes an item).
+    fn index(&mut self, seed: u64, epoch: u32, pos: u64, n: u64) -> Result<u64, StageError> {
         if !self.options.shuffle {
-            return pos;
+            return Ok(pos);
         }
         if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let mut perm: Vec<u64> = (0..n).collect();
+            self.order = None;
+            let mut perm: Vec<u64> = Vec::new();
+            usize::try_from(n)
+                .ok()
+                .and_then(|len| perm.try_reserve_exact(len).ok())
+                .ok_or_else(|| {
+                    StageError::msg(format!(
+                        "cannot shuffle {n} items: their order alone needs {} GB (set `shuffle: false`, or `limit:` the items)",
+                        n.saturating_mul(8) / 1_000_000_000
+                    ))
+                })?;
+            perm.extend(0..n);
             Rng::from_key(&[seed, u64::from(epoch), stream::SHUFFLE]).shuffle(&mut perm);
             self.order = Some((epoch, perm));
         }
-        self.order
+        Ok(self
+            .order
             .as_ref()
-            .map_or(pos, |(_, perm)| perm[pos as usize])
+            .map_or(pos, |(_, perm)| perm[pos as usize]))
     }
 }
 
@@ -145,7 +160,7 @@ impl Source for DatasetSource {
             let position = self.next;
             self.next += self.step;
             let epoch = (position / n) as u32;
-            let index = self.index(cx.seed(), epoch, position % n, n);
+            let index = self.index(cx.seed(), epoch, position % n, n)?;
             match data.get(index) {
                 Ok(s) => {
                     return Ok(Some(Message::Image(Image {
