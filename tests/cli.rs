@@ -628,9 +628,9 @@ fn set_overrides_values_and_reports_bad_paths() {
         "{}",
         text(&out.stderr)
     );
-    // Not KEY=VALUE.
+    // Not KEY=VALUE: an invalid definition too, exit 2 like the others (it was 1, issue 14).
     let out = simclr(&["validate", "definitions/quickstart.yaml", "--set", "seed"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("expected KEY.PATH=VALUE"),
         "{}",

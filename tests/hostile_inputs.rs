@@ -506,3 +506,24 @@ stages:
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("largest supported side"), "{err}");
 }
+
+/// An IDX file of 0×0 images gave 0 items and exit 0: refused where the definition names it.
+#[test]
+fn an_idx_file_of_empty_images_is_refused() {
+    let dir = scratch("hostile", "idx-empty");
+    let mut bytes = vec![0, 0, 0x08, 3];
+    for d in [5u32, 0, 0] {
+        bytes.extend(d.to_be_bytes());
+    }
+    let file = dir.join("empty.idx");
+    std::fs::write(&file, &bytes).expect("idx");
+    let (code, err) = validate_text(
+        &dir,
+        &format!(
+            "name: empty\nstages:\n  images: {{ kind: idx, params: {{ path: {} }} }}\n  drain: {{ kind: sink, inputs: [images] }}\n",
+            file.display()
+        ),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("images of 0×0 pixels"), "{err}");
+}

@@ -81,6 +81,11 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         // `simclr stages | head`: the reader left; that is not an error.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        // A malformed `--set` is an invalid definition, like one the file gives.
+        Err(error) if error.is::<InvalidOverride>() => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_INVALID)
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(EXIT_FAILED)
@@ -106,9 +111,9 @@ fn parse_overrides(set: &[String]) -> Result<Vec<(String, String)>> {
     set.iter()
         .map(|s| match s.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-            _ => Err(anyhow::anyhow!(
+            _ => Err(anyhow::Error::new(InvalidOverride(format!(
                 "--set {s}: expected KEY.PATH=VALUE, e.g. --set stages.images.params.count=512"
-            )),
+            )))),
         })
         .collect()
 }
@@ -130,3 +135,15 @@ fn tolerance(text: &str) -> std::result::Result<f64, String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// A `--set` that is not `KEY.PATH=VALUE` (exit 2, as an invalid definition).
+#[derive(Debug)]
+struct InvalidOverride(String);
+
+impl std::fmt::Display for InvalidOverride {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidOverride {}

@@ -150,6 +150,15 @@ fn read_header(reader: &mut dyn Read, path: &Path, want_dims: u8) -> Result<Vec<
             .map_err(|e| DataError::caused(path, "truncated IDX header", e))?;
         dims.push(u32::from_be_bytes(d));
     }
+    if want_dims == 3 && (dims[1] == 0 || dims[2] == 0) {
+        return Err(DataError::file(
+            path,
+            format!(
+                "images of {}×{} pixels: there is nothing to read",
+                dims[1], dims[2]
+            ),
+        ));
+    }
     Ok(dims)
 }
 
