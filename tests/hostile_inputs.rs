@@ -527,3 +527,42 @@ fn an_idx_file_of_empty_images_is_refused() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("images of 0×0 pixels"), "{err}");
 }
+
+/// `eval` on an encoder whose weights are NaN reported chance accuracy with exit 0 (a NaN
+/// turns into 0 after a ReLU, so even the features looked finite).
+#[test]
+fn evaluation_refuses_non_finite_features() {
+    let dir = scratch("hostile", "nan-weights");
+    let run = tiny_run(&dir);
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).expect("latest");
+    let file = run
+        .join("checkpoints")
+        .join(latest.trim())
+        .join("encoder.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).expect("load");
+    let poisoned: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let nan = (t.ones_like().expect("ones") * f64::NAN).expect("nan");
+            (name, nan)
+        })
+        .collect();
+    candle_core::safetensors::save(&poisoned, &file).expect("save");
+    for what in ["linear", "knn"] {
+        let out = simclr(&[
+            "eval",
+            what,
+            run.to_str().expect("utf-8"),
+            "--train-limit",
+            "16",
+            "--test-limit",
+            "16",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("holds NaN or infinite values"),
+            "{what}: {}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -14,7 +14,8 @@ use crate::data::LabelledSet;
 /// in evaluation mode on the model's device.
 ///
 /// # Errors
-/// Images the network does not take (channels), or a device failure.
+/// Images the network does not take (channels), a device failure, or features that are not
+/// finite (NaN weights).
 pub fn embed(model: &TrainedModel, set: &LabelledSet, batch: usize) -> Result<Vec<f32>, EvalError> {
     let (c, h, w) = set.shape;
     let arch = &model.arch;
@@ -38,6 +39,18 @@ pub fn embed(model: &TrainedModel, set: &LabelledSet, batch: usize) -> Result<Ve
             .and_then(|f| f.to_vec1::<f32>())
             .map_err(EvalError::candle("encoder forward"))?;
         out.extend_from_slice(&f);
+    }
+    let d = arch.feature_dim().max(1);
+    let bad = out
+        .chunks(d)
+        .filter(|row| row.iter().any(|v| !v.is_finite()))
+        .count();
+    if bad > 0 {
+        // Scores over such features are chance-level noise, not a measurement.
+        return Err(EvalError::Invalid(format!(
+            "the encoder gives non-finite features (NaN or infinity) for {bad} of {} images: its weights are damaged or its training diverged",
+            set.len()
+        )));
     }
     Ok(out)
 }

@@ -297,7 +297,8 @@ pub(crate) fn spec_of<T: serde::Serialize>(config: &T) -> serde_json::Value {
 /// must be there with its shape; the message names the file and the tensor.
 ///
 /// # Errors
-/// An unreadable file, a missing tensor or one of another shape.
+/// An unreadable file, a missing tensor, one of another shape, or one holding NaN or infinite
+/// values.
 pub fn load_vars(
     vars: &VarMap,
     file: &std::path::Path,
@@ -319,6 +320,20 @@ pub fn load_vars(
                 "`{name}` has shape {:?} there, {:?} here (a different architecture?)",
                 t.dims(),
                 var.dims()
+            )));
+        }
+        // A NaN weight turns into zeros after the first ReLU: the model would run and score
+        // at chance without a word.
+        let finite = t
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(ModelError::unreadable(file, format!("`{name}`")))?
+            .iter()
+            .all(|v| v.is_finite());
+        if !finite {
+            return Err(checkpoint(format!(
+                "`{name}` holds NaN or infinite values (a damaged file, or a run that diverged)"
             )));
         }
         var.set(t)
