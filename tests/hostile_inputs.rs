@@ -566,3 +566,26 @@ fn evaluation_refuses_non_finite_features() {
         );
     }
 }
+
+/// A duplicate key inside `random_apply` was accepted (the last one won), where every other
+/// transform's parameters refuse one.
+#[test]
+fn a_duplicate_key_inside_random_apply_is_refused() {
+    let dir = scratch("hostile", "random-apply-duplicate");
+    let (code, err) = validate_text(
+        &dir,
+        "\
+name: duplicate
+stages:
+  images: { kind: synthetic, params: { count: 8, size: 16 } }
+  views: { kind: views, inputs: [images], params: { t: [{ random_apply: { p: 0.5, p: 0.9, transforms: [{ random_grayscale: { p: 1.0 } }] } }] } }
+  drain: { kind: sink, inputs: [views] }
+",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("duplicate field `p`"), "{err}");
+    assert!(
+        err.contains("def.yaml:4:83"),
+        "located at the second `p`: {err}"
+    );
+}

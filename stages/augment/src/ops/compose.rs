@@ -33,8 +33,20 @@ pub(super) fn build_random_apply(
             "e.g. `random_apply: { p: 0.8, transforms: [{ color_jitter: { brightness: 0.4 } }] }`",
         ));
     };
-    for (k, _) in entries {
+    for (i, (k, _)) in entries.iter().enumerate() {
         let key = k.as_str().unwrap_or_default();
+        if entries[..i]
+            .iter()
+            .any(|(earlier, _)| earlier.as_str() == Some(key))
+        {
+            // As serde reports a duplicate field of any other transform's parameters.
+            return Err(invalid(
+                k,
+                &join_path(path, key),
+                format!("duplicate field `{key}`"),
+                "give each of `p` and `transforms` once",
+            ));
+        }
         if key != "p" && key != "transforms" {
             return Err(invalid(
                 k,
