@@ -238,7 +238,7 @@ fn mutated_definitions_are_refused_located_or_run_briefly() {
         let file = dir.join(format!("valid-{case}.yaml"));
         std::fs::write(&file, text).expect("write");
         let run_dir = dir.join(format!("valid-run-{case}"));
-        let out = run_within(
+        let out = common::simclr_within(
             &[
                 "run",
                 file.to_str().expect("utf-8"),
@@ -266,25 +266,4 @@ fn mutated_definitions_are_refused_located_or_run_briefly() {
             "case {case} panicked or was killed:\n{stderr}\n{text}"
         );
     }
-}
-
-/// Run `simclr ARGS`; `None` (and the process killed) past `limit`.
-fn run_within(args: &[&str], limit: Duration) -> Option<std::process::Output> {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_simclr"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the binary runs");
-    let deadline = Instant::now() + limit;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(child.wait_with_output().expect("output"))
 }

@@ -279,29 +279,10 @@ stages:
     );
 }
 
-/// Run `simclr ARGS`, killed after `secs` (a hang is a failure, not a stuck suite).
+/// Run `simclr ARGS`; a failure if it is still running after `secs`.
 fn simclr_within(args: &[&str], secs: u64) -> std::process::Output {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_simclr"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the binary runs");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().ok();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "`simclr {}` still running after {secs} s:\n{}",
-                args.join(" "),
-                text(&out.stderr)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
+    common::simclr_within(args, std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|| panic!("`simclr {}` still running after {secs} s", args.join(" ")))
 }
 
 fn validate_text(dir: &Path, definition: &str) -> (Option<i32>, String) {
