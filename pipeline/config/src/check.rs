@@ -314,24 +314,18 @@ fn check_credit_rates(
     out_type: &[Option<PortType>],
     diags: &mut Vec<Diagnostic>,
 ) {
-    let per_sample =
-        |t: Option<PortType>| matches!(t, Some(PortType::Images | PortType::ViewPairs));
-    let per_batch = |t: Option<PortType>| {
+    let per_sample = |t: PortType| matches!(t, PortType::Images | PortType::ViewPairs);
+    let per_batch = |t: PortType| {
         matches!(
             t,
-            Some(
-                PortType::Batches
-                    | PortType::Features
-                    | PortType::Projections
-                    | PortType::TrainStates
-            )
+            PortType::Batches | PortType::Features | PortType::Projections | PortType::TrainStates
         )
     };
     for c in credits {
         let (Some(taken), Some(given)) = (out_type[c.to], out_type[c.from]) else {
             continue;
         };
-        if per_sample(Some(taken)) && per_batch(Some(given)) {
+        if per_sample(taken) && per_batch(given) {
             let Some(loc) = stages[c.to].entry.credit.as_ref().map(|k| k.loc) else {
                 continue;
             };
