@@ -3,8 +3,9 @@
 `onnxruntime` Python packages (pip install onnx onnxruntime==1.31.1).
 
     python3 scripts/check_onnx.py encoder.onnx [more.onnx ...]
-        onnx.checker.check_model(full_check=True) on each file; prints opset, IR version,
-        node counts by type, inputs, outputs and metadata.
+        onnx.checker.check_model(full_check=True) on each file, and the weights against the
+        metadata's weights_sha256; prints opset, IR version, node counts by type, inputs,
+        outputs and metadata.
     python3 scripts/check_onnx.py encoder.onnx --input x.npy --expect h.npy [--tolerance 1e-4]
         also runs x.npy (float32 NCHW) through Python's onnxruntime and compares the first
         output (or --output NAME) with h.npy (e.g. the output of `simclr embed`).
@@ -13,7 +14,9 @@ Exits non-zero on the first failure, naming the file.
 """
 import argparse
 import collections
+import hashlib
 import json
+import struct
 import sys
 
 import numpy as np
@@ -47,6 +50,15 @@ def main() -> int:
             "outputs": {o.name: shape(o) for o in model.graph.output},
             "metadata": {m.key: m.value for m in model.metadata_props},
         }
+        recorded = info["metadata"].get("weights_sha256")
+        if recorded is not None:
+            h = hashlib.sha256()
+            for t in model.graph.initializer:
+                h.update(t.name.encode() + b"\0" + struct.pack(f"<{len(t.dims)}q", *t.dims) + t.raw_data)
+            if h.hexdigest() != recorded:
+                print(f"{path}: weights hash to {h.hexdigest()}, metadata weights_sha256 says {recorded}", file=sys.stderr)
+                return 1
+            info["weights_sha256_verified"] = True
         if args.json:
             print(json.dumps(info))
         else:

@@ -570,3 +570,323 @@ stages:
         "located at the second `p`: {err}"
     );
 }
+
+/// A JPEG cut to a third decoded without error, its missing part gray; and of 11 bad files
+/// skipped only 5 were named anywhere. Cut images are refused like PIL's "image file is
+/// truncated" (skipped or fatal as `on_error` says), and every skipped file is named in the
+/// run folder's `skipped.jsonl` with its cause and how many epochs skipped it.
+#[test]
+fn truncated_images_are_refused_and_every_skipped_file_is_named() {
+    let dir = scratch("hostile", "truncated");
+    let root = dir.join("images");
+    std::fs::create_dir_all(&root).expect("folder");
+    let photo = image::RgbImage::from_fn(48, 32, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 7) as u8, ((x * y) % 251) as u8])
+    });
+    let mut jpeg = Vec::new();
+    photo
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .expect("jpeg");
+    let mut png = Vec::new();
+    photo
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("png");
+    for i in 0..3 {
+        std::fs::write(root.join(format!("good-{i}.jpg")), &jpeg).expect("good");
+    }
+    let mut bad = Vec::new();
+    for i in 0..8 {
+        let name = format!("cut-{i}.jpg");
+        std::fs::write(root.join(&name), &jpeg[..jpeg.len() * (i + 2) / 12]).expect("cut");
+        bad.push(name);
+    }
+    std::fs::write(root.join("cut.png"), &png[..png.len() / 3]).expect("cut png");
+    std::fs::write(root.join("empty.jpg"), b"").expect("empty");
+    std::fs::write(root.join("text.jpg"), b"not an image").expect("text");
+    bad.extend(["cut.png", "empty.jpg", "text.jpg"].map(String::from));
+    let file = dir.join("def.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: cut\nstages:\n  images: {{ kind: image_folder, params: {{ path: {}, labels: false, epochs: 2, on_error: skip }} }}\n  drain: {{ kind: sink, inputs: [images], params: {{ expect: 6 }} }}\n",
+            root.display()
+        ),
+    )
+    .expect("definition");
+    let run = dir.join("run");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "run".to_string(),
+            file.display().to_string(),
+            "--run-dir".into(),
+            run.display().to_string(),
+            "--quiet".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let skip = args(&[]);
+    let out = simclr_within(&skip.iter().map(String::as_str).collect::<Vec<_>>(), 60);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("skipped 22 item(s) (11 distinct)"),
+        "{stdout}"
+    );
+    let listed = std::fs::read_to_string(run.join("skipped.jsonl")).expect("skipped.jsonl");
+    let lines: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let mut named: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            assert_eq!(l["stage"], "images", "{l}");
+            assert_eq!(l["times"], 2, "skipped in both epochs: {l}");
+            let item = l["item"].as_str().expect("item");
+            let cause = l["cause"].as_str().expect("cause");
+            if item.ends_with(".jpg") && item.contains("cut-") {
+                assert!(cause.contains("image file is truncated"), "{l}");
+            }
+            assert!(!cause.is_empty(), "{l}");
+            Path::new(item)
+                .file_name()
+                .expect("a file")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    named.sort();
+    bad.sort();
+    assert_eq!(named, bad);
+
+    // A fresh run that skips nothing leaves no stale list behind.
+    for name in &bad {
+        std::fs::remove_file(root.join(name)).expect("remove");
+    }
+    ok(&simclr(
+        &skip.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert!(!run.join("skipped.jsonl").exists());
+
+    // Under `on_error: fail`, the cut file stops the run, named.
+    std::fs::write(root.join("cut.jpg"), &jpeg[..jpeg.len() / 3]).expect("cut");
+    let fail = args(&["--set", "stages.images.params.on_error=fail"]);
+    let out = simclr_within(&fail.iter().map(String::as_str).collect::<Vec<_>>(), 60);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cut.jpg: image file is truncated"),
+        "{stderr}"
+    );
+}
+
+/// An `.onnx` file with flipped weight bytes embedded without complaint. The export records the
+/// weights' SHA-256 in its metadata and every load verifies it: a bit flipped in the file and a
+/// weight edited (and re-saved) with the `onnx` package are both refused, naming the file.
+#[test]
+fn an_onnx_file_whose_weights_changed_is_refused() {
+    let dir = scratch("hostile", "onnx-checksum");
+    let run = tiny_run(&dir);
+    let model = dir.join("encoder.onnx");
+    ok(&simclr(&[
+        "export",
+        run.to_str().expect("utf-8"),
+        "--out",
+        model.to_str().expect("utf-8"),
+    ]));
+    let flipped = dir.join("flipped.onnx");
+    let edited = dir.join("edited.onnx");
+    let input = dir.join("x.npy");
+    // The flip lands inside the largest initializer's raw bytes, found in the file.
+    let script = r#"
+import sys, numpy as np, onnx
+from onnx import numpy_helper
+src, flipped, edited, npy = sys.argv[1:]
+data = bytearray(open(src, "rb").read())
+m = onnx.load(src)
+t = max(m.graph.initializer, key=lambda t: len(t.raw_data))
+at = bytes(data).find(t.raw_data) + len(t.raw_data) // 2
+data[at] ^= 0x10
+open(flipped, "wb").write(data)
+w = numpy_helper.to_array(t).copy()
+w.flat[0] += 1e-3
+t.CopyFrom(numpy_helper.from_array(w, t.name))
+onnx.save(m, edited)
+np.save(npy, np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32))
+"#;
+    let made = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args([&model, &flipped, &edited, &input])
+        .output()
+        .expect("python3 runs (scripts/setup.sh installs onnx)");
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let embed = |m: &Path| {
+        simclr(&[
+            "embed",
+            "--model",
+            m.to_str().expect("utf-8"),
+            "--input",
+            input.to_str().expect("utf-8"),
+            "--out",
+            dir.join("h.npy").to_str().expect("utf-8"),
+        ])
+    };
+    ok(&embed(&model));
+    for bad in [&flipped, &edited] {
+        let out = embed(bad);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{}: {stderr}", bad.display());
+        assert!(
+            stderr.contains(&bad.display().to_string())
+                && stderr.contains("do not match the checksum recorded when it was exported"),
+            "{stderr}"
+        );
+    }
+}
+
+/// A definition saved as Latin-1 got "stream did not contain valid UTF-8" with no position
+/// and a help line about the path. Now: the line and column of the first bad byte, the byte,
+/// and how to convert the file.
+#[test]
+fn a_definition_that_is_not_utf8_is_located() {
+    let dir = scratch("hostile", "latin1");
+    let file = dir.join("def.yaml");
+    std::fs::write(
+        &file,
+        b"name: latin\nstages:\n  # caf\xe9 images\n  images: { kind: synthetic }\n",
+    )
+    .expect("definition");
+    let out = simclr(&["validate", file.to_str().expect("utf-8")]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("def.yaml:3:8"), "{err}");
+    assert!(err.contains("not UTF-8") && err.contains("0xE9"), "{err}");
+    assert!(err.contains("iconv"), "{err}");
+    assert!(!err.contains("check the path"), "{err}");
+}
+
+/// `keep_last: K` needed room for K + 1 checkpoints: the oldest went only after the new one was
+/// written. Now, with K >= 2, it goes first: a crash while writing (`SIMCLR_FAILPOINT` aborts
+/// the process in the middle of the Nth weights file) finds at most K checkpoints on disk,
+/// counting the half-written one; with K = 1 the only checkpoint stays until its successor is
+/// complete.
+#[test]
+fn keep_last_makes_room_before_writing_when_that_is_safe() {
+    let dir = scratch("hostile", "keep-last");
+    let file = dir.join("def.yaml");
+    std::fs::write(
+        &file,
+        "\
+name: keep
+seed: 3
+stages:
+  images: { kind: synthetic, params: { count: 48, size: 16 } }
+  views: { kind: views, inputs: [images], params: { size: 16 } }
+  batches: { kind: batch, inputs: [views], params: { batch_size: 8 } }
+  encoder: { kind: small_cnn, inputs: [batches], credit: { from: train }, params: { width: 4 } }
+  head: { kind: projector, inputs: [encoder], params: { hidden: 16, out: 8 } }
+  train: { kind: nt_xent, inputs: [head], params: { optimizer: sgd, lr: 0.5 } }
+  checkpoints: { kind: checkpoint, inputs: [train], params: { every: 2, keep_last: 2 } }
+",
+    )
+    .expect("definition");
+    // Three files per checkpoint (encoder, head, optimizer): write 7 is step 6's first, write
+    // 4 is step 4's first.
+    for (keep, failpoint, expect) in [
+        (2, 7, vec!["step-00000004"]),
+        (1, 4, vec!["step-00000002"]),
+    ] {
+        let run = dir.join(format!("run-{keep}"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_simclr"))
+            .args([
+                "run",
+                file.to_str().expect("utf-8"),
+                "--quiet",
+                "--run-dir",
+                run.to_str().expect("utf-8"),
+                "--set",
+                &format!("stages.checkpoints.params.keep_last={keep}"),
+            ])
+            .env("SIMCLR_FAILPOINT", format!("checkpoint-write:{failpoint}"))
+            .output()
+            .expect("runs");
+        assert!(!out.status.success(), "the failpoint aborts the run");
+        let ckpts = run.join("checkpoints");
+        let mut complete: Vec<String> = std::fs::read_dir(&ckpts)
+            .expect("checkpoints")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("step-"))
+            .collect();
+        complete.sort();
+        assert_eq!(complete, expect, "keep_last {keep}");
+        let latest = std::fs::read_to_string(ckpts.join("latest")).expect("latest");
+        assert_eq!(latest.trim(), expect[0], "keep_last {keep}");
+    }
+}
+
+/// Each size had its bound, their product none: the fuzzer found a valid definition whose
+/// batch of 8192-px views could never fit in memory (an OOM kill). A batch whose views alone
+/// exceed the machine's memory is refused at validation, located at `batch_size`; the same
+/// views in small batches validate.
+#[test]
+fn a_batch_larger_than_memory_is_refused_at_validation() {
+    let dir = scratch("hostile", "batch-memory");
+    let definition = |batch: usize| {
+        format!(
+            "\
+name: memory
+stages:
+  images: {{ kind: synthetic, params: {{ count: 8192, size: 8, channels: 1 }} }}
+  views: {{ kind: views, inputs: [images], params: {{ size: 8192 }} }}
+  batches: {{ kind: batch, inputs: [views], params: {{ batch_size: {batch} }} }}
+  drain: {{ kind: sink, inputs: [batches] }}
+"
+        )
+    };
+    // 2 x 4096 x 8192² gray floats: 2 TiB.
+    let (code, err) = validate_text(&dir, &definition(4096));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("def.yaml:5:"), "{err}");
+    assert!(
+        err.contains("4096 pairs of 1x8192x8192 views needs 2048.0 GiB"),
+        "{err}"
+    );
+    let (code, err) = validate_text(&dir, &definition(1));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// When the disk was full the console showed the `metrics.json` failure and hid the run's own
+/// error (the first cause) behind it. Every output is now attempted, each failure reported,
+/// and the run's error printed last, marked as the first.
+#[test]
+fn a_failed_run_whose_metrics_cannot_be_written_still_shows_its_error() {
+    let dir = scratch("hostile", "metrics-full");
+    let file = dir.join("def.yaml");
+    std::fs::write(
+        &file,
+        "name: full\nstages:\n  images: { kind: synthetic, params: { count: 4, size: 8 } }\n  drain: { kind: sink, inputs: [images], params: { expect: 5 } }\n",
+    )
+    .expect("definition");
+    let out = simclr(&[
+        "run",
+        file.to_str().expect("utf-8"),
+        "--quiet",
+        "--run-dir",
+        dir.join("run").to_str().expect("utf-8"),
+        "--metrics",
+        "/dev/full",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let metrics = err.find("cannot write the metrics to /dev/full").expect(&err);
+    let first = err.find("error (the first error):").expect(&err);
+    assert!(metrics < first, "{err}");
+    assert!(err[first..].contains("expected 5"), "{err}");
+    assert!(
+        dir.join("run").join("metrics.json").is_file(),
+        "the run folder's metrics were still written: {err}"
+    );
+}

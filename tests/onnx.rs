@@ -238,6 +238,11 @@ fn every_architecture_exports_checks_and_matches_candle_in_onnx_runtime() {
         assert_eq!(bn == 0, case.fold, "{}: {ops}", case.name);
         assert_eq!(info["opset"], 17);
         assert_eq!(
+            info["weights_sha256_verified"], true,
+            "{}: Python's SHA-256 of the weights equals the metadata's",
+            case.name
+        );
+        assert_eq!(
             info["inputs"]["images"][0], "batch",
             "{}: symbolic batch",
             case.name

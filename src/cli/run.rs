@@ -174,40 +174,129 @@ fn execute(
         }
     };
     writeln!(std::io::stdout().lock(), "{}", run.report)?;
+    // Every output is attempted even when one cannot be written (a full disk fails them all):
+    // their errors come first and the run's own error last, where it is seen.
+    let mut problems = Vec::new();
+    if is_run && let Err(e) = write_skipped(&run_dir, &run.report, resuming) {
+        problems.push(format!("{e:#}"));
+    }
     let mut metrics_paths: Vec<PathBuf> = measure.metrics.iter().cloned().collect();
     if is_run {
         metrics_paths.push(run_dir.metrics());
     }
     for path in &metrics_paths {
-        let json =
-            serde_json::to_string_pretty(&run.report).context("cannot serialise the metrics")?;
-        std::fs::write(path, json)
-            .with_context(|| format!("cannot write the metrics to {}", path.display()))?;
-        eprintln!("metrics written to {}", path.display());
+        let written = serde_json::to_string_pretty(&run.report)
+            .context("cannot serialise the metrics")
+            .and_then(|json| {
+                std::fs::write(path, json)
+                    .with_context(|| format!("cannot write the metrics to {}", path.display()))
+            });
+        match written {
+            Ok(()) => eprintln!("metrics written to {}", path.display()),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
     }
     if let (Some(path), Some(trace)) = (&measure.trace, &run.trace) {
-        trace
-            .write(path)
-            .with_context(|| format!("cannot write the trace to {}", path.display()))?;
-        let dropped = trace.dropped();
-        let note = if dropped > 0 {
-            format!(" ({dropped} spans over the per-thread cap were dropped)")
-        } else {
-            String::new()
-        };
-        eprintln!(
-            "trace written to {}{note}; open it in https://ui.perfetto.dev",
-            path.display()
-        );
+        match trace.write(path) {
+            Ok(()) => {
+                let dropped = trace.dropped();
+                let note = if dropped > 0 {
+                    format!(" ({dropped} spans over the per-thread cap were dropped)")
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "trace written to {}{note}; open it in https://ui.perfetto.dev",
+                    path.display()
+                );
+            }
+            Err(e) => problems.push(format!("cannot write the trace to {}: {e}", path.display())),
+        }
+    }
+    for problem in &problems {
+        eprintln!("error: {problem}");
     }
     if let Some(message) = failure {
-        eprintln!("error: {message}");
+        let first = if problems.is_empty() { "" } else { " (the first error)" };
+        eprintln!("error{first}: {message}");
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
+    if !problems.is_empty() {
         return Ok(ExitCode::from(EXIT_FAILED));
     }
     if stop.load(Ordering::SeqCst) {
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `skipped.jsonl`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SkippedLine {
+    stage: String,
+    item: String,
+    cause: String,
+    times: u64,
+}
+
+/// Name every item the run skipped in the run folder's `skipped.jsonl`, one JSON object per
+/// distinct item (`stage`, `item`, `cause`, `times`); a resumed run adds its skips to the
+/// file's. A fresh run that skipped nothing removes an earlier run's file.
+fn write_skipped(run_dir: &RunDir, report: &runtime::RunReport, resuming: bool) -> Result<()> {
+    let path = run_dir.skipped();
+    let mut lines: Vec<SkippedLine> = Vec::new();
+    if resuming && let Ok(text) = std::fs::read_to_string(&path) {
+        lines.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+    }
+    let mut index: std::collections::HashMap<(String, String), usize> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| ((l.stage.clone(), l.item.clone()), i))
+        .collect();
+    let mut unlisted = 0;
+    for stage in &report.stages {
+        unlisted += stage.skipped_unlisted;
+        for skip in &stage.skipped_items {
+            let key = (stage.id.clone(), skip.item.clone());
+            if let Some(&i) = index.get(&key) {
+                lines[i].times += skip.times;
+            } else {
+                index.insert(key, lines.len());
+                lines.push(SkippedLine {
+                    stage: stage.id.clone(),
+                    item: skip.item.clone(),
+                    cause: skip.cause.clone(),
+                    times: skip.times,
+                });
+            }
+        }
+    }
+    if lines.is_empty() && unlisted == 0 {
+        if !resuming {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+            }
+        }
+        return Ok(());
+    }
+    let mut text = String::new();
+    for line in &lines {
+        text.push_str(&serde_json::to_string(line).context("cannot serialise a skipped item")?);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    let more = if unlisted > 0 {
+        format!(
+            "; {unlisted} more distinct items were skipped past the {} a stage names",
+            simclr::core::MAX_SKIP_RECORDS
+        )
+    } else {
+        String::new()
+    };
+    eprintln!("skipped items ({}) named in {}{more}", lines.len(), path.display());
+    Ok(())
 }
 
 /// A Ctrl-C handler: the first press asks for a clean stop, the second aborts.

@@ -121,8 +121,11 @@ pub fn load_file(
     registry: &Registry,
     options: &LoadOptions,
 ) -> Result<Graph, Diagnostics> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => load_str(path, &text, registry, options),
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => load_str(path, &text, registry, options),
+            Err(e) => Err(not_utf8(path, e.as_bytes(), e.utf8_error())),
+        },
         Err(e) => Err(Diagnostics::new(
             path,
             "",
@@ -134,6 +137,34 @@ pub fn load_file(
             }],
         )),
     }
+}
+
+/// A definition that is not UTF-8: located at its first invalid byte (line, and column in
+/// characters of the valid text before it), the line shown with the bad bytes replaced.
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> Diagnostics {
+    let at = e.valid_up_to();
+    let before = String::from_utf8_lossy(&bytes[..at]);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let bad: Vec<String> = bytes[at..at + e.error_len().unwrap_or(bytes.len() - at).min(4)]
+        .iter()
+        .map(|b| format!("0x{b:02X}"))
+        .collect();
+    let loc = Loc {
+        line: u32::try_from(line).unwrap_or(u32::MAX),
+        column: u32::try_from(column).unwrap_or(u32::MAX),
+    };
+    let d = Diagnostic::new(
+        loc,
+        "",
+        format!(
+            "the definition is not UTF-8 text: byte {} ({}) is not valid UTF-8",
+            at,
+            bad.join(" ")
+        ),
+    )
+    .with_help("save the file as UTF-8 (a Latin-1 `é` is the byte 0xE9; in UTF-8 it is 0xC3 0xA9), e.g. `iconv -f latin1 -t utf-8`");
+    Diagnostics::new(path, &String::from_utf8_lossy(bytes), vec![d])
 }
 
 /// Parse and validate a definition held in memory; `file` names it in diagnostics.

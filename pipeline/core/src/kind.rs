@@ -150,6 +150,8 @@ pub struct StreamFacts {
     pub items_per_epoch: Option<u64>,
     /// Passes over the data.
     pub epochs: Option<u32>,
+    /// Channels of the source's images, when it fixes them.
+    pub channels: Option<usize>,
     /// Samples (N, not 2N views) per batch.
     pub batch_size: Option<usize>,
     /// Batches per epoch.

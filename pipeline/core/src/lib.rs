@@ -33,5 +33,5 @@ pub use kind::{
 pub use message::{Activations, Batch, Image, Message, PortType, Record, SampleId, ViewPair};
 pub use rng::Rng;
 pub use stage::{Emitter, Outputs, Source, Stage, StageContext, TestOutputs};
-pub use stage::{Signals, StageLog};
+pub use stage::{MAX_SKIP_RECORDS, Signals, SkippedItem, StageLog};
 pub use value::{Loc, Value, ValueError, ValueKind};

@@ -172,22 +172,59 @@ impl Signals {
 #[derive(Debug, Default)]
 pub struct StageLog {
     skipped: AtomicU64,
-    examples: Mutex<Vec<String>>,
+    skips: Mutex<Skips>,
     notes: Mutex<Vec<String>>,
     status: Mutex<String>,
 }
 
-/// Skipped items named in the report, at most.
+/// One skipped item: what it is, why, and how often it was skipped (once per epoch that
+/// reached it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedItem {
+    /// What the item is (a path, `record 17 of data_batch_1.bin`).
+    pub item: String,
+    /// Why it was skipped (the first time).
+    pub cause: String,
+    /// How many times it was skipped.
+    pub times: u64,
+}
+
+/// Every distinct skipped item, in the order first seen, up to [`MAX_SKIP_RECORDS`].
+#[derive(Debug, Default)]
+struct Skips {
+    items: Vec<SkippedItem>,
+    index: std::collections::HashMap<String, usize>,
+    /// Distinct items over the cap: counted, not named.
+    unlisted: u64,
+}
+
+/// Skipped items named in the report's summary line, at most.
 const MAX_SKIP_EXAMPLES: usize = 5;
 
+/// Distinct skipped items a stage remembers by name (about 200 bytes each); items beyond are
+/// counted in [`StageLog::skipped_unlisted`].
+pub const MAX_SKIP_RECORDS: usize = 100_000;
+
 impl StageLog {
-    /// Count one skipped item; the first few are named in the report.
-    pub fn skip(&self, what: String) {
+    /// Count one skipped item: the first few are named in the report's summary, every one
+    /// (up to [`MAX_SKIP_RECORDS`] distinct items) in [`StageLog::skipped_items`].
+    pub fn skip(&self, item: String, cause: String) {
         self.skipped.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut examples) = self.examples.lock()
-            && examples.len() < MAX_SKIP_EXAMPLES
-        {
-            examples.push(what);
+        let Ok(mut skips) = self.skips.lock() else {
+            return;
+        };
+        if let Some(&i) = skips.index.get(&item) {
+            skips.items[i].times += 1;
+        } else if skips.items.len() < MAX_SKIP_RECORDS {
+            let i = skips.items.len();
+            skips.index.insert(item.clone(), i);
+            skips.items.push(SkippedItem {
+                item,
+                cause,
+                times: 1,
+            });
+        } else {
+            skips.unlisted += 1;
         }
     }
 
@@ -215,9 +252,28 @@ impl StageLog {
         self.skipped.load(Ordering::Relaxed)
     }
 
-    /// The first skipped items, described.
+    /// The first skipped items, described (`item: cause`).
     pub fn skip_examples(&self) -> Vec<String> {
-        self.examples.lock().map(|e| e.clone()).unwrap_or_default()
+        self.skips
+            .lock()
+            .map(|s| {
+                s.items
+                    .iter()
+                    .take(MAX_SKIP_EXAMPLES)
+                    .map(|r| format!("{}: {}", r.item, r.cause))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every distinct skipped item, in the order first seen (at most [`MAX_SKIP_RECORDS`]).
+    pub fn skipped_items(&self) -> Vec<SkippedItem> {
+        self.skips.lock().map(|s| s.items.clone()).unwrap_or_default()
+    }
+
+    /// Skips of distinct items beyond [`MAX_SKIP_RECORDS`]: counted, not named.
+    pub fn skipped_unlisted(&self) -> u64 {
+        self.skips.lock().map(|s| s.unlisted).unwrap_or_default()
     }
 
     /// The notes, in order.
@@ -269,9 +325,10 @@ impl StageContext {
         self
     }
 
-    /// Count an item skipped under `on_error: skip` (it is named in the run report).
-    pub fn skip(&self, what: impl std::fmt::Display) {
-        self.log.skip(what.to_string());
+    /// Count an item skipped under `on_error: skip` (it is named in the run report and in the
+    /// run folder's `skipped.jsonl`).
+    pub fn skip(&self, item: impl std::fmt::Display, cause: impl std::fmt::Display) {
+        self.log.skip(item.to_string(), cause.to_string());
     }
 
     /// Add a line to this stage's entry in the run report.

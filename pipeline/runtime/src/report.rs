@@ -67,6 +67,13 @@ pub struct StageReport {
     pub skipped: u64,
     /// The first skipped items, described.
     pub skipped_examples: Vec<String>,
+    /// Every distinct skipped item (up to [`simclr_core::MAX_SKIP_RECORDS`]); written to the
+    /// run folder's `skipped.jsonl`, not to the metrics.
+    #[serde(skip)]
+    pub skipped_items: Vec<simclr_core::SkippedItem>,
+    /// Skips of distinct items beyond that cap: counted, not named.
+    #[serde(skip)]
+    pub skipped_unlisted: u64,
     /// Remarks the stage added (checksums, counts, warnings).
     pub notes: Vec<String>,
 }
@@ -196,6 +203,8 @@ pub(crate) fn build(
             },
             skipped: log.skipped(),
             skipped_examples: log.skip_examples(),
+            skipped_items: log.skipped_items(),
+            skipped_unlisted: log.skipped_unlisted(),
             notes: log.notes(),
         });
     }
@@ -433,9 +442,13 @@ impl fmt::Display for RunReport {
         for s in self.stages.iter().filter(|s| s.skipped > 0) {
             writeln!(
                 f,
-                "skipped: `{}` skipped {} item(s), e.g. {}",
+                "skipped: `{}` skipped {} item(s){}, e.g. {}",
                 s.id,
                 s.skipped,
+                match s.skipped_items.len() as u64 + s.skipped_unlisted {
+                    distinct if distinct != s.skipped => format!(" ({distinct} distinct)"),
+                    _ => String::new(),
+                },
                 s.skipped_examples.join("; ")
             )?;
         }

@@ -118,8 +118,9 @@ fn jpegs_from(dir: &Path) -> Result<Vec<Arc<[u8]>>> {
 }
 
 fn decode(bytes: &[u8], index: u64) -> Result<Image> {
-    let img = image::load_from_memory(bytes)
-        .context("cannot decode a JPEG")?
+    // The `image_folder` source's decode (with its truncation check): what a run does.
+    let img = simclr::source::image_folder::decode(bytes)
+        .map_err(|e| anyhow::anyhow!("cannot decode a JPEG: {e}"))?
         .into_rgb8();
     let (width, height) = img.dimensions();
     Ok(Image {

@@ -77,6 +77,27 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             "lower `batch_size`, use more samples, or set `drop_last: false`",
         ));
     }
+    // Each bound holds alone (side <= 8192, batch_size any), their product may not: a batch
+    // whose views alone exceed the machine's memory is refused here, not by the OOM killer.
+    if let Some((h, w)) = cx.upstream.preprocessing.as_ref().and_then(|p| p.size) {
+        let channels = cx.upstream.channels.unwrap_or(3);
+        let bytes = 2 * config.batch_size as u128 * (channels * h * w) as u128 * 4;
+        if let Some(total) = physical_memory()
+            && bytes > u128::from(total)
+        {
+            let gib = |b: u128| b as f64 / f64::from(1u32 << 30);
+            return Err(cx.invalid(
+                "batch_size",
+                format!(
+                    "a batch of {} pairs of {channels}x{h}x{w} views needs {:.1} GiB for the views alone, more than this machine's {:.1} GiB of memory",
+                    config.batch_size,
+                    gib(bytes),
+                    gib(u128::from(total))
+                ),
+                "lower `batch_size` or the views' `size`",
+            ));
+        }
+    }
     cx.publish(simclr_core::StreamFacts {
         batch_size: Some(config.batch_size),
         batches_per_epoch: per_epoch,
@@ -189,4 +210,12 @@ impl Stage for Batcher {
             self.emit(out)
         }
     }
+}
+
+/// The machine's physical memory in bytes (`MemTotal` of `/proc/meminfo`), where known.
+fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }

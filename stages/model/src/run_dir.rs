@@ -4,6 +4,7 @@
 //! runs/<name>/                     the run folder (`run_dir`, or `--run-dir`)
 //!   definition.yaml                the definition that ran
 //!   metrics.json                   the measurements table (`simclr run`)
+//!   skipped.jsonl                  every item skipped under `on_error: skip`, one per line
 //!   steps.jsonl, loss.png          one line per step; the loss curve (trainer)
 //!   knn.jsonl, knn.png             the kNN monitor's results and curve (`knn_monitor`)
 //!   knn-checkpoints.jsonl          `simclr eval knn --every-checkpoint` (and knn.png)
@@ -54,6 +55,11 @@ impl RunDir {
     /// The measurements of `simclr run`.
     pub fn metrics(&self) -> PathBuf {
         self.root.join("metrics.json")
+    }
+
+    /// Every item skipped under `on_error: skip`: one JSON object per distinct item.
+    pub fn skipped(&self) -> PathBuf {
+        self.root.join("skipped.jsonl")
     }
 
     /// One line per training step.

@@ -207,6 +207,11 @@ pub fn export(
         output: outputs,
         value_info: Vec::new(),
     };
+    let mut metadata = options.metadata.clone();
+    metadata.push((
+        crate::checksum::KEY.to_owned(),
+        crate::checksum::weights_sha256(&graph),
+    ));
     Ok(ModelProto {
         ir_version: Some(ir_version(options.opset)),
         opset_import: vec![OperatorSetIdProto {
@@ -219,12 +224,11 @@ pub fn export(
         model_version: Some(1),
         doc_string: (!options.doc.is_empty()).then(|| options.doc.clone()),
         graph: Some(graph),
-        metadata_props: options
-            .metadata
-            .iter()
+        metadata_props: metadata
+            .into_iter()
             .map(|(k, v)| StringStringEntryProto {
-                key: Some(k.clone()),
-                value: Some(v.clone()),
+                key: Some(k),
+                value: Some(v),
             })
             .collect(),
     })

@@ -9,8 +9,10 @@
 //! - [`meta`]: the preprocessing a consumer needs, as the model's `metadata_props`.
 //! - [`runtime`]: ONNX Runtime loaded at run time, with a clear error when it is missing.
 //! - [`verify`]: ONNX Runtime against candle on the same inputs.
-//! - [`npy`]: `.npy` files in and out; [`files`]: atomic writes.
+//! - [`npy`]: `.npy` files in and out; [`files`]: atomic writes; [`checksum`]: the weights'
+//!   SHA-256 an export records and every load verifies.
 
+pub mod checksum;
 pub mod embed;
 pub mod error;
 pub mod export;

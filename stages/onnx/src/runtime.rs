@@ -161,10 +161,13 @@ impl OnnxModel {
     /// Load a model file; `threads` intra-op threads (0: ONNX Runtime's default, one per core).
     ///
     /// # Errors
-    /// No ONNX Runtime, or a file it refuses (its message, with the path).
+    /// No ONNX Runtime, a file it refuses (its message, with the path), or one whose weights
+    /// do not match the checksum its metadata records ([`crate::checksum`]).
     pub fn load(path: &Path, threads: usize) -> Result<Self, OnnxError> {
+        let bytes = std::fs::read(path).map_err(|e| OnnxError::file(path, e.to_string()))?;
+        crate::checksum::verify(&bytes).map_err(|why| OnnxError::file(path, why))?;
         let session = builder(threads)?
-            .commit_from_file(path)
+            .commit_from_memory(&bytes)
             .map_err(OnnxError::runtime(format!(
                 "{}: ONNX Runtime cannot load it",
                 path.display()
@@ -177,6 +180,7 @@ impl OnnxModel {
     /// # Errors
     /// As [`OnnxModel::load`].
     pub fn from_bytes(bytes: &[u8], threads: usize) -> Result<Self, OnnxError> {
+        crate::checksum::verify(bytes).map_err(OnnxError::Message)?;
         let session = builder(threads)?
             .commit_from_memory(bytes)
             .map_err(OnnxError::runtime("ONNX Runtime cannot load the model"))?;

@@ -207,7 +207,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let labelled = Arc::new(CifarSplits {
         config: config.clone(),
     });
-    Ok(factory(cx, options, n, labelled, move || {
+    Ok(factory(cx, options, n, 3, labelled, move || {
         CifarDataset::load(variant, &files).map(|d| Arc::new(d) as Arc<dyn Dataset>)
     }))
 }

@@ -172,7 +172,7 @@ impl Source for DatasetSource {
                         pixels: s.pixels,
                     })));
                 }
-                Err(e) if self.options.on_error == OnError::Skip => cx.skip(e),
+                Err(e) if self.options.on_error == OnError::Skip => cx.skip(e.item, e.cause),
                 Err(e) => {
                     return Err(StageError::msg(format!(
                         "{e} (set `on_error: skip` to skip unreadable items)"
@@ -189,12 +189,13 @@ impl Source for DatasetSource {
 }
 
 /// A factory of [`DatasetSource`] workers sharing one lazily loaded dataset. Publishes the
-/// stream's length and epochs and the source's labelled splits (for evaluation), and starts
+/// stream's length, epochs and `channels` and the source's labelled splits (for evaluation), and starts
 /// where a resumed run left off.
 pub fn factory(
     cx: &simclr_core::BuildContext<'_>,
     options: SourceOptions,
     expected_len: u64,
+    channels: usize,
     labelled: Arc<dyn LabelledData>,
     load: impl Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync + 'static,
 ) -> simclr_core::StageFactory {
@@ -204,6 +205,7 @@ pub fn factory(
     cx.publish(simclr_core::StreamFacts {
         items_per_epoch: Some(used),
         epochs: Some(options.epochs),
+        channels: Some(channels),
         labelled: Some(labelled),
         ..simclr_core::StreamFacts::default()
     });

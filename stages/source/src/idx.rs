@@ -284,7 +284,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let labelled = Arc::new(IdxSplits {
         config: config.clone(),
     });
-    Ok(factory(cx, options, u64::from(n), labelled, move || {
+    Ok(factory(cx, options, u64::from(n), 1, labelled, move || {
         IdxDataset::load(&images, labels.as_deref()).map(|d| Arc::new(d) as Arc<dyn Dataset>)
     }))
 }

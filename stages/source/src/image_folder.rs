@@ -156,12 +156,8 @@ impl Dataset for ImageFolder {
             item: path.display().to_string(),
             cause,
         };
-        let decoded = image::ImageReader::open(path)
-            .map_err(|e| fail(e.to_string()))?
-            .with_guessed_format()
-            .map_err(|e| fail(e.to_string()))?
-            .decode()
-            .map_err(|e| fail(format!("cannot decode: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let decoded = decode(&bytes).map_err(fail)?;
         let (width, height) = (decoded.width(), decoded.height());
         let pixels: Vec<u8> = if self.channels == 1 {
             decoded.into_luma8().into_raw()
@@ -175,6 +171,85 @@ impl Dataset for ImageFolder {
             pixels: Arc::from(pixels),
             label: *label,
         })
+    }
+}
+
+/// Decode an image file's bytes (the format guessed from its content), refusing a JPEG
+/// whose data ends before its end-of-image marker: the decoder would fill the missing part
+/// with gray and report nothing, where PIL reports "image file is truncated".
+///
+/// # Errors
+/// The cause, as text.
+pub fn decode(bytes: &[u8]) -> Result<image::DynamicImage, String> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        jpeg_complete(bytes)?;
+    }
+    reader.decode().map_err(|e| format!("cannot decode: {e}"))
+}
+
+/// Check that a JPEG stream reaches its end-of-image marker (EOI): walk the marker segments
+/// by their lengths, and the entropy-coded data of each scan (where `FF` is followed by `00`
+/// or a restart marker) to the marker that ends it. Data after EOI is allowed.
+fn jpeg_complete(data: &[u8]) -> Result<(), String> {
+    const EOI: u8 = 0xD9;
+    const SOS: u8 = 0xDA;
+    let truncated = |at: usize| {
+        Err(format!(
+            "image file is truncated: the JPEG data ends at byte {at} before its end-of-image marker"
+        ))
+    };
+    // The common case: the file ends with EOI (a cut file cannot, unless cut right after one
+    // inside a header segment, which the decoder refuses).
+    if data.ends_with(&[0xFF, EOI]) {
+        return Ok(());
+    }
+    let mut i = 2; // past SOI
+    loop {
+        // The next marker: 0xFF (fill bytes allowed), then its code. Stray bytes between
+        // segments are tolerated, as decoders do.
+        let Some(ff) = data.get(i..).and_then(|d| d.iter().position(|&b| b == 0xFF)) else {
+            return truncated(data.len());
+        };
+        i += ff;
+        while data.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&code) = data.get(i + 1) else {
+            return truncated(data.len());
+        };
+        match code {
+            EOI => return Ok(()),
+            // Markers without a length: TEM, RSTn, SOI.
+            0x00 | 0x01 | 0xD0..=0xD8 => i += 2,
+            _ => {
+                let Some(len) = data.get(i + 2..i + 4).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
+                    return truncated(data.len());
+                };
+                i += 2 + len;
+                if i > data.len() {
+                    return truncated(data.len());
+                }
+                if code == SOS {
+                    // Entropy-coded data runs to the next marker that is neither a stuffed
+                    // 0xFF00 nor a restart marker.
+                    loop {
+                        let Some(ff) = data[i..].iter().position(|&b| b == 0xFF) else {
+                            return truncated(data.len());
+                        };
+                        i += ff;
+                        match data.get(i + 1) {
+                            None => return truncated(data.len()),
+                            Some(0x00 | 0xD0..=0xD7) => i += 2,
+                            Some(0xFF) => i += 1,
+                            Some(_) => break,
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -221,7 +296,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         path: config.path.clone(),
         channels,
     });
-    Ok(factory(cx, options, n, labelled, move || {
+    Ok(factory(cx, options, n, usize::from(channels), labelled, move || {
         Ok(Arc::new(ImageFolder::new(files.clone(), channels)) as Arc<dyn Dataset>)
     }))
 }
@@ -259,5 +334,39 @@ impl crate::common::LabelledData for FolderSplits {
             return Err(DataError::Unavailable(format!("no images under {path}")));
         }
         Ok(Arc::new(ImageFolder::new(files, self.channels)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode;
+
+    /// Baseline, gray, progressive (10 scans), with restart markers, and with `FF D9` inside a
+    /// comment segment: written by PIL, which refuses every one of them cut at any byte.
+    const JPEGS: [(&str, &[u8]); 4] = [
+        ("gray", include_bytes!("../../../tests/fixtures/jpeg/gray.jpg")),
+        ("progressive", include_bytes!("../../../tests/fixtures/jpeg/progressive.jpg")),
+        ("restart", include_bytes!("../../../tests/fixtures/jpeg/restart.jpg")),
+        ("comment", include_bytes!("../../../tests/fixtures/jpeg/comment.jpg")),
+    ];
+
+    #[test]
+    fn a_jpeg_cut_anywhere_is_refused_and_a_whole_one_decodes() {
+        for (name, data) in JPEGS {
+            let whole = decode(data).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!((whole.width(), whole.height()), (40, 30), "{name}");
+            let mut trailing = data.to_vec();
+            trailing.extend_from_slice(b"data after the end \xff\xd8\xff");
+            decode(&trailing).unwrap_or_else(|e| panic!("{name} + trailing data: {e}"));
+            for cut in 0..data.len() {
+                assert!(
+                    decode(&data[..cut]).is_err(),
+                    "{name} cut to {cut} of {} bytes decoded",
+                    data.len()
+                );
+            }
+            let third = decode(&data[..data.len() / 3]).expect_err("a third");
+            assert!(third.contains("image file is truncated"), "{name}: {third}");
+        }
     }
 }

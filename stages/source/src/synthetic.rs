@@ -241,7 +241,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         channels: config.channels,
     };
     let labelled = Arc::new(SyntheticSplits(data.clone()));
-    Ok(factory(cx, options, config.count, labelled, move || {
+    Ok(factory(cx, options, config.count, usize::from(config.channels), labelled, move || {
         Ok(Arc::new(data.clone()) as Arc<dyn Dataset>)
     }))
 }

@@ -44,7 +44,9 @@ pub struct CheckpointParams {
     /// the end.
     #[serde(default = "default_every")]
     pub every: u64,
-    /// Keep the newest K checkpoints and delete older ones; 0 keeps all.
+    /// Keep the newest K checkpoints and delete older ones; 0 keeps all. With K >= 2 the oldest
+    /// goes before the next is written, so the folder needs room for K checkpoints; K = 1
+    /// keeps the previous one until the new one is complete (room for 2).
     #[serde(default = "default_keep")]
     pub keep_last: usize,
     /// Folder, relative to the run folder.
@@ -305,6 +307,13 @@ pub fn write_checkpoint(
             fs::remove_dir_all(entry.path()).ok();
         }
     }
+    // Make room first where that is safe: with K >= 2 the oldest checkpoints beyond the newest
+    // K - 1 go before the new one is written, so the folder never holds more than K (counting
+    // the one being written); a failed write leaves K - 1, the newest intact. K = 1 keeps its
+    // only checkpoint until the new one is complete: room for two.
+    if keep_last >= 2 {
+        prune(root, keep_last - 1, &name)?;
+    }
     let tmp = root.join(format!(".{name}.tmp"));
     fs::create_dir_all(&tmp)?;
     let mut groups = Vec::new();
@@ -353,18 +362,24 @@ pub fn write_checkpoint(
     fs::rename(&pointer, root.join(LATEST))?;
     sync_dir(root)?;
     if keep_last > 0 {
-        let mut all: Vec<String> = fs::read_dir(root)?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("step-"))
-            .collect();
-        all.sort();
-        let excess = all.len().saturating_sub(keep_last);
-        for old in all.iter().take(excess).filter(|n| **n != name) {
-            fs::remove_dir_all(root.join(old))?;
-        }
+        prune(root, keep_last, &name)?;
     }
     Ok(dest)
+}
+
+/// Delete the checkpoints under `root` beyond the newest `keep` (by step), never `name`.
+fn prune(root: &Path, keep: usize, name: &str) -> std::io::Result<()> {
+    let mut all: Vec<String> = fs::read_dir(root)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    all.sort();
+    let excess = all.len().saturating_sub(keep);
+    for old in all.iter().take(excess).filter(|n| *n != name) {
+        fs::remove_dir_all(root.join(old))?;
+    }
+    Ok(())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
