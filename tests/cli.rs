@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
-use common::simclr;
+use common::{TRAINING, simclr};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -343,19 +343,6 @@ fn bench_train_prints_json_per_configuration() {
         );
     }
 }
-
-const TRAINING: &str = "\
-name: crash-test
-seed: 3
-stages:
-  images: { kind: synthetic, params: { count: 48, size: 16 } }
-  views: { kind: views, inputs: [images], params: { size: 16 } }
-  batches: { kind: batch, inputs: [views], params: { batch_size: 8 } }
-  encoder: { kind: small_cnn, inputs: [batches], credit: { from: train }, params: { width: 4 } }
-  head: { kind: projector, inputs: [encoder], params: { hidden: 16, out: 8 } }
-  train: { kind: nt_xent, inputs: [head], params: { optimizer: sgd, lr: 0.5 } }
-  checkpoints: { kind: checkpoint, inputs: [train], params: { every: 2, keep_last: 2 } }
-";
 
 fn encoder_bytes(run: &Path) -> Vec<u8> {
     let latest = std::fs::read_to_string(run.join("checkpoints/latest")).expect("latest");

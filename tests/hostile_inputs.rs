@@ -776,22 +776,7 @@ fn a_definition_that_is_not_utf8_is_located() {
 fn keep_last_makes_room_before_writing_when_that_is_safe() {
     let dir = scratch("hostile", "keep-last");
     let file = dir.join("def.yaml");
-    std::fs::write(
-        &file,
-        "\
-name: keep
-seed: 3
-stages:
-  images: { kind: synthetic, params: { count: 48, size: 16 } }
-  views: { kind: views, inputs: [images], params: { size: 16 } }
-  batches: { kind: batch, inputs: [views], params: { batch_size: 8 } }
-  encoder: { kind: small_cnn, inputs: [batches], credit: { from: train }, params: { width: 4 } }
-  head: { kind: projector, inputs: [encoder], params: { hidden: 16, out: 8 } }
-  train: { kind: nt_xent, inputs: [head], params: { optimizer: sgd, lr: 0.5 } }
-  checkpoints: { kind: checkpoint, inputs: [train], params: { every: 2, keep_last: 2 } }
-",
-    )
-    .expect("definition");
+    std::fs::write(&file, common::TRAINING).expect("definition");
     // Three files per checkpoint (encoder, head, optimizer): write 7 is step 6's first, write
     // 4 is step 4's first.
     for (keep, failpoint, expect) in [

@@ -85,3 +85,18 @@ pub fn simclr_within(args: &[&str], limit: Duration) -> Option<Output> {
         stderr,
     })
 }
+
+/// A tiny training run (synthetic data, a small CNN, 6 steps) that writes a checkpoint every 2
+/// steps and keeps the last 2: what the crash-consistency tests kill mid-write.
+pub const TRAINING: &str = "\
+name: crash-test
+seed: 3
+stages:
+  images: { kind: synthetic, params: { count: 48, size: 16 } }
+  views: { kind: views, inputs: [images], params: { size: 16 } }
+  batches: { kind: batch, inputs: [views], params: { batch_size: 8 } }
+  encoder: { kind: small_cnn, inputs: [batches], credit: { from: train }, params: { width: 4 } }
+  head: { kind: projector, inputs: [encoder], params: { hidden: 16, out: 8 } }
+  train: { kind: nt_xent, inputs: [head], params: { optimizer: sgd, lr: 0.5 } }
+  checkpoints: { kind: checkpoint, inputs: [train], params: { every: 2, keep_last: 2 } }
+";
