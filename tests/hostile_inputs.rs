@@ -585,7 +585,10 @@ fn truncated_images_are_refused_and_every_skipped_file_is_named() {
     });
     let mut jpeg = Vec::new();
     photo
-        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
         .expect("jpeg");
     let mut png = Vec::new();
     photo
@@ -779,10 +782,8 @@ fn keep_last_makes_room_before_writing_when_that_is_safe() {
     std::fs::write(&file, common::TRAINING).expect("definition");
     // Three files per checkpoint (encoder, head, optimizer): write 7 is step 6's first, write
     // 4 is step 4's first.
-    for (keep, failpoint, expect) in [
-        (2, 7, vec!["step-00000004"]),
-        (1, 4, vec!["step-00000002"]),
-    ] {
+    for (keep, failpoint, expect) in [(2, 7, vec!["step-00000004"]), (1, 4, vec!["step-00000002"])]
+    {
         let run = dir.join(format!("run-{keep}"));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_simclr"))
             .args([
@@ -866,7 +867,9 @@ fn a_failed_run_whose_metrics_cannot_be_written_still_shows_its_error() {
     ]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let metrics = err.find("cannot write the metrics to /dev/full").expect(&err);
+    let metrics = err
+        .find("cannot write the metrics to /dev/full")
+        .expect(&err);
     let first = err.find("error (the first error):").expect(&err);
     assert!(metrics < first, "{err}");
     assert!(err[first..].contains("expected 5"), "{err}");

@@ -217,7 +217,11 @@ fn execute(
         eprintln!("error: {problem}");
     }
     if let Some(message) = failure {
-        let first = if problems.is_empty() { "" } else { " (the first error)" };
+        let first = if problems.is_empty() {
+            ""
+        } else {
+            " (the first error)"
+        };
         eprintln!("error{first}: {message}");
         return Ok(ExitCode::from(EXIT_FAILED));
     }
@@ -276,7 +280,9 @@ fn write_skipped(run_dir: &RunDir, report: &runtime::RunReport, resuming: bool) 
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove {}", path.display()));
+                }
             }
         }
         return Ok(());
@@ -289,13 +295,17 @@ fn write_skipped(run_dir: &RunDir, report: &runtime::RunReport, resuming: bool) 
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     let more = if unlisted > 0 {
         format!(
-            "; {unlisted} more distinct items were skipped past the {} a stage names",
+            "; {unlisted} more skips, of items past the first {} a stage names, are counted only",
             simclr::core::MAX_SKIP_RECORDS
         )
     } else {
         String::new()
     };
-    eprintln!("skipped items ({}) named in {}{more}", lines.len(), path.display());
+    eprintln!(
+        "skipped items ({}) named in {}{more}",
+        lines.len(),
+        path.display()
+    );
     Ok(())
 }
 

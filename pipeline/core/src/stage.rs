@@ -194,7 +194,7 @@ pub struct SkippedItem {
 struct Skips {
     items: Vec<SkippedItem>,
     index: std::collections::HashMap<String, usize>,
-    /// Distinct items over the cap: counted, not named.
+    /// Skips of items beyond the cap: counted, not named.
     unlisted: u64,
 }
 
@@ -268,10 +268,13 @@ impl StageLog {
 
     /// Every distinct skipped item, in the order first seen (at most [`MAX_SKIP_RECORDS`]).
     pub fn skipped_items(&self) -> Vec<SkippedItem> {
-        self.skips.lock().map(|s| s.items.clone()).unwrap_or_default()
+        self.skips
+            .lock()
+            .map(|s| s.items.clone())
+            .unwrap_or_default()
     }
 
-    /// Skips of distinct items beyond [`MAX_SKIP_RECORDS`]: counted, not named.
+    /// Skips of items beyond the first [`MAX_SKIP_RECORDS`]: counted, not named.
     pub fn skipped_unlisted(&self) -> u64 {
         self.skips.lock().map(|s| s.unlisted).unwrap_or_default()
     }

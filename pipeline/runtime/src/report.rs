@@ -71,7 +71,7 @@ pub struct StageReport {
     /// run folder's `skipped.jsonl`, not to the metrics.
     #[serde(skip)]
     pub skipped_items: Vec<simclr_core::SkippedItem>,
-    /// Skips of distinct items beyond that cap: counted, not named.
+    /// Skips of items beyond that cap: counted, not named.
     #[serde(skip)]
     pub skipped_unlisted: u64,
     /// Remarks the stage added (checksums, counts, warnings).
@@ -445,9 +445,10 @@ impl fmt::Display for RunReport {
                 "skipped: `{}` skipped {} item(s){}, e.g. {}",
                 s.id,
                 s.skipped,
-                match s.skipped_items.len() as u64 + s.skipped_unlisted {
-                    distinct if distinct != s.skipped => format!(" ({distinct} distinct)"),
-                    _ => String::new(),
+                match (s.skipped_items.len() as u64, s.skipped_unlisted) {
+                    (distinct, 0) if distinct != s.skipped => format!(" ({distinct} distinct)"),
+                    (_, 0) => String::new(),
+                    (listed, _) => format!(" (over {listed} distinct)"),
                 },
                 s.skipped_examples.join("; ")
             )?;

@@ -210,7 +210,10 @@ fn jpeg_complete(data: &[u8]) -> Result<(), String> {
     loop {
         // The next marker: 0xFF (fill bytes allowed), then its code. Stray bytes between
         // segments are tolerated, as decoders do.
-        let Some(ff) = data.get(i..).and_then(|d| d.iter().position(|&b| b == 0xFF)) else {
+        let Some(ff) = data
+            .get(i..)
+            .and_then(|d| d.iter().position(|&b| b == 0xFF))
+        else {
             return truncated(data.len());
         };
         i += ff;
@@ -225,7 +228,10 @@ fn jpeg_complete(data: &[u8]) -> Result<(), String> {
             // Markers without a length: TEM, RSTn, SOI.
             0x00 | 0x01 | 0xD0..=0xD8 => i += 2,
             _ => {
-                let Some(len) = data.get(i + 2..i + 4).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
+                let Some(len) = data
+                    .get(i + 2..i + 4)
+                    .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+                else {
                     return truncated(data.len());
                 };
                 i += 2 + len;
@@ -296,9 +302,14 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         path: config.path.clone(),
         channels,
     });
-    Ok(factory(cx, options, n, usize::from(channels), labelled, move || {
-        Ok(Arc::new(ImageFolder::new(files.clone(), channels)) as Arc<dyn Dataset>)
-    }))
+    Ok(factory(
+        cx,
+        options,
+        n,
+        usize::from(channels),
+        labelled,
+        move || Ok(Arc::new(ImageFolder::new(files.clone(), channels)) as Arc<dyn Dataset>),
+    ))
 }
 
 /// The labelled splits of an `image_folder` stage: its folder, and for the test split a folder
@@ -344,10 +355,22 @@ mod tests {
     /// Baseline, gray, progressive (10 scans), with restart markers, and with `FF D9` inside a
     /// comment segment: written by PIL, which refuses every one of them cut at any byte.
     const JPEGS: [(&str, &[u8]); 4] = [
-        ("gray", include_bytes!("../../../tests/fixtures/jpeg/gray.jpg")),
-        ("progressive", include_bytes!("../../../tests/fixtures/jpeg/progressive.jpg")),
-        ("restart", include_bytes!("../../../tests/fixtures/jpeg/restart.jpg")),
-        ("comment", include_bytes!("../../../tests/fixtures/jpeg/comment.jpg")),
+        (
+            "gray",
+            include_bytes!("../../../tests/fixtures/jpeg/gray.jpg"),
+        ),
+        (
+            "progressive",
+            include_bytes!("../../../tests/fixtures/jpeg/progressive.jpg"),
+        ),
+        (
+            "restart",
+            include_bytes!("../../../tests/fixtures/jpeg/restart.jpg"),
+        ),
+        (
+            "comment",
+            include_bytes!("../../../tests/fixtures/jpeg/comment.jpg"),
+        ),
     ];
 
     #[test]

@@ -241,9 +241,14 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         channels: config.channels,
     };
     let labelled = Arc::new(SyntheticSplits(data.clone()));
-    Ok(factory(cx, options, config.count, usize::from(config.channels), labelled, move || {
-        Ok(Arc::new(data.clone()) as Arc<dyn Dataset>)
-    }))
+    Ok(factory(
+        cx,
+        options,
+        config.count,
+        usize::from(config.channels),
+        labelled,
+        move || Ok(Arc::new(data.clone()) as Arc<dyn Dataset>),
+    ))
 }
 
 /// The labelled splits of a `synthetic` stage: the test part is a disjoint set of images of
