@@ -234,13 +234,12 @@ fn execute(
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line of `skipped.jsonl`.
+/// One line of `skipped.jsonl`: the stage and the item it skipped.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SkippedLine {
     stage: String,
-    item: String,
-    cause: String,
-    times: u64,
+    #[serde(flatten)]
+    skipped: simclr::core::SkippedItem,
 }
 
 /// Name every item the run skipped in the run folder's `skipped.jsonl`, one JSON object per
@@ -255,7 +254,7 @@ fn write_skipped(run_dir: &RunDir, report: &runtime::RunReport, resuming: bool) 
     let mut index: std::collections::HashMap<(String, String), usize> = lines
         .iter()
         .enumerate()
-        .map(|(i, l)| ((l.stage.clone(), l.item.clone()), i))
+        .map(|(i, l)| ((l.stage.clone(), l.skipped.item.clone()), i))
         .collect();
     let mut unlisted = 0;
     for stage in &report.stages {
@@ -263,14 +262,12 @@ fn write_skipped(run_dir: &RunDir, report: &runtime::RunReport, resuming: bool) 
         for skip in &stage.skipped_items {
             let key = (stage.id.clone(), skip.item.clone());
             if let Some(&i) = index.get(&key) {
-                lines[i].times += skip.times;
+                lines[i].skipped.times += skip.times;
             } else {
                 index.insert(key, lines.len());
                 lines.push(SkippedLine {
                     stage: stage.id.clone(),
-                    item: skip.item.clone(),
-                    cause: skip.cause.clone(),
-                    times: skip.times,
+                    skipped: skip.clone(),
                 });
             }
         }

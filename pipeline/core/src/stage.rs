@@ -179,7 +179,7 @@ pub struct StageLog {
 
 /// One skipped item: what it is, why, and how often it was skipped (once per epoch that
 /// reached it).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SkippedItem {
     /// What the item is (a path, `record 17 of data_batch_1.bin`).
     pub item: String,

@@ -120,7 +120,7 @@ fn jpegs_from(dir: &Path) -> Result<Vec<Arc<[u8]>>> {
 fn decode(bytes: &[u8], index: u64) -> Result<Image> {
     // The `image_folder` source's decode (with its truncation check): what a run does.
     let img = simclr::source::image_folder::decode(bytes)
-        .map_err(|e| anyhow::anyhow!("cannot decode a JPEG: {e}"))?
+        .context("cannot decode a JPEG")?
         .into_rgb8();
     let (width, height) = img.dimensions();
     Ok(Image {

@@ -37,12 +37,24 @@ pub fn weights_sha256(graph: &GraphProto) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A model whose weights no longer hash to the checksum recorded at export.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "its weights do not match the checksum recorded when it was exported (`{KEY}` {recorded}, the weights hash to {actual}): the file was damaged or modified after export; export it again"
+)]
+pub struct ChecksumMismatch {
+    /// The metadata's digest.
+    pub recorded: String,
+    /// The weights' digest.
+    pub actual: String,
+}
+
 /// Check a serialised model's weights against the checksum in its metadata. A model without
 /// one (exported elsewhere, or by an older version) passes: ONNX Runtime judges it alone.
 ///
 /// # Errors
 /// The recorded and computed digests, when they differ.
-pub fn verify(bytes: &[u8]) -> Result<(), String> {
+pub fn verify(bytes: &[u8]) -> Result<(), ChecksumMismatch> {
     let Ok(model) = ModelProto::decode(bytes) else {
         return Ok(());
     };
@@ -58,8 +70,6 @@ pub fn verify(bytes: &[u8]) -> Result<(), String> {
     if actual == recorded {
         Ok(())
     } else {
-        Err(format!(
-            "its weights do not match the checksum recorded when it was exported (`{KEY}` {recorded}, the weights hash to {actual}): the file was damaged or modified after export; export it again"
-        ))
+        Err(ChecksumMismatch { recorded, actual })
     }
 }

@@ -165,7 +165,7 @@ impl OnnxModel {
     /// do not match the checksum its metadata records ([`crate::checksum`]).
     pub fn load(path: &Path, threads: usize) -> Result<Self, OnnxError> {
         let bytes = std::fs::read(path).map_err(|e| OnnxError::file(path, e.to_string()))?;
-        crate::checksum::verify(&bytes).map_err(|why| OnnxError::file(path, why))?;
+        crate::checksum::verify(&bytes).map_err(|e| OnnxError::file(path, e.to_string()))?;
         let session = builder(threads)?
             .commit_from_memory(&bytes)
             .map_err(OnnxError::runtime(format!(
@@ -180,7 +180,7 @@ impl OnnxModel {
     /// # Errors
     /// As [`OnnxModel::load`].
     pub fn from_bytes(bytes: &[u8], threads: usize) -> Result<Self, OnnxError> {
-        crate::checksum::verify(bytes).map_err(OnnxError::Message)?;
+        crate::checksum::verify(bytes).map_err(|e| OnnxError::Message(e.to_string()))?;
         let session = builder(threads)?
             .commit_from_memory(bytes)
             .map_err(OnnxError::runtime("ONNX Runtime cannot load the model"))?;

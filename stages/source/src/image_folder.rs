@@ -157,7 +157,7 @@ impl Dataset for ImageFolder {
             cause,
         };
         let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-        let decoded = decode(&bytes).map_err(fail)?;
+        let decoded = decode(&bytes).map_err(|e| fail(simclr_core::error::chain(&e)))?;
         let (width, height) = (decoded.width(), decoded.height());
         let pixels: Vec<u8> = if self.channels == 1 {
             decoded.into_luma8().into_raw()
@@ -174,33 +174,48 @@ impl Dataset for ImageFolder {
     }
 }
 
+/// Why an image file's bytes cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A JPEG whose data ends before its end-of-image marker.
+    #[error(
+        "image file is truncated: the JPEG data ends at byte {at} before its end-of-image marker"
+    )]
+    Truncated {
+        /// The data's length.
+        at: usize,
+    },
+    /// The format could not be guessed from the content.
+    #[error(transparent)]
+    Format(std::io::Error),
+    /// The decoder refused the data.
+    #[error("cannot decode")]
+    Image(#[source] image::ImageError),
+}
+
 /// Decode an image file's bytes (the format guessed from its content), refusing a JPEG
 /// whose data ends before its end-of-image marker: the decoder would fill the missing part
 /// with gray and report nothing, where PIL reports "image file is truncated".
 ///
 /// # Errors
-/// The cause, as text.
-pub fn decode(bytes: &[u8]) -> Result<image::DynamicImage, String> {
+/// A truncated JPEG, an unknown format, or data the decoder refuses.
+pub fn decode(bytes: &[u8]) -> Result<image::DynamicImage, DecodeError> {
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+        .map_err(DecodeError::Format)?;
     if reader.format() == Some(image::ImageFormat::Jpeg) {
         jpeg_complete(bytes)?;
     }
-    reader.decode().map_err(|e| format!("cannot decode: {e}"))
+    reader.decode().map_err(DecodeError::Image)
 }
 
 /// Check that a JPEG stream reaches its end-of-image marker (EOI): walk the marker segments
 /// by their lengths, and the entropy-coded data of each scan (where `FF` is followed by `00`
 /// or a restart marker) to the marker that ends it. Data after EOI is allowed.
-fn jpeg_complete(data: &[u8]) -> Result<(), String> {
+fn jpeg_complete(data: &[u8]) -> Result<(), DecodeError> {
     const EOI: u8 = 0xD9;
     const SOS: u8 = 0xDA;
-    let truncated = |at: usize| {
-        Err(format!(
-            "image file is truncated: the JPEG data ends at byte {at} before its end-of-image marker"
-        ))
-    };
+    let truncated = |at: usize| Err(DecodeError::Truncated { at });
     // The common case: the file ends with EOI (a cut file cannot, unless cut right after one
     // inside a header segment, which the decoder refuses).
     if data.ends_with(&[0xFF, EOI]) {
@@ -388,7 +403,9 @@ mod tests {
                     data.len()
                 );
             }
-            let third = decode(&data[..data.len() / 3]).expect_err("a third");
+            let third = decode(&data[..data.len() / 3])
+                .expect_err("a third")
+                .to_string();
             assert!(third.contains("image file is truncated"), "{name}: {third}");
         }
     }
