@@ -69,9 +69,81 @@ struct MeasureArgs {
     quiet: bool,
 }
 
+/// The ranks this process runs among, from the launcher's environment (`mpirun`, `srun`):
+/// MPI initialised when a launcher started several ranks; one process otherwise.
+struct Ranks {
+    world: simclr_dist::World,
+    /// MPI stays initialised while this lives.
+    #[cfg(feature = "mpi")]
+    _session: Option<simclr_dist::mpi_backend::Session>,
+}
+
+impl Ranks {
+    fn from_launcher() -> std::result::Result<Self, String> {
+        let Some(launch) = simclr_dist::launch::detect().filter(|l| l.size > 1) else {
+            return Ok(Self {
+                world: simclr_dist::World::solo(),
+                #[cfg(feature = "mpi")]
+                _session: None,
+            });
+        };
+        #[cfg(feature = "mpi")]
+        {
+            let (session, comm) = simclr_dist::mpi_backend::init().map_err(|e| e.to_string())?;
+            if comm.size() != launch.size {
+                return Err(format!(
+                    "{} started {} ranks but MPI sees {}: this simclr's MPI library is not the launcher's",
+                    launch.launcher,
+                    launch.size,
+                    comm.size()
+                ));
+            }
+            let world = simclr_dist::World::new(comm, launch.local_rank, launch.launcher)
+                .map_err(|e| e.to_string())?;
+            Ok(Self {
+                world,
+                _session: Some(session),
+            })
+        }
+        #[cfg(not(feature = "mpi"))]
+        Err(format!(
+            "{} started this process as rank {} of {}, but this simclr was built without MPI: build it with `cargo build --release --features mpi` (docs/distributed.md)",
+            launch.launcher, launch.rank, launch.size
+        ))
+    }
+
+    /// After a failure on this rank: stop every rank (the others would wait for this one in
+    /// their next collective until the timeout).
+    fn stop_all(&self, code: u8) {
+        if self.world.size() > 1 {
+            #[cfg(feature = "mpi")]
+            simclr_dist::mpi_backend::abort_all(i32::from(code));
+        }
+        let _ = code;
+    }
+}
+
 impl RunArgs {
-    /// Resolve the checkpoint to resume from, then run.
+    /// Join the launcher's ranks, if any, then run.
     pub fn run(&self, registry: &Registry) -> Result<ExitCode> {
+        let ranks = match Ranks::from_launcher() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        };
+        let mut registry = registry.clone();
+        registry.extensions_mut().insert(ranks.world.clone());
+        let code = self.run_on(&registry, &ranks.world)?;
+        if code != ExitCode::SUCCESS && code != ExitCode::from(EXIT_INTERRUPTED) {
+            ranks.stop_all(EXIT_FAILED);
+        }
+        Ok(code)
+    }
+
+    /// Resolve the checkpoint to resume from, then run.
+    fn run_on(&self, registry: &Registry, world: &simclr_dist::World) -> Result<ExitCode> {
         let mut options = LoadOptions {
             run_dir: self.run_dir.clone(),
             max_steps: self.max_steps,
@@ -94,23 +166,25 @@ impl RunArgs {
             if options.run_dir.is_none() {
                 options.run_dir = resume.run_dir.clone();
             }
-            if resume.definition_changed {
+            if resume.definition_changed && world.is_leader() {
                 eprintln!(
                     "warning: {} differs from the definition the checkpoint was trained with ({}); the run continues with the new one",
                     self.file.display(),
                     checkpoint.definition().display()
                 );
             }
-            eprintln!(
-                "resuming from {} (step {}, epoch {}, loss {:.4})",
-                checkpoint.dir.display(),
-                checkpoint.info.steps,
-                checkpoint.info.epoch,
-                checkpoint.info.loss
-            );
+            if world.is_leader() {
+                eprintln!(
+                    "resuming from {} (step {}, epoch {}, loss {:.4})",
+                    checkpoint.dir.display(),
+                    checkpoint.info.steps,
+                    checkpoint.info.epoch,
+                    checkpoint.info.loss
+                );
+            }
             options.resume = Some(checkpoint.resume_point());
         }
-        execute(&self.file, registry, options, &self.measure, true)
+        execute(&self.file, registry, options, &self.measure, true, world)
     }
 }
 
@@ -121,7 +195,14 @@ impl ProfileArgs {
             overrides: parse_overrides(&self.set)?,
             ..LoadOptions::default()
         };
-        execute(&self.file, registry, options, &self.measure, false)
+        execute(
+            &self.file,
+            registry,
+            options,
+            &self.measure,
+            false,
+            &simclr_dist::World::solo(),
+        )
     }
 }
 
@@ -133,14 +214,35 @@ fn execute(
     options: LoadOptions,
     measure: &MeasureArgs,
     is_run: bool,
+    world: &simclr_dist::World,
 ) -> Result<ExitCode> {
     let resuming = options.resume.is_some();
+    let leader = world.is_leader();
     let graph: Graph = match simclr::config::load_file(file, registry, &options) {
         Ok(graph) => graph,
         Err(diagnostics) => {
-            eprintln!("{diagnostics}");
+            if leader {
+                eprintln!("{diagnostics}");
+            }
             return Ok(ExitCode::from(EXIT_INVALID));
         }
+    };
+    if let Err(e) = check_backend(&graph, world) {
+        if leader {
+            eprintln!("error: {}: {e}", file.display());
+        }
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
+    world.set_timeout(std::time::Duration::from_secs_f64(
+        graph.distributed.timeout_s,
+    ));
+    // Rank 0 writes the run folder and prints; the other ranks print only their errors.
+    let is_run = is_run && leader;
+    let measure = &MeasureArgs {
+        items: measure.items,
+        metrics: measure.metrics.clone().filter(|_| leader),
+        trace: measure.trace.clone(),
+        quiet: measure.quiet || !leader,
     };
     let run_dir = RunDir::new(&graph.run_dir);
     if is_run && !resuming && run_dir.latest().is_some() {
@@ -173,7 +275,9 @@ fn execute(
             (failure.run, Some(message))
         }
     };
-    writeln!(std::io::stdout().lock(), "{}", run.report)?;
+    if leader {
+        writeln!(std::io::stdout().lock(), "{}", run.report)?;
+    }
     // Every output is attempted even when one cannot be written (a full disk fails them all):
     // their errors come first and the run's own error last, where it is seen.
     let mut problems = Vec::new();
@@ -196,7 +300,15 @@ fn execute(
             Err(e) => problems.push(format!("{e:#}")),
         }
     }
-    if let (Some(path), Some(trace)) = (&measure.trace, &run.trace) {
+    // Every rank writes its own trace: `--trace t.json` is `t.rank1.json` on rank 1.
+    let trace_path = measure.trace.as_ref().map(|p| {
+        if world.size() > 1 && !leader {
+            p.with_extension(format!("rank{}.json", world.rank()))
+        } else {
+            p.clone()
+        }
+    });
+    if let (Some(path), Some(trace)) = (&trace_path, &run.trace) {
         match trace.write(path) {
             Ok(()) => {
                 let dropped = trace.dropped();
@@ -222,7 +334,12 @@ fn execute(
         } else {
             " (the first error)"
         };
-        eprintln!("error{first}: {message}");
+        let rank = if world.size() > 1 {
+            format!(" on rank {}", world.rank())
+        } else {
+            String::new()
+        };
+        eprintln!("error{first}{rank}: {message}");
         return Ok(ExitCode::from(EXIT_FAILED));
     }
     if !problems.is_empty() {
@@ -232,6 +349,23 @@ fn execute(
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The definition's `distributed.backend` against the ranks the launcher started.
+fn check_backend(graph: &Graph, world: &simclr_dist::World) -> std::result::Result<(), String> {
+    use simclr::core::distributed::Backend;
+    match graph.distributed.backend {
+        Backend::None if world.size() > 1 => Err(format!(
+            "`distributed: {{ backend: none }}`, but {} started {} ranks: run it without the launcher, or set `backend: auto`",
+            world.launcher,
+            world.size()
+        )),
+        Backend::Nccl => Err(
+            "`distributed: { backend: nccl }` is not available in this build (NCCL needs a GPU build; use `backend: mpi`)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// One line of `skipped.jsonl`: the stage and the item it skipped.

@@ -457,6 +457,7 @@ fn build_stages(
             seed: 0,
             device: simclr_core::DeviceSpec::Cpu,
             precision: simclr_core::Precision::Fp32,
+            distributed: simclr_core::Distributed::default(),
             run_dir: Path::new(""),
             workers: s.entry.workers,
             input_type,

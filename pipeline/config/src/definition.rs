@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use simclr_core::value::{from_value, join_path};
-use simclr_core::{DeviceSpec, Loc, Precision, Value, ValueKind};
+use simclr_core::{DeviceSpec, Distributed, Loc, Precision, Value, ValueKind};
 
 use crate::diagnostic::Diagnostic;
 
@@ -23,6 +23,7 @@ const TOP_KEYS: &[&str] = &[
     "seed",
     "device",
     "precision",
+    "distributed",
     "run_dir",
     "edges",
     "stages",
@@ -53,6 +54,8 @@ pub struct Definition {
     /// `precision`: `fp32` (strict float32, the default) or `tf32` (TensorFloat-32 matrix
     /// products and convolutions on CUDA tensor cores).
     pub precision: Precision,
+    /// `distributed`: backend, BatchNorm across ranks, timeout, checksum interval.
+    pub distributed: Distributed,
     /// `run_dir`, if given (default `runs/<name>`).
     pub run_dir: Option<PathBuf>,
     /// `edges.capacity`.
@@ -114,6 +117,7 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
         seed: 0,
         device: DeviceSpec::Cpu,
         precision: Precision::Fp32,
+        distributed: Distributed::default(),
         run_dir: None,
         default_capacity: DEFAULT_CAPACITY,
         stages: Vec::new(),
@@ -192,6 +196,21 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
                 "use `fp32` (strict float32) or `tf32` (TensorFloat-32 on CUDA tensor cores)",
             )),
         }
+    }
+    if let Some(d) = field::<Distributed>(root, "distributed", "", diags) {
+        if !(d.timeout_s > 0.0 && d.timeout_s.is_finite()) {
+            diags.push(bad_value(
+                root,
+                "distributed",
+                "",
+                format!(
+                    "`distributed.timeout_s` must be a positive number of seconds, found {}",
+                    d.timeout_s
+                ),
+                "e.g. `distributed: { timeout_s: 300 }`",
+            ));
+        }
+        def.distributed = d;
     }
     def.run_dir = field::<String>(root, "run_dir", "", diags).map(PathBuf::from);
     if let Some(edges) = root.get("edges") {
@@ -543,6 +562,9 @@ fn expected_form(key: &str) -> &'static str {
         "seed" => "`seed` is a non-negative integer, e.g. `seed: 42`",
         "device" => "`device` is `cpu`, `cuda`, `cuda:N` or `auto`",
         "precision" => "`precision` is `fp32` or `tf32`",
+        "distributed" => {
+            "`distributed` is a mapping: `{ backend: auto | none | mpi | nccl, batch_norm: global | local, timeout_s: 300, check_every: 100 }`"
+        }
         "run_dir" => "`run_dir` is a folder path, e.g. `run_dir: runs/demo`",
         "kind" => "`kind` is a stage kind name; `simclr stages` lists them",
         "workers" => "`workers` is a positive integer, e.g. `workers: 2`",

@@ -25,6 +25,8 @@ pub struct Graph {
     pub seed: u64,
     /// `device`.
     pub device: simclr_core::DeviceSpec,
+    /// `distributed`.
+    pub distributed: simclr_core::Distributed,
     /// Run folder (`run_dir`, or `runs/<name>`, or the override given to the loader).
     pub run_dir: PathBuf,
     /// The definition file.
@@ -224,6 +226,7 @@ pub fn load_str(
                 seed: def.seed,
                 device: def.device,
                 precision: def.precision,
+                distributed: def.distributed,
                 run_dir: &run_dir,
                 resume: options.resume.as_ref(),
                 max_steps: options.max_steps,
@@ -250,6 +253,7 @@ pub fn load_str(
         description: def.description,
         seed: def.seed,
         device: def.device,
+        distributed: def.distributed,
         run_dir,
         file: file.to_owned(),
         source: text.to_owned(),

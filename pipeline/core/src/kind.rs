@@ -201,6 +201,9 @@ pub struct BuildContext<'a> {
     pub device: crate::DeviceSpec,
     /// The definition's `precision` for float32 work on CUDA: `fp32` (strict) or `tf32`.
     pub precision: crate::Precision,
+    /// The definition's `distributed:` settings (the ranks themselves are the program's
+    /// `simclr_dist::World` extension).
+    pub distributed: crate::Distributed,
     /// The run folder.
     pub run_dir: &'a Path,
     /// How many workers the stage runs.

@@ -14,6 +14,7 @@
 
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod extensions;
 pub mod kind;
@@ -24,6 +25,7 @@ pub mod value;
 
 pub use data::{BoxError, DataError, Dataset, ItemError, LabelledData, Preprocess, Sample, Split};
 pub use device::{DeviceSpec, Precision};
+pub use distributed::Distributed;
 pub use error::StageError;
 pub use extensions::Extensions;
 pub use kind::{

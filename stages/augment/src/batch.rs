@@ -1,5 +1,11 @@
 //! `batch`: collates N view pairs into one contiguous float32 NCHW buffer of 2N views;
 //! views 2k and 2k+1 are the pair of sample k.
+//!
+//! On `W` ranks, `batch_size` is the global batch: each rank collates its `N/W` pairs (the
+//! source gives every rank its share of each global batch), emits at most the one-process
+//! run's batches per epoch, and agrees with the other ranks before each batch that every rank
+//! has one — so all ranks emit the same number of batches and the model stages' collectives
+//! always pair up, even when one rank's data ends early or it is interrupted.
 
 use std::sync::Arc;
 
@@ -57,6 +63,30 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             "SimCLR uses 256 to 4096; small machines 64-256",
         ));
     }
+    let world = cx.extension::<simclr_dist::World>().cloned();
+    let ranks = world.as_ref().map_or(1, simclr_dist::World::size);
+    if ranks > 1 {
+        if config.batch_size % ranks != 0 {
+            return Err(cx.invalid(
+                "batch_size",
+                format!(
+                    "`batch_size: {}` (the global batch) does not split evenly over the {ranks} ranks",
+                    config.batch_size
+                ),
+                format!(
+                    "use a multiple of {ranks}, e.g. {}",
+                    config.batch_size.div_ceil(ranks) * ranks
+                ),
+            ));
+        }
+        if !config.drop_last {
+            return Err(cx.invalid(
+                "drop_last",
+                "`drop_last: false` with several ranks would give them batches of different sizes",
+                "keep `drop_last: true` (the default) for distributed runs",
+            ));
+        }
+    }
     let per_epoch = cx.upstream.items_per_epoch.map(|n| {
         let b = config.batch_size as u64;
         if config.drop_last {
@@ -105,35 +135,128 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     });
     // A resumed run's first batch is the step after the checkpoint's.
     let first_step = cx.resume.map_or(0, |r| r.step);
+    let ranked = world.filter(|w| w.size() > 1).map(|w| Ranked {
+        control: w.control,
+        per_epoch,
+        emitted: (
+            cx.resume.map_or(0, |r| r.epoch),
+            cx.resume
+                .map_or(0, |r| r.position / config.batch_size as u64),
+        ),
+        closed: false,
+    });
+    let local = config.batch_size / ranks;
     Ok(StageFactory::stage(move |_| Batcher {
         config: config.clone(),
+        local,
         pending: Vec::new(),
         step: first_step,
+        ranked: ranked.clone(),
     }))
 }
 
 /// Collates pairs.
 pub struct Batcher {
     config: BatchConfig,
+    /// Pairs per batch on this rank (`batch_size` over the ranks).
+    local: usize,
     pending: Vec<ViewPair>,
     step: u64,
+    ranked: Option<Ranked>,
+}
+
+/// A batcher's state on one of several ranks.
+#[derive(Clone)]
+struct Ranked {
+    control: simclr_dist::Comm,
+    /// The one-process run's batches per epoch.
+    per_epoch: Option<u64>,
+    /// (epoch, batches emitted in it).
+    emitted: (u32, u64),
+    /// Some rank has no more batches: emit nothing more.
+    closed: bool,
+}
+
+impl Ranked {
+    /// Agree with every rank on batch `step`: `Ok(true)` when every rank has one (`more`);
+    /// after any rank says it has none, every rank stops.
+    fn agree(&mut self, step: u64, more: bool, cx: &mut StageContext) -> Result<bool, StageError> {
+        if self.closed {
+            return Ok(false);
+        }
+        let what = format!("batch agreement, step {step}");
+        let all = self
+            .control
+            .all_gather_equal(
+                simclr_dist::Purpose::Control,
+                &what,
+                &[u64::from(more), step],
+            )
+            .map_err(|e| StageError::msg(e.to_string()))?;
+        let ended: Vec<usize> = all
+            .chunks(2)
+            .enumerate()
+            .filter(|(_, v)| v[0] == 0)
+            .map(|(r, _)| r)
+            .collect();
+        if let Some(other) = all.chunks(2).position(|v| v[0] == 1 && v[1] != step) {
+            return Err(StageError::msg(format!(
+                "rank {} is at batch {} but rank {} at batch {step}: the ranks' data streams differ",
+                other,
+                all[2 * other + 1],
+                self.control.rank()
+            )));
+        }
+        if ended.is_empty() {
+            return Ok(true);
+        }
+        self.closed = true;
+        if more {
+            cx.note(format!(
+                "stopped at batch {step}: rank {} has no more batches",
+                ended
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(false)
+    }
 }
 
 impl Batcher {
-    /// A batcher with these parameters.
+    /// A batcher with these parameters (one process).
     pub fn new(config: BatchConfig) -> Self {
         Self {
+            local: config.batch_size,
             config,
             pending: Vec::new(),
             step: 0,
+            ranked: None,
         }
     }
 
-    fn emit(&mut self, out: &mut Outputs<'_>) -> Result<(), StageError> {
+    fn emit(&mut self, out: &mut Outputs<'_>, cx: &mut StageContext) -> Result<(), StageError> {
         let pairs = std::mem::take(&mut self.pending);
         let Some(first) = pairs.first() else {
             return Ok(());
         };
+        if let Some(ranked) = self.ranked.as_mut() {
+            let epoch = first.id.epoch;
+            if ranked.emitted.0 != epoch {
+                ranked.emitted = (epoch, 0);
+            }
+            if ranked.per_epoch.is_some_and(|cap| ranked.emitted.1 >= cap) {
+                // This rank's share of an epoch whose length does not split evenly into global
+                // batches: the one-process run drops these samples too.
+                return Ok(());
+            }
+            if !ranked.agree(self.step, true, cx)? {
+                return Ok(());
+            }
+            ranked.emitted.1 += 1;
+        }
         let [c, h, w] = first.shape;
         let mut data = Vec::with_capacity(2 * pairs.len() * c * h * w);
         for p in &pairs {
@@ -175,7 +298,7 @@ impl Stage for Batcher {
                     ));
                     self.pending.clear();
                 } else {
-                    self.emit(out)?;
+                    self.emit(out, cx)?;
                 }
             } else if head.shape != pair.shape {
                 return Err(StageError::msg(format!(
@@ -185,8 +308,8 @@ impl Stage for Batcher {
             }
         }
         self.pending.push(pair);
-        if self.pending.len() == self.config.batch_size {
-            self.emit(out)?;
+        if self.pending.len() == self.local {
+            self.emit(out, cx)?;
         }
         Ok(())
     }
@@ -196,10 +319,9 @@ impl Stage for Batcher {
         out: &mut Outputs<'_>,
         cx: &mut StageContext,
     ) -> Result<(), StageError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        if self.config.drop_last {
+        let end = if self.pending.is_empty() {
+            Ok(())
+        } else if self.config.drop_last {
             cx.note(format!(
                 "dropped the last {} samples (incomplete batch)",
                 self.pending.len()
@@ -207,8 +329,13 @@ impl Stage for Batcher {
             self.pending.clear();
             Ok(())
         } else {
-            self.emit(out)
+            self.emit(out, cx)
+        };
+        // Tell the other ranks this one has no more batches.
+        if let Some(ranked) = self.ranked.as_mut() {
+            ranked.agree(self.step, false, cx)?;
         }
+        end
     }
 }
 

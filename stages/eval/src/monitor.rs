@@ -135,6 +135,10 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             "set `test_path` to a folder of held-out images, one sub-folder per class",
         ));
     }
+    if let Some(follower) = simclr_stage_model::stage::follower(cx) {
+        // Rank 0 runs the monitor.
+        return Ok(follower);
+    }
     let run_dir = cx.run_dir.to_owned();
     let resuming = cx.resume.is_some();
     Ok(StageFactory::stage(move |_| KnnMonitor {

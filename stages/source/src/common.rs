@@ -49,7 +49,11 @@ impl Default for SourceOptions {
 pub type SharedDataset = Arc<OnceLock<Result<Arc<dyn Dataset>, Arc<DataError>>>>;
 
 /// Streams a dataset: worker `w` of `n` produces stream positions `w, w + n, ...` over
-/// `epochs × len` positions; position `p` of epoch `e` is item `perm_e[p]`.
+/// `epochs × len` positions; position `p` of epoch `e` is item `perm_e[p]`. On rank `r` of a
+/// run over `W` ranks, the rank owns the positions `≡ r (mod W)` and its worker `w` produces
+/// `r + W·w, r + W·(w + n), ...`: every run of `W·b` consecutive positions (a global batch of
+/// `b` per rank) holds exactly `b` of each rank's, so the ranks' `k`-th local batches together
+/// are the one-process run's `k`-th batch.
 pub struct DatasetSource {
     shared: SharedDataset,
     load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync>,
@@ -65,24 +69,26 @@ pub struct DatasetSource {
 }
 
 impl DatasetSource {
-    /// A driver for worker `worker` of `workers`. `load` opens the dataset; `expected_len` is
-    /// its size as seen at build time.
+    /// A driver for worker `worker` of `workers` on rank `rank` of `ranks`. `load` opens the
+    /// dataset; `expected_len` is its size as seen at build time.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: SharedDataset,
         load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync>,
         options: SourceOptions,
         expected_len: u64,
-        worker: usize,
-        workers: usize,
+        (worker, workers): (usize, usize),
+        (rank, ranks): (usize, usize),
     ) -> Self {
+        let ranks = ranks.max(1) as u64;
         Self {
             shared,
             load,
             data: None,
             options,
             expected_len,
-            next: worker as u64,
-            step: workers.max(1) as u64,
+            next: rank as u64 + ranks * worker as u64,
+            step: ranks * workers.max(1) as u64,
             order: None,
             resume_at: None,
         }
@@ -211,14 +217,17 @@ pub fn factory(
     });
     let resume = cx.resume.map(|r| (r.epoch, r.position));
     let workers = cx.workers;
+    let ranks = cx
+        .extension::<simclr_dist::World>()
+        .map_or((0, 1), |w| (w.rank(), w.size()));
     simclr_core::StageFactory::source(move |worker| {
         let source = DatasetSource::new(
             shared.clone(),
             load.clone(),
             options.clone(),
             expected_len,
-            worker,
-            workers,
+            (worker, workers),
+            ranks,
         );
         match resume {
             Some((epoch, position)) => source.resuming_at(epoch, position),
@@ -328,6 +337,14 @@ mod tests {
     }
 
     fn drain(options: SourceOptions, workers: usize) -> (Vec<(u32, u64)>, u64) {
+        drain_rank(options, workers, (0, 1))
+    }
+
+    fn drain_rank(
+        options: SourceOptions,
+        workers: usize,
+        ranks: (usize, usize),
+    ) -> (Vec<(u32, u64)>, u64) {
         let mut out = Vec::new();
         let mut skipped = 0;
         for w in 0..workers {
@@ -338,8 +355,8 @@ mod tests {
                 load,
                 options.clone(),
                 10,
-                w,
-                workers,
+                (w, workers),
+                ranks,
             );
             let mut cx = StageContext::for_test("images");
             src.on_start(&mut cx).expect("loads");
@@ -391,6 +408,28 @@ mod tests {
     }
 
     #[test]
+    fn ranks_interleave_into_the_one_process_stream_across_epochs() {
+        // 3 items (odd, so epochs do not split evenly between 2 ranks), 3 epochs, shuffled.
+        let options = SourceOptions {
+            epochs: 3,
+            limit: Some(3),
+            ..SourceOptions::default()
+        };
+        let (one, _) = drain(options.clone(), 1);
+        let (r0, _) = drain_rank(options.clone(), 1, (0, 2));
+        let (r1, _) = drain_rank(options, 1, (1, 2));
+        assert_eq!((r0.len(), r1.len()), (5, 4));
+        let mut merged = Vec::new();
+        for i in 0..r0.len() {
+            merged.push(r0[i]);
+            if let Some(&x) = r1.get(i) {
+                merged.push(x);
+            }
+        }
+        assert_eq!(merged, one, "rank r owns stream positions r, r + 2, ...");
+    }
+
+    #[test]
     fn fail_policy_names_the_item() {
         let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync> =
             Arc::new(|| Ok(Arc::new(Numbers(10)) as Arc<dyn Dataset>));
@@ -398,7 +437,8 @@ mod tests {
             shuffle: false,
             ..SourceOptions::default()
         };
-        let mut src = DatasetSource::new(Arc::new(OnceLock::new()), load, options, 10, 0, 1);
+        let mut src =
+            DatasetSource::new(Arc::new(OnceLock::new()), load, options, 10, (0, 1), (0, 1));
         let mut cx = StageContext::for_test("images");
         src.on_start(&mut cx).expect("loads");
         for _ in 0..3 {

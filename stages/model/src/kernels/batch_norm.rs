@@ -13,6 +13,41 @@
 //! ```
 //!
 //! M = N·H·W; σ² is the biased batch variance (the running variance takes the unbiased one).
+//!
+//! **Global BatchNorm across ranks** ([`set_sync`]): the per-channel sums are summed over the
+//! ranks — `[Σx, M]`, then `Σ(x − μ)²` forward; `[Σdy', Σdy'·(x − μ), M]` backward — so μ, σ²
+//! and dx are those of the global batch; dγ and dβ stay each rank's own (the gradient
+//! all-reduce adds them up).
+
+use std::sync::RwLock;
+
+use simclr_dist::{Comm, Purpose};
+
+static SYNC: RwLock<Option<Comm>> = RwLock::new(None);
+
+/// Compute training-mode batch statistics over every rank of `comm` (global BatchNorm), or
+/// per process (`None`, the default). Process-wide: BatchNorm layers run afterwards, in any
+/// thread, use it.
+pub fn set_sync(comm: Option<Comm>) {
+    if let Ok(mut s) = SYNC.write() {
+        *s = comm.filter(|c| !c.is_solo());
+    }
+}
+
+/// The communicator global BatchNorm uses, if any.
+pub fn sync() -> Option<Comm> {
+    SYNC.read().ok().and_then(|s| s.clone())
+}
+
+/// Sum `v` over the ranks of `sync` (nothing without it).
+fn reduce(sync: Option<&Comm>, what: &str, v: &mut [f64]) -> Result<()> {
+    match sync {
+        Some(c) => c
+            .all_reduce_sum(Purpose::BatchNorm, what, v)
+            .map_err(|e| candle_core::Error::Msg(e.to_string())),
+        None => Ok(()),
+    }
+}
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -80,29 +115,47 @@ fn channel_sums<const K: usize>(
 }
 
 /// Per-channel mean and biased variance: two passes (the second around the mean), f32 lanes
-/// within an image's block, f64 across blocks.
-fn stats(x: &[f32], (n, c, s): (usize, usize, usize)) -> Vec<(f64, f64)> {
-    let m = (n * s).max(1) as f64;
+/// within an image's block, f64 across blocks; with `sync`, over every rank's batch.
+fn stats(
+    x: &[f32],
+    (n, c, s): (usize, usize, usize),
+    sync: Option<&Comm>,
+) -> Result<Vec<(f64, f64)>> {
     let block = |i: usize, ch: usize| &x[(i * c + ch) * s..][..s];
-    let sums = channel_sums((n, c, s), |i, ch, _| {
+    let mut sums: Vec<f64> = channel_sums((n, c, s), |i, ch, _| {
         [lanes(block(i, ch), block(i, ch), |v, _| v)]
-    });
-    let means: Vec<f32> = sums.iter().map(|v| (v[0] / m) as f32).collect();
-    let squares = channel_sums((n, c, s), |i, ch, _| {
+    })
+    .iter()
+    .map(|v| v[0])
+    .collect();
+    sums.push((n * s) as f64);
+    reduce(sync, "BatchNorm statistics (sums)", &mut sums)?;
+    let m = sums.pop().unwrap_or(0.0).max(1.0);
+    let means: Vec<f32> = sums.iter().map(|v| (v / m) as f32).collect();
+    let mut squares: Vec<f64> = channel_sums((n, c, s), |i, ch, _| {
         let mf = means[ch];
         [lanes(block(i, ch), block(i, ch), |v, _| {
             (v - mf) * (v - mf)
         })]
-    });
-    sums.iter()
+    })
+    .iter()
+    .map(|v| v[0])
+    .collect();
+    reduce(sync, "BatchNorm statistics (squares)", &mut squares)?;
+    Ok(sums
+        .iter()
         .zip(&squares)
-        .map(|(sum, sq)| (sum[0] / m, sq[0] / m))
-        .collect()
+        .map(|(sum, sq)| (sum / m, sq / m))
+        .collect())
 }
 
-/// Batch statistics `[2, C]`: row 0 the means, row 1 the biased variances (no gradient).
-#[derive(Clone, Copy, Debug)]
-pub struct ChannelStats;
+/// Batch statistics `[2, C]`: row 0 the means, row 1 the biased variances (no gradient); over
+/// every rank of `sync` when given.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelStats {
+    /// The ranks whose batches the statistics cover (global BatchNorm).
+    pub sync: Option<Comm>,
+}
 
 impl CustomOp1 for ChannelStats {
     fn name(&self) -> &'static str {
@@ -112,7 +165,11 @@ impl CustomOp1 for ChannelStats {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let _timer = super::OpTimer::new("bn statistics", l.dims());
         let dims = ncs(l.dims())?;
-        let st = stats(super::f32_slice("batch_norm", s, l, "input")?, dims);
+        let st = stats(
+            super::f32_slice("batch_norm", s, l, "input")?,
+            dims,
+            self.sync.as_ref(),
+        )?;
         let mut out: Vec<f32> = st.iter().map(|p| p.0 as f32).collect();
         out.extend(st.iter().map(|p| p.1 as f32));
         Ok((CpuStorage::F32(out), Shape::from((2, dims.1))))
@@ -168,12 +225,15 @@ fn masked_gradient(
 }
 
 /// `y = BN(x)` with γ and β stacked as `[2, C]`, optionally followed by ReLU.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BatchNormTrain {
     /// ε.
     pub eps: f64,
     /// Apply ReLU after normalising.
     pub relu: bool,
+    /// The ranks the statistics were computed over (global BatchNorm): the backward pass sums
+    /// its per-channel terms over them too.
+    pub sync: Option<Comm>,
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -230,7 +290,17 @@ impl CustomOp3 for BatchNormTrain {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        backward(x, gb, st, y, dy, self.eps, self.relu, false)
+        backward(
+            x,
+            gb,
+            st,
+            y,
+            dy,
+            self.eps,
+            self.relu,
+            false,
+            self.sync.clone(),
+        )
     }
 }
 
@@ -264,6 +334,7 @@ impl CustomOp3 for BatchNormEval {
         BatchNormTrain {
             eps: self.eps,
             relu: self.relu,
+            sync: None,
         }
         .cpu_fwd(s1, l1, s2, l2, s3, l3)
     }
@@ -276,7 +347,7 @@ impl CustomOp3 for BatchNormEval {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        backward(x, gb, st, y, dy, self.eps, self.relu, true)
+        backward(x, gb, st, y, dy, self.eps, self.relu, true, None)
     }
 }
 
@@ -311,6 +382,7 @@ fn backward(
     eps: f64,
     relu: bool,
     eval: bool,
+    sync: Option<Comm>,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let dy = dy.contiguous()?;
     let c = x.dim(1)?;
@@ -325,6 +397,7 @@ fn backward(
             relu,
             eval,
             params,
+            sync,
         },
     )?;
     let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
@@ -344,6 +417,8 @@ struct Backward {
     eval: bool,
     /// γ, β, μ, σ², C each.
     params: Vec<f32>,
+    /// Global BatchNorm's ranks: dx uses the per-channel sums over all of them.
+    sync: Option<Comm>,
 }
 
 impl CustomOp3 for Backward {
@@ -373,7 +448,6 @@ impl CustomOp3 for Backward {
             );
         }
         let (gb, st) = self.params.split_at(2 * c);
-        let m = (n * s).max(1) as f64;
         let ab = affine(gb, st, self.eps);
         // The mask dy' = dy·[y > 0]: recomputed from x in training mode (one array fewer to
         // read in both passes); evaluation mode's forward has its own formula, so read y.
@@ -384,27 +458,43 @@ impl CustomOp3 for Backward {
             masked_gradient(self.relu, y.map(|y| &y[o..o + s]), xs, dys, ab[ch], masked);
         };
         // Per channel: Σ dy' and Σ dy'·(x − μ) (then ·1/σ for Σ dy'·x̂), float64.
-        let sums: Vec<(f64, f64)> = channel_sums((n, c, s), |i, ch, masked| {
+        let raw = channel_sums((n, c, s), |i, ch, masked| {
             block(i, ch, masked);
             let (o, mean) = ((i * c + ch) * s, st[ch]);
             [
                 lanes(masked, masked, |g, _| g),
                 lanes(masked, &x[o..o + s], |g, xv| g * (xv - mean)),
             ]
-        })
-        .iter()
-        .enumerate()
-        .map(|(ch, &[sd, sdx])| {
-            let inv = 1.0 / (f64::from(st[c + ch]) + self.eps).sqrt();
-            (sd, sdx * inv)
-        })
-        .collect();
+        });
+        let scaled = |raw: &[[f64; 2]]| -> Vec<(f64, f64)> {
+            raw.iter()
+                .enumerate()
+                .map(|(ch, &[sd, sdx])| {
+                    let inv = 1.0 / (f64::from(st[c + ch]) + self.eps).sqrt();
+                    (sd, sdx * inv)
+                })
+                .collect()
+        };
+        let own = scaled(&raw);
         let mut out = super::zeros(len + 2 * c);
         let (dx, dgb) = out.split_at_mut(len);
-        for (ch, &(sd, sdx)) in sums.iter().enumerate() {
+        // dγ and dβ: this rank's own terms (the gradient all-reduce adds the ranks').
+        for (ch, &(sd, sdx)) in own.iter().enumerate() {
             dgb[ch] = sdx as f32;
             dgb[c + ch] = sd as f32;
         }
+        // dx: the batch's sums and size M, over every rank with global BatchNorm.
+        let (sums, m) = match self.sync.as_ref().filter(|_| !self.eval) {
+            None => (own, (n * s).max(1) as f64),
+            Some(comm) => {
+                let mut flat: Vec<f64> = raw.iter().flatten().copied().collect();
+                flat.push((n * s) as f64);
+                reduce(Some(comm), "BatchNorm backward sums", &mut flat)?;
+                let m = flat.pop().unwrap_or(0.0).max(1.0);
+                let global: Vec<[f64; 2]> = flat.chunks(2).map(|p| [p[0], p[1]]).collect();
+                (scaled(&global), m)
+            }
+        };
         // dx = k·(dy' − Σdy'/M − x̂·Σdy'x̂/M) = k·dy' + b0 + b1·(x − μ), coefficients in f64.
         // (x − μ) is formed first: folding −b1·μ into b0 would leave b0 + b1·x to cancel in
         // f32 wherever |μ| ≫ σ, losing digits in exactly the channels whose mean is large.
@@ -460,10 +550,26 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, Tensor)> {
+    batch_norm_train_synced(x, gamma, beta, eps, relu, None)
+}
+
+/// [`batch_norm_train`] with the statistics (and the backward pass's sums) over every rank of
+/// `sync` (global BatchNorm).
+///
+/// # Errors
+/// As [`batch_norm_train`], or a collective that failed.
+pub fn batch_norm_train_synced(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+    sync: Option<Comm>,
+) -> Result<(Tensor, Tensor)> {
     let x = x.contiguous()?;
-    let stats = x.apply_op1_no_bwd(&ChannelStats)?;
+    let stats = x.apply_op1_no_bwd(&ChannelStats { sync: sync.clone() })?;
     let gb = Tensor::stack(&[gamma, beta], 0)?;
-    let y = x.apply_op3(&gb, &stats, BatchNormTrain { eps, relu })?;
+    let y = x.apply_op3(&gb, &stats, BatchNormTrain { eps, relu, sync })?;
     Ok((y, stats))
 }
 
@@ -526,8 +632,12 @@ impl BatchNorm2d {
     /// A shape that does not match the layer.
     pub fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if train && supported(x) {
-            let (y, stats) = batch_norm_train(x, &self.gamma, &self.beta, self.eps, relu)?;
-            let m = (x.elem_count() / x.dim(1)?) as f64;
+            let sync = sync();
+            let ranks = sync.as_ref().map_or(1, Comm::size);
+            let (y, stats) =
+                batch_norm_train_synced(x, &self.gamma, &self.beta, self.eps, relu, sync)?;
+            // The global batch's size (every rank's local batch is the same size).
+            let m = (x.elem_count() / x.dim(1)? * ranks) as f64;
             let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
             let k = self.momentum;
             self.running_mean

@@ -88,6 +88,10 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             "e.g. `dir: checkpoints`; `simclr run --run-dir` moves the whole run",
         ));
     }
+    if let Some(follower) = super::follower(cx) {
+        // Rank 0 writes the checkpoints.
+        return Ok(follower);
+    }
     let root = cx.run_dir.join(&params.dir);
     let definition: Arc<str> = Arc::from(cx.definition);
     let preprocessing = cx.upstream.preprocessing.clone();

@@ -115,6 +115,21 @@ pub static PROJECTOR: StageKind = StageKind {
 
 fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let params: HeadParams = cx.parse()?;
+    let ranks = cx
+        .extension::<simclr_dist::World>()
+        .map_or(1, simclr_dist::World::size);
+    if params.batch_norm
+        && ranks > 1
+        && cx.distributed.batch_norm == simclr_core::distributed::BatchNormSync::Global
+    {
+        return Err(cx.invalid(
+            "batch_norm",
+            format!(
+                "the head's BatchNorm is not synchronised across ranks, and this run has {ranks}"
+            ),
+            "set `batch_norm: false` on the head, or `distributed: { batch_norm: local }`",
+        ));
+    }
     if params.head == HeadChoice::Mlp && params.layers < 2 {
         return Err(cx.invalid(
             "layers",

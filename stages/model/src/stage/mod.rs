@@ -26,6 +26,28 @@ pub mod encoder;
 pub mod head;
 pub mod train;
 
+/// On a rank other than 0 of a distributed run, the stage that stands in for one whose work is
+/// rank 0's alone (checkpoints, monitors, files): it takes its messages and does nothing. `None`
+/// on rank 0 and in a one-process run.
+pub fn follower(cx: &BuildContext<'_>) -> Option<simclr_core::StageFactory> {
+    let world = cx.extension::<simclr_dist::World>()?;
+    (!world.is_leader()).then(|| simclr_core::StageFactory::stage(|_| Follower))
+}
+
+/// See [`follower`].
+struct Follower;
+
+impl simclr_core::Stage for Follower {
+    fn process(
+        &mut self,
+        _msg: simclr_core::Message,
+        _out: &mut simclr_core::Outputs<'_>,
+        _cx: &mut simclr_core::StageContext,
+    ) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
 /// What a parameter group is to the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

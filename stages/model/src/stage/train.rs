@@ -5,6 +5,14 @@
 //! images/s, seconds per stage), shows step, loss, lr, images/s and ETA next to the progress
 //! bar, and emits the state after the update (weights copied, optimizer state) for checkpoint
 //! sinks. At the end it draws `loss.png`.
+//!
+//! On `W` ranks (docs/distributed.md) each rank holds `N/W` of the global batch's samples. The
+//! loss is the global one: every rank gathers all ranks' projections, computes NT-Xent over the
+//! whole `2N × 2N` similarity, and back-propagates into its own rows only (the other ranks'
+//! rows are constants here); the parameter gradients are then **summed** over the ranks — no
+//! division anywhere, so the gradient is the one-process gradient of the same batch. Every
+//! rank ends the step with the same weights (the sum is bit-identical on all ranks), which a
+//! checksum confirms every `distributed.check_every` steps. Rank 0 alone writes the log.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -266,6 +274,27 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         ));
     }
     let max_steps = cx.max_steps.or(params.max_steps);
+    let world = cx
+        .extension::<simclr_dist::World>()
+        .cloned()
+        .unwrap_or_default();
+    let global_bn = cx.distributed.batch_norm == simclr_core::distributed::BatchNormSync::Global;
+    if world.size() > 1 && global_bn && !matches!(cx.device, simclr_core::DeviceSpec::Cpu) {
+        return Err(cx.invalid(
+            "device",
+            format!(
+                "global BatchNorm over {} ranks runs on the CPU kernels; device `{}` is not supported with several ranks yet",
+                world.size(),
+                cx.device
+            ),
+            "train on `device: cpu`, or set `distributed: { batch_norm: local }`",
+        ));
+    }
+    crate::kernels::batch_norm::set_sync(
+        (world.size() > 1 && global_bn).then(|| world.comm.clone()),
+    );
+    let comm = (world.size() > 1).then(|| world.comm.clone());
+    let check_every = cx.distributed.check_every;
     let stage = cx.stage_id.to_owned();
     let run_dir = cx.run_dir.to_owned();
     let seed = cx.seed;
@@ -278,6 +307,10 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         max_steps,
         batch_size,
         seed,
+        comm: comm.clone(),
+        check_every,
+        vars: Vec::new(),
+        comm_step: [0.0; 3],
         run_dir: run_dir.clone(),
         resume: resume.clone(),
         next_step: resume.as_ref().map_or(0, |r| r.step),
@@ -300,6 +333,14 @@ struct Trainer {
     max_steps: Option<u64>,
     batch_size: Option<usize>,
     seed: u64,
+    /// The ranks, when there are several.
+    comm: Option<simclr_dist::Comm>,
+    /// Compare weight checksums every this many steps (0: never).
+    check_every: u64,
+    /// The trainable variables in the optimizer's order: the gradient buffer's layout.
+    vars: Vec<candle_core::Var>,
+    /// Seconds of the current step's gather, gradient reduce and BatchNorm collectives.
+    comm_step: [f64; 3],
     run_dir: PathBuf,
     resume: Option<simclr_core::ResumePoint>,
     next_step: u64,
@@ -320,6 +361,7 @@ impl Trainer {
     fn init(&mut self, fwd: &Forward, samples: usize) -> Result<(), StageError> {
         self.groups = fwd.groups.iter().map(|(g, _)| g.clone()).collect();
         let params = group_params(&self.groups).map_err(candle_err("parameters"))?;
+        self.vars = params.iter().map(|p| p.var.clone()).collect();
         let mut optimizer = self.params.optimizer(params);
         if let Some(resume) = &self.resume {
             let file = resume.checkpoint.join(crate::run_dir::OPTIMIZER);
@@ -360,7 +402,10 @@ impl Trainer {
             self.epoch = act.epoch;
             self.position = 0;
         }
-        self.position += act.ids.len() as u64;
+        // A global position (every rank holds the same number of samples), so a run resumes at
+        // any number of ranks.
+        let ranks = self.comm.as_ref().map_or(1, simclr_dist::Comm::size);
+        self.position += (act.ids.len() * ranks) as u64;
         self.next_step = act.step + 1;
         let state = self.state(update.loss, update.lr)?;
         self.record(act, fwd, &update, cx)?;
@@ -395,7 +440,9 @@ impl Trainer {
     /// learning rate; every group's version moves on.
     fn update(&mut self, fwd: &Forward, step: u64) -> Result<Update, StageError> {
         let t0 = Instant::now();
-        let loss = nt_xent(&fwd.tensor, self.params.temperature).map_err(candle_err("nt_xent"))?;
+        let spent = self.comm_spent();
+        let z = self.global_projections(&fwd.tensor, step)?;
+        let loss = nt_xent(&z, self.params.temperature).map_err(candle_err("nt_xent"))?;
         let value = f64::from(loss.to_scalar::<f32>().map_err(candle_err("nt_xent"))?);
         let lr = self.schedule.map_or(0.0, |s| s.lr(step));
         if !value.is_finite() {
@@ -404,7 +451,8 @@ impl Trainer {
             )));
         }
         let t1 = Instant::now();
-        let grads = loss.backward().map_err(candle_err("backward"))?;
+        let mut grads = loss.backward().map_err(candle_err("backward"))?;
+        self.reduce_gradients(&mut grads, step)?;
         let t2 = Instant::now();
         let Some(optimizer) = self.optimizer.as_mut() else {
             return Err(StageError::msg("optimizer not built"));
@@ -416,6 +464,11 @@ impl Trainer {
         for g in &self.groups {
             g.version.fetch_add(1, Ordering::SeqCst);
         }
+        self.check_weights(step)?;
+        let now = self.comm_spent();
+        for (s, (a, b)) in self.comm_step.iter_mut().zip(now.iter().zip(spent)) {
+            *s = a - b;
+        }
         Ok(Update {
             loss: value,
             lr,
@@ -426,6 +479,144 @@ impl Trainer {
                 ("optimizer", t2.elapsed().as_secs_f64()),
             ],
         })
+    }
+
+    /// Seconds spent so far in gathers, gradient reduces and BatchNorm collectives.
+    fn comm_spent(&self) -> [f64; 3] {
+        use simclr_dist::Purpose;
+        self.comm.as_ref().map_or([0.0; 3], |c| {
+            let s = c.stats();
+            [
+                s.spent(Purpose::Gather).seconds,
+                s.spent(Purpose::Reduce).seconds,
+                s.spent(Purpose::BatchNorm).seconds,
+            ]
+        })
+    }
+
+    /// Every rank's projections `[2N, d]` in rank order, this rank's rows (`z`, still on the
+    /// graph) among constants: the loss's gradient reaches only this rank's rows.
+    fn global_projections(
+        &self,
+        z: &candle_core::Tensor,
+        step: u64,
+    ) -> Result<candle_core::Tensor, StageError> {
+        let Some(comm) = &self.comm else {
+            return Ok(z.clone());
+        };
+        let (_, d) = z.dims2().map_err(candle_err("projections"))?;
+        let local: Vec<f32> = z
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .map_err(candle_err("projections"))?;
+        let all = comm
+            .all_gather(
+                simclr_dist::Purpose::Gather,
+                &format!("projection gather, step {step}"),
+                bytemuck::cast_slice(&local),
+            )
+            .map_err(|e| StageError::msg(e.to_string()))?;
+        let parts = all
+            .iter()
+            .enumerate()
+            .map(|(r, bytes)| {
+                if r == comm.rank() {
+                    return Ok(z.clone());
+                }
+                let v: Vec<f32> = bytemuck::pod_collect_to_vec(bytes);
+                let rows = v.len() / d.max(1);
+                candle_core::Tensor::from_vec(v, (rows, d), z.device())?.to_dtype(z.dtype())
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(candle_err("projections"))?;
+        candle_core::Tensor::cat(&parts, 0).map_err(candle_err("projections"))
+    }
+
+    /// Sum the parameter gradients over the ranks, in one buffer (the optimizer's order).
+    fn reduce_gradients(
+        &self,
+        grads: &mut candle_core::backprop::GradStore,
+        step: u64,
+    ) -> Result<(), StageError> {
+        let Some(comm) = &self.comm else {
+            return Ok(());
+        };
+        let mut present = Vec::with_capacity(self.vars.len());
+        let mut flat: Vec<f32> = Vec::new();
+        for var in &self.vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                let values: Vec<f32> = g
+                    .to_dtype(candle_core::DType::F32)
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1())
+                    .map_err(candle_err("gradients"))?;
+                present.push((var, values.len()));
+                flat.extend(values);
+            }
+        }
+        comm.all_reduce_sum(
+            simclr_dist::Purpose::Reduce,
+            &format!("gradient all-reduce, step {step}"),
+            &mut flat,
+        )
+        .map_err(|e| StageError::msg(e.to_string()))?;
+        let mut offset = 0;
+        for (var, n) in present {
+            let g = candle_core::Tensor::from_slice(
+                &flat[offset..offset + n],
+                var.shape(),
+                var.device(),
+            )
+            .and_then(|t| t.to_dtype(var.dtype()))
+            .map_err(candle_err("gradients"))?;
+            grads.insert(var.as_tensor(), g);
+            offset += n;
+        }
+        Ok(())
+    }
+
+    /// Every `check_every` steps, compare the ranks' weight checksums; a rank whose weights
+    /// differ from rank 0's stops the run.
+    fn check_weights(&self, step: u64) -> Result<(), StageError> {
+        let Some(comm) = &self.comm else {
+            return Ok(());
+        };
+        if self.check_every == 0 || !(step + 1).is_multiple_of(self.check_every) {
+            return Ok(());
+        }
+        let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+        for var in &self.vars {
+            let values: Vec<f32> = var
+                .as_tensor()
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .map_err(candle_err("weights"))?;
+            for v in values {
+                hash = (hash ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        let all = comm
+            .all_gather_equal(
+                simclr_dist::Purpose::Control,
+                &format!("weight checksum, step {step}"),
+                &[hash],
+            )
+            .map_err(|e| StageError::msg(e.to_string()))?;
+        let differ: Vec<String> = all
+            .iter()
+            .enumerate()
+            .filter(|&(_, &h)| h != all[0])
+            .map(|(r, _)| r.to_string())
+            .collect();
+        if differ.is_empty() {
+            return Ok(());
+        }
+        Err(StageError::msg(format!(
+            "after step {step} the weights of rank {} differ from rank 0's (checksums {all:x?}): the ranks diverged",
+            differ.join(", ")
+        )))
     }
 
     /// The state after the update (`next_step` moved on): the weights copied, the optimizer's
@@ -483,6 +674,14 @@ impl Trainer {
             }
             for (what, secs) in update.seconds {
                 stages.insert(what.into(), secs.into());
+            }
+            if self.comm.is_some() {
+                for (what, secs) in ["comm_gather", "comm_reduce", "comm_batch_norm"]
+                    .into_iter()
+                    .zip(self.comm_step)
+                {
+                    stages.insert(what.into(), secs.into());
+                }
             }
             serde_json::json!({
                 "step": act.step,
@@ -636,7 +835,12 @@ fn human_secs(secs: f64) -> String {
 impl Stage for Trainer {
     fn on_start(&mut self, _cx: &mut StageContext) -> Result<(), StageError> {
         self.started = Instant::now();
-        self.log = StepLog::open(&self.run_dir, self.params.metrics, self.resume.as_ref())?;
+        let leader = self.comm.as_ref().is_none_or(|c| c.rank() == 0);
+        self.log = StepLog::open(
+            &self.run_dir,
+            self.params.metrics && leader,
+            self.resume.as_ref(),
+        )?;
         Ok(())
     }
 
@@ -682,6 +886,45 @@ impl Stage for Trainer {
         _out: &mut Outputs<'_>,
         cx: &mut StageContext,
     ) -> Result<(), StageError> {
+        self.note_communication(cx)?;
         self.log.finish(cx)
+    }
+}
+
+impl Trainer {
+    /// On several ranks: every rank's time in collectives and its share of the training time,
+    /// gathered to the run's notes (after the last step: nothing else uses the communicator).
+    fn note_communication(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        let Some(comm) = &self.comm else {
+            return Ok(());
+        };
+        use simclr_dist::Purpose;
+        let s = comm.stats();
+        let mine = [
+            s.spent(Purpose::Gather).seconds,
+            s.spent(Purpose::Reduce).seconds,
+            s.spent(Purpose::BatchNorm).seconds,
+            self.started.elapsed().as_secs_f64(),
+            (s.spent(Purpose::Gather).bytes
+                + s.spent(Purpose::Reduce).bytes
+                + s.spent(Purpose::BatchNorm).bytes) as f64,
+        ];
+        let all = comm
+            .all_gather_equal(Purpose::Control, "communication summary", &mine)
+            .map_err(|e| StageError::msg(e.to_string()))?;
+        let steps = self.next_step - self.first_step.unwrap_or(self.next_step);
+        for (r, v) in all.chunks(5).enumerate() {
+            let total = v[0] + v[1] + v[2];
+            cx.note(format!(
+                "rank {r}: communication {total:.2} s of {:.1} s ({:.1}%): gather {:.2} s, gradient reduce {:.2} s, BatchNorm {:.2} s; {:.2} MB sent per step",
+                v[3],
+                100.0 * total / v[3].max(1e-9),
+                v[0],
+                v[1],
+                v[2],
+                v[4] / steps.max(1) as f64 / 1e6
+            ));
+        }
+        Ok(())
     }
 }
