@@ -15,3 +15,13 @@ if ! python3 -c "import onnxruntime, onnx, numpy; assert onnxruntime.__version__
   PIP="python3 -m pip install --disable-pip-version-check --quiet"
   $PIP onnxruntime==1.31.1 onnx==1.23.2 || $PIP --user onnxruntime==1.31.1 onnx==1.23.2
 fi
+# - Open MPI and libclang for the multi-process tests (`--features mpi`: mpi-sys compiles a
+#   shim with mpicc and generates its bindings with bindgen, which loads libclang).
+if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1 \
+  || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  PKGS="libopenmpi-dev openmpi-bin libclang-dev"
+  $SUDO apt-get install -y $PKGS || { $SUDO apt-get update && $SUDO apt-get install -y $PKGS; }
+fi

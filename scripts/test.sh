@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as README and CI run it. Installs what the tests need first:
-# Fashion-MNIST (Debian package) and ONNX Runtime + onnx (PyPI): see scripts/setup.sh.
+# Fashion-MNIST (Debian package), ONNX Runtime + onnx (PyPI), Open MPI: see scripts/setup.sh.
+# Then the multi-process tests: the `mpi` build, two ranks under mpirun (tests/distributed.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,3 +9,4 @@ bash scripts/setup.sh
 # would add ~1.5 GB to the target folder.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo test --workspace --locked "$@"
+cargo test --workspace --locked --features simclr/mpi --test distributed "$@"

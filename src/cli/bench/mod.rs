@@ -7,6 +7,7 @@ use anyhow::Result;
 
 mod augment;
 mod embed;
+mod ranks;
 mod train;
 
 /// `simclr bench …`.
@@ -87,6 +88,12 @@ pub enum BenchCommand {
         /// the residual sum; and what is left in candle's operations.
         #[arg(long)]
         layers: bool,
+        /// Instead: data-parallel scaling. Train a ResNet-18 of the first width at the same
+        /// global batch (--pairs) by one process with N threads and by N MPI ranks with one
+        /// thread each (`mpirun`; needs the `mpi` build), and print images/s, the scaling
+        /// efficiency and the ranks' time in collectives. Measures --steps steps (use ~30).
+        #[arg(long, value_name = "N")]
+        ranks: Option<usize>,
     },
     /// Train the same model from the same weights on the same batches on the CPU and on
     /// --device, and print how far the device's loss, gradients and weights drift.
@@ -168,6 +175,24 @@ impl BenchCommand {
                 device,
                 precision,
                 layers,
+                ranks: Some(n),
+            } => ranks::ranks(
+                *json,
+                widths.first().copied().unwrap_or(16),
+                (*pairs).max(1),
+                (*steps).max(1),
+                *n,
+            ),
+            BenchCommand::Train {
+                json,
+                widths,
+                pairs,
+                steps,
+                reference,
+                device,
+                precision,
+                layers,
+                ranks: None,
             } => {
                 let on = train::Target::new(device, precision)?;
                 train::train(

@@ -438,3 +438,94 @@ fn residual_add_relu_matches_its_definition() {
         "both sides of the ReLU exercised"
     );
 }
+
+/// Global BatchNorm: ranks (threads over in-process channels here; MPI processes in a run)
+/// each normalising their share of a batch give the one-process output, input gradient and —
+/// summed over the ranks — the γ and β gradients of BatchNorm over the whole batch.
+#[test]
+fn global_batch_norm_over_ranks_is_batch_norm_over_the_whole_batch() {
+    use simclr_stage_model::kernels::batch_norm::{batch_norm_train, batch_norm_train_synced};
+    let (n, c, h, w) = (6, 5, 3, 4);
+    let per = c * h * w;
+    let xs: Vec<f32> = values(n * per, 77).iter().map(|v| 2.0 * v - 0.4).collect();
+    let gs: Vec<f32> = values(c, 78).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let bs = values(c, 79);
+    let rs = values(n * per, 80);
+    // (y, dx, dγ, dβ) of sum(y · r) over images `rows`, with statistics over `comm`'s ranks.
+    let run = move |rows: Vec<usize>, comm: Option<simclr_dist::Comm>| {
+        let pick = |v: &[f32]| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&i| v[i * per..(i + 1) * per].to_vec())
+                .collect()
+        };
+        let dev = Device::Cpu;
+        let x = Var::from_vec(pick(&xs), (rows.len(), c, h, w), &dev).expect("x");
+        let g = Var::from_vec(gs.clone(), c, &dev).expect("g");
+        let b = Var::from_vec(bs.clone(), c, &dev).expect("b");
+        let (y, _) = match &comm {
+            Some(_) => batch_norm_train_synced(
+                x.as_tensor(),
+                g.as_tensor(),
+                b.as_tensor(),
+                1e-5,
+                true,
+                comm,
+            ),
+            None => batch_norm_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, true),
+        }
+        .expect("bn");
+        let r = Tensor::from_vec(pick(&rs), (rows.len(), c, h, w), &dev).expect("r");
+        let grads = (&y * &r)
+            .and_then(|t| t.sum_all())
+            .and_then(|l| l.backward())
+            .expect("grads");
+        let flat =
+            |t: &Tensor| -> Vec<f32> { t.flatten_all().and_then(|t| t.to_vec1()).expect("values") };
+        let get = |v: &Var| flat(grads.get(v.as_tensor()).expect("gradient"));
+        (flat(&y), get(&x), get(&g), get(&b))
+    };
+    let whole = run((0..n).collect(), None);
+    for ranks in [2, 3] {
+        let comms = simclr_dist::local_world(ranks, std::time::Duration::from_secs(20));
+        let handles: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(r, comm)| {
+                let run = run.clone();
+                // Rank r holds images r, r + W, ...: the source's split.
+                let rows: Vec<usize> = (r..n).step_by(ranks).collect();
+                std::thread::spawn(move || (rows.clone(), run(rows, Some(comm))))
+            })
+            .collect();
+        let (mut dgamma, mut dbeta) = (vec![0.0f64; c], vec![0.0f64; c]);
+        for h in handles {
+            let (rows, (y, dx, dg, db)) = h.join().expect("rank");
+            for (k, &i) in rows.iter().enumerate() {
+                for (what, ours, all) in [("y", &y, &whole.0), ("dx", &dx, &whole.1)] {
+                    for j in 0..per {
+                        let (a, b) = (ours[k * per + j], all[i * per + j]);
+                        assert!(
+                            (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                            "{ranks} ranks: {what} of image {i}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+            for ch in 0..c {
+                dgamma[ch] += f64::from(dg[ch]);
+                dbeta[ch] += f64::from(db[ch]);
+            }
+        }
+        for ch in 0..c {
+            for (what, sum, all) in [
+                ("dgamma", dgamma[ch], whole.2[ch]),
+                ("dbeta", dbeta[ch], whole.3[ch]),
+            ] {
+                assert!(
+                    (sum - f64::from(all)).abs() <= 1e-4 * (1.0 + f64::from(all).abs()),
+                    "{ranks} ranks: {what}[{ch}]: summed {sum} vs {all}"
+                );
+            }
+        }
+    }
+}

@@ -665,7 +665,9 @@ impl Trainer {
         );
         self.last_step_end = Some(now);
         self.first_step.get_or_insert(act.step);
-        let images_per_s = act.ids.len() as f64 / wall.max(1e-9);
+        // The global batch's images (each rank holds its share).
+        let ranks = self.comm.as_ref().map_or(1, simclr_dist::Comm::size);
+        let images_per_s = (act.ids.len() * ranks) as f64 / wall.max(1e-9);
         let (value, lr) = (update.loss, update.lr);
         self.log.record(act.step, value, || {
             let mut stages = serde_json::Map::new();
