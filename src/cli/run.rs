@@ -221,9 +221,12 @@ fn execute(
     let graph: Graph = match simclr::config::load_file(file, registry, &options) {
         Ok(graph) => graph,
         Err(diagnostics) => {
-            if leader {
-                eprintln!("{diagnostics}");
+            // Every rank says so: a rank that sees other files than rank 0 (another node's
+            // disk) is the one to read.
+            if world.size() > 1 {
+                eprintln!("rank {}:", world.rank());
             }
+            eprintln!("{diagnostics}");
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };

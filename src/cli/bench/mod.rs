@@ -94,6 +94,9 @@ pub enum BenchCommand {
         /// efficiency and the ranks' time in collectives. Measures --steps steps (use ~30).
         #[arg(long, value_name = "N")]
         ranks: Option<usize>,
+        /// With --ranks: alternate the two runs this many times and report the medians.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
     },
     /// Train the same model from the same weights on the same batches on the CPU and on
     /// --device, and print how far the device's loss, gradients and weights drift.
@@ -171,17 +174,16 @@ impl BenchCommand {
                 widths,
                 pairs,
                 steps,
-                reference,
-                device,
-                precision,
-                layers,
                 ranks: Some(n),
+                repeats,
+                ..
             } => ranks::ranks(
                 *json,
                 widths.first().copied().unwrap_or(16),
                 (*pairs).max(1),
                 (*steps).max(1),
                 *n,
+                *repeats,
             ),
             BenchCommand::Train {
                 json,
@@ -193,6 +195,7 @@ impl BenchCommand {
                 precision,
                 layers,
                 ranks: None,
+                ..
             } => {
                 let on = train::Target::new(device, precision)?;
                 train::train(

@@ -2,6 +2,8 @@
 //! 32×32 images, ResNet-18, MLP head, NT-Xent + LARS) at the same global batch, trained by one
 //! process with N threads and by N MPI ranks (`mpirun`) with one thread each; images/s of
 //! both from their `steps.jsonl`, the scaling efficiency, and the ranks' time in collectives.
+//! The two runs alternate `repeats` times and the medians are reported (a shared machine's
+//! noise moves single runs by ±20%).
 
 use std::path::Path;
 use std::process::Command;
@@ -28,10 +30,20 @@ struct Report {
     width: usize,
     global_batch: usize,
     steps: usize,
+    repeats: usize,
+    /// The run with the median images/s of each side.
     one_process: Side,
     distributed: Side,
-    /// images/s of N ranks × 1 thread over images/s of 1 rank × N threads.
+    /// Median images/s of N ranks × 1 thread over median images/s of 1 rank × N threads.
     scaling_efficiency: f64,
+    /// Each repeat's efficiency (its two runs ran back to back).
+    efficiencies: Vec<f64>,
+}
+
+fn median(mut sides: Vec<Side>) -> Side {
+    sides.sort_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s));
+    let mid = sides.len() / 2;
+    sides.swap_remove(mid)
 }
 
 fn definition(width: usize, pairs: usize, steps: usize) -> String {
@@ -51,6 +63,7 @@ stages:
     params: {{ depth: 18, width: {width}, in_channels: 3 }}
   head: {{ kind: projector, inputs: [encoder], params: {{ head: mlp, hidden: 128, out: 64 }} }}
   train: {{ kind: nt_xent, inputs: [head], params: {{ optimizer: lars }} }}
+  drain: {{ kind: sink, inputs: [train] }}
 "
     )
 }
@@ -92,7 +105,14 @@ fn measure(run: &Path, ranks: usize, threads: usize, pairs: usize) -> Result<Sid
 }
 
 /// Run the scaling benchmark for `ranks` ranks.
-pub fn ranks(json: bool, width: usize, pairs: usize, steps: usize, ranks: usize) -> Result<String> {
+pub fn ranks(
+    json: bool,
+    width: usize,
+    pairs: usize,
+    steps: usize,
+    ranks: usize,
+    repeats: usize,
+) -> Result<String> {
     if ranks < 2 {
         bail!("--ranks takes 2 or more");
     }
@@ -105,53 +125,62 @@ pub fn ranks(json: bool, width: usize, pairs: usize, steps: usize, ranks: usize)
     let def = dir.join("bench.yaml");
     std::fs::write(&def, definition(width, pairs, steps))
         .with_context(|| format!("cannot write {}", def.display()))?;
-    let (one, many) = (dir.join("one"), dir.join("ranks"));
-    let status = Command::new(&exe)
-        .arg("run")
-        .arg(&def)
-        .arg("--run-dir")
-        .arg(&one)
-        .arg("--quiet")
-        .env("RAYON_NUM_THREADS", ranks.to_string())
-        .output()
-        .context("cannot run simclr")?;
-    if !status.status.success() {
-        bail!(
-            "the one-process run failed:\n{}",
-            String::from_utf8_lossy(&status.stderr)
+    let (mut ones, mut manys, mut efficiencies) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..repeats.max(1) {
+        let (one, many) = (dir.join(format!("one-{r}")), dir.join(format!("ranks-{r}")));
+        let status = Command::new(&exe)
+            .arg("run")
+            .arg(&def)
+            .arg("--run-dir")
+            .arg(&one)
+            .arg("--quiet")
+            .env("RAYON_NUM_THREADS", ranks.to_string())
+            .output()
+            .context("cannot run simclr")?;
+        if !status.status.success() {
+            bail!(
+                "the one-process run failed:\n{}",
+                String::from_utf8_lossy(&status.stderr)
+            );
+        }
+        let out = Command::new("mpirun")
+            .args(["-n", &ranks.to_string(), "--bind-to", "none"])
+            .args(["-x", "RAYON_NUM_THREADS=1"])
+            .arg(&exe)
+            .arg("run")
+            .arg(&def)
+            .arg("--run-dir")
+            .arg(&many)
+            .arg("--quiet")
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+            .output()
+            .context("cannot run mpirun (install Open MPI: libopenmpi-dev openmpi-bin)")?;
+        if !out.status.success() {
+            bail!(
+                "the {ranks}-rank run failed (this simclr needs the `mpi` feature):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let (a, b) = (
+            measure(&one, 1, ranks, pairs)?,
+            measure(&many, ranks, 1, pairs)?,
         );
+        efficiencies.push(b.images_per_s / a.images_per_s);
+        ones.push(a);
+        manys.push(b);
     }
-    let out = Command::new("mpirun")
-        .args(["-n", &ranks.to_string(), "--bind-to", "none"])
-        .args(["-x", "RAYON_NUM_THREADS=1"])
-        .arg(&exe)
-        .arg("run")
-        .arg(&def)
-        .arg("--run-dir")
-        .arg(&many)
-        .arg("--quiet")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .output()
-        .context("cannot run mpirun (install Open MPI: libopenmpi-dev openmpi-bin)")?;
-    if !out.status.success() {
-        bail!(
-            "the {ranks}-rank run failed (this simclr needs the `mpi` feature):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let (one_process, distributed) = (median(ones), median(manys));
     let report = Report {
         width,
         global_batch: pairs,
         steps,
-        one_process: measure(&one, 1, ranks, pairs)?,
-        distributed: measure(&many, ranks, 1, pairs)?,
-        scaling_efficiency: 0.0,
-    };
-    let report = Report {
-        scaling_efficiency: report.distributed.images_per_s / report.one_process.images_per_s,
-        ..report
+        repeats: repeats.max(1),
+        scaling_efficiency: distributed.images_per_s / one_process.images_per_s,
+        one_process,
+        distributed,
+        efficiencies,
     };
     std::fs::remove_dir_all(&dir).ok();
     if json {
@@ -171,7 +200,7 @@ pub fn ranks(json: bool, width: usize, pairs: usize, steps: usize, ranks: usize)
     Ok(format!(
         "ResNet-18 width {width}, 32x32 synthetic images, global batch {pairs}, {steps} steps after {WARMUP} warm-up\n\
          {:<22} {:>5} {:>8} {:>10} {:>9} {:>9} {:>7}\n{}\n{}\n\
-         scaling efficiency ({ranks} ranks x 1 thread vs 1 rank x {ranks} threads): {:.2}",
+         scaling efficiency ({ranks} ranks x 1 thread vs 1 rank x {ranks} threads), medians of {} alternating runs: {:.2} (each pair: {})",
         "",
         "ranks",
         "threads",
@@ -181,6 +210,13 @@ pub fn ranks(json: bool, width: usize, pairs: usize, steps: usize, ranks: usize)
         "comm",
         row("one process", &report.one_process),
         row(&format!("{ranks} ranks (mpirun)"), &report.distributed),
-        report.scaling_efficiency
+        report.repeats,
+        report.scaling_efficiency,
+        report
+            .efficiencies
+            .iter()
+            .map(|e| format!("{e:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ))
 }
