@@ -29,7 +29,7 @@ stages:
     params: { depth: 18, width: 4, in_channels: 3 }
   head: { kind: projector, inputs: [encoder], params: { head: mlp, hidden: 16, out: 8 } }
   train: { kind: nt_xent, inputs: [head], params: { temperature: 0.5, optimizer: lars, lr: 1.0 } }
-  checkpoints: { kind: checkpoint, inputs: [train], params: { every: 4, keep_last: 4 } }
+  checkpoints: { kind: checkpoint, inputs: [train], params: { every: 2, keep_last: 10 } }
 ";
 
 /// `mpirun -n RANKS simclr ARGS` (as root too, in a container, one thread per rank).
@@ -152,28 +152,42 @@ fn two_ranks_train_as_one_process_with_global_batch_norm() {
 }
 
 #[test]
-fn local_batch_norm_differs_from_global_and_ranks_stay_identical() {
+fn local_batch_norm_on_two_ranks_is_ghost_batch_norm_on_one() {
     let dir = scratch("distributed", "local-bn");
-    let def = write_definition(
-        &dir,
-        &DEFINITION.replace(
+    let local = |groups: usize| {
+        DEFINITION.replace(
             "distributed: { check_every: 1 }",
-            "distributed: { check_every: 1, batch_norm: local }",
-        ),
-    );
+            &format!(
+                "distributed: {{ check_every: 1, batch_norm: local, local_groups: {groups} }}"
+            ),
+        )
+    };
+    let two = write_named(&dir, "local.yaml", &local(1));
+    let ghost = write_named(&dir, "ghost.yaml", &local(2));
     let global = write_named(&dir, "global.yaml", DEFINITION);
-    let (local_run, global_run) = (dir.join("local"), dir.join("global"));
+    let (two_run, ghost_run, global_run) =
+        (dir.join("local"), dir.join("ghost"), dir.join("global"));
     // check_every: 1 compares the ranks' weights after every step: a rank-local statistic
     // leaking into the weights would stop the run.
-    train(&def, 2, &local_run, &["--max-steps", "4"]);
-    train(&global, 2, &global_run, &["--max-steps", "4"]);
-    let (l, g) = (losses(&local_run), losses(&global_run));
-    assert_eq!((l.len(), g.len()), (4, 4));
-    // Per-rank statistics normalise differently from the first forward pass on.
+    train(&two, 2, &two_run, &["--max-steps", "6"]);
+    train(&ghost, 1, &ghost_run, &["--max-steps", "6"]);
+    train(&global, 2, &global_run, &["--max-steps", "6"]);
+    let (l, g) = (losses(&two_run), losses(&global_run));
+    assert_eq!((l.len(), g.len()), (6, 6));
+    // Per-rank statistics normalise differently from the first forward pass on...
     assert!(
-        l.iter().zip(&g).all(|(a, b)| (a - b).abs() > 1e-7),
+        l.iter().zip(&g).all(|(a, b)| (a - b).abs() > 1e-6),
         "local {l:?} vs global {g:?}"
     );
+    // ...exactly as one process with BatchNorm over the same two halves of each batch.
+    assert_close(
+        &losses(&ghost_run),
+        &l,
+        1e-5,
+        "ghost BN on 1 rank vs local BN on 2",
+    );
+    let diff = max_weight_diff(&checkpoint(&ghost_run, 6), &checkpoint(&two_run, 6));
+    assert!(diff <= 1e-4, "weights after 6 steps differ by {diff}");
 }
 
 #[test]

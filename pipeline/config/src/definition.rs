@@ -210,6 +210,21 @@ pub fn read(root: &Value, diags: &mut Vec<Diagnostic>) -> Definition {
                 "e.g. `distributed: { timeout_s: 300 }`",
             ));
         }
+        if d.local_groups == 0
+            || (d.local_groups > 1
+                && d.batch_norm != simclr_core::distributed::BatchNormSync::Local)
+        {
+            diags.push(bad_value(
+                root,
+                "distributed",
+                "",
+                format!(
+                    "`distributed.local_groups: {}` needs `batch_norm: local` and at least 1 group",
+                    d.local_groups
+                ),
+                "e.g. `distributed: { batch_norm: local, local_groups: 2 }`",
+            ));
+        }
         def.distributed = d;
     }
     def.run_dir = field::<String>(root, "run_dir", "", diags).map(PathBuf::from);

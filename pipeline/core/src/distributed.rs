@@ -50,6 +50,15 @@ pub struct Distributed {
     /// Compare the ranks' weight checksums every this many steps (0: never).
     #[serde(default = "default_check_every")]
     pub check_every: u64,
+    /// With `batch_norm: local`: split each rank's samples further into this many interleaved
+    /// groups with statistics of their own ("ghost" batches). On one process, `local_groups: W`
+    /// normalises exactly as `batch_norm: local` on W ranks.
+    #[serde(default = "default_groups")]
+    pub local_groups: usize,
+}
+
+fn default_groups() -> usize {
+    1
 }
 
 fn default_timeout() -> f64 {
@@ -67,6 +76,7 @@ impl Default for Distributed {
             batch_norm: BatchNormSync::Global,
             timeout_s: default_timeout(),
             check_every: default_check_every(),
+            local_groups: default_groups(),
         }
     }
 }

@@ -34,6 +34,16 @@ pub fn set_sync(comm: Option<Comm>) {
     }
 }
 
+static GROUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Normalise training batches in `groups` interleaved groups of samples with statistics of
+/// their own ("ghost" batches; 1, the default: the whole batch). Sample k (views 2k, 2k+1) is
+/// in group k mod `groups` — the samples rank k mod W holds on W ranks, so `groups: W` on one
+/// process is per-rank BatchNorm on W ranks. Process-wide, as [`set_sync`].
+pub fn set_groups(groups: usize) {
+    GROUPS.store(groups.max(1), std::sync::atomic::Ordering::SeqCst);
+}
+
 /// The communicator global BatchNorm uses, if any.
 pub fn sync() -> Option<Comm> {
     SYNC.read().ok().and_then(|s| s.clone())
@@ -621,6 +631,45 @@ impl BatchNorm2d {
         })
     }
 
+    /// Training mode over `groups` interleaved groups of samples (see [`set_groups`]); the
+    /// running averages follow group 0's statistics (rank 0's, on `groups` ranks).
+    fn forward_groups(&self, x: &Tensor, relu: bool, groups: usize) -> Result<Tensor> {
+        let rows = x.dim(0)?;
+        let mut order: Vec<u32> = Vec::with_capacity(rows);
+        let mut parts = Vec::with_capacity(groups);
+        for g in 0..groups {
+            let idx: Vec<u32> = (0..rows as u32)
+                .filter(|&i| (i as usize / 2) % groups == g)
+                .collect();
+            order.extend(&idx);
+            let idx = Tensor::from_vec(idx.clone(), idx.len(), x.device())?;
+            let xg = x.index_select(&idx, 0)?;
+            let (y, stats) = batch_norm_train(&xg, &self.gamma, &self.beta, self.eps, relu)?;
+            if g == 0 {
+                self.update_running(&stats, xg.elem_count() / xg.dim(1)?)?;
+            }
+            parts.push(y);
+        }
+        let mut inverse = vec![0u32; rows];
+        for (pos, &i) in order.iter().enumerate() {
+            inverse[i as usize] = pos as u32;
+        }
+        let inverse = Tensor::from_vec(inverse, rows, x.device())?;
+        Tensor::cat(&parts, 0)?.index_select(&inverse, 0)
+    }
+
+    /// Move the running averages towards batch statistics `stats` (`[2, C]`) of `m` values per
+    /// channel (unbiased variance, momentum 0.1, as PyTorch).
+    fn update_running(&self, stats: &Tensor, m: usize) -> Result<()> {
+        let m = m as f64;
+        let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+        let k = self.momentum;
+        self.running_mean
+            .set(&((self.running_mean.as_tensor() * (1.0 - k))? + (stats.get(0)? * k)?)?)?;
+        self.running_var
+            .set(&((self.running_var.as_tensor() * (1.0 - k))? + (stats.get(1)? * (k * unbias))?)?)
+    }
+
     /// Append the layer (inference mode) to `plan`, reading `x`.
     pub fn plan(&self, plan: &mut Plan, x: Value) -> Value {
         plan.batch_norm(&self.name, x, self.gamma.elem_count(), self.eps)
@@ -631,20 +680,17 @@ impl BatchNorm2d {
     /// # Errors
     /// A shape that does not match the layer.
     pub fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        let groups = GROUPS.load(std::sync::atomic::Ordering::Relaxed);
+        if train && supported(x) && groups > 1 && x.dim(0)? >= 2 * groups {
+            return self.forward_groups(x, relu, groups);
+        }
         if train && supported(x) {
             let sync = sync();
             let ranks = sync.as_ref().map_or(1, Comm::size);
             let (y, stats) =
                 batch_norm_train_synced(x, &self.gamma, &self.beta, self.eps, relu, sync)?;
             // The global batch's size (every rank's local batch is the same size).
-            let m = (x.elem_count() / x.dim(1)? * ranks) as f64;
-            let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
-            let k = self.momentum;
-            self.running_mean
-                .set(&((self.running_mean.as_tensor() * (1.0 - k))? + (stats.get(0)? * k)?)?)?;
-            self.running_var.set(
-                &((self.running_var.as_tensor() * (1.0 - k))? + (stats.get(1)? * (k * unbias))?)?,
-            )?;
+            self.update_running(&stats, x.elem_count() / x.dim(1)? * ranks)?;
             return Ok(y);
         }
         if !train && supported(x) {

@@ -293,6 +293,11 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     crate::kernels::batch_norm::set_sync(
         (world.size() > 1 && global_bn).then(|| world.comm.clone()),
     );
+    crate::kernels::batch_norm::set_groups(if global_bn {
+        1
+    } else {
+        cx.distributed.local_groups
+    });
     let comm = (world.size() > 1).then(|| world.comm.clone());
     let check_every = cx.distributed.check_every;
     let stage = cx.stage_id.to_owned();
