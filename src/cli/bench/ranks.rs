@@ -116,7 +116,7 @@ pub fn ranks(
     if ranks < 2 {
         bail!("--ranks takes 2 or more");
     }
-    if pairs % ranks != 0 {
+    if !pairs.is_multiple_of(ranks) {
         bail!("--pairs {pairs} (the global batch) must split evenly over {ranks} ranks");
     }
     let exe = std::env::current_exe().context("cannot find this program")?;

@@ -66,7 +66,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let world = cx.extension::<simclr_dist::World>().cloned();
     let ranks = world.as_ref().map_or(1, simclr_dist::World::size);
     if ranks > 1 {
-        if config.batch_size % ranks != 0 {
+        if !config.batch_size.is_multiple_of(ranks) {
             return Err(cx.invalid(
                 "batch_size",
                 format!(

@@ -420,10 +420,10 @@ mod tests {
         let (r1, _) = drain_rank(options, 1, (1, 2));
         assert_eq!((r0.len(), r1.len()), (5, 4));
         let mut merged = Vec::new();
-        for i in 0..r0.len() {
-            merged.push(r0[i]);
-            if let Some(&x) = r1.get(i) {
-                merged.push(x);
+        for (i, &x) in r0.iter().enumerate() {
+            merged.push(x);
+            if let Some(&y) = r1.get(i) {
+                merged.push(y);
             }
         }
         assert_eq!(merged, one, "rank r owns stream positions r, r + 2, ...");
