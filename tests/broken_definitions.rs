@@ -412,3 +412,40 @@ error: unknown stage kind `sikn`
 defs/x.yaml: 1 error";
     assert_eq!(d.to_string(), expected);
 }
+
+#[test]
+fn bad_distributed_settings() {
+    let stages = "stages:\n  numbers: { kind: sequence, params: { count: 4 } }\n  drain: { kind: sink, inputs: [numbers] }\n";
+    let got = errors(&format!(
+        "name: x\ndistributed: {{ backend: gloo }}\n{stages}"
+    ));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].0, got[0].1), (2, 25), "{got:?}");
+    assert!(got[0].2.contains("unknown variant `gloo`"), "{got:?}");
+    let got = errors(&format!(
+        "name: x\ndistributed: {{ timeout_s: 0, ranks: 2 }}\n{stages}"
+    ));
+    let messages: Vec<&str> = got.iter().map(|g| g.2.as_str()).collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(messages[0].contains("unknown field `ranks`"), "{got:?}");
+    assert_eq!(
+        errors(&format!(
+            "name: x\ndistributed: {{ timeout_s: -1 }}\n{stages}"
+        )),
+        vec![e(
+            2,
+            14,
+            "`distributed.timeout_s` must be a positive number of seconds, found -1"
+        )]
+    );
+    assert_eq!(
+        errors(&format!(
+            "name: x\ndistributed: {{ local_groups: 2 }}\n{stages}"
+        )),
+        vec![e(
+            2,
+            14,
+            "`distributed.local_groups: 2` needs `batch_norm: local` and at least 1 group"
+        )]
+    );
+}

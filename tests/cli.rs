@@ -733,3 +733,32 @@ fn bench_parity_compares_our_kernels_with_candles_step_by_step() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("tf32 applies to CUDA devices"));
 }
+
+/// A launcher that started several ranks, and a binary without MPI: refused, naming the build
+/// flag, instead of each rank training the whole model into the same run folder.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn several_ranks_without_mpi_are_refused() {
+    let dir = common::scratch("cli", "ranks-without-mpi");
+    let out = common::simclr_env(
+        &[
+            "run",
+            "definitions/quickstart.yaml",
+            "--run-dir",
+            &dir.join("run").display().to_string(),
+        ],
+        &[
+            ("OMPI_COMM_WORLD_RANK", "1"),
+            ("OMPI_COMM_WORLD_SIZE", "2"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("mpirun started this process as rank 1 of 2")
+            && err.contains("--features mpi"),
+        "{err}"
+    );
+    assert!(!dir.join("run").exists(), "nothing was written");
+}

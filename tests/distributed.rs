@@ -132,7 +132,10 @@ fn two_ranks_train_as_one_process_with_global_batch_norm() {
     let out = train(&def, 2, &two, &[]);
     train(&def, 2, &again, &[]);
     // Rank 0 reports every rank's time in collectives.
-    assert!(out.contains("rank 1: communication"), "{out}");
+    assert!(
+        out.contains("rank 1: ") && out.contains("per step in collectives"),
+        "{out}"
+    );
     // Two world-2 runs: bitwise identical.
     let (l2, l2b) = (losses(&two), losses(&again));
     assert_eq!(l2.len(), 12);

@@ -919,17 +919,19 @@ impl Trainer {
         let all = comm
             .all_gather_equal(Purpose::Control, "communication summary", &mine)
             .map_err(|e| StageError::msg(e.to_string()))?;
-        let steps = self.next_step - self.first_step.unwrap_or(self.next_step);
+        let steps = (self.next_step - self.first_step.unwrap_or(self.next_step)).max(1) as f64;
         for (r, v) in all.chunks(5).enumerate() {
+            let ms = |secs: f64| secs * 1e3 / steps;
             let total = v[0] + v[1] + v[2];
             cx.note(format!(
-                "rank {r}: communication {total:.2} s of {:.1} s ({:.1}%): gather {:.2} s, gradient reduce {:.2} s, BatchNorm {:.2} s; {:.2} MB sent per step",
-                v[3],
+                "rank {r}: {:.1} ms of {:.1} ms per step in collectives ({:.1}%): gather {:.1} ms, gradient reduce {:.1} ms, BatchNorm {:.1} ms; {:.2} MB sent per step",
+                ms(total),
+                ms(v[3]),
                 100.0 * total / v[3].max(1e-9),
-                v[0],
-                v[1],
-                v[2],
-                v[4] / steps.max(1) as f64 / 1e6
+                ms(v[0]),
+                ms(v[1]),
+                ms(v[2]),
+                v[4] / steps / 1e6
             ));
         }
         Ok(())
