@@ -130,7 +130,28 @@ fn two_ranks_train_as_one_process_with_global_batch_norm() {
     let (one, two, again) = (dir.join("w1"), dir.join("w2"), dir.join("w2-again"));
     train(&def, 1, &one, &[]);
     let out = train(&def, 2, &two, &[]);
-    train(&def, 2, &again, &[]);
+    // The repeat also writes a trace per rank, with the collectives on a track of their own.
+    let trace = dir.join("trace.json");
+    train(&def, 2, &again, &["--trace", &trace.display().to_string()]);
+    for (file, rank) in [(trace.clone(), 0), (dir.join("trace.rank1.json"), 1)] {
+        let text = std::fs::read_to_string(&file).expect("a trace per rank");
+        assert!(
+            text.contains(&format!("collectives (model), rank {rank}")),
+            "{}",
+            file.display()
+        );
+        for span in [
+            "gradient all-reduce",
+            "projection gather",
+            "BatchNorm statistics (sums)",
+        ] {
+            assert!(
+                text.contains(&format!("\"name\":\"{span}\"")),
+                "{span} in {}",
+                file.display()
+            );
+        }
+    }
     // Rank 0 reports every rank's time in collectives.
     assert!(
         out.contains("rank 1: ") && out.contains("per step in collectives"),

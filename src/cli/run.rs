@@ -270,6 +270,10 @@ fn execute(
         stop: stop.clone(),
         ..RunOptions::default()
     };
+    if options.trace {
+        world.comm.stats().record(true);
+        world.control.stats().record(true);
+    }
     let (run, failure) = match runtime::run(&graph, &options) {
         Ok(run) => (run, None),
         Err(failure) => {
@@ -311,7 +315,25 @@ fn execute(
             p.clone()
         }
     });
-    if let (Some(path), Some(trace)) = (&trace_path, &run.trace) {
+    // Time in collectives, one track per communicator (several ranks only).
+    let mut trace = run.trace.clone();
+    if let Some(trace) = trace.as_mut()
+        && world.size() > 1
+    {
+        for (comm, track) in [
+            (&world.comm, "collectives (model)"),
+            (&world.control, "collectives (batch agreement)"),
+        ] {
+            let (spans, _) = comm.stats().take_recorded();
+            trace.add_track(
+                &format!("{track}, rank {}", world.rank()),
+                spans
+                    .into_iter()
+                    .map(|e| (e.what, e.purpose.name(), e.start, e.took)),
+            );
+        }
+    }
+    if let (Some(path), Some(trace)) = (&trace_path, &trace) {
         match trace.write(path) {
             Ok(()) => {
                 let dropped = trace.dropped();

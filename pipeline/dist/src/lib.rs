@@ -163,13 +163,32 @@ impl Purpose {
     ];
 }
 
-/// Time and bytes a [`Comm`] spent, per [`Purpose`], since it was made.
+/// Time and bytes a [`Comm`] spent, per [`Purpose`], since it was made; and, while
+/// [`CommStats::record`] is on, every exchange as a span (for traces).
 #[derive(Debug, Default)]
 pub struct CommStats {
     nanos: [AtomicU64; PURPOSES],
     bytes: [AtomicU64; PURPOSES],
     calls: [AtomicU64; PURPOSES],
+    spans: std::sync::Mutex<Option<Vec<Exchange>>>,
+    dropped: AtomicU64,
 }
+
+/// One exchange with the other ranks, as recorded for a trace.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    /// What it was for (`gradient all-reduce`, without the step).
+    pub what: String,
+    /// Its kind.
+    pub purpose: Purpose,
+    /// When it started.
+    pub start: Instant,
+    /// How long it took (waiting for the other ranks included).
+    pub took: Duration,
+}
+
+/// Exchanges recorded beyond this are counted, not kept.
+const MAX_RECORDED: usize = 250_000;
 
 /// A copy of [`CommStats`]' counters for one purpose.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -193,7 +212,40 @@ impl CommStats {
         }
     }
 
-    fn add(&self, purpose: Purpose, took: Duration, bytes: usize) {
+    /// Start (from empty) or stop recording exchanges.
+    pub fn record(&self, on: bool) {
+        if let Ok(mut s) = self.spans.lock() {
+            *s = on.then(Vec::new);
+        }
+    }
+
+    /// The exchanges recorded since [`CommStats::record`] and how many were over the cap.
+    pub fn take_recorded(&self) -> (Vec<Exchange>, u64) {
+        let spans = self
+            .spans
+            .lock()
+            .ok()
+            .and_then(|mut s| s.as_mut().map(std::mem::take))
+            .unwrap_or_default();
+        (spans, self.dropped.swap(0, Ordering::Relaxed))
+    }
+
+    fn add(&self, purpose: Purpose, what: &str, start: Instant, bytes: usize) {
+        let took = start.elapsed();
+        if let Ok(mut guard) = self.spans.lock()
+            && let Some(spans) = guard.as_mut()
+        {
+            if spans.len() < MAX_RECORDED {
+                spans.push(Exchange {
+                    what: what.split(", step").next().unwrap_or(what).to_owned(),
+                    purpose,
+                    start,
+                    took,
+                });
+            } else {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let i = purpose.index();
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.nanos[i].fetch_add(nanos, Ordering::Relaxed);
@@ -319,7 +371,7 @@ impl Comm {
             .map(|(_, s)| s.len())
             .sum();
         let result = self.transport.exchange(what, sends, recvs, self.timeout());
-        self.stats.add(purpose, t0.elapsed(), bytes);
+        self.stats.add(purpose, what, t0, bytes);
         result
     }
 

@@ -266,7 +266,7 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<Run, Box<Failure>> {
 
     let trace = if options.trace {
         let threads = std::mem::take(&mut *traces.lock().unwrap_or_else(|p| p.into_inner()));
-        Some(Trace::new(threads, &graph.name))
+        Some(Trace::new(threads, &graph.name, shared.start))
     } else {
         None
     };

@@ -86,15 +86,32 @@ pub struct Trace {
     pub pipeline: String,
     /// One entry per thread, sorted by name.
     pub threads: Vec<ThreadTrace>,
+    /// When the run began: the spans' time origin.
+    pub started: Instant,
 }
 
 impl Trace {
-    pub(crate) fn new(mut threads: Vec<ThreadTrace>, pipeline: &str) -> Self {
+    pub(crate) fn new(mut threads: Vec<ThreadTrace>, pipeline: &str, started: Instant) -> Self {
         threads.sort_by(|a, b| a.name.cmp(&b.name));
         Self {
             pipeline: pipeline.to_owned(),
             threads,
+            started,
         }
+    }
+
+    /// Add a track `name` with one span per `(name, category, start, duration)`, e.g. what a
+    /// stage measured itself (time in collectives between ranks).
+    pub fn add_track(
+        &mut self,
+        name: &str,
+        spans: impl IntoIterator<Item = (String, &'static str, Instant, Duration)>,
+    ) {
+        let mut track = ThreadTrace::new(name.to_owned());
+        for (what, cat, start, dur) in spans {
+            track.span(&what, cat, self.started, start, dur);
+        }
+        self.threads.push(track);
     }
 
     /// Spans dropped because of the per-thread cap.
