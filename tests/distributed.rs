@@ -363,3 +363,42 @@ fn bad_distributed_settings_are_refused_before_training() {
     assert!(!out.status.success());
     assert!(text.contains("backend: none"), "{text}");
 }
+
+#[test]
+fn every_ranks_skipped_items_are_named_by_rank_0() {
+    let dir = scratch("distributed", "skips");
+    let root = dir.join("images");
+    std::fs::create_dir_all(&root).expect("folder");
+    let picture = image::RgbImage::from_fn(16, 16, |x, y| {
+        image::Rgb([(x * 13) as u8, (y * 11) as u8, ((x * y) % 251) as u8])
+    });
+    for i in 0..40 {
+        picture
+            .save(root.join(format!("good-{i:02}.png")))
+            .expect("png");
+    }
+    let bad: Vec<String> = (0..6).map(|i| format!("bad-{i}.png")).collect();
+    for name in &bad {
+        std::fs::write(root.join(name), b"not an image").expect("bad file");
+    }
+    let def = write_definition(
+        &dir,
+        &DEFINITION.replace(
+            "images: { kind: synthetic, params: { count: 96, size: 16, epochs: 2 } }",
+            &format!(
+                "images: {{ kind: image_folder, params: {{ path: {}, labels: false, on_error: skip }} }}",
+                root.display()
+            ),
+        ),
+    );
+    let run = dir.join("run");
+    let out = train(&def, 2, &run, &[]);
+    let text = std::fs::read_to_string(run.join("skipped.jsonl")).expect("skipped.jsonl");
+    for name in &bad {
+        assert!(
+            text.contains(name.as_str()),
+            "{name} not named:\n{text}\n{out}"
+        );
+    }
+    assert_eq!(text.lines().count(), bad.len(), "{text}");
+}

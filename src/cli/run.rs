@@ -282,6 +282,12 @@ fn execute(
             (failure.run, Some(message))
         }
     };
+    let mut run = run;
+    // Every rank's skipped items, counted and named by rank 0 (a rank that failed stops the
+    // job instead: the others would wait for it here).
+    if world.size() > 1 && failure.is_none() {
+        gather_skips(world, &mut run.report)?;
+    }
     if leader {
         writeln!(std::io::stdout().lock(), "{}", run.report)?;
     }
@@ -374,6 +380,58 @@ fn execute(
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One stage's skips on one rank, as the ranks exchange them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RankSkips {
+    stage: String,
+    skipped: u64,
+    examples: Vec<String>,
+    items: Vec<simclr::core::SkippedItem>,
+    unlisted: u64,
+}
+
+/// Add the other ranks' skipped items to rank 0's report (every rank calls it, after its run).
+fn gather_skips(world: &simclr_dist::World, report: &mut runtime::RunReport) -> Result<()> {
+    let mine: Vec<RankSkips> = report
+        .stages
+        .iter()
+        .filter(|s| s.skipped > 0)
+        .map(|s| RankSkips {
+            stage: s.id.clone(),
+            skipped: s.skipped,
+            examples: s.skipped_examples.clone(),
+            items: s.skipped_items.clone(),
+            unlisted: s.skipped_unlisted,
+        })
+        .collect();
+    let bytes = serde_json::to_vec(&mine).context("cannot serialise the skipped items")?;
+    let all = world
+        .control
+        .all_gather(simclr_dist::Purpose::Control, "skipped items", &bytes)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !world.is_leader() {
+        return Ok(());
+    }
+    for (rank, part) in all.iter().enumerate().skip(1) {
+        let skips: Vec<RankSkips> = serde_json::from_slice(part)
+            .with_context(|| format!("rank {rank} sent unreadable skipped items"))?;
+        for skip in skips {
+            let Some(stage) = report.stages.iter_mut().find(|s| s.id == skip.stage) else {
+                continue;
+            };
+            stage.skipped += skip.skipped;
+            stage.skipped_unlisted += skip.unlisted;
+            stage.skipped_examples.extend(
+                skip.examples
+                    .into_iter()
+                    .map(|e| format!("{e} (rank {rank})")),
+            );
+            stage.skipped_items.extend(skip.items);
+        }
+    }
+    Ok(())
 }
 
 /// The definition's `distributed.backend` against the ranks the launcher started.

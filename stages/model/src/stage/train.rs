@@ -315,6 +315,8 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         comm: comm.clone(),
         check_every,
         vars: Vec::new(),
+        global_bn,
+        checked: Vec::new(),
         comm_step: [0.0; 3],
         run_dir: run_dir.clone(),
         resume: resume.clone(),
@@ -344,6 +346,11 @@ struct Trainer {
     check_every: u64,
     /// The trainable variables in the optimizer's order: the gradient buffer's layout.
     vars: Vec<candle_core::Var>,
+    /// Whether BatchNorm statistics are global: the running averages are then the same on
+    /// every rank too, and the weight checksum covers them.
+    global_bn: bool,
+    /// What the checksum covers: every variable with global BatchNorm, else the trainable ones.
+    checked: Vec<candle_core::Var>,
     /// Seconds of the current step's gather, gradient reduce and BatchNorm collectives.
     comm_step: [f64; 3],
     run_dir: PathBuf,
@@ -367,6 +374,22 @@ impl Trainer {
         self.groups = fwd.groups.iter().map(|(g, _)| g.clone()).collect();
         let params = group_params(&self.groups).map_err(candle_err("parameters"))?;
         self.vars = params.iter().map(|p| p.var.clone()).collect();
+        self.checked = if self.global_bn {
+            let mut all = Vec::new();
+            for g in &self.groups {
+                let data = g
+                    .vars
+                    .data()
+                    .lock()
+                    .map_err(|_| StageError::msg("variable map poisoned"))?;
+                let mut named: Vec<(&String, &candle_core::Var)> = data.iter().collect();
+                named.sort_by(|a, b| a.0.cmp(b.0));
+                all.extend(named.into_iter().map(|(_, v)| v.clone()));
+            }
+            all
+        } else {
+            self.vars.clone()
+        };
         let mut optimizer = self.params.optimizer(params);
         if let Some(resume) = &self.resume {
             let file = resume.checkpoint.join(crate::run_dir::OPTIMIZER);
@@ -581,8 +604,9 @@ impl Trainer {
         Ok(())
     }
 
-    /// Every `check_every` steps, compare the ranks' weight checksums; a rank whose weights
-    /// differ from rank 0's stops the run.
+    /// Every `check_every` steps, compare the ranks' weight checksums (BatchNorm's running
+    /// averages included when the statistics are global); a rank whose weights differ from
+    /// rank 0's stops the run.
     fn check_weights(&self, step: u64) -> Result<(), StageError> {
         let Some(comm) = &self.comm else {
             return Ok(());
@@ -591,7 +615,7 @@ impl Trainer {
             return Ok(());
         }
         let mut hash = 0xcbf2_9ce4_8422_2325_u64;
-        for var in &self.vars {
+        for var in &self.checked {
             let values: Vec<f32> = var
                 .as_tensor()
                 .to_dtype(candle_core::DType::F32)
