@@ -213,7 +213,7 @@ impl Ranked {
         self.closed = true;
         if more {
             cx.note(format!(
-                "stopped at batch {step}: rank {} has no more batches",
+                "every rank stops before batch {step}: rank {} has no more (its data ended, or a stop was asked)",
                 ended
                     .iter()
                     .map(ToString::to_string)
