@@ -47,6 +47,26 @@ pub enum Params {
     },
     /// A blur's sigma.
     Sigma(f32),
+    /// `random_erasing`'s box (`height` 0: nothing erased) and the seed of its random fill.
+    Erase {
+        /// First row.
+        top: u32,
+        /// First column.
+        left: u32,
+        /// Rows.
+        height: u32,
+        /// Columns.
+        width: u32,
+        /// Seed of the `value: random` noise.
+        seed: u64,
+    },
+    /// The seed of `gaussian_noise`'s per-pixel draws.
+    Noise {
+        /// Seed.
+        seed: u64,
+    },
+    /// A rotation, degrees counter-clockwise.
+    Angle(f32),
     /// `random_apply`: whether it applied, and its transforms' parameters.
     Applied {
         /// Applied or not.

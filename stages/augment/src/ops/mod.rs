@@ -5,6 +5,8 @@
 //! - [`geometry`] — `random_resized_crop`, `resize`, `center_crop`, the flips;
 //! - [`color`] — `color_jitter`, `random_grayscale`, `solarize`, `equalize`;
 //! - [`blur`] — `gaussian_blur`;
+//! - [`occlusion`] — `random_erasing` (cutout), `gaussian_noise`;
+//! - [`rotate`] — `random_rotation`;
 //! - [`compose`] — `random_apply`, `normalize`.
 //!
 //! [`BUILTINS`] lists them in the order `simclr stages views` documents them. A new built-in
@@ -14,13 +16,17 @@ pub mod blur;
 pub mod color;
 pub mod compose;
 pub mod geometry;
+pub mod occlusion;
 pub mod params;
+pub mod rotate;
 
 pub use blur::*;
 pub use color::*;
 pub use compose::*;
 pub use geometry::*;
+pub use occlusion::*;
 pub use params::{Size, Spread};
+pub use rotate::*;
 
 use crate::transform::TransformKind;
 
@@ -78,6 +84,21 @@ pub const BUILTINS: &[TransformKind] = &[
         name: "equalize",
         summary: "histogram equalisation with probability `p`",
         build: build_equalize,
+    },
+    TransformKind {
+        name: "random_rotation",
+        summary: "rotate by an angle drawn from `degrees` about the centre, corners filled",
+        build: build_rotation,
+    },
+    TransformKind {
+        name: "random_erasing",
+        summary: "erase a random box (cutout) with probability `p`",
+        build: build_erasing,
+    },
+    TransformKind {
+        name: "gaussian_noise",
+        summary: "add Gaussian noise (`mean`, `sigma`), clipped to [0, 1]",
+        build: build_noise,
     },
     TransformKind {
         name: "random_apply",
