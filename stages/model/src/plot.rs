@@ -1,224 +1,195 @@
-//! `loss.png`: the training loss against the step, drawn without a plotting library (a
-//! polyline of the raw loss, a moving average over it, axes, and tick labels in a built-in
-//! 3×5 pixel font).
+//! `loss.png` and `knn.png`: a series against the training step, drawn with `plotters` (title,
+//! axis names, tick labels, legend) in DejaVu Sans, embedded (assets/DejaVuSans.ttf, its
+//! licence beside it), so the pictures look the same on every machine.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
-use image::{Rgb, RgbImage};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
 
-const W: u32 = 800;
-const H: u32 = 420;
-const LEFT: i64 = 70;
-const RIGHT: i64 = 20;
-const TOP: i64 = 30;
-const BOTTOM: i64 = 50;
-const SCALE: i64 = 2;
+/// Picture size, pixels.
+pub const W: u32 = 900;
+/// Picture height.
+pub const H: u32 = 480;
 
-/// Glyphs of the 3×5 font, rows top to bottom, 3 bits each (MSB left).
-fn glyph(c: char) -> Option<[u8; 5]> {
-    Some(match c {
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 1, 1],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        '.' => [0, 0, 0, 0, 2],
-        '-' => [0, 0, 7, 0, 0],
-        'e' => [7, 5, 7, 4, 7],
-        'l' => [4, 4, 4, 4, 7],
-        'o' => [0, 7, 5, 5, 7],
-        's' => [7, 4, 7, 1, 7],
-        't' => [4, 7, 4, 4, 7],
-        'p' => [7, 5, 7, 4, 4],
-        'k' => [5, 5, 6, 5, 5],
-        'n' => [0, 6, 5, 5, 5],
-        ' ' => [0, 0, 0, 0, 0],
-        _ => return None,
-    })
+/// The colour of the main series (the moving average, or the points).
+pub const STRONG: RGBColor = RGBColor(20, 70, 160);
+/// The colour of the raw per-step series behind a moving average.
+pub const RAW: RGBColor = RGBColor(160, 190, 230);
+
+const FONT: &str = "sans-serif";
+static DEJAVU: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// A picture that could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PlotError(String);
+
+fn err(e: impl std::fmt::Display) -> PlotError {
+    PlotError(e.to_string())
 }
 
-fn put(img: &mut RgbImage, x: i64, y: i64, color: Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, color);
-    }
-}
-
-fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, color: Rgb<u8>) {
-    let mut cx = x;
-    for c in s.chars() {
-        if let Some(rows) = glyph(c) {
-            for (r, bits) in rows.iter().enumerate() {
-                for col in 0..3 {
-                    if bits & (4 >> col) != 0 {
-                        for dy in 0..SCALE {
-                            for dx in 0..SCALE {
-                                put(img, cx + col * SCALE + dx, y + r as i64 * SCALE + dy, color);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        cx += 4 * SCALE;
-    }
-}
-
-fn text_width(s: &str) -> i64 {
-    s.chars().count() as i64 * 4 * SCALE
-}
-
-fn line(img: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), color: Rgb<u8>) {
-    let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-    let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-    let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-    loop {
-        put(img, x, y, color);
-        if x == x1 && y == y1 {
-            break;
-        }
-        let e2 = 2 * err;
-        if e2 >= dy {
-            err += dy;
-            x += sx;
-        }
-        if e2 <= dx {
-            err += dx;
-            y += sy;
-        }
-    }
-}
-
-/// Three significant figures, short.
-fn label(v: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    let digits = (2 - v.abs().log10().floor() as i32).clamp(0, 6) as usize;
-    format!("{v:.digits$}")
+/// Register the embedded font once per process.
+fn font() -> Result<(), PlotError> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            plotters::style::register_font(FONT, FontStyle::Normal, DEJAVU)
+                .map_err(|_| "the embedded DejaVu Sans font does not load".to_owned())
+        })
+        .clone()
+        .map_err(PlotError)
 }
 
 /// Draw `(step, loss)` points to a PNG at `path`: raw values and a moving average.
 ///
 /// # Errors
 /// The file cannot be written.
-pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), image::ImageError> {
+pub fn loss_curve(points: &[(u64, f64)], path: &Path) -> Result<(), PlotError> {
     curve(points, path, "loss", true)
 }
 
-/// Draw `(step, value)` points to a PNG at `path`, the y axis named `y_label` (digits, `.`,
-/// `-`, space and the letters of "loss", "step", "knn top"); with `smooth`, a moving average
-/// over the raw line, otherwise the points joined and marked.
+/// Draw `(step, value)` points to a PNG at `path`, the y axis named `y_label`; with `smooth`,
+/// a moving average over the raw line, otherwise the points joined and marked.
 ///
 /// # Errors
-/// The file cannot be written.
+/// The file cannot be written, or the font does not load.
 pub fn curve(
     points: &[(u64, f64)],
     path: &Path,
     y_label: &str,
     smooth: bool,
-) -> Result<(), image::ImageError> {
-    let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
-    let (x0, x1) = (LEFT, i64::from(W) - RIGHT);
-    let (y0, y1) = (TOP, i64::from(H) - BOTTOM);
-    let finite: Vec<(u64, f64)> = points.iter().copied().filter(|p| p.1.is_finite()).collect();
-    let axis = Rgb([60, 60, 60]);
-    let grid = Rgb([225, 225, 225]);
-    if let (Some(first), Some(last)) = (finite.first(), finite.last()) {
-        let (smin, smax) = (first.0 as f64, (last.0 as f64).max(first.0 as f64 + 1.0));
+) -> Result<(), PlotError> {
+    font()?;
+    let finite: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|p| p.1.is_finite())
+        .map(|&(s, v)| (s as f64, v))
+        .collect();
+    let mut buf = vec![255u8; (W * H * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let (smin, smax) = match (finite.first(), finite.last()) {
+            (Some(a), Some(b)) => (a.0, b.0.max(a.0 + 1.0)),
+            _ => (0.0, 1.0),
+        };
         let mut lo = finite.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
         let mut hi = finite.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        if !(lo.is_finite() && hi.is_finite()) {
+            (lo, hi) = (0.0, 1.0);
+        }
+        let nonnegative = lo >= 0.0;
         if hi - lo < 1e-9 {
-            lo -= 0.5;
-            hi += 0.5;
+            let d = (0.05 * lo.abs()).max(0.01);
+            (lo, hi) = (lo - d, hi + d);
         }
         let pad = 0.05 * (hi - lo);
-        let (lo, hi) = (lo - pad, hi + pad);
-        let px = |s: f64| x0 + ((s - smin) / (smax - smin) * (x1 - x0) as f64).round() as i64;
-        let py = |v: f64| y1 - ((v - lo) / (hi - lo) * (y1 - y0) as f64).round() as i64;
-        for i in 0..=4 {
-            let v = lo + (hi - lo) * f64::from(i) / 4.0;
-            let y = py(v);
-            line(&mut img, (x0, y), (x1, y), grid);
-            let l = label(v);
-            text(&mut img, x0 - 8 - text_width(&l), y - 5, &l, axis);
+        // A non-negative series (a loss, an accuracy) keeps a non-negative axis.
+        let bottom = if nonnegative {
+            (lo - pad).max(0.0)
+        } else {
+            lo - pad
+        };
+        let title = if smooth {
+            format!("Training {y_label}, steps {}–{}", smin, smax)
+        } else {
+            format!("{y_label} during training")
+        };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT, 24))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
+            .build_cartesian_2d(smin..smax, bottom..(hi + pad))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .x_labels(((smax - smin) as usize + 1).min(10))
+            .x_label_formatter(&|x| format!("{}", x.round() as i64))
+            .y_desc(y_label)
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 17))
+            .light_line_style(RGBColor(238, 238, 238))
+            .bold_line_style(RGBColor(215, 215, 215))
+            .draw()
+            .map_err(err)?;
+        if finite.is_empty() {
+            root.draw(&Text::new(
+                "no finite values to draw",
+                (W as i32 / 2 - 110, H as i32 / 2),
+                (FONT, 20),
+            ))
+            .map_err(err)?;
+        } else if smooth {
+            // Moving average over a window of about 2% of the steps on each side.
+            let k = (finite.len() / 50).max(1);
+            let averaged: Vec<(f64, f64)> = (0..finite.len())
+                .map(|i| {
+                    let (from, to) = (i.saturating_sub(k), (i + k + 1).min(finite.len()));
+                    let mean =
+                        finite[from..to].iter().map(|p| p.1).sum::<f64>() / (to - from) as f64;
+                    (finite[i].0, mean)
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(finite.iter().copied(), RAW.stroke_width(1)))
+                .map_err(err)?
+                .label("per step")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], RAW.stroke_width(2)));
+            chart
+                .draw_series(LineSeries::new(averaged, STRONG.stroke_width(3)))
+                .map_err(err)?
+                .label(format!("moving average ({} steps)", 2 * k + 1))
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], STRONG.stroke_width(3))
+                });
+        } else {
+            chart
+                .draw_series(LineSeries::new(
+                    finite.iter().copied(),
+                    STRONG.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(y_label.to_owned())
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], STRONG.stroke_width(2))
+                });
+            chart
+                .draw_series(finite.iter().map(|&p| Circle::new(p, 4, STRONG.filled())))
+                .map_err(err)?;
         }
-        for i in 0..=4 {
-            let s = smin + (smax - smin) * f64::from(i) / 4.0;
-            let x = px(s);
-            line(&mut img, (x, y0), (x, y1), grid);
-            let l = format!("{}", s.round() as u64);
-            text(&mut img, x - text_width(&l) / 2, y1 + 8, &l, axis);
-        }
-        let raw = Rgb([160, 190, 230]);
-        if !smooth {
-            let strong = Rgb([20, 70, 160]);
-            for w in finite.windows(2) {
-                let (a, b) = (
-                    (px(w[0].0 as f64), py(w[0].1)),
-                    (px(w[1].0 as f64), py(w[1].1)),
-                );
-                line(&mut img, a, b, strong);
-                line(&mut img, (a.0, a.1 + 1), (b.0, b.1 + 1), strong);
-            }
-            for p in &finite {
-                let (x, y) = (px(p.0 as f64), py(p.1));
-                for dx in -2..=2 {
-                    for dy in -2..=2 {
-                        put(&mut img, x + dx, y + dy, strong);
-                    }
-                }
-            }
-        }
-        for w in finite.windows(2).filter(|_| smooth) {
-            line(
-                &mut img,
-                (px(w[0].0 as f64), py(w[0].1)),
-                (px(w[1].0 as f64), py(w[1].1)),
-                raw,
-            );
-        }
-        // Moving average over a window of ~2% of the steps.
-        let k = (finite.len() / 50).max(1);
-        let averaged: Vec<(f64, f64)> = (0..finite.len())
-            .filter(|_| smooth)
-            .map(|i| {
-                let from = i.saturating_sub(k);
-                let to = (i + k + 1).min(finite.len());
-                let mean = finite[from..to].iter().map(|p| p.1).sum::<f64>() / (to - from) as f64;
-                (finite[i].0 as f64, mean)
-            })
-            .collect();
-        let strong = Rgb([20, 70, 160]);
-        for w in averaged.windows(2) {
-            let (a, b) = ((px(w[0].0), py(w[0].1)), (px(w[1].0), py(w[1].1)));
-            line(&mut img, a, b, strong);
-            line(&mut img, (a.0, a.1 + 1), (b.0, b.1 + 1), strong);
-        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(180, 180, 180))
+            .label_font((FONT, 15))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
     }
-    line(&mut img, (x0, y0), (x0, y1), axis);
-    line(&mut img, (x0, y1), (x1, y1), axis);
-    text(
-        &mut img,
-        (x0 + x1) / 2 - text_width("step") / 2,
-        y1 + 28,
-        "step",
-        axis,
-    );
-    text(&mut img, 8, TOP - 22, y_label, axis);
+    let img = image::RgbImage::from_raw(W, H, buf)
+        .ok_or_else(|| PlotError("the picture's buffer has the wrong size".into()))?;
     img.save(path)
+        .map_err(|e| PlotError(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The rows of column `x` in colour `c`.
+    fn rows(img: &image::RgbImage, x: u32, c: RGBColor) -> Vec<u32> {
+        (0..img.height())
+            .filter(|&y| *img.get_pixel(x, y) == image::Rgb([c.0, c.1, c.2]))
+            .collect()
+    }
+
     #[test]
-    fn draws_a_falling_curve() {
+    fn draws_a_falling_curve_with_text() {
         let dir = std::env::temp_dir().join(format!("simclr-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("loss.png");
@@ -226,16 +197,22 @@ mod tests {
         loss_curve(&points, &path).expect("drawn");
         let img = image::open(&path).expect("png").to_rgb8();
         assert_eq!((img.width(), img.height()), (W, H));
-        // The curve starts high on the left and ends low on the right: find the dark-blue
-        // pixels in the first and last columns of the plot area.
-        let blue_rows = |x: u32| -> Vec<u32> {
-            (0..H)
-                .filter(|&y| *img.get_pixel(x, y) == Rgb([20, 70, 160]))
-                .collect()
-        };
-        let (left, right) = (blue_rows(LEFT as u32 + 2), blue_rows(W - RIGHT as u32 - 2));
-        assert!(!left.is_empty() && !right.is_empty());
-        assert!(left[0] + 200 < right[0], "falling: {left:?} vs {right:?}");
+        // The average starts high on the left of the plot and ends low on the right.
+        let strong: Vec<(u32, u32)> = (0..W)
+            .filter_map(|x| rows(&img, x, STRONG).first().map(|&y| (x, y)))
+            .collect();
+        let (first, last) = (strong[0], strong[strong.len() - 1]);
+        assert!(last.0 > first.0 + 500, "spans the plot: {first:?} {last:?}");
+        assert!(first.1 + 250 < last.1, "falling: {first:?} {last:?}");
+        // Text is drawn: dark, anti-aliased pixels (gray levels) in the title band.
+        let title_band = (0..40)
+            .flat_map(|y| (0..W).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let p = img.get_pixel(x, y);
+                p[0] < 200 && p[0] == p[1] && p[1] == p[2]
+            })
+            .count();
+        assert!(title_band > 200, "title pixels: {title_band}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }
