@@ -21,8 +21,7 @@ pub enum EraseValue {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ValueConfig {
-    Number(f64),
-    List(Vec<f64>),
+    Channels(PerChannel),
     Word(String),
 }
 
@@ -89,13 +88,13 @@ pub(super) fn build_erasing(
         ));
     }
     let value = match c.value {
-        None => EraseValue::Fill(vec![0.0]),
-        Some(ValueConfig::Number(v)) => EraseValue::Fill(vec![v as f32]),
-        Some(ValueConfig::List(v)) if matches!(v.len(), 1 | 3) => {
-            EraseValue::Fill(v.iter().map(|&x| x as f32).collect())
-        }
-        Some(ValueConfig::Word(w)) if w == "random" => EraseValue::Random,
-        Some(_) => {
+        None => Some(EraseValue::Fill(vec![0.0])),
+        Some(ValueConfig::Channels(v)) => v.values().map(EraseValue::Fill),
+        Some(ValueConfig::Word(w)) => (w == "random").then_some(EraseValue::Random),
+    };
+    let value = match value {
+        Some(v) => v,
+        None => {
             return Err(invalid(
                 at("value"),
                 &join_path(path, "value"),

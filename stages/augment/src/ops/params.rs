@@ -162,3 +162,25 @@ pub(super) struct ProbConfig {
 pub(super) fn half() -> f64 {
     0.5
 }
+
+/// One value for every channel, or a list of one per channel (1 or 3), as `fill` and `value`
+/// take them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum PerChannel {
+    Number(f64),
+    List(Vec<f64>),
+}
+
+impl PerChannel {
+    /// The values, or `None` for a list that is neither 1 nor 3 long.
+    pub(super) fn values(&self) -> Option<Vec<f32>> {
+        match self {
+            PerChannel::Number(v) => Some(vec![*v as f32]),
+            PerChannel::List(v) if matches!(v.len(), 1 | 3) => {
+                Some(v.iter().map(|&x| x as f32).collect())
+            }
+            PerChannel::List(_) => None,
+        }
+    }
+}

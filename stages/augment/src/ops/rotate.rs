@@ -21,20 +21,13 @@ pub enum RotateInterpolation {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum FillConfig {
-    Number(f64),
-    List(Vec<f64>),
-}
-
-#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RotationConfig {
     degrees: Spread,
     #[serde(default)]
     interpolation: RotateInterpolation,
     #[serde(default)]
-    fill: Option<FillConfig>,
+    fill: Option<PerChannel>,
 }
 
 /// torchvision `RandomRotation(degrees, interpolation, fill)` with `expand=False` and the
@@ -69,13 +62,9 @@ pub(super) fn build_rotation(
             ));
         }
     };
-    let fill = match c.fill {
-        None => vec![0.0],
-        Some(FillConfig::Number(v)) => vec![v as f32],
-        Some(FillConfig::List(v)) if matches!(v.len(), 1 | 3) => {
-            v.iter().map(|&x| x as f32).collect()
-        }
-        Some(FillConfig::List(_)) => {
+    let fill = match c.fill.map_or(Some(vec![0.0]), |f| f.values()) {
+        Some(fill) => fill,
+        None => {
             return Err(invalid(
                 at("fill"),
                 &join_path(path, "fill"),
