@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+use plotters::style::text_anchor::{HPos, VPos};
 
 /// Picture size, pixels.
 pub const W: u32 = 900;
@@ -177,6 +178,172 @@ pub fn curve(
         .map_err(|e| PlotError(format!("cannot write {}: {e}", path.display())))
 }
 
+/// A grid of values to draw as a heatmap: `values[r][c]` for row `rows[r]`, column `cols[c]`
+/// (`None`: not measured). The SimCLR paper's Figure 5 layout is rows = first transformation,
+/// columns = second, the diagonal one transformation alone.
+#[derive(Clone, Debug)]
+pub struct Grid<'a> {
+    /// Picture title.
+    pub title: &'a str,
+    /// What the rows are (the vertical axis's name).
+    pub row_axis: &'a str,
+    /// What the columns are.
+    pub col_axis: &'a str,
+    /// Row names, top to bottom.
+    pub rows: &'a [String],
+    /// Column names, left to right.
+    pub cols: &'a [String],
+    /// The values, row-major.
+    pub values: &'a [Vec<Option<f64>>],
+    /// What a value is (the colour bar's name), e.g. `knn top-1`.
+    pub metric: &'a str,
+}
+
+/// Blues from light (low) to dark (high), `t` in [0, 1].
+fn blues(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
+    RGBColor(lerp(239.0, 8.0), lerp(243.0, 48.0), lerp(255.0, 107.0))
+}
+
+/// Draw `grid` as a heatmap PNG at `path`: one coloured cell per value with the value written
+/// in it (three decimals), row and column names, axis names, a colour bar.
+///
+/// # Errors
+/// Rows of the wrong length, the font, or the file.
+pub fn heatmap(grid: &Grid<'_>, path: &Path) -> Result<(), PlotError> {
+    font()?;
+    let (nr, nc) = (grid.rows.len(), grid.cols.len());
+    if nr == 0 || nc == 0 || grid.values.len() != nr || grid.values.iter().any(|r| r.len() != nc) {
+        return Err(PlotError(format!(
+            "a heatmap of {nr} rows and {nc} columns needs {nr} rows of {nc} values"
+        )));
+    }
+    let cell = 90u32;
+    let (left, top, right, bottom) = (190u32, 110u32, 150u32, 30u32);
+    let (w, h) = (
+        left + nc as u32 * cell + right,
+        top + nr as u32 * cell + bottom,
+    );
+    let present: Vec<f64> = grid.values.iter().flatten().flatten().copied().collect();
+    let lo = present.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = present.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let scale = |v: f64| if hi > lo { (v - lo) / span } else { 0.5 };
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let centred = |size: u32| {
+            TextStyle::from((FONT, size).into_font()).pos(plotters::style::text_anchor::Pos::new(
+                HPos::Center,
+                VPos::Center,
+            ))
+        };
+        root.draw(&Text::new(grid.title, ((w / 2) as i32, 24), centred(24)))
+            .map_err(err)?;
+        root.draw(&Text::new(
+            grid.col_axis,
+            ((left + nc as u32 * cell / 2) as i32, 58),
+            centred(17),
+        ))
+        .map_err(err)?;
+        for (c, name) in grid.cols.iter().enumerate() {
+            let x = (left + c as u32 * cell + cell / 2) as i32;
+            root.draw(&Text::new(
+                name.as_str(),
+                (x, (top - 18) as i32),
+                centred(15),
+            ))
+            .map_err(err)?;
+        }
+        let right_aligned = TextStyle::from((FONT, 15).into_font()).pos(
+            plotters::style::text_anchor::Pos::new(HPos::Right, VPos::Center),
+        );
+        for (r, name) in grid.rows.iter().enumerate() {
+            let y = (top + r as u32 * cell + cell / 2) as i32;
+            root.draw(&Text::new(
+                name.as_str(),
+                ((left - 12) as i32, y),
+                right_aligned.clone(),
+            ))
+            .map_err(err)?;
+        }
+        root.draw(&Text::new(
+            grid.row_axis,
+            (20, (top - 18) as i32),
+            TextStyle::from((FONT, 17).into_font()),
+        ))
+        .map_err(err)?;
+        for (r, row) in grid.values.iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                let (x0, y0) = (
+                    (left + c as u32 * cell) as i32,
+                    (top + r as u32 * cell) as i32,
+                );
+                let (x1, y1) = (x0 + cell as i32 - 2, y0 + cell as i32 - 2);
+                let (fill, label, ink) = match v {
+                    Some(v) => {
+                        let t = scale(*v);
+                        let ink = if t > 0.55 { WHITE } else { BLACK };
+                        (blues(t), format!("{v:.3}"), ink)
+                    }
+                    None => (
+                        RGBColor(225, 225, 225),
+                        "–".to_owned(),
+                        RGBColor(90, 90, 90),
+                    ),
+                };
+                root.draw(&Rectangle::new([(x0, y0), (x1, y1)], fill.filled()))
+                    .map_err(err)?;
+                root.draw(&Text::new(
+                    label,
+                    ((x0 + x1) / 2, (y0 + y1) / 2),
+                    centred(18).color(&ink),
+                ))
+                .map_err(err)?;
+            }
+        }
+        // Colour bar: low at the bottom, high at the top.
+        let (bx, by0, by1) = (
+            (left + nc as u32 * cell + 30) as i32,
+            top as i32,
+            (top + nr as u32 * cell) as i32 - 2,
+        );
+        for y in by0..=by1 {
+            let t = f64::from(by1 - y) / f64::from((by1 - by0).max(1));
+            root.draw(&Rectangle::new(
+                [(bx, y), (bx + 18, y + 1)],
+                blues(t).filled(),
+            ))
+            .map_err(err)?;
+        }
+        let small = TextStyle::from((FONT, 14).into_font()).pos(
+            plotters::style::text_anchor::Pos::new(HPos::Left, VPos::Center),
+        );
+        for (y, v) in [(by0, hi), (by1, lo)] {
+            let text = if v.is_finite() {
+                format!("{v:.3}")
+            } else {
+                "–".into()
+            };
+            root.draw(&Text::new(text, (bx + 24, y), small.clone()))
+                .map_err(err)?;
+        }
+        root.draw(&Text::new(
+            grid.metric,
+            (bx - 4, by0 - 22),
+            TextStyle::from((FONT, 15).into_font()),
+        ))
+        .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf)
+        .ok_or_else(|| PlotError("the picture's buffer has the wrong size".into()))?;
+    img.save(path)
+        .map_err(|e| PlotError(format!("cannot write {}: {e}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +353,56 @@ mod tests {
         (0..img.height())
             .filter(|&y| *img.get_pixel(x, y) == image::Rgb([c.0, c.1, c.2]))
             .collect()
+    }
+
+    #[test]
+    fn heatmap_cells_are_coloured_by_value_and_labelled() {
+        let dir = std::env::temp_dir().join(format!("simclr-heatmap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("heatmap.png");
+        let names: Vec<String> = ["crop", "color", "blur"].map(String::from).to_vec();
+        let values = vec![
+            vec![Some(0.30), Some(0.62), Some(0.41)],
+            vec![Some(0.58), Some(0.35), None],
+            vec![Some(0.40), Some(0.20), Some(0.25)],
+        ];
+        let grid = Grid {
+            title: "kNN top-1 by transformation pair",
+            row_axis: "1st transformation",
+            col_axis: "2nd transformation",
+            rows: &names,
+            cols: &names,
+            values: &values,
+            metric: "knn top-1",
+        };
+        heatmap(&grid, &path).expect("drawn");
+        let img = image::open(&path).expect("png").to_rgb8();
+        // Cell (r, c)'s top-left corner region, clear of its centred text.
+        let corner = |r: u32, c: u32| *img.get_pixel(190 + c * 90 + 4, 110 + r * 90 + 4);
+        let darkness =
+            |p: image::Rgb<u8>| 765 - (u32::from(p[0]) + u32::from(p[1]) + u32::from(p[2]));
+        assert!(
+            darkness(corner(0, 1)) > darkness(corner(0, 2)),
+            "0.62 darker than 0.41"
+        );
+        assert!(
+            darkness(corner(0, 2)) > darkness(corner(2, 1)),
+            "0.41 darker than 0.20"
+        );
+        assert_eq!(
+            corner(1, 2),
+            image::Rgb([225, 225, 225]),
+            "a missing cell is gray"
+        );
+        // The lowest value is the lightest colour, the highest the darkest.
+        assert_eq!(corner(2, 1), image::Rgb([239, 243, 255]));
+        assert_eq!(corner(0, 1), image::Rgb([8, 48, 107]));
+        let ragged = Grid {
+            values: &values[..2],
+            ..grid
+        };
+        assert!(heatmap(&ragged, &path).is_err());
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
