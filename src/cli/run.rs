@@ -135,7 +135,17 @@ impl RunArgs {
         };
         let mut registry = registry.clone();
         registry.extensions_mut().insert(ranks.world.clone());
-        let code = self.run_on(&registry, &ranks.world)?;
+        let code = match self.run_on(&registry, &ranks.world) {
+            Ok(code) => code,
+            Err(e) => {
+                if ranks.world.size() > 1 {
+                    // Said here: stopping the other ranks ends this process too.
+                    eprintln!("error on rank {}: {e:#}", ranks.world.rank());
+                    ranks.stop_all(EXIT_FAILED);
+                }
+                return Err(e);
+            }
+        };
         if code != ExitCode::SUCCESS && code != ExitCode::from(EXIT_INTERRUPTED) {
             ranks.stop_all(EXIT_FAILED);
         }
