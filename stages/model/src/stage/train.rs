@@ -432,7 +432,7 @@ impl Trainer {
         }
         // A global position (every rank holds the same number of samples), so a run resumes at
         // any number of ranks.
-        let ranks = self.comm.as_ref().map_or(1, simclr_dist::Comm::size);
+        let ranks = self.ranks();
         self.position += (act.ids.len() * ranks) as u64;
         self.next_step = act.step + 1;
         let state = self.state(update.loss, update.lr)?;
@@ -509,6 +509,11 @@ impl Trainer {
         })
     }
 
+    /// The number of ranks (1 in one process).
+    fn ranks(&self) -> usize {
+        self.comm.as_ref().map_or(1, simclr_dist::Comm::size)
+    }
+
     /// Seconds spent so far in gathers, gradient reduces and BatchNorm collectives.
     fn comm_spent(&self) -> [f64; 3] {
         use simclr_dist::Purpose;
@@ -533,11 +538,7 @@ impl Trainer {
             return Ok(z.clone());
         };
         let (_, d) = z.dims2().map_err(candle_err("projections"))?;
-        let local: Vec<f32> = z
-            .to_dtype(candle_core::DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1())
-            .map_err(candle_err("projections"))?;
+        let local = host_f32(z, "projections")?;
         let all = comm
             .all_gather(
                 simclr_dist::Purpose::Gather,
@@ -574,11 +575,7 @@ impl Trainer {
         let mut flat: Vec<f32> = Vec::new();
         for var in &self.vars {
             if let Some(g) = grads.get(var.as_tensor()) {
-                let values: Vec<f32> = g
-                    .to_dtype(candle_core::DType::F32)
-                    .and_then(|t| t.flatten_all())
-                    .and_then(|t| t.to_vec1())
-                    .map_err(candle_err("gradients"))?;
+                let values = host_f32(g, "gradients")?;
                 present.push((var, values.len()));
                 flat.extend(values);
             }
@@ -616,13 +613,7 @@ impl Trainer {
         }
         let mut hash = 0xcbf2_9ce4_8422_2325_u64;
         for var in &self.checked {
-            let values: Vec<f32> = var
-                .as_tensor()
-                .to_dtype(candle_core::DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1())
-                .map_err(candle_err("weights"))?;
-            for v in values {
+            for v in host_f32(var.as_tensor(), "weights")? {
                 hash = (hash ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3);
             }
         }
@@ -695,7 +686,7 @@ impl Trainer {
         self.last_step_end = Some(now);
         self.first_step.get_or_insert(act.step);
         // The global batch's images (each rank holds its share).
-        let ranks = self.comm.as_ref().map_or(1, simclr_dist::Comm::size);
+        let ranks = self.ranks();
         let images_per_s = (act.ids.len() * ranks) as f64 / wall.max(1e-9);
         let (value, lr) = (update.loss, update.lr);
         self.log.record(act.step, value, || {
@@ -736,6 +727,14 @@ impl Trainer {
         ));
         Ok(())
     }
+}
+
+/// A tensor's values as float32 on the host, in row-major order (`what` names it in errors).
+fn host_f32(t: &candle_core::Tensor, what: &'static str) -> Result<Vec<f32>, StageError> {
+    t.to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .map_err(candle_err(what))
 }
 
 /// What one update did: the loss, the learning rate, when it started and how long its
@@ -930,15 +929,17 @@ impl Trainer {
             return Ok(());
         };
         use simclr_dist::Purpose;
-        let s = comm.stats();
+        let [gather, reduce, batch_norm] = self.comm_spent();
+        let bytes: u64 = [Purpose::Gather, Purpose::Reduce, Purpose::BatchNorm]
+            .iter()
+            .map(|&p| comm.stats().spent(p).bytes)
+            .sum();
         let mine = [
-            s.spent(Purpose::Gather).seconds,
-            s.spent(Purpose::Reduce).seconds,
-            s.spent(Purpose::BatchNorm).seconds,
+            gather,
+            reduce,
+            batch_norm,
             self.started.elapsed().as_secs_f64(),
-            (s.spent(Purpose::Gather).bytes
-                + s.spent(Purpose::Reduce).bytes
-                + s.spent(Purpose::BatchNorm).bytes) as f64,
+            bytes as f64,
         ];
         let all = comm
             .all_gather_equal(Purpose::Control, "communication summary", &mine)
