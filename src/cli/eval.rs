@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use simclr::config::Registry;
 use simclr::eval::data::{LabelledSet, RunData, load};
-use simclr::eval::features::embed;
+use simclr::eval::features::{embed, embed_projection};
 use simclr::eval::knn::{KnnSettings, evaluate};
 use simclr::eval::linear::{ProbeSettings, probe};
 use simclr::model::run_dir::{DEFINITION, STATE};
@@ -53,8 +53,8 @@ pub enum EvalCommand {
 pub struct EvalArgs {
     /// A run folder (its latest checkpoint), a checkpoints folder or one checkpoint folder.
     path: PathBuf,
-    /// Features: the trained encoder, the same encoder at its initialisation (baseline), or
-    /// the preprocessed pixels (baseline).
+    /// Features: the trained encoder's h, the same encoder at its initialisation (baseline),
+    /// the preprocessed pixels (baseline), or the trained head's projections z.
     #[arg(long, value_enum, default_value = "trained")]
     features: Features,
     /// `--init random` is `--features random` (`--init trained`: the default).
@@ -156,6 +156,9 @@ enum Features {
     Random,
     /// The preprocessed pixels themselves.
     RawPixels,
+    /// The trained projection head's output z = g(h): what the loss saw (SimCLR's Figure 8
+    /// compares it with h; h is the representation to keep).
+    Projection,
 }
 
 impl Features {
@@ -164,6 +167,7 @@ impl Features {
             Features::Trained => "trained",
             Features::Random => "random-init",
             Features::RawPixels => "raw-pixels",
+            Features::Projection => "projection",
         }
     }
 }
@@ -252,19 +256,25 @@ fn features(c: &Common<'_>, splits: &Splits, path: &Path) -> Result<Prepared> {
             let (ch, h, w) = train.shape;
             (train.pixels.clone(), test.pixels.clone(), ch * h * w)
         }
-        Features::Trained | Features::Random => {
+        Features::Trained | Features::Random | Features::Projection => {
             let device = simclr::model::stage::device(c.device.parse()?)?;
-            let weights = if c.features == Features::Trained {
-                Weights::Trained
-            } else {
+            let weights = if c.features == Features::Random {
                 Weights::Initial
+            } else {
+                Weights::Trained
             };
             let encoders = simclr::registry::encoders();
             let model = TrainedModel::from_checkpoint(path, &encoders, weights, &device)?;
             let b = c.batch_size.max(1);
-            let ftr = embed(&model, train, b)?;
-            let fte = embed(&model, test, b)?;
-            (ftr, fte, model.arch.feature_dim())
+            if c.features == Features::Projection {
+                let (ftr, dim) = embed_projection(&model, train, b)?;
+                let (fte, _) = embed_projection(&model, test, b)?;
+                (ftr, fte, dim)
+            } else {
+                let ftr = embed(&model, train, b)?;
+                let fte = embed(&model, test, b)?;
+                (ftr, fte, model.arch.feature_dim())
+            }
         }
     };
     Ok(Prepared {

@@ -13,6 +13,7 @@ mod export;
 mod preview;
 mod run;
 mod stages;
+mod sweep;
 mod validate;
 
 /// SimCLR contrastive learning as YAML-defined dataflow pipelines.
@@ -48,6 +49,10 @@ enum Command {
     /// Embed images with an exported encoder (ONNX Runtime) or a checkpoint (candle): writes a
     /// float32 .npy [n, d] in input order, plus <out>.ids.txt (file per row) for folders.
     Embed(embed::EmbedArgs),
+    /// Train, score and compare a grid of variants of a definition (sweep file: docs/sweeps.md):
+    /// one run folder per trial, results.md/.csv/.json and a heatmap or bar chart; re-running
+    /// skips finished trials and resumes an interrupted one.
+    Sweep(sweep::SweepArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -75,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Eval { what } => what.run(&registry).map(printed),
         Command::Export(args) => args.run(&registry).map(printed),
         Command::Embed(args) => args.run(&registry).map(printed),
+        Command::Sweep(args) => args.run(&registry),
         Command::Bench { what } => what.run().map(printed),
     };
     match result {

@@ -298,8 +298,18 @@ fn resolved_from(file: &Path, text: &str, root: &Value, overrides: &[(String, St
 /// Set `path` (dotted keys) of `root` to the YAML `value`, creating missing mappings. The new
 /// nodes take the location of what they replace, so later diagnostics point at the file.
 fn apply_override(root: &mut Value, path: &str, value: &str) -> Result<(), String> {
-    let mut parsed =
-        yaml::parse(value).map_err(|e| format!("the value is not YAML: {}", e.message))?;
+    let parsed = yaml::parse(value).map_err(|e| format!("the value is not YAML: {}", e.message))?;
+    set_path(root, path, parsed, true)
+}
+
+/// Set `path` (dotted keys, e.g. `stages.train.params.temperature`) of `root` to `value`,
+/// creating missing mappings: what `--set` does, for tools that hold the value as a tree
+/// (`simclr sweep`). With `relocate`, the new nodes take the location of what they replace.
+///
+/// # Errors
+/// An empty key, or a key under something that is not a mapping (named by its path).
+pub fn set_path(root: &mut Value, path: &str, value: Value, relocate_to_target: bool) -> Result<(), String> {
+    let mut value = value;
     let keys: Vec<&str> = path.split('.').collect();
     if keys.iter().any(|k| k.is_empty()) {
         return Err("the key path has an empty part".into());
@@ -325,8 +335,10 @@ fn apply_override(root: &mut Value, path: &str, value: &str) -> Result<(), Strin
         };
         node = &mut entries[at].1;
     }
-    relocate(&mut parsed, node.loc);
-    *node = parsed;
+    if relocate_to_target {
+        relocate(&mut value, node.loc);
+    }
+    *node = value;
     Ok(())
 }
 

@@ -22,5 +22,5 @@ mod topology;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use graph::{Credit, Edge, Graph, Node, load_file, load_str, resolved_text};
+pub use graph::{Credit, Edge, Graph, Node, load_file, load_str, resolved_text, set_path};
 pub use registry::Registry;

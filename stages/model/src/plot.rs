@@ -344,6 +344,136 @@ pub fn heatmap(grid: &Grid<'_>, path: &Path) -> Result<(), PlotError> {
         .map_err(|e| PlotError(format!("cannot write {}: {e}", path.display())))
 }
 
+/// Values to draw as horizontal bars, one per name (`None`: not measured), in the given order.
+#[derive(Clone, Debug)]
+pub struct Bars<'a> {
+    /// The picture's title.
+    pub title: &'a str,
+    /// What the names are (the axis of the names).
+    pub axis: &'a str,
+    /// One name per bar, top to bottom.
+    pub names: &'a [String],
+    /// One value per bar.
+    pub values: &'a [Option<f64>],
+    /// What the values are (the value axis).
+    pub metric: &'a str,
+}
+
+/// Draw `bars` to a PNG at `path`: one bar per name from 0 to its value, the value written at
+/// its end, the best (highest) bar dark and the others light, unmeasured ones marked.
+///
+/// # Errors
+/// Names and values of different lengths, the font, or the file.
+pub fn bars(bars: &Bars<'_>, path: &Path) -> Result<(), PlotError> {
+    font()?;
+    let n = bars.names.len();
+    if n == 0 || bars.values.len() != n {
+        return Err(PlotError(format!(
+            "{} names and {} values: a bar chart needs one value per name",
+            n,
+            bars.values.len()
+        )));
+    }
+    let row = 34u32;
+    let longest = bars.names.iter().map(|s| s.chars().count()).max().unwrap_or(0) as u32;
+    let left = (longest * 9 + 24).clamp(120, 520);
+    let (top, bottom, width) = (84u32, 56u32, 560u32);
+    let (w, h) = (left + width + 90, top + n as u32 * row + bottom);
+    let hi = bars
+        .values
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let axis_max = if hi.is_finite() && hi > 0.0 { nice_ceiling(hi) } else { 1.0 };
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let at = |hp: HPos, size: u32| {
+            TextStyle::from((FONT, size).into_font())
+                .pos(plotters::style::text_anchor::Pos::new(hp, VPos::Center))
+        };
+        root.draw(&Text::new(bars.title, ((w / 2) as i32, 24), at(HPos::Center, 22)))
+            .map_err(err)?;
+        root.draw(&Text::new(bars.axis, (12, 60), at(HPos::Left, 16)))
+            .map_err(err)?;
+        let x_of = |v: f64| (left as f64 + (v / axis_max).clamp(0.0, 1.0) * f64::from(width)) as i32;
+        // Grid lines and ticks at fifths of the axis.
+        let base_y = (top + n as u32 * row) as i32;
+        for i in 0..=5 {
+            let v = axis_max * f64::from(i) / 5.0;
+            let x = x_of(v);
+            root.draw(&PathElement::new(
+                vec![(x, top as i32 - 6), (x, base_y)],
+                RGBColor(225, 225, 225),
+            ))
+            .map_err(err)?;
+            root.draw(&Text::new(format!("{v:.2}"), (x, base_y + 14), at(HPos::Center, 14)))
+                .map_err(err)?;
+        }
+        root.draw(&Text::new(
+            bars.metric,
+            ((left + width / 2) as i32, base_y + 38),
+            at(HPos::Center, 16),
+        ))
+        .map_err(err)?;
+        for (i, (name, v)) in bars.names.iter().zip(bars.values).enumerate() {
+            let y0 = (top + i as u32 * row) as i32 + 4;
+            let y1 = y0 + row as i32 - 8;
+            root.draw(&Text::new(
+                name.as_str(),
+                (left as i32 - 10, (y0 + y1) / 2),
+                at(HPos::Right, 15),
+            ))
+            .map_err(err)?;
+            match v.filter(|v| v.is_finite()) {
+                Some(v) => {
+                    let best = (v - hi).abs() < 1e-12;
+                    let fill = if best { STRONG } else { RAW };
+                    root.draw(&Rectangle::new([(left as i32, y0), (x_of(v), y1)], fill.filled()))
+                        .map_err(err)?;
+                    root.draw(&Text::new(
+                        format!("{v:.3}"),
+                        (x_of(v) + 6, (y0 + y1) / 2),
+                        at(HPos::Left, 15),
+                    ))
+                    .map_err(err)?;
+                }
+                None => {
+                    root.draw(&Text::new(
+                        "not measured",
+                        (left as i32 + 6, (y0 + y1) / 2),
+                        at(HPos::Left, 15).color(&RGBColor(120, 120, 120)),
+                    ))
+                    .map_err(err)?;
+                }
+            }
+        }
+        root.draw(&PathElement::new(
+            vec![(left as i32, top as i32 - 6), (left as i32, base_y)],
+            BLACK,
+        ))
+        .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf)
+        .ok_or_else(|| PlotError("the picture's buffer has the wrong size".into()))?;
+    img.save(path)
+        .map_err(|e| PlotError(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The smallest of 1, 2, 2.5, 5 times a power of ten at or above `v` (`v` > 0).
+fn nice_ceiling(v: f64) -> f64 {
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|&c| c >= v * (1.0 - 1e-12))
+        .unwrap_or(10.0 * p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +532,39 @@ mod tests {
             ..grid
         };
         assert!(heatmap(&ragged, &path).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bars_are_as_long_as_their_values_and_the_best_is_dark() {
+        let dir = std::env::temp_dir().join(format!("simclr-bars-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("bars.png");
+        let names: Vec<String> = ["t=0.1", "t=0.2", "t=0.5"].map(String::from).to_vec();
+        let values = [Some(0.40), Some(0.80), None];
+        let chart = Bars {
+            title: "kNN top-1 by temperature",
+            axis: "temperature",
+            names: &names,
+            values: &values,
+            metric: "knn top-1",
+        };
+        bars(&chart, &path).expect("drawn");
+        let img = image::open(&path).expect("png").to_rgb8();
+        let length = |c: RGBColor| {
+            (0..img.height())
+                .map(|y| (0..img.width()).filter(|&x| *img.get_pixel(x, y) == image::Rgb([c.0, c.1, c.2])).count())
+                .max()
+                .unwrap_or(0)
+        };
+        let (dark, light) = (length(STRONG), length(RAW));
+        // 0.8 on an axis to 1.0 is twice as long as 0.4 (a pixel of rounding either way).
+        assert!(dark > 400, "the best bar is dark and long: {dark}");
+        assert!((dark as i64 - 2 * light as i64).abs() <= 3, "dark {dark}, light {light}");
+        assert_eq!(nice_ceiling(0.83), 1.0);
+        assert_eq!(nice_ceiling(0.183), 0.2);
+        assert_eq!(nice_ceiling(3.0), 5.0);
+        assert!(bars(&Bars { values: &values[..2], ..chart }, &path).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 
