@@ -344,3 +344,35 @@ metric: linear
     assert!(stderr.contains("nothing was trained"), "{stderr}");
     assert!(!dir.join("never").exists(), "no folder was made");
 }
+
+#[test]
+fn the_shipped_sweeps_plan_every_trial() {
+    let out = common::scratch("sweep", "shipped");
+    for (file, trials) in [
+        ("augment-pairs", 64),
+        ("heads", 9),
+        ("batch-epochs", 16),
+        ("temperature", 6),
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("definitions/sweeps")
+            .join(format!("{file}.yaml"));
+        let (list, _) = sweep(&path, &out.join(file), &["--dry-run"]);
+        assert!(list.contains(&format!("sweep {file}: {trials} trials")), "{list}");
+        assert!(list.contains(&format!("{trials:>3}  ")), "trial {trials} listed:\n{list}");
+        assert!(list.contains("estimated time to finish: "), "{list}");
+        assert!(!list.contains("no estimate"), "{list}");
+    }
+    // Figure 5's diagonal applies its transformation once: t is the crop, then blur alone.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions/sweeps/augment-pairs.yaml");
+    let (list, _) = sweep(&path, &out.join("augment-pairs"), &["--dry-run"]);
+    let blur = list
+        .lines()
+        .skip_while(|l| !l.contains("first=blur,second=blur"))
+        .find(|l| l.trim().starts_with("stages.views.params.t ="))
+        .expect("the diagonal's overrides");
+    assert_eq!(
+        blur.trim(),
+        "stages.views.params.t = [{ random_resized_crop: { size: 28, scale: [0.2, 1.0] } }, { gaussian_blur: { kernel_size: 3, sigma: [0.1, 2.0] } }]",
+    );
+}

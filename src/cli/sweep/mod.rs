@@ -39,9 +39,10 @@ pub struct SweepArgs {
     /// Build results.json, .csv, .md and .png from the trial folders; train nothing.
     #[arg(long)]
     collect: bool,
-    /// Trials at once, the cores divided between them.
-    #[arg(long, default_value_t = 1, value_name = "K", value_parser = super::at_least_one)]
-    parallel: usize,
+    /// Trials at once, the cores divided between them (default: 2 on two cores or more:
+    /// measured 1.11x the throughput of one trial at a time on 2 cores, docs/sweeps.md).
+    #[arg(long, value_name = "K", value_parser = super::at_least_one)]
+    parallel: Option<usize>,
     /// Threads of each trial (default: the cores divided by --parallel).
     #[arg(long, value_name = "N", value_parser = super::at_least_one)]
     threads: Option<usize>,
@@ -79,16 +80,17 @@ impl SweepArgs {
             }
         };
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let threads = self.threads.unwrap_or((cores / self.parallel).max(1));
+        let parallel = self.parallel.unwrap_or(if cores >= 2 { 2 } else { 1 });
+        let threads = self.threads.unwrap_or((cores / parallel).max(1));
         let runner = Runner {
             exe: std::env::current_exe().context("cannot find the simclr executable")?,
             threads,
-            quiet: self.parallel > 1,
+            quiet: true,
             sweep: sweep.name.clone(),
             evaluate: sweep.evaluate.clone(),
         };
         if self.dry_run {
-            return dry_run(&sweep, &trials, &runner, self.parallel);
+            return dry_run(&sweep, &trials, &runner, parallel);
         }
         if self.collect {
             let (rows, written) = results::write(&sweep, &trials)?;
@@ -112,16 +114,14 @@ impl SweepArgs {
                 );
                 return Ok(ExitCode::from(EXIT_INVALID));
             };
-            return Ok(match run_one(&runner, trial, &sweep, trials.len()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) if e.is::<Interrupted>() => ExitCode::from(EXIT_INTERRUPTED),
-                Err(e) => {
-                    eprintln!("error: trial {i} ({}): {e:#}", trial.name);
-                    ExitCode::from(EXIT_FAILED)
-                }
-            });
+            let code = run_all(&runner, &sweep, &[trial], trials.len(), 1, &stop);
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            return Ok(ExitCode::SUCCESS);
         }
-        let code = run_all(&runner, &sweep, &trials, self.parallel, &stop);
+        let all: Vec<&Trial> = trials.iter().collect();
+        let code = run_all(&runner, &sweep, &all, trials.len(), parallel, &stop);
         let (rows, written) = results::write(&sweep, &trials)?;
         print_table(&sweep)?;
         let done = rows.iter().filter(|r| r.status == "done").count();
@@ -149,7 +149,7 @@ fn print_table(sweep: &spec::Sweep) -> Result<()> {
 }
 
 /// What a finished trial says on the terminal.
-fn describe(record: &exec::Record, sweep: &spec::Sweep) -> String {
+fn describe(record: &exec::Record) -> String {
     let scores: Vec<String> = record
         .scores
         .iter()
@@ -162,7 +162,6 @@ fn describe(record: &exec::Record, sweep: &spec::Sweep) -> String {
             format!("{what} top-1 {:.4}", s.top1)
         })
         .collect();
-    let _ = sweep;
     format!(
         "{} (trained {}, {} steps, scored {})",
         scores.join(", "),
@@ -172,37 +171,136 @@ fn describe(record: &exec::Record, sweep: &spec::Sweep) -> String {
     )
 }
 
-fn run_one(runner: &Runner, trial: &Trial, sweep: &spec::Sweep, total: usize) -> Result<()> {
-    eprintln!("trial {}/{total} {}: starting", trial.index, trial.name);
-    let (record, outcome) = runner.run(trial, &sweep.out)?;
-    eprintln!(
-        "trial {}/{total} {}: {}{}",
-        trial.index,
-        trial.name,
-        match outcome {
-            Outcome::Skipped => "already done: ",
-            Outcome::Resumed => "resumed and finished: ",
-            Outcome::Scored => "scored: ",
-            Outcome::Trained => "",
-        },
-        describe(&record, sweep)
-    );
-    Ok(())
+/// The progress of the trials running now: the sweep's bar (trials done/total, ETA) and one
+/// bar per running trial (its step, loss), read from the trial's `steps.jsonl` as it grows.
+/// Off a terminal (a job log) the bars are hidden and each trial says one line when it starts
+/// and one when it ends.
+struct Progress {
+    multi: indicatif::MultiProgress,
+    sweep: indicatif::ProgressBar,
+    running: Mutex<Vec<Follow>>,
 }
 
-/// Every trial, `parallel` at a time; the exit code.
+/// A running trial's bar and how far its `steps.jsonl` has been read.
+struct Follow {
+    index: usize,
+    steps: PathBuf,
+    offset: u64,
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn new(total: usize, done: usize) -> Self {
+        let multi = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
+        let sweep = multi.add(indicatif::ProgressBar::new(total as u64));
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "sweep {bar:30} {pos}/{len} trials  {elapsed_precise}  {msg}",
+        ) {
+            sweep.set_style(style);
+        }
+        sweep.set_position(done as u64);
+        Progress {
+            multi,
+            sweep,
+            running: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn say(&self, line: &str) {
+        if self.multi.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            let _ = self.multi.println(line);
+        }
+    }
+
+    fn start(&self, trial: &Trial, total: usize) {
+        let bar = self
+            .multi
+            .add(indicatif::ProgressBar::new(trial.steps.unwrap_or(0)));
+        if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+            "  trial {}/{total} {{bar:24}} {{pos}}/{{len}} steps  {{msg}}  {}",
+            trial.index, trial.name
+        )) {
+            bar.set_style(style);
+        }
+        if let Ok(mut r) = self.running.lock() {
+            r.push(Follow {
+                index: trial.index,
+                steps: simclr::model::RunDir::new(&trial.dir).steps(),
+                offset: 0,
+                bar,
+            });
+        }
+    }
+
+    fn end(&self, trial: &Trial) {
+        if let Ok(mut r) = self.running.lock() {
+            if let Some(i) = r.iter().position(|f| f.index == trial.index) {
+                let f = r.remove(i);
+                f.bar.finish_and_clear();
+                self.multi.remove(&f.bar);
+            }
+        }
+    }
+
+    /// Read what the running trials' `steps.jsonl` gained since the last look.
+    fn poll(&self) {
+        let Ok(mut running) = self.running.lock() else {
+            return;
+        };
+        for f in running.iter_mut() {
+            let Ok(mut file) = std::fs::File::open(&f.steps) else {
+                continue;
+            };
+            use std::io::{Read, Seek, SeekFrom};
+            let len = file.metadata().map_or(0, |m| m.len());
+            if len < f.offset {
+                f.offset = 0;
+            }
+            if file.seek(SeekFrom::Start(f.offset)).is_err() {
+                continue;
+            }
+            let mut text = String::new();
+            if file.read_to_string(&mut text).is_err() {
+                continue;
+            }
+            // Only whole lines: the last may still be being written.
+            let Some(end) = text.rfind('\n') else { continue };
+            f.offset += end as u64 + 1;
+            if let Some(v) = text[..end]
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .last()
+            {
+                if let Some(step) = v.get("step").and_then(serde_json::Value::as_u64) {
+                    f.bar.set_position(step + 1);
+                }
+                if let Some(loss) = v.get("loss").and_then(serde_json::Value::as_f64) {
+                    f.bar.set_message(format!("loss {loss:.4}"));
+                }
+            }
+        }
+    }
+}
+
+/// `trials` (all of the sweep's, or the one `--trial` names), `parallel` at a time; the exit
+/// code. `total`: the sweep's number of trials.
 fn run_all(
     runner: &Runner,
     sweep: &spec::Sweep,
-    trials: &[Trial],
+    trials: &[&Trial],
+    total: usize,
     parallel: usize,
     stop: &Arc<AtomicBool>,
 ) -> ExitCode {
-    let total = trials.len();
-    let queue: Mutex<VecDeque<&Trial>> = Mutex::new(trials.iter().collect());
+    let already = trials.iter().filter(|t| exec::is_done(t, &runner.evaluate)).count();
+    let progress = Progress::new(trials.len(), 0);
+    let queue: Mutex<VecDeque<&Trial>> = Mutex::new(trials.iter().copied().collect());
     let done = AtomicUsize::new(0);
     let failed = AtomicUsize::new(0);
     let interrupted = AtomicBool::new(false);
+    let workers_left = AtomicUsize::new(parallel.min(trials.len().max(1)));
     // Wall seconds of the trials that ran in this invocation, for the ETA.
     let spent: Mutex<Vec<f64>> = Mutex::new(Vec::new());
     let started = Instant::now();
@@ -215,8 +313,15 @@ fn run_all(
         let secs = mean * remaining as f64 / parallel as f64;
         format!("sweep ETA {}", clock(secs))
     };
+    let _ = already;
     std::thread::scope(|scope| {
-        for _ in 0..parallel.min(total.max(1)) {
+        scope.spawn(|| {
+            while workers_left.load(Ordering::SeqCst) > 0 {
+                progress.poll();
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        });
+        for _ in 0..parallel.min(trials.len().max(1)) {
             scope.spawn(|| {
                 loop {
                     if stop.load(Ordering::SeqCst) || interrupted.load(Ordering::SeqCst) {
@@ -225,18 +330,23 @@ fn run_all(
                     let Some(trial) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
                         break;
                     };
-                    let remaining = total - done.load(Ordering::SeqCst);
-                    if !exec::is_done(trial, &runner.evaluate) {
-                        eprintln!(
-                            "trial {}/{total} {}: starting ({} done; {})",
+                    let remaining = trials.len() - done.load(Ordering::SeqCst);
+                    let fresh = !exec::is_done(trial, &runner.evaluate);
+                    if fresh {
+                        progress.say(&format!(
+                            "trial {}/{total} {}: starting ({} of {} done; {})",
                             trial.index,
                             trial.name,
                             done.load(Ordering::SeqCst),
+                            trials.len(),
                             eta(remaining)
-                        );
+                        ));
+                        progress.start(trial, total);
                     }
                     let t0 = Instant::now();
-                    match runner.run(trial, &sweep.out) {
+                    let result = runner.run(trial, &sweep.out);
+                    progress.end(trial);
+                    match result {
                         Ok((record, outcome)) => {
                             done.fetch_add(1, Ordering::SeqCst);
                             if outcome != Outcome::Skipped
@@ -244,7 +354,7 @@ fn run_all(
                             {
                                 s.push(t0.elapsed().as_secs_f64());
                             }
-                            eprintln!(
+                            progress.say(&format!(
                                 "trial {}/{total} {}: {}{}",
                                 trial.index,
                                 trial.name,
@@ -254,32 +364,41 @@ fn run_all(
                                     Outcome::Scored => "scored: ",
                                     Outcome::Trained => "",
                                 },
-                                describe(&record, sweep)
-                            );
+                                describe(&record)
+                            ));
                         }
                         Err(e) if e.is::<Interrupted>() => {
                             interrupted.store(true, Ordering::SeqCst);
-                            eprintln!(
+                            progress.say(&format!(
                                 "trial {}/{total} {}: interrupted; `simclr sweep {}` again resumes it",
                                 trial.index,
                                 trial.name,
                                 sweep.file.display()
-                            );
+                            ));
                         }
                         Err(e) => {
                             done.fetch_add(1, Ordering::SeqCst);
                             failed.fetch_add(1, Ordering::SeqCst);
-                            eprintln!("trial {}/{total} {}: failed: {e:#}", trial.index, trial.name);
+                            progress.say(&format!(
+                                "trial {}/{total} {}: failed: {e:#}",
+                                trial.index, trial.name
+                            ));
                         }
                     }
+                    let finished = done.load(Ordering::SeqCst);
+                    progress.sweep.set_position(finished as u64);
+                    progress.sweep.set_message(eta(trials.len() - finished));
                 }
+                workers_left.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
+    progress.sweep.finish_and_clear();
     eprintln!(
-        "sweep {}: {} of {total} trials finished in {}{}",
+        "sweep {}: {} of {} trials finished in {}{}",
         sweep.name,
         done.load(Ordering::SeqCst) - failed.load(Ordering::SeqCst),
+        trials.len(),
         clock(started.elapsed().as_secs_f64()),
         match failed.load(Ordering::SeqCst) {
             0 => String::new(),

@@ -141,17 +141,20 @@ pub fn plan(sweep: &Sweep, registry: &Registry) -> Result<Vec<Trial>, Vec<Diagno
                 Value::new(simclr::core::Loc::default(), ValueKind::Null)
             })
         };
-        let mut sets: Vec<(String, Value)> = sweep
-            .set
-            .iter()
-            .map(|(p, v)| (p.clone(), substitute(v, &bound)))
-            .collect();
+        // The budget, then `set`, then the axes: the more specific a value, the later it
+        // applies (an axis over `epochs` wins over `budget: { epochs }`).
+        let mut sets: Vec<(String, Value)> = budget_sets.clone();
+        sets.extend(
+            sweep
+                .set
+                .iter()
+                .map(|(p, v)| (p.clone(), substitute(v, &bound))),
+        );
         for (a, &v) in combo.iter().enumerate() {
             if active[a] {
                 sets.extend(sweep.axes[a].values[v].sets.iter().cloned());
             }
         }
-        sets.extend(budget_sets.iter().cloned());
         let values: Vec<(String, String)> = combo
             .iter()
             .enumerate()

@@ -838,7 +838,8 @@ fn scalar_name(v: &Value) -> Option<String> {
         ValueKind::Bool(b) => b.to_string(),
         ValueKind::Int(i) => i.to_string(),
         ValueKind::UInt(u) => u.to_string(),
-        ValueKind::Float(f) => f.to_string(),
+        // As written: `1.0` stays `1.0` (Display would say `1`).
+        ValueKind::Float(f) => format!("{f:?}"),
         ValueKind::Str(s) => s.clone(),
         ValueKind::Null => "null".into(),
         _ => return None,
