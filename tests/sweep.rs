@@ -103,8 +103,13 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, Vec<u8>)> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let modified = std::fs::metadata(&path).and_then(|m| m.modified()).expect("mtime");
-                out.insert(path.clone(), (modified, std::fs::read(&path).expect("readable")));
+                let modified = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .expect("mtime");
+                out.insert(
+                    path.clone(),
+                    (modified, std::fs::read(&path).expect("readable")),
+                );
             }
         }
     }
@@ -126,7 +131,14 @@ fn a_killed_sweep_resumes_its_third_trial_and_leaves_the_first_two_untouched() {
     let whole = dir.join("whole");
     let (table, _) = sweep(&file, &whole, &[]);
     for name in NAMES {
-        for f in ["trial.json", "trial.yaml", "definition.yaml", "steps.jsonl", "eval-knn-trained.json", "eval-knn-projection.json"] {
+        for f in [
+            "trial.json",
+            "trial.yaml",
+            "definition.yaml",
+            "steps.jsonl",
+            "eval-knn-trained.json",
+            "eval-knn-projection.json",
+        ] {
             assert!(whole.join(name).join(f).is_file(), "{name}/{f}");
         }
         assert!(table.contains(name), "the table lists {name}:\n{table}");
@@ -136,19 +148,38 @@ fn a_killed_sweep_resumes_its_third_trial_and_leaves_the_first_two_untouched() {
     }
     let reference = results(&whole);
     assert_eq!(reference.len(), 4);
-    assert!(reference.values().all(|(status, scores, _)| status == "done" && scores.len() == 2));
+    assert!(
+        reference
+            .values()
+            .all(|(status, scores, _)| status == "done" && scores.len() == 2)
+    );
     // The heatmap: 2 rows × 2 columns of 90-pixel cells (plot::heatmap's layout).
-    let png = image::open(whole.join("results.png")).expect("png").to_rgb8();
-    assert_eq!((png.width(), png.height()), (190 + 2 * 90 + 150, 110 + 2 * 90 + 30));
+    let png = image::open(whole.join("results.png"))
+        .expect("png")
+        .to_rgb8();
+    assert_eq!(
+        (png.width(), png.height()),
+        (190 + 2 * 90 + 150, 110 + 2 * 90 + 30)
+    );
     // results.md is sorted by the metric, best first; the CSV has a row per trial.
     let md = std::fs::read_to_string(whole.join("results.md")).expect("md");
     let metric: Vec<f64> = md
         .lines()
         .filter(|l| l.starts_with("| ") && l.contains("temperature="))
-        .map(|l| l.split('|').nth(5).expect("knn column").trim().parse().expect("a number"))
+        .map(|l| {
+            l.split('|')
+                .nth(5)
+                .expect("knn column")
+                .trim()
+                .parse()
+                .expect("a number")
+        })
         .collect();
     assert_eq!(metric.len(), 4, "{md}");
-    assert!(metric.windows(2).all(|w| w[0] >= w[1]), "sorted: {metric:?}");
+    assert!(
+        metric.windows(2).all(|w| w[0] >= w[1]),
+        "sorted: {metric:?}"
+    );
     let csv = std::fs::read_to_string(whole.join("results.csv")).expect("csv");
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(csv.starts_with("index,trial,temperature,head,knn top-1,knn/projection top-1,steps,"));
@@ -170,29 +201,55 @@ fn a_killed_sweep_resumes_its_third_trial_and_leaves_the_first_two_untouched() {
         })
     };
     while !has_checkpoint(&third) {
-        assert!(Instant::now() < deadline, "the third trial never checkpointed");
-        assert!(child.try_wait().expect("wait").is_none(), "the sweep ended before its third trial checkpointed");
+        assert!(
+            Instant::now() < deadline,
+            "the third trial never checkpointed"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the sweep ended before its third trial checkpointed"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().expect("killed");
     child.wait().expect("reaped");
-    let record = std::fs::read_to_string(third.join("trial.json")).expect("the third trial's record");
-    assert!(record.contains("\"status\": \"training\""), "killed while training: {record}");
-    assert!(!out.join(NAMES[3]).exists(), "the fourth trial had not started");
+    let record =
+        std::fs::read_to_string(third.join("trial.json")).expect("the third trial's record");
+    assert!(
+        record.contains("\"status\": \"training\""),
+        "killed while training: {record}"
+    );
+    assert!(
+        !out.join(NAMES[3]).exists(),
+        "the fourth trial had not started"
+    );
     // Its training process died with the sweep: the checkpoints stop changing.
     std::thread::sleep(Duration::from_millis(300));
     let frozen = snapshot(&third);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(snapshot(&third).keys().collect::<Vec<_>>(), frozen.keys().collect::<Vec<_>>(), "nothing trains on");
+    assert_eq!(
+        snapshot(&third).keys().collect::<Vec<_>>(),
+        frozen.keys().collect::<Vec<_>>(),
+        "nothing trains on"
+    );
     let before: Vec<_> = NAMES[..2].iter().map(|n| snapshot(&out.join(n))).collect();
 
     let (_, log) = sweep(&file, &out, &[]);
     for (name, snap) in NAMES[..2].iter().zip(&before) {
-        assert!(log.contains(&format!("{name}: already done")), "{name} skipped:\n{log}");
+        assert!(
+            log.contains(&format!("{name}: already done")),
+            "{name} skipped:\n{log}"
+        );
         assert_eq!(&snapshot(&out.join(name)), snap, "{name}'s files untouched");
     }
-    assert!(log.contains(&format!("trial 3/4 {}: resumed and finished", NAMES[2])), "{log}");
-    assert!(!log.contains(&format!("{}: already done", NAMES[3])), "{log}");
+    assert!(
+        log.contains(&format!("trial 3/4 {}: resumed and finished", NAMES[2])),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("{}: already done", NAMES[3])),
+        "{log}"
+    );
     // Resumed from its checkpoint, to the uninterrupted sweep's result.
     assert_eq!(results(&out), reference);
 }
@@ -211,7 +268,10 @@ fn editing_one_axis_value_retrains_only_the_trials_it_changes() {
         assert_eq!(&snapshot(&out.join(name)), snap, "{name} untouched");
     }
     for name in ["temperature=0.3,head=linear", "temperature=0.3,head=mlp"] {
-        assert!(log.contains(&format!("{name}: knn top-1")), "{name} trained:\n{log}");
+        assert!(
+            log.contains(&format!("{name}: knn top-1")),
+            "{name} trained:\n{log}"
+        );
         assert!(table.contains(name));
     }
     let second = results(&out);
@@ -222,11 +282,15 @@ fn editing_one_axis_value_retrains_only_the_trials_it_changes() {
     }
     // A change to every trial's definition (here: the learning rate) trains them all again,
     // and the earlier trials are kept aside, not deleted.
-    let text = sweep_text("0.2, 0.3").replace("budget:", "set: { stages.train.params.lr: 0.25 }\nbudget:");
+    let text =
+        sweep_text("0.2, 0.3").replace("budget:", "set: { stages.train.params.lr: 0.25 }\nbudget:");
     std::fs::write(&file, text).expect("edited");
     let (_, log) = sweep(&file, &out, &[]);
     assert!(!log.contains("already done"), "{log}");
-    assert!(log.contains("its definition changed; the earlier trial is kept in"), "{log}");
+    assert!(
+        log.contains("its definition changed; the earlier trial is kept in"),
+        "{log}"
+    );
     let aside = out.join(".superseded");
     assert_eq!(std::fs::read_dir(&aside).expect("kept aside").count(), 4);
 }
@@ -240,7 +304,10 @@ fn one_trial_at_a_time_then_collect_gives_the_sweep_s_table() {
     let split = dir.join("split");
     for i in ["2", "4", "1", "3"] {
         sweep(&file, &split, &["--trial", i]);
-        assert!(!split.join("results.json").exists(), "--trial leaves the tables to --collect");
+        assert!(
+            !split.join("results.json").exists(),
+            "--trial leaves the tables to --collect"
+        );
     }
     let (table, _) = sweep(&file, &split, &["--collect"]);
     assert!(table.contains("4 done"), "{table}");
@@ -258,7 +325,11 @@ fn collect_before_anything_ran_marks_every_trial_missing() {
     let out = file.parent().expect("folder").join("out");
     sweep(&file, &out, &["--collect"]);
     let r = results(&out);
-    assert!(r.values().all(|(status, scores, _)| status == "missing" && scores.is_empty()), "{r:?}");
+    assert!(
+        r.values()
+            .all(|(status, scores, _)| status == "missing" && scores.is_empty()),
+        "{r:?}"
+    );
     assert!(!out.join("results.png").exists(), "no picture of nothing");
     // --dry-run lists every trial with its overrides and trains nothing.
     let (list, _) = sweep(&file, &out, &["--dry-run"]);
@@ -277,7 +348,12 @@ fn errors(dir: &Path, text: &str) -> Vec<(u32, u32, String)> {
     let file = dir.join("bad.yaml");
     std::fs::write(&file, text).expect("written");
     let out = simclr(&["sweep", s(&file), "--dry-run"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let mut found = Vec::new();
@@ -321,11 +397,16 @@ metric: linear
         (8, 5, "two axes are named `head`"),
         (9, 19, "the budget is a whole number above 0"),
         (10, 23, "`k` must be a number above 0"),
-        (11, 9, "`metric: linear` is not one of the scores `evaluate` gives"),
+        (
+            11,
+            9,
+            "`metric: linear` is not one of the scores `evaluate` gives",
+        ),
     ];
     for (line, column, message) in want {
         assert!(
-            got.iter().any(|(l, c, m)| (*l, *c) == (line, column) && m == message),
+            got.iter()
+                .any(|(l, c, m)| (*l, *c) == (line, column) && m == message),
             "missing {line}:{column} {message}\ngot: {got:#?}"
         );
     }
@@ -335,12 +416,26 @@ metric: linear
     // path, before anything trains.
     let bad_value = sweep_text("0.2, -1").replace("base: base.yaml", "base: base.yaml\nout: never");
     std::fs::write(dir.join("value.yaml"), bad_value).expect("written");
-    let out = simclr(&["sweep", s(&dir.join("value.yaml")), "--out", s(&dir.join("never"))]);
+    let out = simclr(&[
+        "sweep",
+        s(&dir.join("value.yaml")),
+        "--out",
+        s(&dir.join("never")),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("trial 3 (temperature=-1,head=linear)"), "{stderr}");
-    assert!(stderr.contains("trial 4 (temperature=-1,head=mlp)"), "{stderr}");
-    assert!(stderr.contains("stages.train.params.temperature"), "{stderr}");
+    assert!(
+        stderr.contains("trial 3 (temperature=-1,head=linear)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("trial 4 (temperature=-1,head=mlp)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stages.train.params.temperature"),
+        "{stderr}"
+    );
     assert!(stderr.contains("nothing was trained"), "{stderr}");
     assert!(!dir.join("never").exists(), "no folder was made");
 }
@@ -353,13 +448,20 @@ fn the_shipped_sweeps_plan_every_trial() {
         ("heads", 9),
         ("batch-epochs", 16),
         ("temperature", 6),
+        ("seeds", 4),
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("definitions/sweeps")
             .join(format!("{file}.yaml"));
         let (list, _) = sweep(&path, &out.join(file), &["--dry-run"]);
-        assert!(list.contains(&format!("sweep {file}: {trials} trials")), "{list}");
-        assert!(list.contains(&format!("{trials:>3}  ")), "trial {trials} listed:\n{list}");
+        assert!(
+            list.contains(&format!("sweep {file}: {trials} trials")),
+            "{list}"
+        );
+        assert!(
+            list.contains(&format!("{trials:>3}  ")),
+            "trial {trials} listed:\n{list}"
+        );
         assert!(list.contains("estimated time to finish: "), "{list}");
         assert!(!list.contains("no estimate"), "{list}");
     }
@@ -375,4 +477,49 @@ fn the_shipped_sweeps_plan_every_trial() {
         blur.trim(),
         "stages.views.params.t = [{ random_resized_crop: { size: 28, scale: [0.2, 1.0] } }, { gaussian_blur: { kernel_size: 3, sigma: [0.1, 2.0] } }]",
     );
+}
+
+#[test]
+fn a_time_budget_stops_each_trial_after_its_seconds() {
+    let dir = common::scratch("sweep", "seconds");
+    // 4 096 images × 8 epochs: 4 096 steps of 8, far more than half a second of training.
+    std::fs::write(
+        dir.join("base.yaml"),
+        BASE.replace(
+            "count: 512, size: 16, epochs: 1",
+            "count: 4096, size: 16, epochs: 8",
+        ),
+    )
+    .expect("base");
+    let file = dir.join("sweep.yaml");
+    let text = sweep_text("0.2, 0.5")
+        .replace("budget: {{ epochs: 2 }}", "")
+        .replace("budget: { epochs: 2 }", "budget: { seconds: 0.5 }");
+    std::fs::write(&file, text).expect("sweep");
+    let out = dir.join("out");
+    sweep(&file, &out, &[]);
+    for name in NAMES {
+        let steps = std::fs::read_to_string(out.join(name).join("steps.jsonl")).expect("steps");
+        let seconds: Vec<f64> = steps
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("JSON")["step_seconds"]
+                    .as_f64()
+                    .expect("seconds")
+            })
+            .collect();
+        let spent: f64 = seconds.iter().sum();
+        let longest = seconds.iter().copied().fold(0.0, f64::max);
+        assert!(
+            seconds.len() > 1 && seconds.len() < 4096,
+            "{name}: stopped early, {} steps",
+            seconds.len()
+        );
+        assert!(
+            spent >= 0.5 && spent < 0.5 + longest + 1e-9,
+            "{name}: {spent} s of steps"
+        );
+    }
+    let r = results(&out);
+    assert!(r.values().all(|(status, _, _)| status == "done"), "{r:?}");
 }

@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// so --resume continues it).
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Stop training once this run's steps have taken this many seconds (start-up not
+    /// counted; the schedule keeps its full length, so --resume continues it).
+    #[arg(long, value_name = "SECONDS")]
+    max_seconds: Option<f64>,
     /// Continue from a checkpoint: a run folder (its latest checkpoint), a checkpoints
     /// folder, or one checkpoint folder.
     #[arg(long, value_name = "RUN_DIR")]
@@ -157,6 +161,7 @@ impl RunArgs {
         let mut options = LoadOptions {
             run_dir: self.run_dir.clone(),
             max_steps: self.max_steps,
+            max_seconds: self.max_seconds,
             overrides: parse_overrides(&self.set)?,
             ..LoadOptions::default()
         };
@@ -272,7 +277,7 @@ fn execute(
             .with_context(|| format!("cannot write {}", copy.display()))?;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    install_interrupt(stop.clone());
+    install_interrupt(stop.clone(), "sources stop and the pipeline drains");
     let options = RunOptions {
         item_limit: measure.items,
         trace: measure.trace.is_some(),
@@ -533,14 +538,13 @@ fn write_skipped(run_dir: &RunDir, report: &runtime::RunReport, resuming: bool) 
     Ok(())
 }
 
-/// A Ctrl-C handler: the first press asks for a clean stop, the second aborts.
-fn install_interrupt(stop: Arc<AtomicBool>) {
+/// A Ctrl-C handler: the first press asks for a clean stop (and says `what` happens), the
+/// second aborts.
+pub(super) fn install_interrupt(stop: Arc<AtomicBool>, what: &'static str) {
     let presses = AtomicUsize::new(0);
     let installed = ctrlc::set_handler(move || {
         if presses.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!(
-                "\ninterrupted: sources stop and the pipeline drains; press Ctrl-C again to abort"
-            );
+            eprintln!("\ninterrupted: {what}; press Ctrl-C again to abort");
             stop.store(true, Ordering::SeqCst);
         } else {
             eprintln!("\naborted");

@@ -473,6 +473,7 @@ fn build_stages(
             published: std::cell::RefCell::new(None),
             resume: None,
             max_steps: None,
+            max_seconds: None,
             definition: "",
             extensions: registry.extensions(),
         };

@@ -109,6 +109,8 @@ pub struct LoadOptions {
     pub resume: Option<simclr_core::ResumePoint>,
     /// Stop training after this many steps in all.
     pub max_steps: Option<u64>,
+    /// Stop training after this many seconds of steps in this run.
+    pub max_seconds: Option<f64>,
     /// `(dotted.key.path, YAML value)` pairs replacing or adding values of the definition
     /// before it is read (`simclr run --set stages.images.params.path=/data/cifar`).
     pub overrides: Vec<(String, String)>,
@@ -230,6 +232,7 @@ pub fn load_str(
                 run_dir: &run_dir,
                 resume: options.resume.as_ref(),
                 max_steps: options.max_steps,
+                max_seconds: options.max_seconds,
                 definition: &resolved,
                 ..cx
             };
@@ -308,7 +311,12 @@ fn apply_override(root: &mut Value, path: &str, value: &str) -> Result<(), Strin
 ///
 /// # Errors
 /// An empty key, or a key under something that is not a mapping (named by its path).
-pub fn set_path(root: &mut Value, path: &str, value: Value, relocate_to_target: bool) -> Result<(), String> {
+pub fn set_path(
+    root: &mut Value,
+    path: &str,
+    value: Value,
+    relocate_to_target: bool,
+) -> Result<(), String> {
     let mut value = value;
     let keys: Vec<&str> = path.split('.').collect();
     if keys.iter().any(|k| k.is_empty()) {

@@ -218,6 +218,8 @@ pub struct BuildContext<'a> {
     pub resume: Option<&'a ResumePoint>,
     /// Stop training after this many steps in all (`simclr run --max-steps`).
     pub max_steps: Option<u64>,
+    /// Stop training after this many seconds of steps in this run (`simclr run --max-seconds`).
+    pub max_seconds: Option<f64>,
     /// The definition's text as it runs (`--set` overrides applied; checkpoints keep a copy).
     pub definition: &'a str,
     /// What the program added to its registry beside the stage kinds (registered

@@ -148,12 +148,12 @@ pub struct Runner {
     pub exe: PathBuf,
     /// Threads of each child (`RAYON_NUM_THREADS`).
     pub threads: usize,
-    /// Children write their progress to the trial's log, not the terminal (trials in parallel).
-    pub quiet: bool,
     /// The sweep's name.
     pub sweep: String,
     /// Its evaluation.
     pub evaluate: Evaluate,
+    /// `budget: { seconds }`: each trial's training time.
+    pub seconds: Option<f64>,
 }
 
 /// What happened to a trial in this invocation.
@@ -201,9 +201,12 @@ impl Runner {
                         std::fs::create_dir_all(parent)
                             .with_context(|| format!("cannot create {}", parent.display()))?;
                     }
-                    if to.exists() {
-                        std::fs::remove_dir_all(&to)
-                            .with_context(|| format!("cannot replace {}", to.display()))?;
+                    // Never over an earlier one: a value changed, reverted and changed again.
+                    let mut to = to;
+                    let mut n = 2;
+                    while to.exists() {
+                        to = superseded(out, &trial.name, &format!("{old}-{n}"));
+                        n += 1;
                     }
                     std::fs::rename(dir, &to).with_context(|| {
                         format!("cannot move {} aside to {}", dir.display(), to.display())
@@ -276,10 +279,8 @@ impl Runner {
         let mut cmd = Command::new(&self.exe);
         cmd.env("RAYON_NUM_THREADS", self.threads.to_string())
             .stdin(Stdio::null())
-            .stdout(file.try_clone().context("cannot share the log")?);
-        if self.quiet {
-            cmd.stderr(file);
-        }
+            .stdout(file.try_clone().context("cannot share the log")?)
+            .stderr(file);
         die_with_parent(&mut cmd);
         Ok((cmd, log))
     }
@@ -294,9 +295,19 @@ impl Runner {
         if resume {
             cmd.arg("--resume").arg(dir);
         }
-        if self.quiet {
-            cmd.arg("--quiet");
+        if let Some(budget) = self.seconds {
+            // What the earlier attempts spent up to the checkpoint this one resumes from.
+            let from = if resume {
+                simclr::model::stage::checkpoint::find_checkpoint(dir).map_or(0, |c| c.info.steps)
+            } else {
+                0
+            };
+            let spent = seconds_before(&RunDir::new(dir).steps(), from);
+            cmd.arg("--max-seconds")
+                .arg(format!("{:.3}", (budget - spent).max(0.001)));
         }
+        // The sweep draws the trial's progress from its steps.jsonl.
+        cmd.arg("--quiet");
         let start = log_len(&log);
         let t0 = Instant::now();
         let status = cmd
@@ -405,6 +416,22 @@ pub fn step_stats(path: &Path) -> (u64, Option<f64>, Option<f64>) {
         loss = get("loss").or(loss);
     }
     (steps, (seconds > 0.0).then(|| samples / seconds), loss)
+}
+
+/// Seconds of the steps before `step` in a run's `steps.jsonl`.
+fn seconds_before(path: &Path, step: u64) -> f64 {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v.get("step")
+                .and_then(serde_json::Value::as_u64)
+                .is_some_and(|s| s < step)
+        })
+        .filter_map(|v| v.get("step_seconds").and_then(serde_json::Value::as_f64))
+        .sum()
 }
 
 fn log_len(path: &Path) -> u64 {

@@ -85,9 +85,12 @@ impl SweepArgs {
         let runner = Runner {
             exe: std::env::current_exe().context("cannot find the simclr executable")?,
             threads,
-            quiet: true,
             sweep: sweep.name.clone(),
             evaluate: sweep.evaluate.clone(),
+            seconds: match sweep.budget {
+                Some(spec::Budget::Seconds(s)) => Some(s),
+                _ => None,
+            },
         };
         if self.dry_run {
             return dry_run(&sweep, &trials, &runner, parallel);
@@ -104,7 +107,11 @@ impl SweepArgs {
             return Ok(ExitCode::SUCCESS);
         }
         let stop = Arc::new(AtomicBool::new(false));
-        install_interrupt(stop.clone());
+        // The trials' processes see Ctrl-C too: they drain and checkpoint.
+        super::run::install_interrupt(
+            stop.clone(),
+            "the running trials checkpoint and stop; no new trial starts",
+        );
         if let Some(i) = self.trial {
             let Some(trial) = plan::pick(&trials, i) else {
                 eprintln!(
@@ -190,15 +197,15 @@ struct Follow {
 }
 
 impl Progress {
-    fn new(total: usize, done: usize) -> Self {
-        let multi = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
+    fn new(total: usize) -> Self {
+        let multi =
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
         let sweep = multi.add(indicatif::ProgressBar::new(total as u64));
         if let Ok(style) = indicatif::ProgressStyle::with_template(
             "sweep {bar:30} {pos}/{len} trials  {elapsed_precise}  {msg}",
         ) {
             sweep.set_style(style);
         }
-        sweep.set_position(done as u64);
         Progress {
             multi,
             sweep,
@@ -266,7 +273,9 @@ impl Progress {
                 continue;
             }
             // Only whole lines: the last may still be being written.
-            let Some(end) = text.rfind('\n') else { continue };
+            let Some(end) = text.rfind('\n') else {
+                continue;
+            };
             f.offset += end as u64 + 1;
             if let Some(v) = text[..end]
                 .lines()
@@ -294,8 +303,7 @@ fn run_all(
     parallel: usize,
     stop: &Arc<AtomicBool>,
 ) -> ExitCode {
-    let already = trials.iter().filter(|t| exec::is_done(t, &runner.evaluate)).count();
-    let progress = Progress::new(trials.len(), 0);
+    let progress = Progress::new(trials.len());
     let queue: Mutex<VecDeque<&Trial>> = Mutex::new(trials.iter().copied().collect());
     let done = AtomicUsize::new(0);
     let failed = AtomicUsize::new(0);
@@ -313,7 +321,6 @@ fn run_all(
         let secs = mean * remaining as f64 / parallel as f64;
         format!("sweep ETA {}", clock(secs))
     };
-    let _ = already;
     std::thread::scope(|scope| {
         scope.spawn(|| {
             while workers_left.load(Ordering::SeqCst) > 0 {
@@ -323,6 +330,9 @@ fn run_all(
         });
         for _ in 0..parallel.min(trials.len().max(1)) {
             scope.spawn(|| {
+                // Counted down however the worker ends (a panic too), so the progress thread
+                // stops and the scope returns.
+                let _left = CountDown(&workers_left);
                 loop {
                     if stop.load(Ordering::SeqCst) || interrupted.load(Ordering::SeqCst) {
                         break;
@@ -389,7 +399,6 @@ fn run_all(
                     progress.sweep.set_position(finished as u64);
                     progress.sweep.set_message(eta(trials.len() - finished));
                 }
-                workers_left.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
@@ -411,6 +420,15 @@ fn run_all(
         ExitCode::from(EXIT_FAILED)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Decrements its counter when dropped.
+struct CountDown<'a>(&'a AtomicUsize);
+
+impl Drop for CountDown<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -480,16 +498,28 @@ fn dry_run(
             .map(|(r, t)| r.train_seconds / (r.steps as f64 * t.batch.unwrap_or(1) as f64))
             .sum::<f64>()
             / finished.len() as f64;
-        let eval = finished.iter().map(|(r, _)| r.eval_seconds).sum::<f64>() / finished.len() as f64;
+        let eval =
+            finished.iter().map(|(r, _)| r.eval_seconds).sum::<f64>() / finished.len() as f64;
         (
             Some(rate),
             Some(eval),
-            format!("from the {} finished trials (startup and evaluation included)", finished.len()),
+            format!(
+                "from the {} finished trials (startup and evaluation included)",
+                finished.len()
+            ),
         )
     };
     let mut total = 0.0;
     for (t, r) in trials.iter().zip(&rows) {
         let estimate = match (per_sample, t.steps, t.batch) {
+            // A time budget: the budget itself (at most), plus what is not steps.
+            (Some(_), _, _) if runner.seconds.is_some() => {
+                let secs = runner.seconds.unwrap_or(0.0) + overhead.unwrap_or(0.0);
+                if r.status != "done" {
+                    total += secs;
+                }
+                clock(secs)
+            }
             (Some(rate), Some(steps), Some(batch)) => {
                 let secs = rate * steps as f64 * batch as f64 + overhead.unwrap_or(0.0);
                 if r.status != "done" {
@@ -531,7 +561,9 @@ fn dry_run(
 /// the seconds of the run that were not steps (start-up: reading data, building the model).
 fn calibrate(sweep: &spec::Sweep, trials: &[Trial], runner: &Runner) -> Result<(f64, usize, f64)> {
     let first = trials.first().context("the sweep has no trials")?;
-    let batch = first.batch.context("trial 1's batch size is not known before it runs")?;
+    let batch = first
+        .batch
+        .context("trial 1's batch size is not known before it runs")?;
     let dir = sweep.out.join(".calibration");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
@@ -568,26 +600,12 @@ fn calibrate(sweep: &spec::Sweep, trials: &[Trial], runner: &Runner) -> Result<(
     if secs.is_empty() {
         anyhow::bail!(
             "the timing run of trial 1 gave no steps: {}",
-            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         );
     }
     secs.sort_by(f64::total_cmp);
     Ok((secs[secs.len() / 2], batch, startup))
-}
-
-/// Ctrl-C: the trials' children drain and checkpoint (they see it too); no new trial starts.
-fn install_interrupt(stop: Arc<AtomicBool>) {
-    let presses = AtomicUsize::new(0);
-    let installed = ctrlc::set_handler(move || {
-        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!("\ninterrupted: the running trials checkpoint and stop; no new trial starts");
-            stop.store(true, Ordering::SeqCst);
-        } else {
-            eprintln!("\naborted");
-            std::process::exit(i32::from(EXIT_INTERRUPTED));
-        }
-    });
-    if let Err(e) = installed {
-        eprintln!("warning: cannot install the Ctrl-C handler: {e}");
-    }
 }

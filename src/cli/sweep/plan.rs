@@ -105,13 +105,26 @@ pub fn plan(sweep: &Sweep, registry: &Registry) -> Result<Vec<Trial>, Vec<Diagno
                 sweep_problems.push(Diagnostic::new(
                     budget_loc,
                     "budget",
-                    format!("`budget: {{ steps: {n} }}` needs a trainer (`kind: nt_xent`) in {}", sweep.base.display()),
+                    format!(
+                        "`budget: {{ steps: {n} }}` needs a trainer (`kind: nt_xent`) in {}",
+                        sweep.base.display()
+                    ),
                 ));
             }
             for id in &roles.trainers {
                 budget_sets.push((
                     format!("stages.{id}.params.total_steps"),
                     Value::new(budget_loc, ValueKind::Int(n as i64)),
+                ));
+            }
+        }
+        // Part of the definition (the trial's identity); a resumed attempt is given what is
+        // left of it on the command line.
+        Some(Budget::Seconds(s)) => {
+            for id in &roles.trainers {
+                budget_sets.push((
+                    format!("stages.{id}.params.max_seconds"),
+                    Value::new(budget_loc, ValueKind::Float(s)),
                 ));
             }
         }
@@ -158,7 +171,12 @@ pub fn plan(sweep: &Sweep, registry: &Registry) -> Result<Vec<Trial>, Vec<Diagno
         let values: Vec<(String, String)> = combo
             .iter()
             .enumerate()
-            .map(|(a, &v)| (sweep.axes[a].name.clone(), sweep.axes[a].values[v].name.clone()))
+            .map(|(a, &v)| {
+                (
+                    sweep.axes[a].name.clone(),
+                    sweep.axes[a].values[v].name.clone(),
+                )
+            })
             .collect();
         let name = values
             .iter()
@@ -172,7 +190,10 @@ pub fn plan(sweep: &Sweep, registry: &Registry) -> Result<Vec<Trial>, Vec<Diagno
                 sweep_problems.push(Diagnostic::new(
                     value.loc,
                     path.clone(),
-                    format!("trial {index} ({name}): `{path}` cannot be set in {}: {message}", sweep.base.display()),
+                    format!(
+                        "trial {index} ({name}): `{path}` cannot be set in {}: {message}",
+                        sweep.base.display()
+                    ),
                 ));
                 bad = true;
             }
@@ -192,10 +213,11 @@ pub fn plan(sweep: &Sweep, registry: &Registry) -> Result<Vec<Trial>, Vec<Diagno
         match simclr::config::load_str(&label, &text, registry, &options) {
             Err(d) => problems.push(d),
             Ok(graph) => {
-                if let Some((n, facts)) = trainer_input(&graph) {
-                    steps = n.total_steps.or(facts.total_batches());
+                if let Some((total_steps, facts)) = trainer_input(&graph) {
+                    steps = total_steps.or(facts.total_batches());
                     batch = facts.batch_size;
-                    if let (Some(Budget::Steps(want)), Some(have)) = (sweep.budget, facts.total_batches())
+                    if let (Some(Budget::Steps(want)), Some(have)) =
+                        (sweep.budget, facts.total_batches())
                         && have < want
                     {
                         sweep_problems.push(Diagnostic::new(
@@ -220,7 +242,10 @@ pub fn plan(sweep: &Sweep, registry: &Registry) -> Result<Vec<Trial>, Vec<Diagno
         });
     }
     if !sweep_problems.is_empty() {
-        problems.insert(0, Diagnostics::new(&sweep.file, &sweep.text, sweep_problems));
+        problems.insert(
+            0,
+            Diagnostics::new(&sweep.file, &sweep.text, sweep_problems),
+        );
     }
     if problems.is_empty() {
         Ok(trials)
@@ -230,25 +255,20 @@ pub fn plan(sweep: &Sweep, registry: &Registry) -> Result<Vec<Trial>, Vec<Diagno
 }
 
 /// The trainer's explicit `total_steps` and the facts of the stream it trains on.
-struct TrainerSteps {
-    total_steps: Option<u64>,
-}
-
-fn trainer_input(graph: &simclr::config::Graph) -> Option<(TrainerSteps, simclr::core::StreamFacts)> {
+fn trainer_input(
+    graph: &simclr::config::Graph,
+) -> Option<(Option<u64>, simclr::core::StreamFacts)> {
     let (i, node) = graph
         .nodes
         .iter()
         .enumerate()
         .find(|(_, n)| n.kind.name == "nt_xent")?;
     let edge = graph.edges.iter().find(|e| e.to == i)?;
-    let total_steps = node
-        .params
-        .get("total_steps")
-        .and_then(|v| match v.kind {
-            ValueKind::Int(n) if n > 0 => Some(n as u64),
-            _ => None,
-        });
-    Some((TrainerSteps { total_steps }, graph.nodes[edge.from].facts.clone()))
+    let total_steps = node.params.get("total_steps").and_then(|v| match v.kind {
+        ValueKind::Int(n) if n > 0 => Some(n as u64),
+        _ => None,
+    });
+    Some((total_steps, graph.nodes[edge.from].facts.clone()))
 }
 
 /// The trials' positions in each axis: every combination (the first axis slowest), or the
@@ -292,16 +312,23 @@ pub fn flow(v: &Value) -> String {
         ValueKind::Float(f) => format!("{f:?}"),
         ValueKind::Str(s) => {
             let plain = !s.is_empty()
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
                 && s.parse::<f64>().is_err()
-                && !matches!(s.as_str(), "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "~");
+                && !matches!(
+                    s.as_str(),
+                    "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "~"
+                );
             if plain {
                 s.clone()
             } else {
                 serde_json::to_string(s).unwrap_or_else(|_| s.clone())
             }
         }
-        ValueKind::Seq(items) => format!("[{}]", items.iter().map(flow).collect::<Vec<_>>().join(", ")),
+        ValueKind::Seq(items) => format!(
+            "[{}]",
+            items.iter().map(flow).collect::<Vec<_>>().join(", ")
+        ),
         ValueKind::Map(entries) => format!(
             "{{ {} }}",
             entries

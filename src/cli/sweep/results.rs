@@ -63,28 +63,17 @@ pub fn rows(sweep: &Sweep, trials: &[Trial]) -> Vec<Row> {
         .map(|t| {
             let record: Option<Record> = read_record(&t.dir).filter(|r| r.identity == t.identity);
             let m = &sweep.metric;
+            let evaluation = sweep.evaluate.identity();
             match record {
-                Some(r) => Row {
-                    index: t.index,
-                    trial: t.name.clone(),
-                    values: t.values.clone(),
-                    status: match r.status {
-                        Status::Training => "training",
-                        Status::Trained => "trained",
-                        Status::Done => "done",
-                        Status::Failed => "failed",
-                    }
-                    .to_owned(),
-                    metric: r.top1(m.protocol, &m.features).filter(|_| r.status == Status::Done),
-                    scores: if r.status == Status::Done { r.scores.clone() } else { Vec::new() },
-                    steps: r.steps,
-                    train_seconds: r.train_seconds,
-                    eval_seconds: r.eval_seconds,
-                    images_per_s: r.images_per_s,
-                    final_loss: r.final_loss,
-                    dir: t.dir.clone(),
-                    error: r.error.clone(),
-                },
+                // Scored with another `evaluate` than the file's now: trained, not scored.
+                Some(mut r)
+                    if r.status == Status::Done && r.evaluation.as_deref() != Some(&evaluation) =>
+                {
+                    r.status = Status::Trained;
+                    r.scores.clear();
+                    row(t, &r, m)
+                }
+                Some(r) => row(t, &r, m),
                 None => Row {
                     index: t.index,
                     trial: t.name.clone(),
@@ -103,6 +92,36 @@ pub fn rows(sweep: &Sweep, trials: &[Trial]) -> Vec<Row> {
             }
         })
         .collect()
+}
+
+fn row(t: &Trial, r: &Record, m: &super::spec::Metric) -> Row {
+    Row {
+        index: t.index,
+        trial: t.name.clone(),
+        values: t.values.clone(),
+        status: match r.status {
+            Status::Training => "training",
+            Status::Trained => "trained",
+            Status::Done => "done",
+            Status::Failed => "failed",
+        }
+        .to_owned(),
+        metric: r
+            .top1(m.protocol, &m.features)
+            .filter(|_| r.status == Status::Done),
+        scores: if r.status == Status::Done {
+            r.scores.clone()
+        } else {
+            Vec::new()
+        },
+        steps: r.steps,
+        train_seconds: r.train_seconds,
+        eval_seconds: r.eval_seconds,
+        images_per_s: r.images_per_s,
+        final_loss: r.final_loss,
+        dir: t.dir.clone(),
+        error: r.error.clone(),
+    }
 }
 
 /// Rows sorted by the metric, best first (unscored trials last, in sweep order).
@@ -149,7 +168,12 @@ pub fn write(sweep: &Sweep, trials: &[Trial]) -> Result<(Vec<Row>, Vec<PathBuf>)
         axes: sweep
             .axes
             .iter()
-            .map(|a| (a.name.clone(), a.values.iter().map(|v| v.name.clone()).collect()))
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    a.values.iter().map(|v| v.name.clone()).collect(),
+                )
+            })
             .collect(),
         done,
         trials: &rows,
@@ -159,33 +183,25 @@ pub fn write(sweep: &Sweep, trials: &[Trial]) -> Result<(Vec<Row>, Vec<PathBuf>)
     written.push(json);
 
     let sorted = sorted(&rows);
-    let mut csv = String::from("index,trial");
-    for a in &sweep.axes {
-        let _ = write!(csv, ",{}", csv_field(&a.name));
-    }
-    for (p, f) in &columns {
-        let _ = write!(csv, ",{}", csv_field(&label(p, f)));
-    }
+    let mut header: Vec<String> = vec!["index".into(), "trial".into()];
+    header.extend(sweep.axes.iter().map(|a| a.name.clone()));
+    header.extend(columns.iter().map(|(p, f)| label(p, f)));
+    let mut csv = header
+        .iter()
+        .map(|h| csv_field(h))
+        .collect::<Vec<_>>()
+        .join(",");
     csv.push_str(",steps,train_seconds,eval_seconds,images_per_s,final_loss,status\n");
     for r in &sorted {
-        let _ = write!(csv, "{},{}", r.index, csv_field(&r.trial));
-        for (_, v) in &r.values {
-            let _ = write!(csv, ",{}", csv_field(v));
-        }
-        for (p, f) in &columns {
-            let score = r.scores.iter().find(|s| s.protocol == *p && s.features == *f);
-            let _ = write!(csv, ",{}", opt(score.map(|s| s.top1), 4));
-        }
-        let _ = writeln!(
-            csv,
-            ",{},{:.1},{:.1},{},{},{}",
-            r.steps,
-            r.train_seconds,
-            r.eval_seconds,
-            opt(r.images_per_s, 1),
-            opt(r.final_loss, 4),
-            r.status
+        let cells = cells(r, &columns, Precision::Csv);
+        csv.push_str(
+            &cells
+                .iter()
+                .map(|c| csv_field(c))
+                .collect::<Vec<_>>()
+                .join(","),
         );
+        csv.push('\n');
     }
     let path = out.join("results.csv");
     write_file(&path, &csv)?;
@@ -202,48 +218,64 @@ pub fn write(sweep: &Sweep, trials: &[Trial]) -> Result<(Vec<Row>, Vec<PathBuf>)
         done,
         label(sweep.metric.protocol, &sweep.metric.features),
     );
-    md.push_str("| # | trial |");
-    for a in &sweep.axes {
-        let _ = write!(md, " {} |", a.name);
-    }
-    for (p, f) in &columns {
-        let _ = write!(md, " {} |", label(p, f));
-    }
-    md.push_str(" steps | train s | eval s | images/s | final loss | status |\n|---|---|");
-    for _ in 0..sweep.axes.len() + columns.len() + 6 {
-        md.push_str("---|");
-    }
+    header[0] = "#".into();
+    let _ = writeln!(
+        md,
+        "| {} | steps | train s | eval s | images/s | final loss | status |",
+        header.join(" | ")
+    );
+    md.push('|');
+    md.push_str(&"---|".repeat(header.len() + 6));
     md.push('\n');
     for r in &sorted {
-        let _ = write!(md, "| {} | {} |", r.index, r.trial);
-        for (_, v) in &r.values {
-            let _ = write!(md, " {v} |");
-        }
-        for (p, f) in &columns {
-            let score = r.scores.iter().find(|s| s.protocol == *p && s.features == *f);
-            let _ = write!(md, " {} |", opt(score.map(|s| s.top1), 4));
-        }
         let _ = writeln!(
             md,
-            " {} | {:.0} | {:.0} | {} | {} | {} |",
-            r.steps,
-            r.train_seconds,
-            r.eval_seconds,
-            opt(r.images_per_s, 0),
-            opt(r.final_loss, 3),
-            r.status
+            "| {} |",
+            cells(r, &columns, Precision::Table).join(" | ")
         );
     }
     let total: f64 = rows.iter().map(|r| r.train_seconds + r.eval_seconds).sum();
-    let _ = writeln!(md, "\nTotal: {:.1} min of training and evaluation.", total / 60.0);
+    let mut threads: Vec<usize> = trials
+        .iter()
+        .filter_map(|t| read_record(&t.dir).filter(|r| r.identity == t.identity))
+        .map(|r| r.threads)
+        .filter(|&n| n > 0)
+        .collect();
+    threads.sort_unstable();
+    threads.dedup();
+    let threads = match threads.as_slice() {
+        [] => String::new(),
+        [n] => format!(
+            " Each trial ran with {n} thread{}.",
+            if *n == 1 { "" } else { "s" }
+        ),
+        many => format!(
+            " Trials ran with {} threads.",
+            many.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+    };
+    let _ = writeln!(
+        md,
+        "\nTotal: {:.1} min of training and evaluation (summed over trials; trials run side by side overlap).{threads}",
+        total / 60.0
+    );
     if drew {
         md.push_str("\n![results](results.png)\n");
     }
-    let failed: Vec<&Row> = rows.iter().filter(|r| r.status == "failed").collect();
+    let failed: Vec<&Row> = rows.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
-        md.push_str("\n## Failed trials\n\n");
+        md.push_str("\n## Failed trials (training or scoring)\n\n");
         for r in failed {
-            let first = r.error.as_deref().unwrap_or("").lines().next().unwrap_or("");
+            let first = r
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("");
             let _ = writeln!(md, "- {}: {}", r.trial, first);
         }
     }
@@ -256,6 +288,45 @@ pub fn write(sweep: &Sweep, trials: &[Trial]) -> Result<(Vec<Row>, Vec<PathBuf>)
     Ok((rows, written))
 }
 
+/// How many digits the cells of a row keep.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Precision {
+    /// For reading (results.md).
+    Table,
+    /// For tools (results.csv).
+    Csv,
+}
+
+/// One row's cells: index, trial, axis values, scores, steps, seconds, images/s, loss, status.
+fn cells(r: &Row, columns: &[(&'static str, String)], precision: Precision) -> Vec<String> {
+    let table = precision == Precision::Table;
+    let mut out = vec![r.index.to_string(), r.trial.clone()];
+    out.extend(r.values.iter().map(|(_, v)| v.clone()));
+    for (p, f) in columns {
+        let score = r
+            .scores
+            .iter()
+            .find(|s| s.protocol == *p && s.features == *f);
+        out.push(opt(score.map(|s| s.top1), 4));
+    }
+    let seconds = |s: f64| {
+        if table {
+            format!("{s:.0}")
+        } else {
+            format!("{s:.1}")
+        }
+    };
+    out.extend([
+        r.steps.to_string(),
+        seconds(r.train_seconds),
+        seconds(r.eval_seconds),
+        opt(r.images_per_s, if table { 0 } else { 1 }),
+        opt(r.final_loss, if table { 3 } else { 4 }),
+        r.status.clone(),
+    ]);
+    out
+}
+
 /// The picture: a heatmap over two grid axes (rows the first), bars over one axis or over the
 /// trials otherwise. `false` when nothing was measured yet.
 fn draw(sweep: &Sweep, rows: &[Row], path: &Path) -> Result<bool> {
@@ -265,12 +336,19 @@ fn draw(sweep: &Sweep, rows: &[Row], path: &Path) -> Result<bool> {
     let metric = if sweep.metric.features == "trained" {
         format!("{} top-1", sweep.metric.protocol)
     } else {
-        format!("{} top-1 on {}", sweep.metric.protocol, sweep.metric.features)
+        format!(
+            "{} top-1 on {}",
+            sweep.metric.protocol, sweep.metric.features
+        )
     };
     let title = format!("{}: {metric}", sweep.name);
     if sweep.axes.len() == 2 && sweep.combine == Combine::Grid {
         let names = |a: usize| -> Vec<String> {
-            sweep.axes[a].values.iter().map(|v| v.name.clone()).collect()
+            sweep.axes[a]
+                .values
+                .iter()
+                .map(|v| v.name.clone())
+                .collect()
         };
         let (rn, cn) = (names(0), names(1));
         let mut values = vec![vec![None; cn.len()]; rn.len()];
@@ -298,7 +376,10 @@ fn draw(sweep: &Sweep, rows: &[Row], path: &Path) -> Result<bool> {
                 rows.iter().map(|r| r.values[0].1.clone()).collect(),
             )
         } else {
-            ("trial".into(), rows.iter().map(|r| r.trial.clone()).collect())
+            (
+                "trial".into(),
+                rows.iter().map(|r| r.trial.clone()).collect(),
+            )
         };
         let values: Vec<Option<f64>> = rows.iter().map(|r| r.metric).collect();
         let chart = simclr::model::plot::Bars {
@@ -323,7 +404,9 @@ fn csv_field(s: &str) -> String {
 
 /// Write `text` to `path` through a temporary file and a rename (a reader never sees half).
 fn write_file(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -69,12 +69,15 @@ pub enum Combine {
 }
 
 /// How long each trial trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Budget {
     /// Passes over the data (every source's `epochs`).
     Epochs(u64),
     /// Training steps (the trainer's `total_steps`; the data must give that many batches).
     Steps(u64),
+    /// Seconds of training steps (`simclr run --max-seconds`, over every attempt of the
+    /// trial); the schedule keeps the length the definition gives it.
+    Seconds(f64),
 }
 
 /// What each trained encoder is scored with.
@@ -96,7 +99,10 @@ impl Evaluate {
     /// Every (protocol, features) pair scored, in column order.
     pub fn columns(&self) -> Vec<(&'static str, String)> {
         let mut columns = Vec::new();
-        for (protocol, on) in [("knn", self.knn.is_some()), ("linear", self.linear.is_some())] {
+        for (protocol, on) in [
+            ("knn", self.knn.is_some()),
+            ("linear", self.linear.is_some()),
+        ] {
             if on {
                 for f in &self.features {
                     columns.push((protocol, f.clone()));
@@ -277,8 +283,14 @@ pub fn parse(file: &Path, text: &str) -> Result<Sweep, Diagnostics> {
         },
         None => {
             p.0.push(
-                Diagnostic::new(root.loc, "base", "a sweep needs `base:`, the definition every trial starts from")
-                    .with_help("e.g. `base: ../fashion-mnist.yaml` (relative to the sweep file's folder)"),
+                Diagnostic::new(
+                    root.loc,
+                    "base",
+                    "a sweep needs `base:`, the definition every trial starts from",
+                )
+                .with_help(
+                    "e.g. `base: ../fashion-mnist.yaml` (relative to the sweep file's folder)",
+                ),
             );
             PathBuf::new()
         }
@@ -310,7 +322,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Sweep, Diagnostics> {
             Some("grid") => Combine::Grid,
             Some("zip") => Combine::Zip,
             _ => {
-                p.help(v, "combine", "`combine` is `grid` or `zip`", "grid: every combination; zip: the i-th values together");
+                p.help(
+                    v,
+                    "combine",
+                    "`combine` is `grid` or `zip`",
+                    "grid: every combination; zip: the i-th values together",
+                );
                 Combine::Grid
             }
         },
@@ -339,7 +356,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Sweep, Diagnostics> {
         Some(v) => match v.as_str() {
             Some("once") => {
                 if axes.len() < 2 || combine != Combine::Grid {
-                    p.at(v, "diagonal", "`diagonal: once` needs a grid of two axes or more");
+                    p.at(
+                        v,
+                        "diagonal",
+                        "`diagonal: once` needs a grid of two axes or more",
+                    );
                 }
                 true
             }
@@ -406,7 +427,10 @@ fn overrides(v: &Value, at: &str, p: &mut Problems) -> Vec<(String, Value)> {
         p.help(
             v,
             at,
-            format!("`{at}` must be a mapping of key paths to values, not {}", v.describe()),
+            format!(
+                "`{at}` must be a mapping of key paths to values, not {}",
+                v.describe()
+            ),
             "e.g. `stages.train.params.temperature: 0.2`",
         );
         return Vec::new();
@@ -439,7 +463,11 @@ fn axes(v: &Value, p: &mut Problems) -> Vec<Axis> {
         return Vec::new();
     };
     if items.is_empty() {
-        p.at(v, "axes", "`axes` is empty: a sweep needs at least one axis");
+        p.at(
+            v,
+            "axes",
+            "`axes` is empty: a sweep needs at least one axis",
+        );
     }
     let mut out: Vec<Axis> = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -458,7 +486,14 @@ const AXIS_KEYS: &[&str] = &["name", "path", "paths", "values", "variants"];
 
 fn axis(v: &Value, at: &str, p: &mut Problems) -> Option<Axis> {
     let Some(entries) = v.entries() else {
-        p.at(v, at, format!("an axis is a mapping (`name`, `path`, `values` or `variants`), not {}", v.describe()));
+        p.at(
+            v,
+            at,
+            format!(
+                "an axis is a mapping (`name`, `path`, `values` or `variants`), not {}",
+                v.describe()
+            ),
+        );
         return None;
     };
     for (k, _) in entries {
@@ -466,13 +501,22 @@ fn axis(v: &Value, at: &str, p: &mut Problems) -> Option<Axis> {
         if !AXIS_KEYS.contains(&key) {
             let hint = closest(key, AXIS_KEYS.iter().copied())
                 .map_or_else(String::new, |c| format!("did you mean `{c}`? "));
-            p.help(k, at, format!("unknown key `{key}` in an axis"), &format!("{hint}an axis has: {}", AXIS_KEYS.join(", ")));
+            p.help(
+                k,
+                at,
+                format!("unknown key `{key}` in an axis"),
+                &format!("{hint}an axis has: {}", AXIS_KEYS.join(", ")),
+            );
         }
     }
     let name = match v.get("name").map(|n| (n, n.as_str())) {
         Some((_, Some(s))) if valid_name(s) => s.to_owned(),
         Some((n, _)) => {
-            p.at(n, &format!("{at}.name"), "an axis name is letters, digits, `_` and `-`");
+            p.at(
+                n,
+                &format!("{at}.name"),
+                "an axis name is letters, digits, `_` and `-`",
+            );
             return None;
         }
         None => {
@@ -489,7 +533,12 @@ fn axis(v: &Value, at: &str, p: &mut Problems) -> Option<Axis> {
         (Some(one), None) => match one.as_str() {
             Some(s) if is_path(s) => vec![s.to_owned()],
             _ => {
-                p.help(one, &at, "`path` is a dotted key path", "e.g. `stages.train.params.temperature`");
+                p.help(
+                    one,
+                    &at,
+                    "`path` is a dotted key path",
+                    "e.g. `stages.train.params.temperature`",
+                );
                 Vec::new()
             }
         },
@@ -517,14 +566,25 @@ fn axis(v: &Value, at: &str, p: &mut Problems) -> Option<Axis> {
             p.at(variants, &at, "give `values` or `variants`, not both");
         }
         (None, None) => {
-            p.help(v, &at, format!("axis `{name}` has no `values` or `variants`"), "e.g. `values: [0.1, 0.2, 0.5]`");
+            p.help(
+                v,
+                &at,
+                format!("axis `{name}` has no `values` or `variants`"),
+                "e.g. `values: [0.1, 0.2, 0.5]`",
+            );
         }
         (Some(list), None) => {
             let named: Vec<(String, &Value, &Value)> = match &list.kind {
                 ValueKind::Seq(items) => items
                     .iter()
                     .enumerate()
-                    .map(|(i, item)| (scalar_name(item).unwrap_or_else(|| (i + 1).to_string()), item, item))
+                    .map(|(i, item)| {
+                        (
+                            scalar_name(item).unwrap_or_else(|| (i + 1).to_string()),
+                            item,
+                            item,
+                        )
+                    })
                     .collect(),
                 ValueKind::Map(entries) => entries
                     .iter()
@@ -537,7 +597,15 @@ fn axis(v: &Value, at: &str, p: &mut Problems) -> Option<Axis> {
                     })
                     .collect(),
                 _ => {
-                    p.help(list, &at, format!("`values` is a list or a mapping of named values, not {}", list.describe()), "e.g. `values: [64, 128]` or `values: { crop: [], blur: [...] }`");
+                    p.help(
+                        list,
+                        &at,
+                        format!(
+                            "`values` is a list or a mapping of named values, not {}",
+                            list.describe()
+                        ),
+                        "e.g. `values: [64, 128]` or `values: { crop: [], blur: [...] }`",
+                    );
                     Vec::new()
                 }
             };
@@ -553,18 +621,38 @@ fn axis(v: &Value, at: &str, p: &mut Problems) -> Option<Axis> {
                         ValueKind::Seq(parts) if parts.len() == paths.len() => {
                             sets.extend(paths.iter().cloned().zip(parts.iter().cloned()));
                         }
-                        _ => p.at(node, &at, format!("with {} `paths`, each value is a list of {} values, one per path", paths.len(), paths.len())),
+                        _ => p.at(
+                            node,
+                            &at,
+                            format!(
+                                "with {} `paths`, each value is a list of {} values, one per path",
+                                paths.len(),
+                                paths.len()
+                            ),
+                        ),
                     }
                 }
                 if values.iter().any(|x: &AxisValue| x.name == vname) {
-                    p.at(node, &at, format!("axis `{name}` has two values named `{vname}`"));
+                    p.at(
+                        node,
+                        &at,
+                        format!("axis `{name}` has two values named `{vname}`"),
+                    );
                 }
-                values.push(AxisValue { name: vname, bound: item.clone(), sets });
+                values.push(AxisValue {
+                    name: vname,
+                    bound: item.clone(),
+                    sets,
+                });
             }
         }
         (None, Some(variants)) => {
             if !paths.is_empty() {
-                p.at(variants, &at, "a variant names its own key paths; `path`/`paths` go with `values`");
+                p.at(
+                    variants,
+                    &at,
+                    "a variant names its own key paths; `path`/`paths` go with `values`",
+                );
             }
             match variants.entries() {
                 Some(entries) if !entries.is_empty() => {
@@ -573,6 +661,13 @@ fn axis(v: &Value, at: &str, p: &mut Problems) -> Option<Axis> {
                             p.at(k, &at, "a variant's name is letters, digits and `_ - . +`");
                             continue;
                         };
+                        if values.iter().any(|x: &AxisValue| x.name == vname) {
+                            p.at(
+                                k,
+                                &at,
+                                format!("axis `{name}` has two variants named `{vname}`"),
+                            );
+                        }
                         let sets = overrides(item, &format!("{at}.variants.{vname}"), p);
                         values.push(AxisValue {
                             name: vname.to_owned(),
@@ -581,7 +676,12 @@ fn axis(v: &Value, at: &str, p: &mut Problems) -> Option<Axis> {
                         });
                     }
                 }
-                _ => p.help(variants, &at, "`variants` is a mapping of variant names to overrides", "e.g. `variants: { linear: { stages.head.params.head: linear } }`"),
+                _ => p.help(
+                    variants,
+                    &at,
+                    "`variants` is a mapping of variant names to overrides",
+                    "e.g. `variants: { linear: { stages.head.params.head: linear } }`",
+                ),
             }
         }
     }
@@ -591,9 +691,19 @@ fn axis(v: &Value, at: &str, p: &mut Problems) -> Option<Axis> {
 fn budget(v: &Value, p: &mut Problems) -> Option<Budget> {
     let entries = v.entries().filter(|e| e.len() == 1);
     let Some([(k, n)]) = entries else {
-        p.help(v, "budget", "`budget` is one of `{ epochs: N }` or `{ steps: N }`", "epochs: every source's passes; steps: the trainer's total steps");
+        p.help(v, "budget", "`budget` is one of `{ epochs: N }`, `{ steps: N }` or `{ seconds: S }`", "epochs: every source's passes; steps: the trainer's total steps; seconds: training time");
         return None;
     };
+    if k.as_str() == Some("seconds") {
+        return match n.kind {
+            ValueKind::Int(i) if i > 0 => Some(Budget::Seconds(i as f64)),
+            ValueKind::Float(x) if x > 0.0 && x.is_finite() => Some(Budget::Seconds(x)),
+            _ => {
+                p.at(n, "budget", "the budget's seconds are a number above 0");
+                None
+            }
+        };
+    }
     let count = match n.kind {
         ValueKind::Int(i) if i > 0 => i as u64,
         _ => {
@@ -605,7 +715,12 @@ fn budget(v: &Value, p: &mut Problems) -> Option<Budget> {
         Some("epochs") => Some(Budget::Epochs(count)),
         Some("steps") => Some(Budget::Steps(count)),
         _ => {
-            p.help(k, "budget", format!("unknown budget `{}`", k.as_str().unwrap_or("?")), "`epochs` or `steps`");
+            p.help(
+                k,
+                "budget",
+                format!("unknown budget `{}`", k.as_str().unwrap_or("?")),
+                "`epochs`, `steps` or `seconds`",
+            );
             None
         }
     }
@@ -623,13 +738,23 @@ fn evaluate(v: Option<&Value>, root: &Value, p: &mut Problems) -> Evaluate {
     };
     let Some(v) = v else {
         p.0.push(
-            Diagnostic::new(root.loc, "evaluate", "a sweep needs `evaluate:`, how each trained encoder is scored")
-                .with_help("e.g. `evaluate: { knn: { k: 200 }, train_limit: 10000, test_limit: 2000 }`"),
+            Diagnostic::new(
+                root.loc,
+                "evaluate",
+                "a sweep needs `evaluate:`, how each trained encoder is scored",
+            )
+            .with_help(
+                "e.g. `evaluate: { knn: { k: 200 }, train_limit: 10000, test_limit: 2000 }`",
+            ),
         );
         return e;
     };
     let Some(entries) = v.entries() else {
-        p.at(v, "evaluate", format!("`evaluate` is a mapping, not {}", v.describe()));
+        p.at(
+            v,
+            "evaluate",
+            format!("`evaluate` is a mapping, not {}", v.describe()),
+        );
         return e;
     };
     for (k, item) in entries {
@@ -643,8 +768,15 @@ fn evaluate(v: Option<&Value>, root: &Value, p: &mut Problems) -> Evaluate {
                         (Some("k"), ValueKind::Int(n)) if *n > 0 => kk = *n as usize,
                         (Some("temperature"), ValueKind::Float(x)) if *x > 0.0 => t = *x,
                         (Some("temperature"), ValueKind::Int(x)) if *x > 0 => t = *x as f64,
-                        (Some(name @ ("k" | "temperature")), _) => p.at(sv, &at, format!("`{name}` must be a number above 0")),
-                        _ => p.help(sk, &at, "unknown key of `knn`", "`k` (neighbours, 200) and `temperature` (0.1)"),
+                        (Some(name @ ("k" | "temperature")), _) => {
+                            p.at(sv, &at, format!("`{name}` must be a number above 0"))
+                        }
+                        _ => p.help(
+                            sk,
+                            &at,
+                            "unknown key of `knn`",
+                            "`k` (neighbours, 200) and `temperature` (0.1)",
+                        ),
                     }
                 }
                 if !item.is_null() && item.entries().is_none() {
@@ -656,11 +788,20 @@ fn evaluate(v: Option<&Value>, root: &Value, p: &mut Problems) -> Evaluate {
                 let (mut iterations, mut l2) = (500usize, None);
                 for (sk, sv) in item.entries().unwrap_or(&[]) {
                     match (sk.as_str(), &sv.kind) {
-                        (Some("iterations"), ValueKind::Int(n)) if *n > 0 => iterations = *n as usize,
+                        (Some("iterations"), ValueKind::Int(n)) if *n > 0 => {
+                            iterations = *n as usize
+                        }
                         (Some("l2"), ValueKind::Float(x)) if *x >= 0.0 => l2 = Some(*x),
                         (Some("l2"), ValueKind::Int(x)) if *x >= 0 => l2 = Some(*x as f64),
-                        (Some(name @ ("iterations" | "l2")), _) => p.at(sv, &at, format!("`{name}` must be a number ≥ 0")),
-                        _ => p.help(sk, &at, "unknown key of `linear`", "`iterations` (500) and `l2` (default: chosen on held-out data)"),
+                        (Some(name @ ("iterations" | "l2")), _) => {
+                            p.at(sv, &at, format!("`{name}` must be a number ≥ 0"))
+                        }
+                        _ => p.help(
+                            sk,
+                            &at,
+                            "unknown key of `linear`",
+                            "`iterations` (500) and `l2` (default: chosen on held-out data)",
+                        ),
                     }
                 }
                 if !item.is_null() && item.entries().is_none() {
@@ -698,12 +839,30 @@ fn evaluate(v: Option<&Value>, root: &Value, p: &mut Problems) -> Evaluate {
             _ => {
                 let hint = closest(key, EVAL_KEYS.iter().copied())
                     .map_or_else(String::new, |c| format!("did you mean `{c}`? "));
-                p.help(k, "evaluate", format!("unknown key `{key}` in `evaluate`"), &format!("{hint}`evaluate` has: {}", EVAL_KEYS.join(", ")));
+                p.help(
+                    k,
+                    "evaluate",
+                    format!("unknown key `{key}` in `evaluate`"),
+                    &format!("{hint}`evaluate` has: {}", EVAL_KEYS.join(", ")),
+                );
             }
         }
     }
+    if e.features.is_empty() {
+        p.help(
+            v,
+            "evaluate",
+            "`features` is empty: nothing would be scored",
+            "`features: [trained]` (h), and/or `projection` (z)",
+        );
+    }
     if e.knn.is_none() && e.linear.is_none() {
-        p.help(v, "evaluate", "`evaluate` names no protocol", "add `knn: {}` and/or `linear: {}`");
+        p.help(
+            v,
+            "evaluate",
+            "`evaluate` names no protocol",
+            "add `knn: {}` and/or `linear: {}`",
+        );
     }
     e
 }
@@ -724,7 +883,11 @@ fn metric(v: Option<&Value>, e: &Evaluate, p: &mut Problems) -> Metric {
         return first;
     };
     let Some(text) = v.as_str() else {
-        p.at(v, "metric", "`metric` is a protocol: `knn`, `linear`, or `knn/projection`, `linear/projection`");
+        p.at(
+            v,
+            "metric",
+            "`metric` is a protocol: `knn`, `linear`, or `knn/projection`, `linear/projection`",
+        );
         return first;
     };
     let (protocol, features) = text.split_once('/').unwrap_or((text, "trained"));
@@ -739,9 +902,20 @@ fn metric(v: Option<&Value>, e: &Evaluate, p: &mut Problems) -> Metric {
         None => {
             let named: Vec<String> = columns
                 .iter()
-                .map(|(p, f)| Metric { protocol: p, features: f.clone() }.label())
+                .map(|(p, f)| {
+                    Metric {
+                        protocol: p,
+                        features: f.clone(),
+                    }
+                    .label()
+                })
                 .collect();
-            p.help(v, "metric", format!("`metric: {text}` is not one of the scores `evaluate` gives"), &format!("the sweep scores: {}", named.join(", ")));
+            p.help(
+                v,
+                "metric",
+                format!("`metric: {text}` is not one of the scores `evaluate` gives"),
+                &format!("the sweep scores: {}", named.join(", ")),
+            );
             first
         }
     }
@@ -772,7 +946,13 @@ fn check_placeholders(v: &Value, path: &str, axes: &[Axis], p: &mut Problems) {
                 &find_placeholder(v, &name).unwrap_or_else(|| v.clone()),
                 &format!("set.{path}"),
                 format!("`${name}` names no axis"),
-                &format!("{hint}the axes are: {}", axes.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")),
+                &format!(
+                    "{hint}the axes are: {}",
+                    axes.iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             );
         }
     }
@@ -812,8 +992,14 @@ pub fn substitute(v: &Value, bound: &dyn Fn(&str) -> Option<Value>) -> Value {
                     _ => None,
                 };
                 match spliced {
-                    Some(Value { kind: ValueKind::Seq(inner), .. }) => out.extend(inner),
-                    Some(Value { kind: ValueKind::Null, .. }) => {}
+                    Some(Value {
+                        kind: ValueKind::Seq(inner),
+                        ..
+                    }) => out.extend(inner),
+                    Some(Value {
+                        kind: ValueKind::Null,
+                        ..
+                    }) => {}
                     Some(other) => out.push(other),
                     None => out.push(substitute(item, bound)),
                 }
@@ -848,14 +1034,15 @@ fn scalar_name(v: &Value) -> Option<String> {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn valid_value_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'))
 }
 

@@ -62,7 +62,11 @@ fn embed_layer(
         let (features, z) = model
             .forward_t(&x, projection)
             .map_err(|e| EvalError::Invalid(simclr_stage_model::error::chain(&e)))?;
-        let t = if projection { z.unwrap_or(features) } else { features };
+        let t = if projection {
+            z.unwrap_or(features)
+        } else {
+            features
+        };
         dim = t.dims().last().copied().unwrap_or(dim);
         let f = t
             .to_dtype(DType::F32)

@@ -172,7 +172,12 @@ pub fn curve(
             .map_err(err)?;
         root.present().map_err(err)?;
     }
-    let img = image::RgbImage::from_raw(W, H, buf)
+    save(buf, (W, H), path)
+}
+
+/// Write an RGB buffer of `w`×`h` pixels as a PNG.
+fn save(buf: Vec<u8>, (w, h): (u32, u32), path: &Path) -> Result<(), PlotError> {
+    let img = image::RgbImage::from_raw(w, h, buf)
         .ok_or_else(|| PlotError("the picture's buffer has the wrong size".into()))?;
     img.save(path)
         .map_err(|e| PlotError(format!("cannot write {}: {e}", path.display())))
@@ -338,10 +343,7 @@ pub fn heatmap(grid: &Grid<'_>, path: &Path) -> Result<(), PlotError> {
         .map_err(err)?;
         root.present().map_err(err)?;
     }
-    let img = image::RgbImage::from_raw(w, h, buf)
-        .ok_or_else(|| PlotError("the picture's buffer has the wrong size".into()))?;
-    img.save(path)
-        .map_err(|e| PlotError(format!("cannot write {}: {e}", path.display())))
+    save(buf, (w, h), path)
 }
 
 /// Values to draw as horizontal bars, one per name (`None`: not measured), in the given order.
@@ -375,7 +377,12 @@ pub fn bars(bars: &Bars<'_>, path: &Path) -> Result<(), PlotError> {
         )));
     }
     let row = 34u32;
-    let longest = bars.names.iter().map(|s| s.chars().count()).max().unwrap_or(0) as u32;
+    let longest = bars
+        .names
+        .iter()
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(0) as u32;
     let left = (longest * 9 + 24).clamp(120, 520);
     let (top, bottom, width) = (84u32, 56u32, 560u32);
     let (w, h) = (left + width + 90, top + n as u32 * row + bottom);
@@ -386,7 +393,11 @@ pub fn bars(bars: &Bars<'_>, path: &Path) -> Result<(), PlotError> {
         .copied()
         .filter(|v| v.is_finite())
         .fold(f64::NEG_INFINITY, f64::max);
-    let axis_max = if hi.is_finite() && hi > 0.0 { nice_ceiling(hi) } else { 1.0 };
+    let axis_max = if hi.is_finite() && hi > 0.0 {
+        nice_ceiling(hi)
+    } else {
+        1.0
+    };
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
@@ -395,11 +406,16 @@ pub fn bars(bars: &Bars<'_>, path: &Path) -> Result<(), PlotError> {
             TextStyle::from((FONT, size).into_font())
                 .pos(plotters::style::text_anchor::Pos::new(hp, VPos::Center))
         };
-        root.draw(&Text::new(bars.title, ((w / 2) as i32, 24), at(HPos::Center, 22)))
-            .map_err(err)?;
+        root.draw(&Text::new(
+            bars.title,
+            ((w / 2) as i32, 24),
+            at(HPos::Center, 22),
+        ))
+        .map_err(err)?;
         root.draw(&Text::new(bars.axis, (12, 60), at(HPos::Left, 16)))
             .map_err(err)?;
-        let x_of = |v: f64| (left as f64 + (v / axis_max).clamp(0.0, 1.0) * f64::from(width)) as i32;
+        let x_of =
+            |v: f64| (left as f64 + (v / axis_max).clamp(0.0, 1.0) * f64::from(width)) as i32;
         // Grid lines and ticks at fifths of the axis.
         let base_y = (top + n as u32 * row) as i32;
         for i in 0..=5 {
@@ -410,8 +426,12 @@ pub fn bars(bars: &Bars<'_>, path: &Path) -> Result<(), PlotError> {
                 RGBColor(225, 225, 225),
             ))
             .map_err(err)?;
-            root.draw(&Text::new(format!("{v:.2}"), (x, base_y + 14), at(HPos::Center, 14)))
-                .map_err(err)?;
+            root.draw(&Text::new(
+                format!("{v:.2}"),
+                (x, base_y + 14),
+                at(HPos::Center, 14),
+            ))
+            .map_err(err)?;
         }
         root.draw(&Text::new(
             bars.metric,
@@ -432,8 +452,11 @@ pub fn bars(bars: &Bars<'_>, path: &Path) -> Result<(), PlotError> {
                 Some(v) => {
                     let best = (v - hi).abs() < 1e-12;
                     let fill = if best { STRONG } else { RAW };
-                    root.draw(&Rectangle::new([(left as i32, y0), (x_of(v), y1)], fill.filled()))
-                        .map_err(err)?;
+                    root.draw(&Rectangle::new(
+                        [(left as i32, y0), (x_of(v), y1)],
+                        fill.filled(),
+                    ))
+                    .map_err(err)?;
                     root.draw(&Text::new(
                         format!("{v:.3}"),
                         (x_of(v) + 6, (y0 + y1) / 2),
@@ -458,10 +481,7 @@ pub fn bars(bars: &Bars<'_>, path: &Path) -> Result<(), PlotError> {
         .map_err(err)?;
         root.present().map_err(err)?;
     }
-    let img = image::RgbImage::from_raw(w, h, buf)
-        .ok_or_else(|| PlotError("the picture's buffer has the wrong size".into()))?;
-    img.save(path)
-        .map_err(|e| PlotError(format!("cannot write {}: {e}", path.display())))
+    save(buf, (w, h), path)
 }
 
 /// The smallest of 1, 2, 2.5, 5 times a power of ten at or above `v` (`v` > 0).
@@ -553,18 +573,34 @@ mod tests {
         let img = image::open(&path).expect("png").to_rgb8();
         let length = |c: RGBColor| {
             (0..img.height())
-                .map(|y| (0..img.width()).filter(|&x| *img.get_pixel(x, y) == image::Rgb([c.0, c.1, c.2])).count())
+                .map(|y| {
+                    (0..img.width())
+                        .filter(|&x| *img.get_pixel(x, y) == image::Rgb([c.0, c.1, c.2]))
+                        .count()
+                })
                 .max()
                 .unwrap_or(0)
         };
         let (dark, light) = (length(STRONG), length(RAW));
         // 0.8 on an axis to 1.0 is twice as long as 0.4 (a pixel of rounding either way).
         assert!(dark > 400, "the best bar is dark and long: {dark}");
-        assert!((dark as i64 - 2 * light as i64).abs() <= 3, "dark {dark}, light {light}");
+        assert!(
+            (dark as i64 - 2 * light as i64).abs() <= 3,
+            "dark {dark}, light {light}"
+        );
         assert_eq!(nice_ceiling(0.83), 1.0);
         assert_eq!(nice_ceiling(0.183), 0.2);
         assert_eq!(nice_ceiling(3.0), 5.0);
-        assert!(bars(&Bars { values: &values[..2], ..chart }, &path).is_err());
+        assert!(
+            bars(
+                &Bars {
+                    values: &values[..2],
+                    ..chart
+                },
+                &path
+            )
+            .is_err()
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

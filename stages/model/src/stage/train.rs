@@ -85,6 +85,11 @@ pub struct TrainParams {
     /// resumed run continues it); `simclr run --max-steps` overrides it.
     #[serde(default)]
     pub max_steps: Option<u64>,
+    /// Stop after the step that brings this run's training time (seconds of steps, data
+    /// waits included, start-up not) to this many seconds; the schedule still spans
+    /// `total_steps`. `simclr run --max-seconds` overrides it.
+    #[serde(default)]
+    pub max_seconds: Option<f64>,
     /// Momentum of lars and sgd.
     #[serde(default = "default_momentum")]
     pub momentum: f64,
@@ -274,10 +279,28 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         ));
     }
     let max_steps = cx.max_steps.or(params.max_steps);
+    let max_seconds = cx.max_seconds.or(params.max_seconds);
+    if max_seconds.is_some_and(|s| s.is_nan() || s <= 0.0) {
+        return Err(cx.invalid(
+            "max_seconds",
+            "`max_seconds` must be above 0",
+            "the training time this run may take, in seconds",
+        ));
+    }
     let world = cx
         .extension::<simclr_dist::World>()
         .cloned()
         .unwrap_or_default();
+    if max_seconds.is_some() && world.size() > 1 {
+        return Err(cx.invalid(
+            "max_seconds",
+            format!(
+                "a time limit is not supported over {} ranks: each rank's clock would stop it at another step",
+                world.size()
+            ),
+            "limit the run with `max_steps` (or `--max-steps`), which every rank counts alike",
+        ));
+    }
     let global_bn = cx.distributed.batch_norm == simclr_core::distributed::BatchNormSync::Global;
     if world.size() > 1 && global_bn && !matches!(cx.device, simclr_core::DeviceSpec::Cpu) {
         return Err(cx.invalid(
@@ -310,6 +333,8 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         params: params.clone(),
         total,
         max_steps,
+        max_seconds,
+        training_seconds: 0.0,
         batch_size,
         seed,
         comm: comm.clone(),
@@ -338,6 +363,10 @@ struct Trainer {
     params: TrainParams,
     total: u64,
     max_steps: Option<u64>,
+    /// Stop once `training_seconds` reaches it.
+    max_seconds: Option<f64>,
+    /// Seconds of the steps this run took (as `steps.jsonl` counts them).
+    training_seconds: f64,
     batch_size: Option<usize>,
     seed: u64,
     /// The ranks, when there are several.
@@ -684,6 +713,7 @@ impl Trainer {
             |t| (now - t).as_secs_f64(),
         );
         self.last_step_end = Some(now);
+        self.training_seconds += wall;
         self.first_step.get_or_insert(act.step);
         // The global batch's images (each rank holds its share).
         let ranks = self.ranks();
@@ -893,13 +923,14 @@ impl Stage for Trainer {
             super::bind(fwd.tensor.device())?;
         }
         let end = self.max_steps.map_or(self.total, |m| m.min(self.total));
-        if self.next_step >= end {
+        let out_of_time = self.max_seconds.is_some_and(|s| self.training_seconds >= s);
+        if self.next_step >= end || out_of_time {
             // Batches already in flight when the last step was taken.
             cx.finish_run();
             return Ok(());
         }
         let state = self.step(&act, cx)?;
-        if state.steps >= end {
+        if state.steps >= end || self.max_seconds.is_some_and(|s| self.training_seconds >= s) {
             cx.finish_run();
         }
         out.push(Message::TrainState(Activations {
