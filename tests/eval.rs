@@ -318,6 +318,73 @@ fn knn_over_every_checkpoint_draws_the_curve() {
     assert!(run.join("knn.png").is_file());
 }
 
+/// `eval curve`: every checkpoint scored by both protocols, each point the same numbers the
+/// single-checkpoint commands give, placed at the training time steps.jsonl records for it.
+#[test]
+fn the_time_to_accuracy_curve_matches_the_single_evaluations() {
+    let dir = common::scratch("eval", "time-curve");
+    let run = train(&dir, &definition("").replace("every: 0", "every: 8"));
+    let limits = ["--test-limit", "24", "--train-limit", "48"];
+    let mut args = vec![
+        "eval",
+        "curve",
+        run.to_str().expect("utf-8"),
+        "--k",
+        "5",
+        "--l2",
+        "1e-3",
+    ];
+    args.extend_from_slice(&["--iterations", "50"]);
+    args.extend_from_slice(&limits);
+    let out = ok(&simclr(&args));
+    assert!(out.contains("| 8 |") && out.contains("| 16 |"), "{out}");
+    let points: Vec<serde_json::Value> = std::fs::read_to_string(run.join("curve.jsonl"))
+        .expect("curve")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let steps: Vec<u64> = points
+        .iter()
+        .map(|p| p["step"].as_u64().expect("step"))
+        .collect();
+    assert_eq!(steps, [8, 16]);
+    // The clock: the elapsed time at the end of the checkpoint's last step.
+    let clock: std::collections::HashMap<u64, f64> =
+        std::fs::read_to_string(run.join("steps.jsonl"))
+            .expect("steps")
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                (
+                    v["step"].as_u64().expect("step"),
+                    v["elapsed_seconds"].as_f64().expect("t"),
+                )
+            })
+            .collect();
+    for p in &points {
+        let step = p["step"].as_u64().expect("step");
+        assert_eq!(p["train_seconds"].as_f64(), Some(clock[&(step - 1)]), "{p}");
+        let checkpoint = run.join("checkpoints").join(format!("step-{step:08}"));
+        let single = |protocol: &str, extra: &[&str]| -> serde_json::Value {
+            let out = dir.join(format!("{protocol}-{step}.json"));
+            let mut a = vec!["eval", protocol, checkpoint.to_str().expect("utf-8")];
+            a.extend_from_slice(extra);
+            a.extend_from_slice(&limits);
+            a.extend_from_slice(&["--out", out.to_str().expect("utf-8")]);
+            ok(&simclr(&a));
+            serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("json")
+        };
+        let knn = single("knn", &["--k", "5"]);
+        let linear = single("linear", &["--l2", "1e-3", "--iterations", "50"]);
+        assert_eq!(p["knn_top1"], knn["top1"], "{p}");
+        assert_eq!(p["linear_top1"], linear["top1"], "{p}");
+        assert_eq!(p["linear_train_top1"], linear["train_top1"], "{p}");
+    }
+    let png = image::open(run.join("curve.png")).expect("png");
+    assert_eq!((png.width(), png.height()), (900, 480));
+    assert!(run.join("curve.md").is_file());
+}
+
 /// Evaluation's preprocessing comes from the built `views` stage: the default policy's crop
 /// (`views: { size }` without `t`), `t`'s last crop and normalisation, and a custom policy's
 /// size — not from reading the definition's text.

@@ -46,6 +46,26 @@ pub enum EvalCommand {
         #[arg(long)]
         every_checkpoint: bool,
     },
+    /// Time to accuracy: kNN and the linear probe for every checkpoint of a run (each embedded
+    /// once), against the training time at that checkpoint (from the run's steps.jsonl):
+    /// curve.jsonl, curve.md and curve.png in the run folder.
+    Curve {
+        #[command(flatten)]
+        common: EvalArgs,
+        /// kNN neighbours that vote.
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        /// Temperature of the kNN vote weights.
+        #[arg(long, default_value_t = 0.1)]
+        temperature: f64,
+        /// L2 strength of the probe (default: chosen on a held-out tenth of the train split,
+        /// for every checkpoint).
+        #[arg(long)]
+        l2: Option<f64>,
+        /// Full-batch optimisation steps of the probe.
+        #[arg(long, default_value_t = 500)]
+        iterations: usize,
+    },
 }
 
 /// What both protocols take.
@@ -121,6 +141,24 @@ impl EvalCommand {
                 iterations,
             } => linear(
                 &common.common(registry),
+                &ProbeSettings {
+                    l2: *l2,
+                    iterations: (*iterations).max(1),
+                    ..Default::default()
+                },
+            ),
+            EvalCommand::Curve {
+                common,
+                k,
+                temperature,
+                l2,
+                iterations,
+            } => curve(
+                &common.common(registry),
+                KnnSettings {
+                    k: *k,
+                    temperature: *temperature,
+                },
                 &ProbeSettings {
                     l2: *l2,
                     iterations: (*iterations).max(1),
@@ -447,14 +485,13 @@ fn knn(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
     ))
 }
 
-/// `simclr eval knn --every-checkpoint`: kNN accuracy of every checkpoint of a run, as a curve:
-/// `knn-checkpoints.jsonl` and `knn.png` in the run folder.
-fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
-    check_knn(settings)?;
-    let root = if RunDir::new(c.path).checkpoints().is_dir() {
-        RunDir::new(c.path).checkpoints()
+/// The checkpoints (step-*/ folders with a state.json, in step order) of a run folder or a
+/// checkpoints folder, and the run folder they belong to.
+fn every_checkpoint(path: &Path) -> Result<(RunDir, Vec<PathBuf>)> {
+    let root = if RunDir::new(path).checkpoints().is_dir() {
+        RunDir::new(path).checkpoints()
     } else {
-        c.path.to_path_buf()
+        path.to_path_buf()
     };
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .with_context(|| format!("cannot list {}", root.display()))?
@@ -472,7 +509,14 @@ fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
             root.display()
         );
     }
-    let run_dir = RunDir::new(root.parent().unwrap_or(&root));
+    Ok((RunDir::new(root.parent().unwrap_or(&root)), dirs))
+}
+
+/// `simclr eval knn --every-checkpoint`: kNN accuracy of every checkpoint of a run, as a curve:
+/// `knn-checkpoints.jsonl` and `knn.png` in the run folder.
+fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
+    check_knn(settings)?;
+    let (run_dir, dirs) = every_checkpoint(c.path)?;
     let mut lines = String::new();
     let mut points = Vec::new();
     let mut table = String::from("| step | kNN top-1 | top-5 |\n|---|---|---|\n");
@@ -522,6 +566,175 @@ fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
     Ok(format!(
         "{table}written to {} and {}",
         file.display(),
+        png.display()
+    ))
+}
+
+/// Seconds of training at the end of each step, from a run's steps.jsonl (`step` →
+/// `elapsed_seconds`); empty when the file is missing. A resumed run's steps continue the
+/// earlier attempt's clock only if its lines do, so the x axis is this file's own time.
+fn step_clock(run_dir: &RunDir) -> std::collections::BTreeMap<u64, f64> {
+    let mut clock = std::collections::BTreeMap::new();
+    let Ok(text) = std::fs::read_to_string(run_dir.steps()) else {
+        return clock;
+    };
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(step), Some(t)) = (
+            v.get("step").and_then(serde_json::Value::as_u64),
+            v.get("elapsed_seconds").and_then(serde_json::Value::as_f64),
+        ) {
+            clock.insert(step, t);
+        }
+    }
+    clock
+}
+
+/// One checkpoint's point of `simclr eval curve`.
+#[derive(Serialize)]
+struct CurvePoint {
+    checkpoint: String,
+    step: u64,
+    /// Training seconds when the checkpoint was written (end of its last step).
+    train_seconds: Option<f64>,
+    features: &'static str,
+    dim: usize,
+    knn_top1: f64,
+    knn_top5: f64,
+    linear_top1: f64,
+    linear_top5: f64,
+    linear_train_top1: f64,
+    l2: f64,
+    train: usize,
+    test: usize,
+    embed_seconds: f64,
+    seconds: f64,
+}
+
+/// `simclr eval curve`: kNN and the linear probe of every checkpoint against training time.
+fn curve(c: &Common<'_>, knn: KnnSettings, probe_settings: &ProbeSettings) -> Result<String> {
+    check_knn(knn)?;
+    let (run_dir, dirs) = every_checkpoint(c.path)?;
+    let clock = step_clock(&run_dir);
+    let mut lines = String::new();
+    let mut points = Vec::new();
+    let mut table = String::from(
+        "| step | training minutes | kNN top-1 | linear top-1 | linear top-5 | L2 |\n|---|---|---|---|---|---|\n",
+    );
+    let mut loaded: Option<(String, Splits)> = None;
+    for dir in &dirs {
+        let t0 = Instant::now();
+        let one = Common {
+            path: dir,
+            out: None,
+            test_path: c.test_path.clone(),
+            ..*c
+        };
+        let definition = dir.join(DEFINITION);
+        let text = std::fs::read_to_string(&definition)
+            .with_context(|| format!("cannot read {}", definition.display()))?;
+        let (text, splits) = match loaded.take() {
+            Some((t, splits)) if t == text => (t, splits),
+            _ => {
+                let splits = load_splits(&one, dir)?;
+                (text, splits)
+            }
+        };
+        let p = features(&one, &splits, dir)?;
+        let k = evaluate(
+            &p.train,
+            &splits.train.labels,
+            &p.test,
+            &splits.test.labels,
+            p.dim,
+            knn,
+        )?;
+        let l = probe(
+            &p.train,
+            &splits.train.labels,
+            &p.test,
+            &splits.test.labels,
+            p.dim,
+            probe_settings,
+        )?;
+        // A checkpoint after N steps was written at the end of step N - 1.
+        let train_seconds = p.step.checked_sub(1).and_then(|s| clock.get(&s).copied());
+        let point = CurvePoint {
+            checkpoint: p.checkpoint.display().to_string(),
+            step: p.step,
+            train_seconds,
+            features: c.features.name(),
+            dim: p.dim,
+            knn_top1: k.top1,
+            knn_top5: k.top5,
+            linear_top1: l.top1,
+            linear_top5: l.top5,
+            linear_train_top1: l.train_top1,
+            l2: l.l2,
+            train: l.train,
+            test: l.test,
+            embed_seconds: p.embed_seconds,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        loaded = Some((text, splits));
+        let minutes = train_seconds.map_or("–".to_owned(), |s| format!("{:.1}", s / 60.0));
+        table.push_str(&format!(
+            "| {} | {minutes} | {:.4} | {:.4} | {:.4} | {} |\n",
+            point.step, point.knn_top1, point.linear_top1, point.linear_top5, point.l2
+        ));
+        eprintln!(
+            "step {} ({minutes} min): kNN top-1 {:.4}, linear top-1 {:.4}",
+            point.step, point.knn_top1, point.linear_top1
+        );
+        lines.push_str(&serde_json::to_string(&point)?);
+        lines.push('\n');
+        points.push(point);
+    }
+    let file = run_dir.root().join("curve.jsonl");
+    std::fs::write(&file, &lines).with_context(|| format!("cannot write {}", file.display()))?;
+    let md = run_dir.root().join("curve.md");
+    std::fs::write(&md, &table).with_context(|| format!("cannot write {}", md.display()))?;
+    // Minutes on the x axis when every point has a time, otherwise steps.
+    let timed = points.iter().all(|p| p.train_seconds.is_some());
+    let x = |p: &CurvePoint| {
+        if timed {
+            p.train_seconds.unwrap_or(0.0) / 60.0
+        } else {
+            p.step as f64
+        }
+    };
+    let series = [
+        simclr::model::plot::Series {
+            label: "linear probe top-1".into(),
+            points: points.iter().map(|p| (x(p), p.linear_top1)).collect(),
+        },
+        simclr::model::plot::Series {
+            label: format!("kNN top-1 (k {})", knn.k),
+            points: points.iter().map(|p| (x(p), p.knn_top1)).collect(),
+        },
+    ];
+    let png = run_dir.root().join("curve.png");
+    let title = format!(
+        "{} features: accuracy against training time ({} train / {} test)",
+        c.features.name(),
+        points.first().map_or(0, |p| p.train),
+        points.first().map_or(0, |p| p.test)
+    );
+    simclr::model::plot::lines(
+        &simclr::model::plot::Lines {
+            title: &title,
+            x_label: if timed { "training minutes" } else { "step" },
+            y_label: "top-1",
+            series: &series,
+        },
+        &png,
+    )?;
+    Ok(format!(
+        "{table}written to {}, {} and {}",
+        file.display(),
+        md.display(),
         png.display()
     ))
 }

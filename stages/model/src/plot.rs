@@ -485,6 +485,128 @@ pub fn bars(bars: &Bars<'_>, path: &Path) -> Result<(), PlotError> {
 }
 
 /// The smallest of 1, 2, 2.5, 5 times a power of ten at or above `v` (`v` > 0).
+/// The colour of a second series (orange), beside [`STRONG`].
+pub const SECOND: RGBColor = RGBColor(215, 110, 20);
+
+/// One named series of a [`Lines`] chart.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// The legend's name.
+    pub label: String,
+    /// `(x, y)` points in x order; non-finite values are left out.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Several series against one x axis (e.g. accuracy against training minutes).
+#[derive(Clone, Debug)]
+pub struct Lines<'a> {
+    /// Picture title.
+    pub title: &'a str,
+    /// The x axis's name.
+    pub x_label: &'a str,
+    /// The y axis's name.
+    pub y_label: &'a str,
+    /// The series, drawn in [`STRONG`], [`SECOND`], then grays.
+    pub series: &'a [Series],
+}
+
+/// Draw `lines` to a PNG at `path`: every series joined and marked, a legend, both axes named.
+///
+/// # Errors
+/// No series, the font, or the file.
+pub fn lines(lines: &Lines<'_>, path: &Path) -> Result<(), PlotError> {
+    font()?;
+    if lines.series.is_empty() {
+        return Err(PlotError("a line chart needs at least one series".into()));
+    }
+    let finite: Vec<Vec<(f64, f64)>> = lines
+        .series
+        .iter()
+        .map(|s| {
+            s.points
+                .iter()
+                .copied()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .collect()
+        })
+        .collect();
+    let all = || finite.iter().flatten();
+    let range = |f: fn(&(f64, f64)) -> f64| {
+        let lo = all().map(f).fold(f64::INFINITY, f64::min);
+        let hi = all().map(f).fold(f64::NEG_INFINITY, f64::max);
+        if lo.is_finite() && hi.is_finite() {
+            (lo, hi)
+        } else {
+            (0.0, 1.0)
+        }
+    };
+    let (x0, x1) = range(|p| p.0);
+    let (x0, x1) = if x1 - x0 < 1e-9 {
+        (x0 - 0.5, x1 + 0.5)
+    } else {
+        (x0, x1)
+    };
+    let (mut lo, mut hi) = range(|p| p.1);
+    if hi - lo < 1e-9 {
+        let d = (0.05 * lo.abs()).max(0.01);
+        (lo, hi) = (lo - d, hi + d);
+    }
+    let pad = 0.08 * (hi - lo);
+    let xpad = 0.03 * (x1 - x0);
+    let colours = [
+        STRONG,
+        SECOND,
+        RGBColor(90, 90, 90),
+        RGBColor(150, 150, 150),
+    ];
+    let mut buf = vec![255u8; (W * H * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(lines.title, (FONT, 24))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
+            .build_cartesian_2d((x0 - xpad)..(x1 + xpad), (lo - pad)..(hi + pad))
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(lines.x_label)
+            .y_desc(lines.y_label)
+            .y_label_formatter(&|y| format!("{y:.3}"))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 17))
+            .light_line_style(RGBColor(238, 238, 238))
+            .bold_line_style(RGBColor(215, 215, 215))
+            .draw()
+            .map_err(err)?;
+        for (i, (s, pts)) in lines.series.iter().zip(&finite).enumerate() {
+            let c = colours[i.min(colours.len() - 1)];
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                .map_err(err)?
+                .label(s.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3))
+                });
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(180, 180, 180))
+            .label_font((FONT, 15))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    save(buf, (W, H), path)
+}
+
 fn nice_ceiling(v: f64) -> f64 {
     let p = 10f64.powf(v.log10().floor());
     [1.0, 2.0, 2.5, 5.0, 10.0]
@@ -595,6 +717,58 @@ mod tests {
             bars(
                 &Bars {
                     values: &values[..2],
+                    ..chart
+                },
+                &path
+            )
+            .is_err()
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn draws_two_rising_series_in_their_colours() {
+        let dir = std::env::temp_dir().join(format!("simclr-lines-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("curve.png");
+        let up = |a: f64| Series {
+            label: format!("from {a}"),
+            points: (0..6)
+                .map(|i| (10.0 * f64::from(i), a + 0.02 * f64::from(i)))
+                .collect(),
+        };
+        let series = [up(0.7), up(0.8)];
+        let chart = Lines {
+            title: "top-1 against training minutes",
+            x_label: "minutes",
+            y_label: "top-1",
+            series: &series,
+        };
+        lines(&chart, &path).expect("drawn");
+        let img = image::open(&path).expect("png").to_rgb8();
+        assert_eq!((img.width(), img.height()), (W, H));
+        // Each colour rises from left to right, and the second series lies above the first.
+        let ends = |c: RGBColor| {
+            let xs: Vec<(u32, u32)> = (100..W - 200)
+                .filter_map(|x| rows(&img, x, c).first().map(|&y| (x, y)))
+                .collect();
+            (xs[0], xs[xs.len() - 1])
+        };
+        let (a0, a1) = ends(STRONG);
+        let (b0, b1) = ends(SECOND);
+        assert!(
+            a1.0 > a0.0 + 400 && a0.1 > a1.1 + 50,
+            "first rises: {a0:?} {a1:?}"
+        );
+        assert!(
+            b1.0 > b0.0 + 400 && b0.1 > b1.1 + 50,
+            "second rises: {b0:?} {b1:?}"
+        );
+        assert!(b0.1 + 50 < a0.1, "second above first: {a0:?} {b0:?}");
+        assert!(
+            lines(
+                &Lines {
+                    series: &[],
                     ..chart
                 },
                 &path

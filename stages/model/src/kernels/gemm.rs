@@ -194,4 +194,78 @@ mod tests {
         matmul_col_major(&mut col, va.t(), vb.t(), true, 2);
         assert_eq!(col[3 * 7 + 5], out[5 * 4 + 3]);
     }
+
+    /// The shapes the convolutions use (thin and wide, with row strides, both destination
+    /// layouts, accumulating or not, one and two threads) against a float64 loop: whichever
+    /// kernel the CPU gets (AVX2, AVX-512) must give the product to float32 rounding.
+    #[test]
+    fn convolution_shaped_products_match_a_float64_loop() {
+        let mut rng = simclr_core::Rng::from_key(&[17]);
+        let shapes = [
+            (16, 784, 144),
+            (32, 196, 288),
+            (128, 16, 1152),
+            (17, 33, 65),
+            (64, 49, 576),
+            (3, 1000, 9),
+            (256, 64, 128),
+        ];
+        for &(m, n, k) in &shapes {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+            let (va, vb) = (View::row_major(&a, m, k), View::row_major(&b, k, n));
+            let exact: Vec<f64> = (0..m * n)
+                .map(|ij| {
+                    let (i, j) = (ij / n, ij % n);
+                    (0..k)
+                        .map(|p| f64::from(a[i * k + p]) * f64::from(b[p * n + j]))
+                        .sum()
+                })
+                .collect();
+            let close = |got: f32, want: f64, what: &str| {
+                let tol = 1e-4 * (k as f64).sqrt() * (1.0 + want.abs());
+                assert!(
+                    (f64::from(got) - want).abs() <= tol,
+                    "{what} {m}×{k}·{k}×{n}: {got} against {want}"
+                );
+            };
+            for threads in [1, 2] {
+                let mut out = vec![0.0f32; m * n];
+                matmul(&mut out, va, vb, false, threads);
+                for (ij, &v) in out.iter().enumerate() {
+                    close(v, exact[ij], "row-major");
+                }
+                // Accumulating into what is there.
+                matmul(&mut out, va, vb, true, threads);
+                for (ij, &v) in out.iter().enumerate() {
+                    close(v, 2.0 * exact[ij], "accumulated");
+                }
+                // A block of columns of a wider matrix, and a column-major destination.
+                let ld = n + 5;
+                let mut wide = vec![7.0f32; m * ld];
+                matmul_ld(&mut wide, ld, va, vb, false, threads);
+                for i in 0..m {
+                    for j in 0..n {
+                        close(wide[i * ld + j], exact[i * n + j], "strided");
+                    }
+                    assert!(wide[i * ld + n..(i + 1) * ld].iter().all(|&v| v == 7.0));
+                }
+                let mut col = vec![0.0f32; m * n];
+                matmul_col_major(&mut col, va, vb, false, threads);
+                for i in 0..m {
+                    for j in 0..n {
+                        close(col[j * m + i], exact[i * n + j], "column-major");
+                    }
+                }
+                // Transposed operands: (bᵀ·aᵀ) = (a·b)ᵀ.
+                let mut t = vec![0.0f32; n * m];
+                matmul(&mut t, vb.t(), va.t(), false, threads);
+                for i in 0..m {
+                    for j in 0..n {
+                        close(t[j * m + i], exact[i * n + j], "transposed");
+                    }
+                }
+            }
+        }
+    }
 }
