@@ -225,29 +225,11 @@ def nt_xent(z, tau):
     return F.cross_entropy(sim, partner)
 
 
-class Lars(torch.optim.Optimizer):
-    """LARS (You et al. 2017) as SimCLR uses it: weight decay and the trust ratio on weight
-    matrices and kernels only (biases and BatchNorm parameters excluded), momentum 0.9."""
-
-    def __init__(self, params, lr, momentum=0.9, trust=0.001, weight_decay=1e-6):
-        super().__init__(params, dict(lr=lr, momentum=momentum, trust=trust, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self):
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if p.ndim > 1:
-                    d = d + g["weight_decay"] * p
-                    wn, gn = p.norm(), d.norm()
-                    ratio = torch.where((wn > 0) & (gn > 0), g["trust"] * wn / gn, torch.ones_like(wn))
-                    d = d * ratio
-                buf = self.state[p].get("momentum")
-                buf = d * g["lr"] if buf is None else buf.mul_(g["momentum"]).add_(d, alpha=g["lr"])
-                self.state[p]["momentum"] = buf
-                p.sub_(buf)
+# LARS (You et al. 2017) as SimCLR uses it and simclr implements it: weight decay and the trust
+# ratio on weight matrices and kernels only, momentum with the rate folded into the buffer.
+# One definition for both references: the step benchmark's.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step_torch import Lars  # noqa: E402
 
 
 def peak_lr(params, batch):
