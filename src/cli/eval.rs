@@ -512,28 +512,22 @@ fn every_checkpoint(path: &Path) -> Result<(RunDir, Vec<PathBuf>)> {
     Ok((RunDir::new(root.parent().unwrap_or(&root)), dirs))
 }
 
-/// `simclr eval knn --every-checkpoint`: kNN accuracy of every checkpoint of a run, as a curve:
-/// `knn-checkpoints.jsonl` and `knn.png` in the run folder.
-fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
-    check_knn(settings)?;
-    let (run_dir, dirs) = every_checkpoint(c.path)?;
-    let mut lines = String::new();
-    let mut points = Vec::new();
-    let mut table = String::from("| step | kNN top-1 | top-5 |\n|---|---|---|\n");
-    // The splits, loaded once; again only for a checkpoint whose definition differs.
+/// Embed the splits under each checkpoint folder of `dirs` in turn and hand them to `score`
+/// (with the checkpoint's own `Common` and the time its evaluation started); the splits are
+/// loaded once, again only for a checkpoint whose definition differs.
+fn each_checkpoint(
+    c: &Common<'_>,
+    dirs: &[PathBuf],
+    mut score: impl FnMut(&Common<'_>, &Splits, &Prepared, Instant) -> Result<()>,
+) -> Result<()> {
     let mut loaded: Option<(String, Splits)> = None;
-    for dir in &dirs {
+    for dir in dirs {
         let t0 = Instant::now();
         let one = Common {
-            registry: c.registry,
             path: dir,
-            features: c.features,
-            train_limit: c.train_limit,
-            test_limit: c.test_limit,
-            device: c.device,
-            batch_size: c.batch_size,
-            test_path: c.test_path.clone(),
             out: None,
+            test_path: c.test_path.clone(),
+            ..*c
         };
         let definition = dir.join(DEFINITION);
         let text = std::fs::read_to_string(&definition)
@@ -546,8 +540,22 @@ fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
             }
         };
         let p = features(&one, &splits, dir)?;
-        let (report, _) = knn_report(&one, &splits, &p, settings, t0)?;
+        score(&one, &splits, &p, t0)?;
         loaded = Some((text, splits));
+    }
+    Ok(())
+}
+
+/// `simclr eval knn --every-checkpoint`: kNN accuracy of every checkpoint of a run, as a curve:
+/// `knn-checkpoints.jsonl` and `knn.png` in the run folder.
+fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
+    check_knn(settings)?;
+    let (run_dir, dirs) = every_checkpoint(c.path)?;
+    let mut lines = String::new();
+    let mut points = Vec::new();
+    let mut table = String::from("| step | kNN top-1 | top-5 |\n|---|---|---|\n");
+    each_checkpoint(c, &dirs, |one, splits, p, t0| {
+        let (report, _) = knn_report(one, splits, p, settings, t0)?;
         let (step, top1, top5) = (
             report.step,
             report.result.score.top1,
@@ -558,7 +566,8 @@ fn knn_curve(c: &Common<'_>, settings: KnnSettings) -> Result<String> {
         lines.push('\n');
         table.push_str(&format!("| {step} | {top1:.4} | {top5:.4} |\n"));
         eprintln!("step {step}: kNN top-1 {top1:.4}");
-    }
+        Ok(())
+    })?;
     let file = run_dir.knn_checkpoints();
     std::fs::write(&file, lines).with_context(|| format!("cannot write {}", file.display()))?;
     let png = run_dir.knn_plot();
@@ -623,26 +632,7 @@ fn curve(c: &Common<'_>, knn: KnnSettings, probe_settings: &ProbeSettings) -> Re
     let mut table = String::from(
         "| step | training minutes | kNN top-1 | linear top-1 | linear top-5 | L2 |\n|---|---|---|---|---|---|\n",
     );
-    let mut loaded: Option<(String, Splits)> = None;
-    for dir in &dirs {
-        let t0 = Instant::now();
-        let one = Common {
-            path: dir,
-            out: None,
-            test_path: c.test_path.clone(),
-            ..*c
-        };
-        let definition = dir.join(DEFINITION);
-        let text = std::fs::read_to_string(&definition)
-            .with_context(|| format!("cannot read {}", definition.display()))?;
-        let (text, splits) = match loaded.take() {
-            Some((t, splits)) if t == text => (t, splits),
-            _ => {
-                let splits = load_splits(&one, dir)?;
-                (text, splits)
-            }
-        };
-        let p = features(&one, &splits, dir)?;
+    each_checkpoint(c, &dirs, |_, splits, p, t0| {
         let k = evaluate(
             &p.train,
             &splits.train.labels,
@@ -678,7 +668,6 @@ fn curve(c: &Common<'_>, knn: KnnSettings, probe_settings: &ProbeSettings) -> Re
             embed_seconds: p.embed_seconds,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        loaded = Some((text, splits));
         let minutes = train_seconds.map_or("–".to_owned(), |s| format!("{:.1}", s / 60.0));
         table.push_str(&format!(
             "| {} | {minutes} | {:.4} | {:.4} | {:.4} | {} |\n",
@@ -691,7 +680,8 @@ fn curve(c: &Common<'_>, knn: KnnSettings, probe_settings: &ProbeSettings) -> Re
         lines.push_str(&serde_json::to_string(&point)?);
         lines.push('\n');
         points.push(point);
-    }
+        Ok(())
+    })?;
     let file = run_dir.root().join("curve.jsonl");
     std::fs::write(&file, &lines).with_context(|| format!("cannot write {}", file.display()))?;
     let md = run_dir.root().join("curve.md");
