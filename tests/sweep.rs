@@ -185,7 +185,9 @@ fn a_killed_sweep_resumes_its_third_trial_and_leaves_the_first_two_untouched() {
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(csv.starts_with("index,trial,temperature,head,knn top-1,knn/projection top-1,steps,"));
 
-    // Kill the sweep once its third trial has written a checkpoint.
+    // Kill the sweep once its third trial has committed a checkpoint: `checkpoints/latest` is
+    // the commit (a `step-*` folder can exist a moment before it does; a kill in between leaves
+    // the previous checkpoint, here none, so the trial would restart rather than resume).
     let out = dir.join("killed");
     let third = out.join(NAMES[2]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_simclr"))
@@ -196,11 +198,7 @@ fn a_killed_sweep_resumes_its_third_trial_and_leaves_the_first_two_untouched() {
         .spawn()
         .expect("the sweep starts");
     let deadline = Instant::now() + Duration::from_secs(120);
-    let has_checkpoint = |d: &Path| {
-        std::fs::read_dir(d.join("checkpoints")).is_ok_and(|mut e| {
-            e.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("step-")))
-        })
-    };
+    let has_checkpoint = |d: &Path| d.join("checkpoints").join("latest").is_file();
     while !has_checkpoint(&third) {
         assert!(
             Instant::now() < deadline,
