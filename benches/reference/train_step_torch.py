@@ -2,9 +2,10 @@
 
     pip install torch
     python benches/reference/train_step_torch.py [--widths 16,64] [--pairs 128] [--steps 2] [--threads 2]
-                                                 [--device cpu|cuda] [--tf32]
+                                                 [--stem cifar|imagenet] [--device cpu|cuda] [--tf32]
 
-ResNet-18 with the CIFAR stem (3x3 stride 1, no max-pool) at base width w (stages w, 2w, 4w, 8w,
+ResNet-18 with the CIFAR stem (3x3 stride 1, no max-pool) or the ImageNet stem (7x7 stride 2, then
+a 3x3 stride-2 max-pool) at base width w (stages w, 2w, 4w, 8w,
 BasicBlocks as torchvision), BatchNorm in training mode, MLP head (8w -> 8w -> 128), NT-Xent
 (tau 0.5) over 2N views, LARS (momentum 0.9, trust 0.001, weight decay 1e-6; biases and BatchNorm
 parameters excluded), fp32 on the CPU (or CUDA: strict fp32, or TF32 in matrix products and
@@ -37,9 +38,14 @@ class Block(nn.Module):
 
 
 class ResNet18(nn.Module):
-    def __init__(self, width, channels):
+    def __init__(self, width, channels, stem="cifar"):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, width, 3, 1, 1, bias=False)
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(channels, width, 7, 2, 3, bias=False)
+            self.pool = nn.MaxPool2d(3, 2, 1)
+        else:
+            self.conv1 = nn.Conv2d(channels, width, 3, 1, 1, bias=False)
+            self.pool = nn.Identity()
         self.bn1 = nn.BatchNorm2d(width)
         layers, cin = [], width
         for stage in range(4):
@@ -50,7 +56,7 @@ class ResNet18(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.layers(F.relu(self.bn1(self.conv1(x)))).mean((2, 3))
+        return self.layers(self.pool(F.relu(self.bn1(self.conv1(x))))).mean((2, 3))
 
 
 def nt_xent(z, tau):
@@ -83,9 +89,9 @@ class Lars(torch.optim.Optimizer):
                 p.sub_(buf)
 
 
-def measure(width, channels, size, pairs, steps, device):
+def measure(width, stem, channels, size, pairs, steps, device):
     torch.manual_seed(0)
-    enc = ResNet18(width, channels).to(device)
+    enc = ResNet18(width, channels, stem).to(device)
     dim = 8 * width
     head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 128)).to(device)
     opt = Lars(list(enc.parameters()) + list(head.parameters()), lr=0.1)
@@ -119,6 +125,7 @@ def main():
     p.add_argument("--pairs", type=int, default=128)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--tf32", action="store_true", help="TF32 in CUDA matmuls and convolutions")
     a = p.parse_args()
@@ -130,7 +137,7 @@ def main():
     device = torch.device(a.device)
     for w in [int(v) for v in a.widths.split(",")]:
         for channels, size in [(3, 32), (1, 28)]:
-            print(json.dumps(measure(w, channels, size, a.pairs, a.steps, device)), flush=True)
+            print(json.dumps(measure(w, a.stem, channels, size, a.pairs, a.steps, device)), flush=True)
 
 
 if __name__ == "__main__":

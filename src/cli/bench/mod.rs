@@ -58,8 +58,8 @@ pub enum BenchCommand {
         #[arg(long, value_name = "PYTHON")]
         reference: Option<String>,
     },
-    /// One training step (ResNet-18 CIFAR stem + MLP head + NT-Xent + LARS): forward,
-    /// backward and optimizer time for widths x {32x32x3, 28x28x1}.
+    /// One training step (ResNet-18 + MLP head + NT-Xent + LARS): forward, backward and
+    /// optimizer time for widths x {32x32x3, 28x28x1}.
     Train {
         /// Print JSON (one object per configuration).
         #[arg(long)]
@@ -70,6 +70,10 @@ pub enum BenchCommand {
         /// Samples per batch (the batch holds twice as many views).
         #[arg(long, default_value_t = 128)]
         pairs: usize,
+        /// The encoder's stem: cifar (3x3 stride 1) or imagenet (7x7 stride 2 + 3x3 stride-2
+        /// max-pool, as definitions/fashion-mnist.yaml trains).
+        #[arg(long, default_value = "cifar", value_parser = ["cifar", "imagenet"])]
+        stem: String,
         /// Measured steps per configuration (after one warm-up step).
         #[arg(long, default_value_t = 2)]
         steps: usize,
@@ -176,15 +180,23 @@ impl BenchCommand {
                 steps,
                 ranks: Some(n),
                 repeats,
+                stem,
                 ..
-            } => ranks::ranks(
-                *json,
-                widths.first().copied().unwrap_or(16),
-                (*pairs).max(1),
-                (*steps).max(1),
-                *n,
-                *repeats,
-            ),
+            } => {
+                if stem != "cifar" {
+                    anyhow::bail!(
+                        "--stem {stem}: the --ranks scaling bench trains the CIFAR stem only"
+                    );
+                }
+                ranks::ranks(
+                    *json,
+                    widths.first().copied().unwrap_or(16),
+                    (*pairs).max(1),
+                    (*steps).max(1),
+                    *n,
+                    *repeats,
+                )
+            }
             BenchCommand::Train {
                 json,
                 widths,
@@ -194,6 +206,7 @@ impl BenchCommand {
                 device,
                 precision,
                 layers,
+                stem,
                 ranks: None,
                 ..
             } => {
@@ -201,6 +214,7 @@ impl BenchCommand {
                 train::train(
                     *json,
                     widths,
+                    train::stem(stem),
                     (*pairs).max(1),
                     *steps,
                     reference.as_deref(),

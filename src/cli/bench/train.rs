@@ -1,5 +1,6 @@
-//! `simclr bench train`: one SimCLR training step (ResNet-18 CIFAR stem + MLP head + NT-Xent
-//! + LARS) split into forward, backward and optimizer time, per configuration.
+//! `simclr bench train`: one SimCLR training step (ResNet-18 with the CIFAR or ImageNet stem +
+//! MLP head + NT-Xent + LARS) split into forward, backward and optimizer time, per
+//! configuration.
 
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use simclr::model::resnet::{ResNet, ResNetConfig, Stem};
 #[derive(Debug, serde::Serialize)]
 struct Row {
     width: usize,
+    stem: &'static str,
     channels: usize,
     size: usize,
     pairs: usize,
@@ -52,6 +54,7 @@ struct TorchRow {
 fn measure_torch(
     python: &str,
     widths: &[usize],
+    stem: Stem,
     pairs: usize,
     steps: usize,
     on: &Target,
@@ -67,6 +70,7 @@ fn measure_torch(
     let out = std::process::Command::new(python)
         .arg(&script)
         .args(["--widths", &widths.join(","), "--pairs", &pairs.to_string()])
+        .args(["--stem", stem_name(stem)])
         .args([
             "--steps",
             &steps.to_string(),
@@ -141,16 +145,33 @@ impl Target {
     }
 }
 
-/// ResNet-18 (CIFAR stem) + MLP head (8w → 8w → 128), as the reference script builds it.
+/// `cifar` or `imagenet` (the CLI has checked it).
+pub fn stem(name: &str) -> Stem {
+    if name == "imagenet" {
+        Stem::ImageNet
+    } else {
+        Stem::Cifar
+    }
+}
+
+fn stem_name(stem: Stem) -> &'static str {
+    match stem {
+        Stem::Cifar => "cifar",
+        Stem::ImageNet => "imagenet",
+    }
+}
+
+/// ResNet-18 + MLP head (8w → 8w → 128), as the reference script builds it.
 fn model(
     vb: &VarBuilder<'_>,
     width: usize,
+    stem: Stem,
     channels: usize,
 ) -> candle_core::Result<(ResNet, Projector)> {
     let config = ResNetConfig {
         depth: 18,
         width,
-        stem: Stem::Cifar,
+        stem,
         in_channels: channels,
         zero_init_residual: false,
     };
@@ -169,8 +190,10 @@ fn model(
     Ok((encoder, head))
 }
 
+#[allow(clippy::too_many_arguments)] // one per measured dimension
 fn measure(
     width: usize,
+    stem: Stem,
     channels: usize,
     size: usize,
     pairs: usize,
@@ -181,7 +204,7 @@ fn measure(
     let device = &on.device;
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F32, device);
-    let (encoder, head) = model(&vb, width, channels)?;
+    let (encoder, head) = model(&vb, width, stem, channels)?;
     let params = trainable_params(&map)?;
     let mut optimizer = Lars::new(params, 0.9, DEFAULT_TRUST, 1e-6, false);
     let views = 2 * pairs;
@@ -218,6 +241,7 @@ fn measure(
     simclr::model::kernels::set_layer_profile(false);
     Ok(Row {
         width,
+        stem: stem_name(stem),
         channels,
         size,
         pairs,
@@ -245,6 +269,7 @@ fn measure(
 pub fn train(
     json: bool,
     widths: &[usize],
+    stem: Stem,
     pairs: usize,
     steps: usize,
     reference: Option<&str>,
@@ -256,6 +281,7 @@ pub fn train(
         for (channels, size) in [(3, 32), (1, 28)] {
             rows.push(measure(
                 width,
+                stem,
                 channels,
                 size,
                 pairs,
@@ -266,7 +292,7 @@ pub fn train(
         }
     }
     if let Some(python) = reference {
-        let torch = measure_torch(python, widths, pairs, steps.max(1), on)?;
+        let torch = measure_torch(python, widths, stem, pairs, steps.max(1), on)?;
         for r in &mut rows {
             let t = torch
                 .iter()
@@ -279,7 +305,11 @@ pub fn train(
         return Ok(serde_json::to_string_pretty(&rows)?);
     }
     let mut out = format!(
-        "SimCLR training step, ResNet-18 CIFAR stem + MLP head + NT-Xent + LARS, {}, {pairs} pairs ({} views), mean of {steps} step(s) after one warm-up\n\n",
+        "SimCLR training step, ResNet-18 {} stem + MLP head + NT-Xent + LARS, {}, {pairs} pairs ({} views), mean of {steps} step(s) after one warm-up\n\n",
+        match stem {
+            Stem::Cifar => "CIFAR",
+            Stem::ImageNet => "ImageNet",
+        },
         on.describe(),
         2 * pairs
     );
@@ -440,6 +470,7 @@ pub fn parity(
     let (cpu_enc, cpu_head) = model(
         &VarBuilder::from_varmap(&cpu_map, DType::F32, &Device::Cpu),
         width,
+        Stem::Cifar,
         channels,
     )?;
     // Seeded weights and inputs: the same comparison every run.
@@ -448,6 +479,7 @@ pub fn parity(
     let (dev_enc, dev_head) = model(
         &VarBuilder::from_varmap(&dev_map, dev_dtype, &on.device),
         width,
+        Stem::Cifar,
         channels,
     )?;
     let names: Vec<String> = {

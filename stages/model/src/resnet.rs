@@ -34,17 +34,24 @@ pub enum Stem {
     ImageNet,
 }
 
-/// 3×3 max-pooling with stride 2 and padding 1 (`nn.MaxPool2d(3, 2, 1)`), built from ops
-/// that candle differentiates on every device: candle's own `max_pool2d` has no padding and
-/// no backward pass when the stride differs from the kernel size.
+/// 3×3 max-pooling with stride 2 and padding 1 (`nn.MaxPool2d(3, 2, 1)`): our kernel for f32
+/// on the CPU ([`crate::kernels::pool`]), elsewhere built from ops that candle differentiates
+/// on every device (candle's own `max_pool2d` has no padding and no backward pass when the
+/// stride differs from the kernel size).
 ///
 /// Output `o[i, j] = max(x[2i-1..=2i+1, 2j-1..=2j+1])` over the positions inside the image.
-/// Where several inputs tie for the maximum, the gradient is shared between them (candle's
-/// rule for `maximum`); PyTorch gives it to one of them.
+/// Where several inputs tie for the maximum (zeros after the ReLU), our kernel gives the
+/// gradient to the first in row-major order, as PyTorch does; candle's ops share it between
+/// them (candle's rule for `maximum`).
 ///
 /// # Errors
 /// A tensor that is not 4-D.
 pub fn max_pool_3x3_s2(xs: &Tensor) -> Result<Tensor> {
+    if crate::kernels::pool::applies(xs) {
+        return xs
+            .contiguous()?
+            .apply_op1(crate::kernels::pool::MaxPool3x3S2);
+    }
     let (_b, _c, h, w) = xs.dims4()?;
     let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
     // Pad with -inf: one row/column before, and after up to 2·out + 2 (an even size, so the

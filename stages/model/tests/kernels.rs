@@ -4,7 +4,7 @@
 //! whole ResNet training step with and without our kernels.
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
-use simclr_stage_model::kernels::conv::Conv2d;
+use simclr_stage_model::kernels::conv::{Conv2d, conv2d};
 use simclr_stage_model::kernels::set_enabled;
 
 /// Deterministic pseudo-random values in [-1, 1).
@@ -145,6 +145,63 @@ fn convolution_and_its_gradients_match_float64() {
         assert!(e <= 1e-5, "{case}: input gradient error {e:e}");
         let e = max_rel_err(grads.get(wt.as_tensor()).expect("dw"), &dw64);
         assert!(e <= 1e-5, "{case}: weight gradient error {e:e}");
+    }
+}
+
+/// `conv2d` drops the kernel taps that only ever read padding (late layers of small inputs):
+/// its output and both gradients still match the full convolution's, and the dropped taps'
+/// weight gradients are exactly zero.
+#[test]
+fn convolutions_that_read_padding_only_through_some_taps_match_float64() {
+    // (batch, channels in, size, channels out, kernel, stride, padding)
+    let cases = [
+        (3, 8, 1, 16, 3, 1, 1), // 1×1 map: the centre tap alone
+        (2, 8, 2, 16, 3, 2, 1), // 2×2 → 1×1: the lower-right 2×2 taps
+        (2, 4, 1, 8, 3, 2, 1),  // 1×1, stride 2
+        (2, 2, 2, 4, 7, 2, 3),  // 7×7 over 2×2
+        (2, 4, 3, 4, 5, 1, 2),  // every tap live: unchanged
+    ];
+    for (i, &(n, c, hw, cout, k, stride, padding)) in cases.iter().enumerate() {
+        let dev = Device::Cpu;
+        let xs = values(n * c * hw * hw, 7 * i as u64 + 1);
+        let ws = values(cout * c * k * k, 7 * i as u64 + 2);
+        let x = Var::from_vec(xs.clone(), (n, c, hw, hw), &dev).expect("x");
+        let wt = Var::from_vec(ws.clone(), (cout, c, k, k), &dev).expect("w");
+        let y = conv2d(x.as_tensor(), wt.as_tensor(), stride, padding).expect("ours");
+        let o = (hw + 2 * padding - k) / stride + 1;
+        assert_eq!(y.dims(), &[n, cout, o, o]);
+        let rs = values(n * cout * o * o, 50 + i as u64);
+        let r = Tensor::from_vec(rs.clone(), y.shape(), &dev).expect("r");
+        let grads = (&y * &r)
+            .and_then(|t| t.sum_all())
+            .and_then(|l| l.backward())
+            .expect("grads");
+        let (y64, dx64, dw64) = reference(
+            &xs,
+            &ws,
+            &rs,
+            (n, c, hw, hw),
+            (cout, k),
+            (stride, padding),
+            (o, o),
+        );
+        let case = format!("case {i}: n{n} c{c} {hw}x{hw} cout{cout} k{k} s{stride} p{padding}");
+        let e = max_rel_err(&y, &y64);
+        assert!(e <= 1e-5, "{case}: forward error {e:e}");
+        let e = max_rel_err(grads.get(x.as_tensor()).expect("dx"), &dx64);
+        assert!(e <= 1e-5, "{case}: input gradient error {e:e}");
+        let dw = grads.get(wt.as_tensor()).expect("dw");
+        let e = max_rel_err(dw, &dw64);
+        assert!(e <= 1e-5, "{case}: weight gradient error {e:e}");
+        let dw: Vec<f32> = dw.flatten_all().and_then(|t| t.to_vec1()).expect("dw");
+        for (j, (ours, exact)) in dw.iter().zip(&dw64).enumerate() {
+            if *exact == 0.0 {
+                assert_eq!(
+                    *ours, 0.0,
+                    "{case}: weight gradient {j} of a padding-only tap"
+                );
+            }
+        }
     }
 }
 

@@ -626,6 +626,38 @@ fn imagenet_stem_max_pool_matches_a_direct_loop() {
     }
 }
 
+/// Ties (zeros after a ReLU): the CPU kernel gives each window's gradient to its first
+/// maximum in row-major order, as `nn.MaxPool2d` does.
+#[test]
+fn imagenet_stem_max_pool_gives_a_tie_to_the_first_maximum() {
+    use simclr_stage_model::resnet::max_pool_3x3_s2;
+    // One 4×4 plane: zeros, and a 1 at (3, 3).
+    let mut xs = vec![0.0f32; 16];
+    xs[15] = 1.0;
+    let x = Var::from_vec(xs, (1, 1, 4, 4), &Device::Cpu).expect("x");
+    let y = max_pool_3x3_s2(x.as_tensor()).expect("pool");
+    let values: Vec<f32> = y.flatten_all().and_then(|t| t.to_vec1()).expect("y");
+    assert_eq!(values, [0.0, 0.0, 0.0, 1.0]);
+    let r = Tensor::new(&[[[[1.0f32, 2.0], [4.0, 8.0]]]], &Device::Cpu).expect("r");
+    let grad: Vec<f32> = (&y * r)
+        .and_then(|t| t.sum_all())
+        .and_then(|l| l.backward())
+        .expect("backward")
+        .get(x.as_tensor())
+        .expect("grad")
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("values");
+    // Windows: (0,0) rows 0-1 × cols 0-1 → (0,0); (0,1) rows 0-1 × cols 1-3 → (0,1);
+    // (1,0) rows 1-3 × cols 0-1 → (1,0); (1,1) → the 1 at (3,3).
+    let mut expected = vec![0.0f32; 16];
+    expected[0] = 1.0;
+    expected[1] = 2.0;
+    expected[4] = 4.0;
+    expected[15] = 8.0;
+    assert_eq!(grad, expected);
+}
+
 #[test]
 fn imagenet_stem_resnet_shapes() {
     use candle_core::ModuleT;

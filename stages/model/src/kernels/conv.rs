@@ -716,12 +716,60 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
         && (x.device().is_cpu() || (cfg!(feature = "cudnn") && x.device().is_cuda()))
         && x.dtype() == candle_core::DType::F32
         && w.dtype() == candle_core::DType::F32;
+    if ours && x.device().is_cpu() {
+        // Late ResNet layers on small images (ImageNet stem, 28×28: 2×2 and 1×1 maps) have
+        // kernel taps that only ever read padding; the products would multiply those zeros.
+        if let Some((first, taps)) = live_taps(x.dims(), w.dims(), stride, padding) {
+            let w = w.narrow(2, first, taps)?.narrow(3, first, taps)?;
+            return x.contiguous()?.apply_op2(
+                &w.contiguous()?,
+                Conv2d {
+                    stride,
+                    padding: padding - first,
+                },
+            );
+        }
+    }
     if ours {
         x.contiguous()?
             .apply_op2(&w.contiguous()?, Conv2d { stride, padding })
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }
+}
+
+/// The kernel taps a `stride`/`padding` convolution of input `x` (`[N, C, H, W]`) by weight
+/// `w` (`[Cout, C, k, k]`) reads inside the image, when some are never inside: `(first, n)`,
+/// the same on both axes, such that the convolution by `w[.., first..first + n, first..first +
+/// n]` with padding `padding − first` gives the same output (every output reads the same taps;
+/// the dropped ones only ever multiply padding). `None` when every tap is live, or when the
+/// cropped convolution would not have the same output size. A 3×3 stride-1 convolution of a
+/// 1×1 map is its centre tap alone; a 3×3 stride-2 one of a 2×2 map, its lower-right 2×2.
+fn live_taps(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Option<(usize, usize)> {
+    let (&[_, _, h, wi], &[_, _, kh, kw]) = (x, w) else {
+        return None;
+    };
+    if kh != kw || stride == 0 || h + 2 * padding < kh || wi + 2 * padding < kw {
+        return None;
+    }
+    // Along one axis: the first and last tap that some output reads inside the image.
+    let axis = |size: usize| {
+        let out = (size + 2 * padding - kh) / stride + 1;
+        let live =
+            |t: usize| (0..out).any(|o| (padding..padding + size).contains(&(o * stride + t)));
+        let first = (0..kh).find(|&t| live(t))?;
+        let last = (0..kh).rev().find(|&t| live(t))?;
+        Some((first, last + 1 - first, out))
+    };
+    let ((first, taps, ho), (first_w, taps_w, wo)) = (axis(h)?, axis(wi)?);
+    if (first, taps) != (first_w, taps_w) || taps == kh || first > padding {
+        return None;
+    }
+    let pad = padding - first;
+    let same = |size: usize, out: usize| {
+        size + 2 * pad >= taps && (size + 2 * pad - taps) / stride + 1 == out
+    };
+    (same(h, ho) && same(wi, wo)).then_some((first, taps))
 }
 
 /// A convolution layer without bias (ResNets follow every convolution with BatchNorm), running

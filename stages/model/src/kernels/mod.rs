@@ -1,7 +1,7 @@
 //! Our own CPU kernels, wrapped as candle custom ops so candle's autograd drives them:
-//! convolution ([`conv`]), training-mode BatchNorm + ReLU ([`batch_norm`]) and the residual
-//! `relu(a + b)` ([`residual`]). With the `cudnn` feature the convolution op runs on CUDA
-//! through cuDNN (forward and both gradients). Other devices and dtypes use candle's
+//! convolution ([`conv`]), training-mode BatchNorm + ReLU ([`batch_norm`]), the residual
+//! `relu(a + b)` ([`residual`]) and the ImageNet stem's max-pool ([`pool`]). With the `cudnn`
+//! feature the convolution op runs on CUDA through cuDNN (forward and both gradients). Other devices and dtypes use candle's
 //! operations.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +14,7 @@ pub mod conv;
 #[cfg(feature = "cudnn")]
 mod cudnn;
 pub mod gemm;
+pub mod pool;
 pub mod residual;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
