@@ -148,18 +148,21 @@ fn convolution_and_its_gradients_match_float64() {
     }
 }
 
-/// `conv2d` drops the kernel taps that only ever read padding (late layers of small inputs):
-/// its output and both gradients still match the full convolution's, and the dropped taps'
-/// weight gradients are exactly zero.
+/// `conv2d` runs a map smaller than its kernel (late layers of small inputs) as one dense
+/// product: its output and both gradients still match the convolution's, and the taps that
+/// only ever read padding get exactly zero gradient.
 #[test]
-fn convolutions_that_read_padding_only_through_some_taps_match_float64() {
+fn convolutions_of_maps_smaller_than_the_kernel_match_float64() {
     // (batch, channels in, size, channels out, kernel, stride, padding)
     let cases = [
         (3, 8, 1, 16, 3, 1, 1), // 1×1 map: the centre tap alone
+        (2, 8, 2, 16, 3, 1, 1), // 2×2: each output reads 4 of its 9 taps
         (2, 8, 2, 16, 3, 2, 1), // 2×2 → 1×1: the lower-right 2×2 taps
         (2, 4, 1, 8, 3, 2, 1),  // 1×1, stride 2
         (2, 2, 2, 4, 7, 2, 3),  // 7×7 over 2×2
-        (2, 4, 3, 4, 5, 1, 2),  // every tap live: unchanged
+        (2, 3, 3, 5, 5, 2, 1),  // 3×3 map, 5×5 kernel, stride 2
+        (2, 4, 3, 4, 5, 1, 2),  // 9 positions, 25 taps
+        (2, 4, 4, 4, 3, 1, 1),  // 16 positions, 9 taps: im2col, unchanged
     ];
     for (i, &(n, c, hw, cout, k, stride, padding)) in cases.iter().enumerate() {
         let dev = Device::Cpu;

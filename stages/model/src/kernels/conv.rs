@@ -717,17 +717,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
         && x.dtype() == candle_core::DType::F32
         && w.dtype() == candle_core::DType::F32;
     if ours && x.device().is_cpu() {
-        // Late ResNet layers on small images (ImageNet stem, 28×28: 2×2 and 1×1 maps) have
-        // kernel taps that only ever read padding; the products would multiply those zeros.
-        if let Some((first, taps)) = live_taps(x.dims(), w.dims(), stride, padding) {
-            let w = w.narrow(2, first, taps)?.narrow(3, first, taps)?;
-            return x.contiguous()?.apply_op2(
-                &w.contiguous()?,
-                Conv2d {
-                    stride,
-                    padding: padding - first,
-                },
-            );
+        // Late ResNet layers on small images (ImageNet stem, 28×28: 2×2 and 1×1 maps): a map
+        // smaller than the kernel makes im2col multiply mostly padding.
+        if let Some(y) = small_map(x, w, stride, padding)? {
+            return Ok(y);
         }
     }
     if ours {
@@ -738,38 +731,56 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     }
 }
 
-/// The kernel taps a `stride`/`padding` convolution of input `x` (`[N, C, H, W]`) by weight
-/// `w` (`[Cout, C, k, k]`) reads inside the image, when some are never inside: `(first, n)`,
-/// the same on both axes, such that the convolution by `w[.., first..first + n, first..first +
-/// n]` with padding `padding − first` gives the same output (every output reads the same taps;
-/// the dropped ones only ever multiply padding). `None` when every tap is live, or when the
-/// cropped convolution would not have the same output size. A 3×3 stride-1 convolution of a
-/// 1×1 map is its centre tap alone; a 3×3 stride-2 one of a 2×2 map, its lower-right 2×2.
-fn live_taps(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Option<(usize, usize)> {
-    let (&[_, _, h, wi], &[_, _, kh, kw]) = (x, w) else {
-        return None;
+/// A convolution of a map with fewer positions than the kernel has taps (`H·W < k²`), as one
+/// dense matrix product: every output position reads every input position through exactly one
+/// tap or none, so the layer is `y[N, Cout·P] = x[N, C·Q] · Mᵀ` with `M[(o, p), (c, q)] =
+/// w[o, c, tap(p, q)]` (0 where `q` is outside `p`'s window), `P`, `Q` the output and input
+/// positions. It does `P·Q` multiply-adds per channel pair against im2col's `P·k²`, in one
+/// product over the whole batch instead of products a few columns wide; candle differentiates
+/// it (the gradient of `M` folds back onto the taps). `None` for larger maps.
+fn small_map(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Option<Tensor>> {
+    let (&[n, c, h, wi], &[cout, cin, kh, kw]) = (x.dims(), w.dims()) else {
+        return Ok(None);
     };
-    if kh != kw || stride == 0 || h + 2 * padding < kh || wi + 2 * padding < kw {
-        return None;
+    if cin != c || stride == 0 || h * wi >= kh * kw || h + 2 * padding < kh || wi + 2 * padding < kw
+    {
+        return Ok(None);
     }
-    // Along one axis: the first and last tap that some output reads inside the image.
-    let axis = |size: usize| {
-        let out = (size + 2 * padding - kh) / stride + 1;
-        let live =
-            |t: usize| (0..out).any(|o| (padding..padding + size).contains(&(o * stride + t)));
-        let first = (0..kh).find(|&t| live(t))?;
-        let last = (0..kh).rev().find(|&t| live(t))?;
-        Some((first, last + 1 - first, out))
-    };
-    let ((first, taps, ho), (first_w, taps_w, wo)) = (axis(h)?, axis(wi)?);
-    if (first, taps) != (first_w, taps_w) || taps == kh || first > padding {
-        return None;
+    let (ho, wo) = (
+        (h + 2 * padding - kh) / stride + 1,
+        (wi + 2 * padding - kw) / stride + 1,
+    );
+    let taps = kh * kw;
+    // For each (output p, input q): its tap, or `taps` (a zero appended to the taps).
+    let mut index = Vec::with_capacity(ho * wo * h * wi);
+    for (oy, ox) in (0..ho).flat_map(|oy| (0..wo).map(move |ox| (oy, ox))) {
+        for (iy, ix) in (0..h).flat_map(|iy| (0..wi).map(move |ix| (iy, ix))) {
+            let (ky, kx) = (
+                (iy + padding).checked_sub(oy * stride),
+                (ix + padding).checked_sub(ox * stride),
+            );
+            index.push(match (ky, kx) {
+                (Some(ky), Some(kx)) if ky < kh && kx < kw => (ky * kw + kx) as u32,
+                _ => taps as u32,
+            });
+        }
     }
-    let pad = padding - first;
-    let same = |size: usize, out: usize| {
-        size + 2 * pad >= taps && (size + 2 * pad - taps) / stride + 1 == out
-    };
-    (same(h, ho) && same(wi, wo)).then_some((first, taps))
+    let index = Tensor::from_vec(index, ho * wo * h * wi, x.device())?;
+    let with_zero = Tensor::cat(
+        &[
+            &w.reshape((cout, c, taps))?,
+            &Tensor::zeros((cout, c, 1), w.dtype(), w.device())?,
+        ],
+        2,
+    )?;
+    let m = with_zero
+        .index_select(&index, 2)? // [Cout, C, P·Q]
+        .reshape((cout, c, ho * wo, h * wi))?
+        .permute((0, 2, 1, 3))? // [Cout, P, C, Q]
+        .contiguous()?
+        .reshape((cout * ho * wo, c * h * wi))?;
+    let y = x.contiguous()?.reshape((n, c * h * wi))?.matmul(&m.t()?)?;
+    Ok(Some(y.reshape((n, cout, ho, wo))?))
 }
 
 /// A convolution layer without bias (ResNets follow every convolution with BatchNorm), running
