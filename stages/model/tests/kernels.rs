@@ -81,6 +81,62 @@ fn reference(
     (y, dx, dw)
 }
 
+/// Run `conv` (ours) on seeded inputs of one geometry and assert its output and both gradients
+/// (of `sum(y · r)`) within 1e-5 of the float64 loops; the weight gradient, ours and exact.
+fn check_against_float64(
+    (n, c, (h, w), cout, k, stride, padding): (
+        usize,
+        usize,
+        (usize, usize),
+        usize,
+        usize,
+        usize,
+        usize,
+    ),
+    seeds: (u64, u64, u64),
+    conv: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> (Vec<f32>, Vec<f64>) {
+    let dev = Device::Cpu;
+    let xs = values(n * c * h * w, seeds.0);
+    let ws = values(cout * c * k * k, seeds.1);
+    let x = Var::from_vec(xs.clone(), (n, c, h, w), &dev).expect("x");
+    let wt = Var::from_vec(ws.clone(), (cout, c, k, k), &dev).expect("w");
+    let y = conv(x.as_tensor(), wt.as_tensor()).expect("ours");
+    let (ho, wo) = (
+        (h + 2 * padding - k) / stride + 1,
+        (w + 2 * padding - k) / stride + 1,
+    );
+    assert_eq!(y.dims(), &[n, cout, ho, wo]);
+    // A loss with a non-uniform gradient: sum(y · r).
+    let rs = values(n * cout * ho * wo, seeds.2);
+    let r = Tensor::from_vec(rs.clone(), y.shape(), &dev).expect("r");
+    let grads = (&y * &r)
+        .and_then(|t| t.sum_all())
+        .and_then(|l| l.backward())
+        .expect("grads");
+    let (y64, dx64, dw64) = reference(
+        &xs,
+        &ws,
+        &rs,
+        (n, c, h, w),
+        (cout, k),
+        (stride, padding),
+        (ho, wo),
+    );
+    let case = format!("n{n} c{c} {h}x{w} cout{cout} k{k} s{stride} p{padding}");
+    let e = max_rel_err(&y, &y64);
+    assert!(e <= 1e-5, "{case}: forward error {e:e}");
+    let e = max_rel_err(grads.get(x.as_tensor()).expect("dx"), &dx64);
+    assert!(e <= 1e-5, "{case}: input gradient error {e:e}");
+    let dw = grads.get(wt.as_tensor()).expect("dw");
+    let e = max_rel_err(dw, &dw64);
+    assert!(e <= 1e-5, "{case}: weight gradient error {e:e}");
+    (
+        dw.flatten_all().and_then(|t| t.to_vec1()).expect("dw"),
+        dw64,
+    )
+}
+
 #[test]
 fn convolution_and_its_gradients_match_float64() {
     // (batch, channels in, size h×w, channels out, kernel, stride, padding)
@@ -107,44 +163,12 @@ fn convolution_and_its_gradients_match_float64() {
         // for the forward pass and for the input gradient computed through it.
         (2, 16, (40, 32), 16, 3, 1, 1),
     ];
-    for (i, &(n, c, (h, w), cout, k, stride, padding)) in cases.iter().enumerate() {
-        let dev = Device::Cpu;
-        let xs = values(n * c * h * w, 2 * i as u64 + 1);
-        let ws = values(cout * c * k * k, 2 * i as u64 + 2);
-        let x = Var::from_vec(xs.clone(), (n, c, h, w), &dev).expect("x");
-        let wt = Var::from_vec(ws.clone(), (cout, c, k, k), &dev).expect("w");
-        let y = x
-            .as_tensor()
-            .apply_op2(wt.as_tensor(), Conv2d { stride, padding })
-            .expect("ours");
-        let (ho, wo) = (
-            (h + 2 * padding - k) / stride + 1,
-            (w + 2 * padding - k) / stride + 1,
-        );
-        assert_eq!(y.dims(), &[n, cout, ho, wo]);
-        // A loss with a non-uniform gradient: sum(y · r).
-        let rs = values(n * cout * ho * wo, 99 + i as u64);
-        let r = Tensor::from_vec(rs.clone(), y.shape(), &dev).expect("r");
-        let grads = (&y * &r)
-            .and_then(|t| t.sum_all())
-            .and_then(|l| l.backward())
-            .expect("grads");
-        let (y64, dx64, dw64) = reference(
-            &xs,
-            &ws,
-            &rs,
-            (n, c, h, w),
-            (cout, k),
-            (stride, padding),
-            (ho, wo),
-        );
-        let case = format!("case {i}: n{n} c{c} {h}x{w} cout{cout} k{k} s{stride} p{padding}");
-        let e = max_rel_err(&y, &y64);
-        assert!(e <= 1e-5, "{case}: forward error {e:e}");
-        let e = max_rel_err(grads.get(x.as_tensor()).expect("dx"), &dx64);
-        assert!(e <= 1e-5, "{case}: input gradient error {e:e}");
-        let e = max_rel_err(grads.get(wt.as_tensor()).expect("dw"), &dw64);
-        assert!(e <= 1e-5, "{case}: weight gradient error {e:e}");
+    for (i, &case) in cases.iter().enumerate() {
+        let (_, _, _, _, _, stride, padding) = case;
+        let i = i as u64;
+        check_against_float64(case, (2 * i + 1, 2 * i + 2, 99 + i), |x, w| {
+            x.apply_op2(w, Conv2d { stride, padding })
+        });
     }
 }
 
@@ -165,43 +189,17 @@ fn convolutions_of_maps_smaller_than_the_kernel_match_float64() {
         (2, 4, 4, 4, 3, 1, 1),  // 16 positions, 9 taps: im2col, unchanged
     ];
     for (i, &(n, c, hw, cout, k, stride, padding)) in cases.iter().enumerate() {
-        let dev = Device::Cpu;
-        let xs = values(n * c * hw * hw, 7 * i as u64 + 1);
-        let ws = values(cout * c * k * k, 7 * i as u64 + 2);
-        let x = Var::from_vec(xs.clone(), (n, c, hw, hw), &dev).expect("x");
-        let wt = Var::from_vec(ws.clone(), (cout, c, k, k), &dev).expect("w");
-        let y = conv2d(x.as_tensor(), wt.as_tensor(), stride, padding).expect("ours");
-        let o = (hw + 2 * padding - k) / stride + 1;
-        assert_eq!(y.dims(), &[n, cout, o, o]);
-        let rs = values(n * cout * o * o, 50 + i as u64);
-        let r = Tensor::from_vec(rs.clone(), y.shape(), &dev).expect("r");
-        let grads = (&y * &r)
-            .and_then(|t| t.sum_all())
-            .and_then(|l| l.backward())
-            .expect("grads");
-        let (y64, dx64, dw64) = reference(
-            &xs,
-            &ws,
-            &rs,
-            (n, c, hw, hw),
-            (cout, k),
-            (stride, padding),
-            (o, o),
+        let i = i as u64;
+        let (dw, dw64) = check_against_float64(
+            (n, c, (hw, hw), cout, k, stride, padding),
+            (7 * i + 1, 7 * i + 2, 50 + i),
+            |x, w| conv2d(x, w, stride, padding),
         );
-        let case = format!("case {i}: n{n} c{c} {hw}x{hw} cout{cout} k{k} s{stride} p{padding}");
-        let e = max_rel_err(&y, &y64);
-        assert!(e <= 1e-5, "{case}: forward error {e:e}");
-        let e = max_rel_err(grads.get(x.as_tensor()).expect("dx"), &dx64);
-        assert!(e <= 1e-5, "{case}: input gradient error {e:e}");
-        let dw = grads.get(wt.as_tensor()).expect("dw");
-        let e = max_rel_err(dw, &dw64);
-        assert!(e <= 1e-5, "{case}: weight gradient error {e:e}");
-        let dw: Vec<f32> = dw.flatten_all().and_then(|t| t.to_vec1()).expect("dw");
         for (j, (ours, exact)) in dw.iter().zip(&dw64).enumerate() {
             if *exact == 0.0 {
                 assert_eq!(
                     *ours, 0.0,
-                    "{case}: weight gradient {j} of a padding-only tap"
+                    "case {i}: weight gradient {j} of a padding-only tap"
                 );
             }
         }

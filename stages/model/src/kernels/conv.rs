@@ -739,17 +739,25 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
 /// product over the whole batch instead of products a few columns wide; candle differentiates
 /// it (the gradient of `M` folds back onto the taps). `None` for larger maps.
 fn small_map(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Option<Tensor>> {
-    let (&[n, c, h, wi], &[cout, cin, kh, kw]) = (x.dims(), w.dims()) else {
+    // A geometry `Conv2d` rejects is left to it to report.
+    let Ok(g) = Geometry::new(x.dims(), w.dims(), stride, padding) else {
         return Ok(None);
     };
-    if cin != c || stride == 0 || h * wi >= kh * kw || h + 2 * padding < kh || wi + 2 * padding < kw
-    {
+    let Geometry {
+        n,
+        c,
+        h,
+        w: wi,
+        cout,
+        kh,
+        kw,
+        ho,
+        wo,
+        ..
+    } = g;
+    if h * wi >= kh * kw {
         return Ok(None);
     }
-    let (ho, wo) = (
-        (h + 2 * padding - kh) / stride + 1,
-        (wi + 2 * padding - kw) / stride + 1,
-    );
     let taps = kh * kw;
     // For each (output p, input q): its tap, or `taps` (a zero appended to the taps).
     let mut index = Vec::with_capacity(ho * wo * h * wi);
