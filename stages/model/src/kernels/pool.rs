@@ -2,7 +2,7 @@
 //! pass forward and one backward. Composed from candle's operations (padding, two maxima per
 //! axis, transposes) it cost a width-64 step on 28×28 images about 230 ms of 1 750.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Output size of one axis: `⌈n / 2⌉`.
@@ -28,6 +28,63 @@ fn argmax(plane: &[f32], (h, w): (usize, usize), (i, j): (usize, usize)) -> usiz
     best
 }
 
+/// The larger of two values, NaN if either is (a select the compiler vectorises).
+#[inline(always)]
+fn max_nan(a: f32, b: f32) -> f32 {
+    if a > b || a.is_nan() { a } else { b }
+}
+
+/// Pool one `h×w` plane into `y` (`⌈h/2⌉×⌈w/2⌉`): per output row, the maximum over its (up to)
+/// three input rows column by column into `rows`, then over each window's (up to) three columns.
+fn pool_plane(x: &[f32], (h, w): (usize, usize), y: &mut [f32], rows: &mut [f32]) {
+    let wo = out(w);
+    for (i, y) in y.chunks_exact_mut(wo).enumerate() {
+        let (r0, r1) = ((2 * i).saturating_sub(1), (2 * i + 2).min(h));
+        rows.copy_from_slice(&x[r0 * w..(r0 + 1) * w]);
+        for r in r0 + 1..r1 {
+            for (m, &v) in rows.iter_mut().zip(&x[r * w..(r + 1) * w]) {
+                *m = max_nan(*m, v);
+            }
+        }
+        y[0] = if w > 1 {
+            max_nan(rows[0], rows[1])
+        } else {
+            rows[0]
+        };
+        for (j, y) in y.iter_mut().enumerate().skip(1) {
+            let c = 2 * j - 1;
+            let mut m = max_nan(rows[c], rows[c + 1]);
+            if c + 2 < w {
+                m = max_nan(m, rows[c + 2]);
+            }
+            *y = m;
+        }
+    }
+}
+
+/// The flat index of output `(i, j)`'s maximum given its value `v`: the first window element
+/// equal to it in row-major order (a NaN: the first NaN) — `argmax`'s answer, found with one
+/// comparison per element and an early exit.
+fn find_max(plane: &[f32], (h, w): (usize, usize), (i, j): (usize, usize), v: f32) -> usize {
+    let (r0, c0) = ((2 * i).saturating_sub(1), (2 * j).saturating_sub(1));
+    let (r1, c1) = ((2 * i + 2).min(h), (2 * j + 2).min(w));
+    for r in r0..r1 {
+        for c in c0..c1 {
+            let x = plane[r * w + c];
+            if x == v || (x.is_nan() && v.is_nan()) {
+                return r * w + c;
+            }
+        }
+    }
+    // `v` did not come from this window (not our forward's output): search it.
+    argmax(plane, (h, w), (i, j))
+}
+
+/// Planes per parallel task: about 16 K input values.
+fn planes_per_task(h: usize, w: usize) -> usize {
+    (16_384 / (h * w)).max(1)
+}
+
 fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
     match *l.dims() {
         [n, c, h, w] if h > 0 && w > 0 => Ok((n * c, h, w)),
@@ -50,13 +107,13 @@ impl CustomOp1 for MaxPool3x3S2 {
         let x = super::f32_slice("max_pool_3x3_s2", s, l, "input")?;
         let (ho, wo) = (out(h), out(w));
         let mut y = super::zeros(planes * ho * wo);
-        y.par_chunks_mut(ho * wo)
-            .zip(x.par_chunks(h * w))
+        let k = planes_per_task(h, w);
+        y.par_chunks_mut(k * ho * wo)
+            .zip(x.par_chunks(k * h * w))
             .for_each(|(y, x)| {
-                for i in 0..ho {
-                    for j in 0..wo {
-                        y[i * wo + j] = x[argmax(x, (h, w), (i, j))];
-                    }
+                let mut rows = vec![0.0; w];
+                for (y, x) in y.chunks_exact_mut(ho * wo).zip(x.chunks_exact(h * w)) {
+                    pool_plane(x, (h, w), y, &mut rows);
                 }
             });
         let mut shape = l.dims().to_vec();
@@ -65,16 +122,21 @@ impl CustomOp1 for MaxPool3x3S2 {
         Ok((CpuStorage::F32(y), Shape::from(shape)))
     }
 
-    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &Backward)?))
+    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op3_no_bwd(
+            &y.contiguous()?,
+            &dy.contiguous()?,
+            &Backward,
+        )?))
     }
 }
 
-/// `dx`: each output's gradient added to its window's maximum.
+/// `dx` from the input, the forward's output and its gradient: each output's gradient added to
+/// its window's first maximum.
 #[derive(Clone, Copy, Debug)]
 struct Backward;
 
-impl CustomOp2 for Backward {
+impl CustomOp3 for Backward {
     fn name(&self) -> &'static str {
         "simclr-max-pool-3x3-s2-backward"
     }
@@ -85,26 +147,37 @@ impl CustomOp2 for Backward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _timer = super::OpTimer::new("max-pool bwd", l1.dims());
         let (planes, h, w) = dims(l1)?;
         let (ho, wo) = (out(h), out(w));
-        if dims(l2)? != (planes, ho, wo) {
-            candle_core::bail!(
-                "max_pool_3x3_s2 backward: gradient {:?} for input {:?}",
-                l2.dims(),
-                l1.dims()
-            );
+        for (l, what) in [(l2, "output"), (l3, "gradient")] {
+            if dims(l)? != (planes, ho, wo) {
+                candle_core::bail!(
+                    "max_pool_3x3_s2 backward: {what} {:?} for input {:?}",
+                    l.dims(),
+                    l1.dims()
+                );
+            }
         }
         let x = super::f32_slice("max_pool_3x3_s2", s1, l1, "input")?;
-        let dy = super::f32_slice("max_pool_3x3_s2", s2, l2, "gradient")?;
+        let y = super::f32_slice("max_pool_3x3_s2", s2, l2, "output")?;
+        let dy = super::f32_slice("max_pool_3x3_s2", s3, l3, "gradient")?;
         let mut dx = super::zeros(x.len());
-        dx.par_chunks_mut(h * w)
-            .zip(x.par_chunks(h * w).zip(dy.par_chunks(ho * wo)))
-            .for_each(|(dx, (x, dy))| {
-                for i in 0..ho {
-                    for j in 0..wo {
-                        dx[argmax(x, (h, w), (i, j))] += dy[i * wo + j];
+        let (k, m) = (planes_per_task(h, w), ho * wo);
+        dx.par_chunks_mut(k * h * w)
+            .zip(x.par_chunks(k * h * w))
+            .zip(y.par_chunks(k * m).zip(dy.par_chunks(k * m)))
+            .for_each(|((dx, x), (y, dy))| {
+                let planes = dx.chunks_exact_mut(h * w).zip(x.chunks_exact(h * w));
+                for ((dx, x), (y, dy)) in planes.zip(y.chunks_exact(m).zip(dy.chunks_exact(m))) {
+                    for i in 0..ho {
+                        for j in 0..wo {
+                            let o = i * wo + j;
+                            dx[find_max(x, (h, w), (i, j), y[o])] += dy[o];
+                        }
                     }
                 }
             });
