@@ -10,14 +10,19 @@ fn out(n: usize) -> usize {
     n.div_ceil(2)
 }
 
+/// The input rows (or columns) of output row (column) `i` on an axis of `n`: `2i-1 ..= 2i+1`,
+/// clipped to the plane (the padding never wins).
+fn span(i: usize, n: usize) -> std::ops::Range<usize> {
+    (2 * i).saturating_sub(1)..(2 * i + 2).min(n)
+}
+
 /// For output `(i, j)` of an `h×w` plane: the flat index of its window's maximum, the first in
 /// row-major order among equal values (PyTorch's choice); a NaN wins and stays.
 fn argmax(plane: &[f32], (h, w): (usize, usize), (i, j): (usize, usize)) -> usize {
-    let (r0, c0) = ((2 * i).saturating_sub(1), (2 * j).saturating_sub(1));
-    let (r1, c1) = ((2 * i + 2).min(h), (2 * j + 2).min(w));
-    let mut best = r0 * w + c0;
-    for r in r0..r1 {
-        for c in c0..c1 {
+    let (rows, cols) = (span(i, h), span(j, w));
+    let mut best = rows.start * w + cols.start;
+    for r in rows {
+        for c in cols.clone() {
             let at = r * w + c;
             let (v, b) = (plane[at], plane[best]);
             if v > b || (v.is_nan() && !b.is_nan()) {
@@ -39,9 +44,9 @@ fn max_nan(a: f32, b: f32) -> f32 {
 fn pool_plane(x: &[f32], (h, w): (usize, usize), y: &mut [f32], rows: &mut [f32]) {
     let wo = out(w);
     for (i, y) in y.chunks_exact_mut(wo).enumerate() {
-        let (r0, r1) = ((2 * i).saturating_sub(1), (2 * i + 2).min(h));
-        rows.copy_from_slice(&x[r0 * w..(r0 + 1) * w]);
-        for r in r0 + 1..r1 {
+        let rs = span(i, h);
+        rows.copy_from_slice(&x[rs.start * w..(rs.start + 1) * w]);
+        for r in rs.start + 1..rs.end {
             for (m, &v) in rows.iter_mut().zip(&x[r * w..(r + 1) * w]) {
                 *m = max_nan(*m, v);
             }
@@ -66,10 +71,8 @@ fn pool_plane(x: &[f32], (h, w): (usize, usize), y: &mut [f32], rows: &mut [f32]
 /// equal to it in row-major order (a NaN: the first NaN) — `argmax`'s answer, found with one
 /// comparison per element and an early exit.
 fn find_max(plane: &[f32], (h, w): (usize, usize), (i, j): (usize, usize), v: f32) -> usize {
-    let (r0, c0) = ((2 * i).saturating_sub(1), (2 * j).saturating_sub(1));
-    let (r1, c1) = ((2 * i + 2).min(h), (2 * j + 2).min(w));
-    for r in r0..r1 {
-        for c in c0..c1 {
+    for r in span(i, h) {
+        for c in span(j, w) {
             let x = plane[r * w + c];
             if x == v || (x.is_nan() && v.is_nan()) {
                 return r * w + c;
