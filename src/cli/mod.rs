@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod data;
 mod embed;
 mod eval;
 mod export;
@@ -53,6 +54,11 @@ enum Command {
     /// one run folder per trial, results.md/.csv/.json and a heatmap or bar chart; re-running
     /// skips finished trials and resumes an interrupted one.
     Sweep(sweep::SweepArgs),
+    /// Datasets: `data pack` writes one as WebDataset tar shards.
+    Data {
+        #[command(subcommand)]
+        what: data::DataCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -81,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Export(args) => args.run(&registry).map(printed),
         Command::Embed(args) => args.run(&registry).map(printed),
         Command::Sweep(args) => args.run(&registry),
+        Command::Data { what } => what.run(&registry).map(printed),
         Command::Bench { what } => what.run().map(printed),
     };
     match result {
@@ -97,6 +104,23 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+/// A progress bar of `total` `unit` on stderr (hidden with `quiet`).
+fn progress_bar(quiet: bool, total: u64, unit: &str) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{elapsed_precise}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit}  {{per_sec}}  eta {{eta}}"
+    )) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 /// A command's report on stdout, and success.

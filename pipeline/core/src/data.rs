@@ -30,6 +30,11 @@ pub trait Dataset: Send + Sync {
     /// # Errors
     /// An item that cannot be read or decoded.
     fn get(&self, index: u64) -> Result<Sample, ItemError>;
+
+    /// What item `index` is, for a person (a file's path); `None` when items have no names.
+    fn name(&self, _index: u64) -> Option<String> {
+        None
+    }
 }
 
 /// One decoded item.

@@ -90,7 +90,11 @@ impl RunData {
         )
     }
 
-    fn from_definition_file(
+    /// [`RunData::from_definition`] of the text of `file` (errors name it).
+    ///
+    /// # Errors
+    /// A definition that does not build, or one without a labelled source.
+    pub fn from_definition_file(
         file: &Path,
         text: &str,
         registry: &Registry,

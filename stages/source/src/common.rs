@@ -45,6 +45,98 @@ impl Default for SourceOptions {
     }
 }
 
+/// How a source orders its items in each shuffled epoch.
+#[derive(Clone, Debug, Default)]
+pub enum Order {
+    /// A seeded permutation of every item (random access: any item is as cheap as any other).
+    #[default]
+    Permutation,
+    /// Items stored in shards (`counts[s]` items each, numbered in shard order): the shards in
+    /// a seeded order, read in turn through a seeded shuffle buffer of `buffer` items
+    /// (WebDataset's `shuffle(n)`), so reads stay within a few shards at a time and memory
+    /// follows the buffer, not the dataset.
+    Shards {
+        /// Items per shard.
+        counts: Arc<[u64]>,
+        /// Items in the shuffle buffer (0 or 1: each shard in its own order).
+        buffer: usize,
+    },
+}
+
+/// The stream of item numbers of one epoch under [`Order::Shards`].
+struct ShardStream {
+    epoch: u32,
+    /// Position of the next item [`ShardStream::next`] gives.
+    next_pos: u64,
+    order: Vec<usize>,
+    starts: Vec<u64>,
+    counts: Vec<u64>,
+    shard: usize,
+    within: u64,
+    buffer: Vec<u64>,
+    capacity: usize,
+    rng: Rng,
+}
+
+impl ShardStream {
+    /// Epoch `epoch`'s stream over the first `n` items of shards of `counts` items.
+    fn new(seed: u64, epoch: u32, counts: &[u64], n: u64, capacity: usize) -> Self {
+        let mut left = n;
+        let mut starts = Vec::with_capacity(counts.len());
+        let mut used = Vec::with_capacity(counts.len());
+        let mut start = 0;
+        for &c in counts {
+            starts.push(start);
+            start += c;
+            used.push(c.min(left));
+            left -= c.min(left);
+        }
+        let mut order: Vec<usize> = (0..counts.len()).collect();
+        Rng::from_key(&[seed, u64::from(epoch), stream::SHUFFLE, 1]).shuffle(&mut order);
+        Self {
+            epoch,
+            next_pos: 0,
+            order,
+            starts,
+            counts: used,
+            shard: 0,
+            within: 0,
+            buffer: Vec::with_capacity(capacity.clamp(1, 1 << 20)),
+            capacity: capacity.max(1),
+            rng: Rng::from_key(&[seed, u64::from(epoch), stream::SHUFFLE, 2]),
+        }
+    }
+
+    /// The next item in shard order.
+    fn pull(&mut self) -> Option<u64> {
+        while let Some(&s) = self.order.get(self.shard) {
+            if self.within < self.counts[s] {
+                self.within += 1;
+                return Some(self.starts[s] + self.within - 1);
+            }
+            self.shard += 1;
+            self.within = 0;
+        }
+        None
+    }
+
+    /// The next item of the epoch: the buffer filled, then one of its items drawn.
+    fn next(&mut self) -> Option<u64> {
+        while self.buffer.len() < self.capacity {
+            match self.pull() {
+                Some(v) => self.buffer.push(v),
+                None => break,
+            }
+        }
+        if self.buffer.is_empty() {
+            return None;
+        }
+        let j = self.rng.below(self.buffer.len() as u64) as usize;
+        self.next_pos += 1;
+        Some(self.buffer.swap_remove(j))
+    }
+}
+
 /// Loads a dataset once for all of a stage's workers (on the first worker's `on_start`).
 pub type SharedDataset = Arc<OnceLock<Result<Arc<dyn Dataset>, Arc<DataError>>>>;
 
@@ -64,6 +156,10 @@ pub struct DatasetSource {
     next: u64,
     step: u64,
     order: Option<(u32, Vec<u64>)>,
+    /// How shuffled epochs are ordered.
+    ordering: Order,
+    /// The current epoch's stream under [`Order::Shards`].
+    stream: Option<ShardStream>,
     /// Where a resumed run starts: (epoch, stream position within it).
     resume_at: Option<(u32, u64)>,
 }
@@ -90,8 +186,17 @@ impl DatasetSource {
             next: rank as u64 + ranks * worker as u64,
             step: ranks * workers.max(1) as u64,
             order: None,
+            ordering: Order::Permutation,
+            stream: None,
             resume_at: None,
         }
+    }
+
+    /// Order shuffled epochs by `order` instead of a permutation of every item.
+    #[must_use]
+    pub fn with_order(mut self, order: Order) -> Self {
+        self.ordering = order;
+        self
     }
 
     /// Start at stream position `position` of epoch `epoch` (a resumed run), instead of at
@@ -113,6 +218,27 @@ impl DatasetSource {
     fn index(&mut self, seed: u64, epoch: u32, pos: u64, n: u64) -> Result<u64, StageError> {
         if !self.options.shuffle {
             return Ok(pos);
+        }
+        if let Order::Shards { counts, buffer } = &self.ordering {
+            if self
+                .stream
+                .as_ref()
+                .is_none_or(|s| s.epoch != epoch || s.next_pos > pos)
+            {
+                self.stream = Some(ShardStream::new(seed, epoch, counts, n, *buffer));
+            }
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| StageError::msg("shard stream missing"))?;
+            while let Some(item) = stream.next() {
+                if stream.next_pos == pos + 1 {
+                    return Ok(item);
+                }
+            }
+            return Err(StageError::msg(format!(
+                "position {pos} is past the {n} items of epoch {epoch}"
+            )));
         }
         if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
             self.order = None;
@@ -205,6 +331,27 @@ pub fn factory(
     labelled: Arc<dyn LabelledData>,
     load: impl Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync + 'static,
 ) -> simclr_core::StageFactory {
+    factory_ordered(
+        cx,
+        options,
+        expected_len,
+        channels,
+        labelled,
+        Order::Permutation,
+        load,
+    )
+}
+
+/// [`factory`] with shuffled epochs in `order`.
+pub fn factory_ordered(
+    cx: &simclr_core::BuildContext<'_>,
+    options: SourceOptions,
+    expected_len: u64,
+    channels: usize,
+    labelled: Arc<dyn LabelledData>,
+    order: Order,
+    load: impl Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync + 'static,
+) -> simclr_core::StageFactory {
     let shared: SharedDataset = Arc::new(OnceLock::new());
     let load: Arc<dyn Fn() -> Result<Arc<dyn Dataset>, DataError> + Send + Sync> = Arc::new(load);
     let used = options.limit.map_or(expected_len, |l| l.min(expected_len));
@@ -228,7 +375,8 @@ pub fn factory(
             expected_len,
             (worker, workers),
             ranks,
-        );
+        )
+        .with_order(order.clone());
         match resume {
             Some((epoch, position)) => source.resuming_at(epoch, position),
             None => source,

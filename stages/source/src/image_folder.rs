@@ -172,6 +172,11 @@ impl Dataset for ImageFolder {
             label: *label,
         })
     }
+
+    fn name(&self, index: u64) -> Option<String> {
+        let (path, _) = self.files.get(usize::try_from(index).ok()?)?;
+        Some(path.display().to_string())
+    }
 }
 
 /// Why an image file's bytes cannot be decoded.

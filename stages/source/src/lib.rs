@@ -4,6 +4,8 @@
 //! - [`cifar`]: CIFAR-10 / CIFAR-100 binary batches.
 //! - [`image_folder`]: a folder tree of JPEG/PNG/WebP/BMP/GIF files (class = sub-folder),
 //!   decoded in parallel workers.
+//! - [`webdataset`]: WebDataset tar shards (`key.jpg` + `key.cls`), shard order and a shuffle
+//!   buffer seeded per epoch; [`pack`] writes them from any source.
 //! - [`synthetic`]: a built-in, deterministic, labelled RGB dataset of shapes and textures.
 //!
 //! All of them share [`common::SourceOptions`] (epochs, per-epoch shuffle from the seed,
@@ -17,7 +19,9 @@ pub mod cifar;
 pub mod common;
 pub mod idx;
 pub mod image_folder;
+pub mod pack;
 pub mod synthetic;
+pub mod webdataset;
 
 /// The kinds of this crate, in the order `simclr stages` lists them.
 pub const KINDS: &[&simclr_core::StageKind] = &[
@@ -25,4 +29,5 @@ pub const KINDS: &[&simclr_core::StageKind] = &[
     &idx::KIND,
     &cifar::KIND,
     &image_folder::KIND,
+    &webdataset::KIND,
 ];
