@@ -306,6 +306,14 @@ fn bench_augment_prints_json_per_suite() {
             "{json}"
         );
     }
+    // Suite (d): the same photos packed into a shard and read back.
+    assert!(
+        json["d"]["us_per_view"]["shard read + jpeg decode"]
+            .as_f64()
+            .is_some_and(|t| t > 0.0),
+        "{json}"
+    );
+    assert!(json["d_over_c"].as_f64().is_some_and(|r| r > 0.0), "{json}");
 }
 
 #[test]

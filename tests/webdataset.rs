@@ -179,7 +179,7 @@ fn pack_then_read_gives_every_image_and_label_back_in_a_seeded_resumable_order()
             "epoch {epoch} covers every item"
         );
     }
-    let (e0, e1): (Vec<_>, Vec<_>) = one.iter().partition(|(e, _)| *e == 0);
+    let (e0, e1): (Vec<&(u32, u64)>, Vec<&(u32, u64)>) = one.iter().partition(|(e, _)| *e == 0);
     assert_ne!(
         e0.iter().map(|x| x.1).collect::<Vec<_>>(),
         e1.iter().map(|x| x.1).collect::<Vec<_>>(),

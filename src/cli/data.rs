@@ -117,12 +117,7 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
 impl PackArgs {
     fn run(&self, registry: &Registry) -> Result<String> {
         let t0 = Instant::now();
-        if self.threads > 0 {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(self.threads)
-                .build_global()
-                .ok();
-        }
+        super::use_threads(self.threads);
         let split = match self.split {
             SplitArg::Train => Split::Train,
             SplitArg::Test => Split::Test,

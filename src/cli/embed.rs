@@ -43,12 +43,7 @@ impl EmbedArgs {
     /// Embed, write the `.npy` (and `.ids.txt` for folders); the report.
     pub fn run(&self, registry: &Registry) -> Result<String> {
         let t0 = Instant::now();
-        if self.threads > 0 {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(self.threads)
-                .build_global()
-                .ok();
-        }
+        super::use_threads(self.threads);
         if !self.model.is_file() && self.output != FEATURES && self.output != PROJECTION {
             bail!(
                 "--output is `{FEATURES}` or `{PROJECTION}`, not `{}`",

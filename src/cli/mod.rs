@@ -106,6 +106,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Size the global rayon pool (`threads` 0: one thread per core, rayon's default).
+fn use_threads(threads: usize) {
+    if threads > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .ok();
+    }
+}
+
 /// A progress bar of `total` `unit` on stderr (hidden with `quiet`).
 fn progress_bar(quiet: bool, total: u64, unit: &str) -> indicatif::ProgressBar {
     if quiet {

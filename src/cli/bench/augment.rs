@@ -1,8 +1,10 @@
-//! `simclr bench augment`: pairs per second of the `views` stage's work on three suites,
-//! with a per-transform cost breakdown, against torchvision's figures on this machine.
+//! `simclr bench augment`: pairs per second of the `views` stage's work on four suites,
+//! with a per-transform cost breakdown, against torchvision's figures on this machine. Suite
+//! (d) reads suite (c)'s photos packed into a WebDataset shard (`simclr data pack`'s
+//! defaults: longer side 256, JPEG quality 90) through the `webdataset` source's reader.
 
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,9 @@ use simclr::augment::views::make_pair;
 use simclr::augment::{Img, Policy};
 use simclr::core::rng::{Rng, stream};
 use simclr::core::{Image, SampleId};
+use simclr::source::common::{Dataset, ItemError, Sample};
+use simclr::source::pack::{Format, PackOptions, pack};
+use simclr::source::webdataset::{Shards, counts, read_table, shard_paths};
 
 /// torchvision (PIL path, DataLoader with 2 workers) on this 2-core machine, pairs/s, as
 /// measured for issue #3; `benches/reference/augment_torchvision.py` re-measures it.
@@ -28,6 +33,89 @@ struct Suite {
 enum Inputs {
     Decoded(Vec<Image>),
     Jpeg(Vec<Arc<[u8]>>),
+    /// Samples of packed shards, read and decoded per pair (suite d).
+    Shards(Arc<Shards>),
+}
+
+/// Suite (c)'s JPEGs as a dataset, for packing.
+struct JpegList(Vec<Arc<[u8]>>);
+
+impl Dataset for JpegList {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn get(&self, index: u64) -> std::result::Result<Sample, ItemError> {
+        let img = decode(&self.0[index as usize], index).map_err(|e| ItemError {
+            item: format!("photo {index}"),
+            cause: e.to_string(),
+        })?;
+        Ok(Sample {
+            width: img.width,
+            height: img.height,
+            channels: 3,
+            pixels: img.pixels,
+            label: None,
+        })
+    }
+}
+
+/// Where the bench writes the photos and their packed shard (and the packed JPEGs as files,
+/// for the torchvision reference): a fresh folder under the system's temporary folder.
+fn scratch_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("simclr-bench-augment-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Pack `jpegs` as `simclr data pack` does by default (longer side ≤ 256, JPEG q90) into
+/// `dir/shards`; the packed JPEGs are also written to `dir/packed` (for the reference).
+fn packed(jpegs: &[Arc<[u8]>], dir: &Path) -> Result<Arc<Shards>> {
+    let out = dir.join("shards");
+    let options = PackOptions {
+        format: Format::Jpg,
+        ..PackOptions::default()
+    };
+    pack(
+        &JpegList(jpegs.to_vec()),
+        "bench photos",
+        Vec::new(),
+        &out,
+        &options,
+        &|_| {},
+    )
+    .context("cannot pack the photos")?;
+    let paths = shard_paths(&out.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (counts, _) = counts(&paths).context("cannot read the packed shard")?;
+    let files = dir.join("packed");
+    std::fs::create_dir_all(&files)?;
+    for path in &paths {
+        let table = read_table(path)?;
+        let bytes = std::fs::read(path)?;
+        for m in &table.members {
+            if let Some((name, off, len)) = &m.image {
+                std::fs::write(
+                    files.join(name),
+                    &bytes[*off as usize..(*off + *len) as usize],
+                )?;
+            }
+        }
+    }
+    Ok(Arc::new(Shards::new(paths, &counts, 3, false, 4)))
+}
+
+fn shard_image(shards: &Shards, i: u64) -> Result<Image> {
+    let s = shards
+        .get(i % shards.len())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Image {
+        id: SampleId { epoch: 0, index: i },
+        label: None,
+        width: s.width,
+        height: s.height,
+        channels: s.channels,
+        pixels: s.pixels,
+    })
 }
 
 fn policy(yaml: &str) -> Result<Policy> {
@@ -133,7 +221,24 @@ fn decode(bytes: &[u8], index: u64) -> Result<Image> {
     })
 }
 
-fn suites(images: Option<&Path>) -> Result<Vec<Suite>> {
+/// The photos of suite (c): JPEGs from `images`, else generated ones (written to
+/// `dir/photos` so the reference decodes the same files).
+fn photo_inputs(images: Option<&Path>, dir: &Path) -> Result<Vec<Arc<[u8]>>> {
+    if let Some(d) = images {
+        return jpegs_from(d);
+    }
+    let jpegs = photos(24)?;
+    let folder = dir.join("photos");
+    std::fs::create_dir_all(&folder)?;
+    for (i, j) in jpegs.iter().enumerate() {
+        std::fs::write(folder.join(format!("{i:04}.jpg")), j)?;
+    }
+    Ok(jpegs)
+}
+
+const PHOTO_POLICY: &str = "[{random_resized_crop: {size: 224}}, horizontal_flip, {random_apply: {p: 0.8, transforms: [{color_jitter: {brightness: 0.8, contrast: 0.8, saturation: 0.8, hue: 0.2}}]}}, {random_grayscale: {p: 0.2}}, {random_apply: {p: 0.5, transforms: [{gaussian_blur: {kernel_size: 23, sigma: [0.1, 2.0]}}]}}, {normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}]";
+
+fn suites(jpegs: Vec<Arc<[u8]>>, shards: Arc<Shards>) -> Result<Vec<Suite>> {
     Ok(vec![
         Suite {
             key: "a",
@@ -154,13 +259,14 @@ fn suites(images: Option<&Path>) -> Result<Vec<Suite>> {
         Suite {
             key: "c",
             description: "JPEG ~500x375 -> decode, crop(224), flip, jitter(.8,.8,.8,.2) p0.8, gray 0.2, blur(23) p0.5, normalize",
-            policy: policy(
-                "[{random_resized_crop: {size: 224}}, horizontal_flip, {random_apply: {p: 0.8, transforms: [{color_jitter: {brightness: 0.8, contrast: 0.8, saturation: 0.8, hue: 0.2}}]}}, {random_grayscale: {p: 0.2}}, {random_apply: {p: 0.5, transforms: [{gaussian_blur: {kernel_size: 23, sigma: [0.1, 2.0]}}]}}, {normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}]",
-            )?,
-            inputs: Inputs::Jpeg(match images {
-                Some(dir) => jpegs_from(dir)?,
-                None => photos(24)?,
-            }),
+            policy: policy(PHOTO_POLICY)?,
+            inputs: Inputs::Jpeg(jpegs),
+        },
+        Suite {
+            key: "d",
+            description: "(c)'s photos packed (data pack: longer side 256, q90) -> shard read + decode, then (c)'s policy",
+            policy: policy(PHOTO_POLICY)?,
+            inputs: Inputs::Shards(shards),
         },
     ])
 }
@@ -173,6 +279,7 @@ fn one_pair(suite: &Suite, i: u64) -> Result<()> {
             img
         }
         Inputs::Jpeg(v) => decode(&v[(i % v.len() as u64) as usize], i)?,
+        Inputs::Shards(s) => shard_image(s, i)?,
     };
     make_pair(&image, &suite.policy, &suite.policy, 7).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
@@ -187,7 +294,7 @@ fn throughput(suite: &Suite, threads: usize, seconds: f64) -> Result<f64> {
     // Big photos are ~100x the work of small images: smaller chunks keep short runs short.
     let chunk = match suite.inputs {
         Inputs::Decoded(_) => 64u64,
-        Inputs::Jpeg(_) => 8,
+        Inputs::Jpeg(_) | Inputs::Shards(_) => 8,
     };
     // Warm-up (allocator, resizer tables).
     pool.install(|| {
@@ -221,6 +328,12 @@ fn breakdown(suite: &Suite, pairs: u64) -> Result<Vec<(String, f64)>> {
                 decode_time += t.elapsed();
                 img
             }
+            Inputs::Shards(s) => {
+                let t = Instant::now();
+                let img = shard_image(s, i)?;
+                decode_time += t.elapsed();
+                img
+            }
         };
         for which in [stream::VIEW_T, stream::VIEW_T_PRIME] {
             let mut img = Img::from_image(&image);
@@ -241,7 +354,11 @@ fn breakdown(suite: &Suite, pairs: u64) -> Result<Vec<(String, f64)>> {
     if decode_time > Duration::ZERO {
         // Decoding happens once per pair; report it per view like the rest.
         rows.push((
-            "jpeg decode".to_owned(),
+            if matches!(suite.inputs, Inputs::Shards(_)) {
+                "shard read + jpeg decode".to_owned()
+            } else {
+                "jpeg decode".to_owned()
+            },
             decode_time.as_secs_f64() * 1e6 / views,
         ));
     }
@@ -254,16 +371,15 @@ fn breakdown(suite: &Suite, pairs: u64) -> Result<Vec<(String, f64)>> {
 /// Run `benches/reference/augment_torchvision.py` with `python` and read its pairs/s.
 fn measure_torchvision(
     python: &str,
-    images: Option<&Path>,
+    images: &Path,
+    packed: &Path,
     seconds: f64,
 ) -> Result<Vec<(String, f64)>> {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference/augment_torchvision.py");
     let mut cmd = std::process::Command::new(python);
     cmd.arg(&script).arg("--seconds").arg(seconds.to_string());
-    if let Some(dir) = images {
-        cmd.arg("--images").arg(dir);
-    }
+    cmd.arg("--images").arg(images).arg("--packed").arg(packed);
     let out = cmd.output().with_context(|| format!("cannot run `{python}` (the torchvision reference needs Python with torch and torchvision)"))?;
     if !out.status.success() {
         bail!(
@@ -279,15 +395,19 @@ fn measure_torchvision(
             Some((it.next()?.to_owned(), it.next()?.parse().ok()?))
         })
         .collect();
-    if rates.len() != 3 {
+    if !["a", "b", "c", "c_pil", "d", "d_pil"]
+        .iter()
+        .all(|k| rates.iter().any(|(r, _)| r == k))
+    {
         bail!("unexpected output from the torchvision reference:\n{text}");
     }
     Ok(rates)
 }
 
 /// Run every suite and print a table (or JSON). With `reference` (a Python interpreter with
-/// torch and torchvision), torchvision is measured in the same run; otherwise its figures
-/// quoted above are used.
+/// torch and torchvision), torchvision is measured in the same run on the same files (and its
+/// PIL-blur variant, `ImageFilter.GaussianBlur` as lightly blurs, for the photo suites);
+/// otherwise its figures quoted above are used.
 pub fn augment(
     json: bool,
     images: Option<&Path>,
@@ -295,9 +415,26 @@ pub fn augment(
     threads: usize,
     reference: Option<&str>,
 ) -> Result<String> {
+    let dir = scratch_dir()?;
+    let jpegs = photo_inputs(images, &dir)?;
+    let shards = packed(&jpegs, &dir)?;
+    let photo_dir = images.map_or_else(|| dir.join("photos"), Path::to_owned);
     let measured = reference
-        .map(|python| measure_torchvision(python, images, seconds))
+        .map(|python| measure_torchvision(python, &photo_dir, &dir.join("packed"), seconds))
         .transpose()?;
+    let quoted = |key: &str| {
+        TORCHVISION
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(f64::NAN, |(_, v)| *v)
+    };
+    let torchvision = |key: &str| match &measured {
+        Some(rates) => rates
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(f64::NAN, |(_, v)| *v),
+        None => quoted(key),
+    };
     let mut out = String::new();
     let mut report = serde_json::Map::new();
     if !json {
@@ -308,27 +445,20 @@ pub fn augment(
             "torchvision*"
         };
         out.push_str(&format!(
-            "{:<5} {:>10} {:>15} {:>7}  {}\n",
-            "suite", "pairs/s", source, "ratio", "what"
+            "{:<5} {:>10} {:>15} {:>7} {:>14} {:>7}  {}\n",
+            "suite", "pairs/s", source, "ratio", "PIL-blur tv", "ratio", "what"
         ));
     }
     let mut breakdowns = Vec::new();
-    for suite in suites(images)? {
+    let mut rates = Vec::new();
+    for suite in suites(jpegs, shards)? {
         let rate = throughput(&suite, threads, seconds)?;
-        let reference = match &measured {
-            Some(rates) => rates
-                .iter()
-                .find(|(k, _)| k == suite.key)
-                .map_or(f64::NAN, |(_, v)| *v),
-            None => TORCHVISION
-                .iter()
-                .find(|(k, _)| *k == suite.key)
-                .map_or(f64::NAN, |(_, v)| *v),
-        };
+        let reference = torchvision(suite.key);
+        let pil = torchvision(&format!("{}_pil", suite.key));
         // About a third of the measuring time again for the breakdown.
         let pairs = match suite.inputs {
             Inputs::Decoded(_) => ((seconds * 700.0) as u64).clamp(50, 2000),
-            Inputs::Jpeg(_) => ((seconds * 20.0) as u64).clamp(4, 60),
+            Inputs::Jpeg(_) | Inputs::Shards(_) => ((seconds * 20.0) as u64).clamp(4, 60),
         };
         let costs = breakdown(&suite, pairs)?;
         if json {
@@ -342,29 +472,54 @@ pub fn augment(
                     "description": suite.description,
                     "pairs_per_s": rate,
                     "torchvision_pairs_per_s": reference,
+                    "torchvision_pil_blur_pairs_per_s": pil,
                     "torchvision_measured": measured.is_some(),
                     "ratio": rate / reference,
+                    "ratio_pil_blur": rate / pil,
                     "threads": threads,
                     "us_per_view": costs_json,
                 }),
             );
         } else {
+            let cell = |v: f64, width: usize, ratio: bool| {
+                let text = match (v.is_finite(), ratio) {
+                    (false, _) => "-".to_owned(),
+                    (true, true) => format!("{v:.1}x"),
+                    (true, false) => format!("{v:.0}"),
+                };
+                format!("{text:>width$}")
+            };
             out.push_str(&format!(
-                "{:<5} {:>10.0} {:>15.0} {:>6.1}x  {}\n",
+                "{:<5} {:>10.0} {} {} {} {}  {}\n",
                 suite.key,
                 rate,
-                reference,
-                rate / reference,
+                cell(reference, 15, false),
+                cell(rate / reference, 7, true),
+                cell(pil, 14, false),
+                cell(rate / pil, 7, true),
                 suite.description
             ));
         }
+        rates.push((suite.key, rate));
         breakdowns.push((suite.key, costs));
     }
+    std::fs::remove_dir_all(&dir).ok();
+    let rate_of = |k: &str| {
+        rates
+            .iter()
+            .find(|(r, _)| *r == k)
+            .map_or(f64::NAN, |(_, v)| *v)
+    };
+    let packed_gain = rate_of("d") / rate_of("c");
     if json {
+        report.insert("d_over_c".into(), serde_json::json!(packed_gain));
         return Ok(serde_json::to_string_pretty(&serde_json::Value::Object(
             report,
         ))?);
     }
+    out.push_str(&format!(
+        "\npacked shards against the original JPEGs, same policy: (d) / (c) = {packed_gain:.2}x\n"
+    ));
     out.push_str(
         "\nper-transform cost, one thread, microseconds per view (share of the view's time):\n",
     );
@@ -376,6 +531,6 @@ pub fn augment(
             .collect();
         out.push_str(&format!("{key}: {}\n", parts.join(", ")));
     }
-    out.push_str("\n(the last transform's time includes the final float conversion; torchvision: PIL path, DataLoader with 2 workers, benches/reference/augment_torchvision.py; * = figures quoted from an earlier run on this machine, `--reference python3` measures it in this run)\n");
+    out.push_str("\n(the last transform's time includes the final float conversion; torchvision: PIL path, DataLoader with 2 workers, on the same files, benches/reference/augment_torchvision.py; PIL-blur: the same with PIL's ImageFilter.GaussianBlur instead of torchvision's GaussianBlur(23); * = figures quoted from an earlier run on this machine, `--reference python3` measures it in this run)\n");
     Ok(out)
 }

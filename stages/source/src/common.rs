@@ -428,6 +428,45 @@ macro_rules! source_config {
     };
 }
 
+/// `true`, for `#[serde(default = ...)]`.
+pub fn default_true() -> bool {
+    true
+}
+
+/// 3 (RGB), the default `channels` of the sources that decode image files.
+pub fn default_channels() -> u8 {
+    3
+}
+
+/// `channels` must be 1 or 3; `Err((field, message, help))` otherwise.
+pub fn check_channels(channels: u8) -> Result<(), (&'static str, String, &'static str)> {
+    if channels == 1 || channels == 3 {
+        return Ok(());
+    }
+    Err((
+        "channels",
+        format!("`channels` must be 1 or 3, found {channels}"),
+        "1 decodes to gray, 3 to RGB",
+    ))
+}
+
+/// A decoded image file as a sample of `channels` channels (converted: gray or RGB).
+pub fn sample_from(decoded: image::DynamicImage, channels: u8, label: Option<u32>) -> Sample {
+    let (width, height) = (decoded.width(), decoded.height());
+    let pixels: Vec<u8> = if channels == 1 {
+        decoded.into_luma8().into_raw()
+    } else {
+        decoded.into_rgb8().into_raw()
+    };
+    Sample {
+        width,
+        height,
+        channels,
+        pixels: Arc::from(pixels),
+        label,
+    }
+}
+
 /// Default `epochs`.
 pub fn default_epochs() -> u32 {
     1

@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use simclr_core::{
     BuildContext, InputPorts, OutputPort, Parallelism, ParamError, PortType, StageFactory,
     StageKind,
@@ -25,20 +27,12 @@ crate::source_config! {
         /// Root folder; each sub-folder is a class.
         pub path: String,
         /// Label images by their sub-folder (otherwise every image is unlabelled).
-        #[serde(default = "yes")]
+        #[serde(default = "crate::common::default_true")]
         pub labels: bool,
         /// 3 (RGB) or 1 (gray): images are converted when decoded.
-        #[serde(default = "three")]
+        #[serde(default = "crate::common::default_channels")]
         pub channels: u8,
     }
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn three() -> u8 {
-    3
 }
 
 /// The `image_folder` kind.
@@ -66,66 +60,257 @@ pub type LabelledFiles = Vec<(PathBuf, Option<u32>)>;
 
 /// Image files under `root`, sorted, with their class index; and the class names. Links are
 /// followed, each real folder once; only regular files (or dangling links, reported when
-/// read) count as images.
+/// read) count as images. The folders of each level of the tree are listed in parallel, and
+/// an entry is looked at through its directory entry's type (a `stat` only for links), so a
+/// million files list in about a second.
 ///
 /// # Errors
 /// An unreadable folder.
 pub fn scan(root: &Path, labels: bool) -> Result<(LabelledFiles, Vec<String>), DataError> {
-    let mut classes: Vec<String> = Vec::new();
-    let mut files: Vec<(PathBuf, Option<String>)> = Vec::new();
-    let mut stack: Vec<(PathBuf, Option<String>)> = vec![(root.to_owned(), None)];
+    scan_folders(root, labels).map(|(files, classes, _)| (files, classes))
+}
+
+/// [`scan`], with every folder read and its modification time before it was listed.
+fn scan_folders(
+    root: &Path,
+    labels: bool,
+) -> Result<(LabelledFiles, Vec<String>, Vec<(PathBuf, u128)>), DataError> {
+    let mut read: Vec<(PathBuf, u128)> = Vec::new();
+    let mut files: Vec<(PathBuf, Option<Arc<str>>)> = Vec::new();
+    let mut level: Vec<(PathBuf, Option<Arc<str>>)> = vec![(root.to_owned(), None)];
     // Every real folder is read once: a symbolic link back up the tree (or two links to one
     // folder) would otherwise list the same images again and again.
     let mut seen = std::collections::HashSet::new();
-    while let Some((dir, class)) = stack.pop() {
-        let real = std::fs::canonicalize(&dir).map_err(DataError::io(&dir))?;
-        if !seen.insert(real) {
-            continue;
-        }
-        let entries = std::fs::read_dir(&dir).map_err(DataError::io(&dir))?;
-        for entry in entries {
-            let entry = entry.map_err(DataError::io(&dir))?;
-            let path = entry.path();
-            // Through links; a dangling link stays a candidate, so reading it names it.
-            let meta = std::fs::metadata(&path).ok();
-            if meta.as_ref().is_some_and(|m| !m.is_dir() && !m.is_file()) {
-                // A pipe, socket or device named like an image is not one (reading a pipe
-                // would wait forever).
-                continue;
-            }
-            if meta.as_ref().is_some_and(std::fs::Metadata::is_dir) {
-                let sub = class
-                    .clone()
-                    .or_else(|| (labels).then(|| entry.file_name().to_string_lossy().into_owned()));
-                stack.push((path, sub));
-            } else if path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-            {
-                files.push((path, class.clone()));
+    while !level.is_empty() {
+        let mut todo = Vec::with_capacity(level.len());
+        for (dir, class) in level {
+            let real = std::fs::canonicalize(&dir).map_err(DataError::io(&dir))?;
+            if seen.insert(real) {
+                todo.push((dir, class));
             }
         }
-    }
-    files.sort();
-    for (_, class) in &files {
-        if let Some(c) = class
-            && !classes.contains(c)
-        {
-            classes.push(c.clone());
+        let listed: Vec<Result<Listing, DataError>> = todo
+            .par_iter()
+            .map(|(dir, class)| list(dir, class.as_ref(), labels))
+            .collect();
+        level = Vec::new();
+        for ((dir, _), listing) in todo.iter().zip(listed) {
+            let (found, folders, modified) = listing?;
+            read.push((dir.clone(), modified));
+            files.extend(found);
+            level.extend(folders);
         }
+        // Depth-first order is not needed: the files are sorted below.
+        level.sort_by(|a, b| a.0.cmp(&b.0));
     }
-    classes.sort();
+    files.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let classes: Vec<String> = files
+        .iter()
+        .filter_map(|(_, c)| c.clone())
+        .collect::<std::collections::BTreeSet<Arc<str>>>()
+        .into_iter()
+        .map(|c| c.to_string())
+        .collect();
+    let number: std::collections::HashMap<&str, u32> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
     let files = files
         .into_iter()
         .map(|(p, c)| {
-            let label = c
-                .and_then(|c| classes.iter().position(|x| *x == c))
-                .map(|i| i as u32);
+            let label = c.and_then(|c| number.get(&*c).copied());
             (p, label)
         })
         .collect();
-    Ok((files, classes))
+    Ok((files, classes, read))
+}
+
+/// One folder's image files and sub-folders, each with its class, and the folder's
+/// modification time before it was listed.
+type Listing = (
+    Vec<(PathBuf, Option<Arc<str>>)>,
+    Vec<(PathBuf, Option<Arc<str>>)>,
+    u128,
+);
+
+fn list(dir: &Path, class: Option<&Arc<str>>, labels: bool) -> Result<Listing, DataError> {
+    let mut files = Vec::new();
+    let mut folders = Vec::new();
+    let modified = std::fs::metadata(dir)
+        .map(|m| crate::webdataset::modified_ns(&m))
+        .map_err(DataError::io(dir))?;
+    for entry in std::fs::read_dir(dir).map_err(DataError::io(dir))? {
+        let entry = entry.map_err(DataError::io(dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(DataError::io(&path))?;
+        // Through links; a dangling link stays a candidate, so reading it names it.
+        let (is_dir, is_file) = if kind.is_symlink() {
+            std::fs::metadata(&path).map_or((false, true), |m| (m.is_dir(), m.is_file()))
+        } else {
+            (kind.is_dir(), kind.is_file())
+        };
+        if is_dir {
+            let sub = class.cloned().or_else(|| {
+                labels.then(|| Arc::from(entry.file_name().to_string_lossy().as_ref()))
+            });
+            folders.push((path, sub));
+        } else if is_file
+            && path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        {
+            // A pipe, socket or device named like an image is not one (reading a pipe would
+            // wait forever): only files (and dangling links) get here.
+            files.push((path, class.cloned()));
+        }
+    }
+    Ok((files, folders, modified))
+}
+
+/// Where [`scan_cached`] keeps the listing of `root`: beside it, `.<name>.simclr-index` in
+/// its parent folder (inside, writing it would change the root's own modification time, the
+/// very thing that says the listing is current). `None` for a root without a parent.
+pub fn index_path(root: &Path) -> Option<PathBuf> {
+    let real = std::fs::canonicalize(root).ok()?;
+    let name = real.file_name()?.to_string_lossy().into_owned();
+    Some(real.parent()?.join(format!(".{name}.simclr-index")))
+}
+
+/// How [`scan_cached`] got its listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listed {
+    /// From the cache: no folder changed since it was written.
+    Cached,
+    /// Walked, and the cache (re)written.
+    Walked,
+    /// Walked, nothing cached: the root's parent is not writable, or a folder changed in the
+    /// last two seconds (it might change again without its time moving).
+    WalkedUncached,
+}
+
+/// [`scan`] through a cache beside the root ([`index_path`]): used while every folder it lists keeps
+/// the modification time it had when listed (adding, removing or renaming an entry changes
+/// its folder's), else the tree is walked again and the cache rewritten (atomically; nothing
+/// is written where the root is read-only).
+///
+/// # Errors
+/// An unreadable folder.
+pub fn scan_cached(
+    root: &Path,
+    labels: bool,
+) -> Result<(LabelledFiles, Vec<String>, Listed), DataError> {
+    let cache = index_path(root);
+    if let Some((files, classes)) = cache.as_ref().and_then(|c| read_index(c, root, labels)) {
+        return Ok((files, classes, Listed::Cached));
+    }
+    let started = std::time::SystemTime::now();
+    let (files, classes, folders) = scan_folders(root, labels)?;
+    // A folder changed in the last seconds may change again within its clock's resolution
+    // and keep its time (git's "racily clean" entries): such a listing is not cached.
+    let settled = started
+        .checked_sub(RACY)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .is_some_and(|limit| folders.iter().all(|(_, t)| *t < limit));
+    let written = settled
+        && cache
+            .as_ref()
+            .is_some_and(|c| write_index(c, root, labels, &files, &classes, &folders).is_ok());
+    let listed = if written {
+        Listed::Walked
+    } else {
+        Listed::WalkedUncached
+    };
+    Ok((files, classes, listed))
+}
+
+/// Folders modified this recently before a walk are not trusted to be settled.
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Paths in the cache are relative to the root, one per line.
+fn relative(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?.to_str()?;
+    (!rel.contains('\n')).then(|| rel.to_owned())
+}
+
+fn write_index(
+    cache: &Path,
+    root: &Path,
+    labels: bool,
+    files: &LabelledFiles,
+    classes: &[String],
+    folders: &[(PathBuf, u128)],
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let bad = || std::io::Error::other("a path the cache cannot hold");
+    let tmp = cache.with_extension(format!("{}.partial", std::process::id()));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let result = (|| {
+        writeln!(
+            out,
+            "simclr-image-folder-index 1 labels={}",
+            u8::from(labels)
+        )?;
+        for c in classes {
+            if c.contains('\n') {
+                return Err(bad());
+            }
+            writeln!(out, "C {c}")?;
+        }
+        for (dir, modified) in folders {
+            writeln!(out, "D {modified} {}", relative(root, dir).ok_or_else(bad)?)?;
+        }
+        for (file, label) in files {
+            let l = label.map_or_else(|| "-".to_owned(), |l| l.to_string());
+            writeln!(out, "F {l} {}", relative(root, file).ok_or_else(bad)?)?;
+        }
+        out.flush()?;
+        out.get_ref().sync_all()
+    })();
+    match result {
+        Ok(()) => std::fs::rename(&tmp, cache),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn read_index(cache: &Path, root: &Path, labels: bool) -> Option<(LabelledFiles, Vec<String>)> {
+    let text = std::fs::read_to_string(cache).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != format!("simclr-image-folder-index 1 labels={}", u8::from(labels)) {
+        return None;
+    }
+    let mut classes = Vec::new();
+    let mut folders = Vec::new();
+    let mut files = Vec::new();
+    for line in lines {
+        let (tag, rest) = line.split_once(' ')?;
+        match tag {
+            "C" => classes.push(rest.to_owned()),
+            "D" => {
+                let (t, rel) = rest.split_once(' ')?;
+                folders.push((t.parse::<u128>().ok()?, rel));
+            }
+            "F" => {
+                let (l, rel) = rest.split_once(' ')?;
+                let label = if l == "-" {
+                    None
+                } else {
+                    Some(l.parse::<u32>().ok()?)
+                };
+                files.push((root.join(rel), label));
+            }
+            _ => return None,
+        }
+    }
+    let unchanged = folders.par_iter().all(|(t, rel)| {
+        std::fs::metadata(root.join(rel)).is_ok_and(|m| crate::webdataset::modified_ns(&m) == *t)
+    });
+    unchanged.then_some((files, classes))
 }
 
 /// Image files, decoded on demand.
@@ -158,19 +343,7 @@ impl Dataset for ImageFolder {
         };
         let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
         let decoded = decode(&bytes).map_err(|e| fail(simclr_core::error::chain(&e)))?;
-        let (width, height) = (decoded.width(), decoded.height());
-        let pixels: Vec<u8> = if self.channels == 1 {
-            decoded.into_luma8().into_raw()
-        } else {
-            decoded.into_rgb8().into_raw()
-        };
-        Ok(Sample {
-            width,
-            height,
-            channels: self.channels,
-            pixels: Arc::from(pixels),
-            label: *label,
-        })
+        Ok(crate::common::sample_from(decoded, self.channels, *label))
     }
 
     fn name(&self, index: u64) -> Option<String> {
@@ -283,13 +456,8 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let config: ImageFolderConfig = cx.parse()?;
     let options = config.source_options();
     check_options(&options).map_err(|(field, msg, help)| cx.invalid(field, msg, help))?;
-    if config.channels != 1 && config.channels != 3 {
-        return Err(cx.invalid(
-            "channels",
-            format!("`channels` must be 1 or 3, found {}", config.channels),
-            "1 decodes to gray, 3 to RGB",
-        ));
-    }
+    crate::common::check_channels(config.channels)
+        .map_err(|(field, msg, help)| cx.invalid(field, msg, help))?;
     let root = Path::new(&config.path);
     if !root.is_dir() {
         return Err(cx.invalid(
@@ -298,7 +466,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             "point `path` at a folder of images, one sub-folder per class",
         ));
     }
-    let (files, _classes) = scan(root, config.labels).map_err(|e| {
+    let (files, _classes, _) = scan_cached(root, config.labels).map_err(|e| {
         cx.invalid(
             "path",
             simclr_core::error::chain(&e),
@@ -360,11 +528,73 @@ impl crate::common::LabelledData for FolderSplits {
                 "an `image_folder` source has no test split: name a folder of held-out images (one sub-folder per class, the same class names)".into(),
             ))?,
         };
-        let (files, _) = scan(Path::new(path), true)?;
+        let (files, _, _) = scan_cached(Path::new(path), true)?;
         if files.is_empty() {
             return Err(DataError::Unavailable(format!("no images under {path}")));
         }
         Ok(Arc::new(ImageFolder::new(files, self.channels)))
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    /// Set a folder's modification time an hour back (a settled folder).
+    fn settle(dir: &Path) {
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::open(dir)
+            .and_then(|f| f.set_modified(hour_ago))
+            .expect("set the folder's time");
+    }
+
+    #[test]
+    fn the_cached_listing_is_used_until_a_folder_changes() {
+        let parent = std::env::temp_dir().join(format!("simclr-index-test-{}", std::process::id()));
+        std::fs::remove_dir_all(&parent).ok();
+        let root = parent.join("photos");
+        for class in ["cat", "dog"] {
+            std::fs::create_dir_all(root.join(class)).expect("folder");
+            for i in 0..3 {
+                std::fs::write(root.join(class).join(format!("{i}.jpg")), b"").expect("file");
+            }
+        }
+        let settle_all = || {
+            for d in [root.join("cat"), root.join("dog"), root.clone()] {
+                settle(&d);
+            }
+        };
+        settle_all();
+        let walked = scan_cached(&root, true).expect("lists");
+        assert_eq!(walked.2, Listed::Walked);
+        assert_eq!(walked.0.len(), 6);
+        assert_eq!(walked.1, ["cat", "dog"]);
+        assert!(index_path(&root).expect("path").exists());
+        let cached = scan_cached(&root, true).expect("lists");
+        assert_eq!(cached.2, Listed::Cached);
+        assert_eq!((&cached.0, &cached.1), (&walked.0, &walked.1));
+        assert_eq!(
+            (cached.0.clone(), cached.1.clone()),
+            scan(&root, true).expect("walk")
+        );
+        // Another labels setting is another listing.
+        assert_ne!(scan_cached(&root, false).expect("lists").2, Listed::Cached);
+
+        // A file added: its folder's time moves, the tree is walked again.
+        std::fs::write(root.join("dog/3.jpg"), b"").expect("file");
+        let fresh = scan_cached(&root, true).expect("lists");
+        assert_eq!(fresh.2, Listed::WalkedUncached, "a folder changed just now");
+        assert_eq!(fresh.0.len(), 7);
+        settle_all();
+        assert_eq!(scan_cached(&root, true).expect("lists").2, Listed::Walked);
+        // A class folder renamed: the root's time moves.
+        std::fs::rename(root.join("cat"), root.join("cats")).expect("rename");
+        settle(&root);
+        settle(&root.join("cats"));
+        let renamed = scan_cached(&root, true).expect("lists");
+        assert_eq!(renamed.2, Listed::Walked);
+        assert_eq!(renamed.1, ["cats", "dog"]);
+        std::fs::remove_dir_all(&parent).ok();
     }
 }
 

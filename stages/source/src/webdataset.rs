@@ -52,24 +52,16 @@ crate::source_config! {
         #[serde(default = "default_buffer")]
         pub shuffle_buffer: usize,
         /// Label samples by their `.cls` member.
-        #[serde(default = "yes")]
+        #[serde(default = "crate::common::default_true")]
         pub labels: bool,
         /// 3 (RGB) or 1 (gray): images are converted when decoded.
-        #[serde(default = "three")]
+        #[serde(default = "crate::common::default_channels")]
         pub channels: u8,
     }
 }
 
 fn default_buffer() -> usize {
     1000
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn three() -> u8 {
-    3
 }
 
 /// The `webdataset` kind.
@@ -657,19 +649,8 @@ impl Dataset for Shards {
             item: item(name),
             cause: simclr_core::error::chain(&e),
         })?;
-        let (width, height) = (decoded.width(), decoded.height());
-        let pixels: Vec<u8> = if self.channels == 1 {
-            decoded.into_luma8().into_raw()
-        } else {
-            decoded.into_rgb8().into_raw()
-        };
-        Ok(Sample {
-            width,
-            height,
-            channels: self.channels,
-            pixels: Arc::from(pixels),
-            label: if self.labels { member.label } else { None },
-        })
+        let label = if self.labels { member.label } else { None };
+        Ok(crate::common::sample_from(decoded, self.channels, label))
     }
 
     fn name(&self, index: u64) -> Option<String> {
@@ -688,24 +669,23 @@ fn open(pattern: &str, channels: u8, labels: bool, buffer: usize) -> Result<Shar
     Ok(Shards::new(paths, &counts, channels, labels, keep))
 }
 
+/// Shard tables (each an open file) kept at most, whatever the buffer spans.
+const MAX_CACHED: usize = 256;
+
 /// Shard tables to keep open for a shuffle buffer of `buffer` samples: the buffer spans that
-/// many samples of the stream, so the shards it covers plus the one being read.
+/// many samples of the stream, so the shards it covers plus the one being read (at most
+/// [`MAX_CACHED`]; beyond, tables are read again when needed).
 fn keep_for(counts: &[u64], buffer: usize) -> usize {
     let smallest = counts.iter().copied().filter(|&c| c > 0).min().unwrap_or(1);
-    (buffer as u64 / smallest) as usize + 3
+    ((buffer as u64 / smallest) as usize + 3).min(MAX_CACHED)
 }
 
 fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let config: WebDatasetConfig = cx.parse()?;
     let options = config.source_options();
     check_options(&options).map_err(|(field, msg, help)| cx.invalid(field, msg, help))?;
-    if config.channels != 1 && config.channels != 3 {
-        return Err(cx.invalid(
-            "channels",
-            format!("`channels` must be 1 or 3, found {}", config.channels),
-            "1 decodes to gray, 3 to RGB",
-        ));
-    }
+    crate::common::check_channels(config.channels)
+        .map_err(|(field, msg, help)| cx.invalid(field, msg, help))?;
     let paths = shard_paths(&config.path).map_err(|e| {
         let help = match e {
             ShardListError::Pattern(_) => {
