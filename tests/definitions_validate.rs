@@ -144,6 +144,28 @@ fn with_fixtures(kind: &str, example: &str) -> String {
             }
             example.replace("data/photos", &folder.to_string_lossy())
         }
+        "webdataset" => {
+            let folder = dir.join("shards");
+            std::fs::create_dir_all(&folder).expect("fixture dir");
+            let mut png = std::io::Cursor::new(Vec::new());
+            image::RgbImage::from_pixel(8, 6, image::Rgb([10, 200, 30]))
+                .write_to(&mut png, image::ImageFormat::Png)
+                .expect("fixture");
+            for shard in 0..4 {
+                let file = std::fs::File::create(folder.join(format!("train-{shard:06}.tar")))
+                    .expect("fixture");
+                let mut tar = tar::Builder::new(file);
+                for (name, data) in [("0.png", png.get_ref().as_slice()), ("0.cls", b"1")] {
+                    let mut header = tar::Header::new_ustar();
+                    header.set_size(data.len() as u64);
+                    header.set_mode(0o644);
+                    header.set_cksum();
+                    tar.append_data(&mut header, name, data).expect("fixture");
+                }
+                tar.finish().expect("fixture");
+            }
+            example.replace("data/shards", &folder.to_string_lossy())
+        }
         _ => example.to_owned(),
     }
 }
