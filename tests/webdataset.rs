@@ -292,12 +292,13 @@ fn broken_shard(dir: &Path) -> PathBuf {
     path
 }
 
+/// A definition draining the `webdataset` source of `path` in file order.
 fn definition(dir: &Path, path: &str, on_error: &str) -> PathBuf {
     let file = dir.join("def.yaml");
     std::fs::write(
         &file,
         format!(
-            "name: wds\nseed: 3\nstages:\n  images:\n    kind: webdataset\n    params: {{ path: '{path}', on_error: {on_error} }}\n  drain: {{ kind: sink, inputs: [images] }}\n"
+            "name: wds\nseed: 3\nstages:\n  images:\n    kind: webdataset\n    params: {{ path: '{path}', on_error: {on_error}, shuffle: false }}\n  drain: {{ kind: sink, inputs: [images] }}\n"
         ),
     )
     .expect("definition");
