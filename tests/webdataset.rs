@@ -90,6 +90,17 @@ fn stream(
     workers: usize,
     resume: Option<(u32, u64)>,
 ) -> Vec<(u32, u64)> {
+    stream_on_rank(data, counts, workers, resume, (0, 1))
+}
+
+/// [`stream`] on rank `rank` of `ranks`.
+fn stream_on_rank(
+    data: Arc<dyn Dataset>,
+    counts: &[u64],
+    workers: usize,
+    resume: Option<(u32, u64)>,
+    (rank, ranks): (usize, usize),
+) -> Vec<(u32, u64)> {
     let mut per_worker = Vec::new();
     for w in 0..workers {
         let d = data.clone();
@@ -105,7 +116,7 @@ fn stream(
             options,
             data.len(),
             (w, workers),
-            (0, 1),
+            (rank, ranks),
         )
         .with_order(Order::Shards {
             counts: Arc::from(counts.to_vec()),
@@ -196,8 +207,14 @@ fn pack_then_read_gives_every_image_and_label_back_in_a_seeded_resumable_order()
         "workers interleave"
     );
     // Resume in the middle of a shard of the second epoch: exactly the rest of the stream.
-    let resumed = stream(shards, &counts, 2, Some((1, 23)));
+    let resumed = stream(shards.clone(), &counts, 2, Some((1, 23)));
     assert_eq!(resumed, one[60 + 23..].to_vec());
+    // Two ranks take alternate samples of the one stream: interleaved, the one-process run's.
+    let r0 = stream_on_rank(shards.clone(), &counts, 2, None, (0, 2));
+    let r1 = stream_on_rank(shards, &counts, 1, None, (1, 2));
+    assert_eq!((r0.len(), r1.len()), (60, 60));
+    let merged: Vec<(u32, u64)> = r0.iter().zip(&r1).flat_map(|(a, b)| [*a, *b]).collect();
+    assert_eq!(merged, one, "rank r owns stream positions r, r + 2, ...");
 }
 
 #[test]
