@@ -220,7 +220,7 @@ fn open_source(
                 bail!("a folder has no test split: pack the held-out folder itself")
             }
         };
-        let (files, classes) = simclr::source::image_folder::scan(&root, true)
+        let (files, classes, _) = simclr::source::image_folder::scan_cached(&root, true)
             .with_context(|| root.display().to_string())?;
         if files.is_empty() {
             bail!("no images under {}", root.display());

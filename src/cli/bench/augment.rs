@@ -45,16 +45,9 @@ impl Dataset for JpegList {
         self.0.len() as u64
     }
     fn get(&self, index: u64) -> std::result::Result<Sample, ItemError> {
-        let img = decode(&self.0[index as usize], index).map_err(|e| ItemError {
+        decode_sample(&self.0[index as usize]).map_err(|e| ItemError {
             item: format!("photo {index}"),
-            cause: e.to_string(),
-        })?;
-        Ok(Sample {
-            width: img.width,
-            height: img.height,
-            channels: 3,
-            pixels: img.pixels,
-            label: None,
+            cause: format!("{e:#}"),
         })
     }
 }
@@ -104,18 +97,31 @@ fn packed(jpegs: &[Arc<[u8]>], dir: &Path) -> Result<Arc<Shards>> {
     Ok(Arc::new(Shards::new(paths, &counts, 3, false, 4)))
 }
 
-fn shard_image(shards: &Shards, i: u64) -> Result<Image> {
-    let s = shards
-        .get(i % shards.len())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Image {
-        id: SampleId { epoch: 0, index: i },
+/// A decoded sample as the `images` message item `index` (unlabelled).
+fn image_of(s: Sample, index: u64) -> Image {
+    Image {
+        id: SampleId { epoch: 0, index },
         label: None,
         width: s.width,
         height: s.height,
         channels: s.channels,
         pixels: s.pixels,
-    })
+    }
+}
+
+/// Pair `i`'s input image; the time spent reading and decoding it (zero for decoded inputs).
+fn input(inputs: &Inputs, i: u64) -> Result<(Image, Duration)> {
+    let t = Instant::now();
+    let image = match inputs {
+        Inputs::Decoded(v) => {
+            let mut img = v[(i % v.len() as u64) as usize].clone();
+            img.id.index = i;
+            return Ok((img, Duration::ZERO));
+        }
+        Inputs::Jpeg(v) => image_of(decode_sample(&v[(i % v.len() as u64) as usize])?, i),
+        Inputs::Shards(s) => image_of(s.get(i % s.len()).map_err(|e| anyhow::anyhow!("{e}"))?, i),
+    };
+    Ok((image, t.elapsed()))
 }
 
 fn policy(yaml: &str) -> Result<Policy> {
@@ -205,20 +211,10 @@ fn jpegs_from(dir: &Path) -> Result<Vec<Arc<[u8]>>> {
         .collect()
 }
 
-fn decode(bytes: &[u8], index: u64) -> Result<Image> {
-    // The `image_folder` source's decode (with its truncation check): what a run does.
-    let img = simclr::source::image_folder::decode(bytes)
-        .context("cannot decode a JPEG")?
-        .into_rgb8();
-    let (width, height) = img.dimensions();
-    Ok(Image {
-        id: SampleId { epoch: 0, index },
-        label: None,
-        width,
-        height,
-        channels: 3,
-        pixels: img.into_raw().into(),
-    })
+/// The `image_folder` source's decode (with its truncation check) to RGB: what a run does.
+fn decode_sample(bytes: &[u8]) -> Result<Sample> {
+    let decoded = simclr::source::image_folder::decode(bytes).context("cannot decode a JPEG")?;
+    Ok(simclr::source::common::sample_from(decoded, 3, None))
 }
 
 /// The photos of suite (c): JPEGs from `images`, else generated ones (written to
@@ -272,15 +268,7 @@ fn suites(jpegs: Vec<Arc<[u8]>>, shards: Arc<Shards>) -> Result<Vec<Suite>> {
 }
 
 fn one_pair(suite: &Suite, i: u64) -> Result<()> {
-    let image = match &suite.inputs {
-        Inputs::Decoded(v) => {
-            let mut img = v[(i % v.len() as u64) as usize].clone();
-            img.id.index = i;
-            img
-        }
-        Inputs::Jpeg(v) => decode(&v[(i % v.len() as u64) as usize], i)?,
-        Inputs::Shards(s) => shard_image(s, i)?,
-    };
+    let (image, _) = input(&suite.inputs, i)?;
     make_pair(&image, &suite.policy, &suite.policy, 7).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
@@ -320,21 +308,8 @@ fn breakdown(suite: &Suite, pairs: u64) -> Result<Vec<(String, f64)>> {
     let mut timings = vec![Duration::ZERO; suite.policy.ops().len()];
     let mut decode_time = Duration::ZERO;
     for i in 0..pairs {
-        let image = match &suite.inputs {
-            Inputs::Decoded(v) => v[(i % v.len() as u64) as usize].clone(),
-            Inputs::Jpeg(v) => {
-                let t = Instant::now();
-                let img = decode(&v[(i % v.len() as u64) as usize], i)?;
-                decode_time += t.elapsed();
-                img
-            }
-            Inputs::Shards(s) => {
-                let t = Instant::now();
-                let img = shard_image(s, i)?;
-                decode_time += t.elapsed();
-                img
-            }
-        };
+        let (image, took) = input(&suite.inputs, i)?;
+        decode_time += took;
         for which in [stream::VIEW_T, stream::VIEW_T_PRIME] {
             let mut img = Img::from_image(&image);
             let mut rng = Rng::for_sample(7, 0, i, which);

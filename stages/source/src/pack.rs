@@ -15,11 +15,13 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use std::sync::Arc;
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use simclr_stage_augment::resample::{Interpolation, crop_resize};
+use simclr_stage_augment::{Img, Pixels, Shape};
 
 use crate::common::{Dataset, ItemError, OnError};
 use crate::webdataset::{INDEX_FILE, Index, IndexShard, modified_ns};
@@ -167,10 +169,6 @@ pub fn stored_size(w: u32, h: u32, max_side: u32, side: Side) -> (u32, u32) {
     (fit(w), fit(h))
 }
 
-thread_local! {
-    static RESIZER: std::cell::RefCell<Resizer> = std::cell::RefCell::new(Resizer::new());
-}
-
 fn encode(data: &dyn Dataset, index: u64, opts: &PackOptions) -> Result<Encoded, ItemError> {
     let s = data.get(index)?;
     let name = data.name(index).unwrap_or_else(|| format!("item {index}"));
@@ -178,28 +176,37 @@ fn encode(data: &dyn Dataset, index: u64, opts: &PackOptions) -> Result<Encoded,
         item: name.clone(),
         cause,
     };
+    if s.channels != 1 && s.channels != 3 {
+        return Err(fail(format!(
+            "{}-channel images cannot be packed",
+            s.channels
+        )));
+    }
     let (w, h) = stored_size(s.width, s.height, opts.max_side, opts.side);
-    let pixel_type = match s.channels {
-        1 => PixelType::U8,
-        3 => PixelType::U8x3,
-        c => return Err(fail(format!("{c}-channel images cannot be packed"))),
-    };
-    let pixels: Vec<u8> = if (w, h) == (s.width, s.height) {
-        s.pixels.to_vec()
+    let pixels: Arc<[u8]> = if (w, h) == (s.width, s.height) {
+        s.pixels.clone()
     } else {
-        let src = ImageRef::new(s.width, s.height, &s.pixels, pixel_type)
-            .map_err(|e| fail(format!("resize: {e}")))?;
-        let mut out = vec![0u8; w as usize * h as usize * usize::from(s.channels)];
-        {
-            let mut dst = Image::from_slice_u8(w, h, &mut out, pixel_type)
-                .map_err(|e| fail(format!("resize: {e}")))?;
-            let options =
-                ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
-            RESIZER
-                .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
-                .map_err(|e| fail(format!("resize: {e}")))?;
+        // The augmentations' resampler (fast_image_resize), over the whole image.
+        let img = Img {
+            shape: Shape {
+                channels: usize::from(s.channels),
+                height: s.height as usize,
+                width: s.width as usize,
+            },
+            pixels: Pixels::U8(s.pixels.clone()),
+        };
+        let resized = crop_resize(
+            &img,
+            [0, 0, s.width, s.height],
+            h as usize,
+            w as usize,
+            Interpolation::Lanczos,
+        )
+        .map_err(|e| fail(format!("cannot resize: {e}")))?;
+        match resized.pixels {
+            Pixels::U8(p) => p,
+            Pixels::F32(_) => return Err(fail("resize gave float pixels".into())),
         }
-        out
     };
     let color = if s.channels == 1 {
         image::ExtendedColorType::L8

@@ -279,6 +279,18 @@ pub struct Member {
     pub problem: Option<String>,
 }
 
+impl Member {
+    /// A sample with key `key` and nothing found yet.
+    fn new(key: &str) -> Self {
+        Self {
+            key: key.to_owned(),
+            image: None,
+            label: None,
+            problem: None,
+        }
+    }
+}
+
 /// A shard's samples in file order.
 #[derive(Debug)]
 pub struct ShardTable {
@@ -313,29 +325,31 @@ fn is_image(ext: &str) -> bool {
 /// # Errors
 /// A shard that cannot be opened.
 pub fn read_table(path: &Path) -> Result<ShardTable, DataError> {
-    let file = File::open(path).map_err(|e| DataError::File {
+    let cannot_open = |e: std::io::Error| DataError::File {
         path: path.to_owned(),
         message: Some("cannot open the shard".into()),
         source: Some(Box::new(e)),
-    })?;
+    };
+    let file = File::open(path).map_err(cannot_open)?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut members: Vec<Member> = Vec::new();
-    let reader = file.try_clone().map_err(|e| DataError::File {
-        path: path.to_owned(),
-        message: Some("cannot open the shard".into()),
-        source: Some(Box::new(e)),
-    })?;
+    let reader = file.try_clone().map_err(cannot_open)?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(reader));
     let mut last_name = String::new();
+    // Headers that cannot be read (from the first one on, or after `last_name`) end the table
+    // with a sample saying so.
+    let broken = |last_name: &str, e: std::io::Error| Member {
+        problem: Some(if last_name.is_empty() {
+            format!("not a readable tar file: {e}")
+        } else {
+            format!("the tar headers stop making sense after member {last_name}: {e}")
+        }),
+        ..Member::new(last_name)
+    };
     let entries = match archive.entries_with_seek() {
         Ok(e) => e,
         Err(e) => {
-            members.push(Member {
-                key: String::new(),
-                image: None,
-                label: None,
-                problem: Some(format!("not a readable tar file: {e}")),
-            });
+            members.push(broken("", e));
             return Ok(ShardTable {
                 path: path.to_owned(),
                 file,
@@ -347,16 +361,7 @@ pub fn read_table(path: &Path) -> Result<ShardTable, DataError> {
         let mut entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                members.push(Member {
-                    key: last_name.clone(),
-                    image: None,
-                    label: None,
-                    problem: Some(if last_name.is_empty() {
-                        format!("not a readable tar file: {e}")
-                    } else {
-                        format!("the tar headers stop making sense after member {last_name}: {e}")
-                    }),
-                });
+                members.push(broken(&last_name, e));
                 break;
             }
         };
@@ -370,12 +375,7 @@ pub fn read_table(path: &Path) -> Result<ShardTable, DataError> {
         let (offset, size) = (entry.raw_file_position(), entry.size());
         let (key, ext) = split_key(&name);
         if members.last().is_none_or(|m| m.key != key) {
-            members.push(Member {
-                key: key.to_owned(),
-                image: None,
-                label: None,
-                problem: None,
-            });
+            members.push(Member::new(key));
         }
         let Some(sample) = members.last_mut() else {
             continue;
@@ -394,7 +394,7 @@ pub fn read_table(path: &Path) -> Result<ShardTable, DataError> {
             }
         } else if ext.eq_ignore_ascii_case("cls") {
             let mut text = String::new();
-            let read = std::io::Read::read_to_string(&mut (&mut entry).take(64), &mut text);
+            let read = (&mut entry).take(64).read_to_string(&mut text);
             match read.ok().and_then(|_| text.trim().parse::<u32>().ok()) {
                 Some(v) => sample.label = Some(v),
                 None => {

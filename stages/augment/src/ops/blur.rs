@@ -148,6 +148,17 @@ fn taps(out: &mut [f32], kernel: &[f32], src: impl Fn(usize) -> usize, data: &[f
     }
 }
 
+/// `row` with `half` reflected values on each side, into `padded` (`row.len() + 2·half`).
+#[inline(always)]
+fn pad_row(row: &[f32], padded: &mut [f32], half: usize) {
+    let width = row.len();
+    padded[half..half + width].copy_from_slice(row);
+    for i in 0..half {
+        padded[i] = row[reflect(i as isize - half as isize, width)];
+        padded[half + width + i] = row[reflect((width + i) as isize, width)];
+    }
+}
+
 crate::simd::dispatch! {
 /// Separable blur of each plane with reflect padding (torchvision's `padding_mode="reflect"`).
 ///
@@ -162,12 +173,7 @@ pub fn blur_planes(chw: &mut [f32], height: usize, width: usize, kernel: &[f32])
         .collect();
     for plane in chw.chunks_exact_mut(height * width) {
         for y in 0..height {
-            let row = &plane[y * width..(y + 1) * width];
-            padded[half..half + width].copy_from_slice(row);
-            for i in 0..half {
-                padded[i] = row[reflect(i as isize - half as isize, width)];
-                padded[half + width + i] = row[reflect((width + i) as isize, width)];
-            }
+            pad_row(&plane[y * width..(y + 1) * width], &mut padded, half);
             taps(&mut tmp[y * width..(y + 1) * width], kernel, |k| k, &padded);
         }
         for y in 0..height {
@@ -225,12 +231,7 @@ mod tests {
         let mut tmp = vec![0f32; height * width];
         for plane in chw.chunks_exact_mut(height * width) {
             for y in 0..height {
-                let row = &plane[y * width..(y + 1) * width];
-                padded[half..half + width].copy_from_slice(row);
-                for i in 0..half {
-                    padded[i] = row[reflect(i as isize - half as isize, width)];
-                    padded[half + width + i] = row[reflect((width + i) as isize, width)];
-                }
+                pad_row(&plane[y * width..(y + 1) * width], &mut padded, half);
                 let out = &mut tmp[y * width..(y + 1) * width];
                 out.fill(0.0);
                 for (k, &w) in kernel.iter().enumerate() {
