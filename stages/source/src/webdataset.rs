@@ -624,7 +624,13 @@ impl Dataset for Shards {
                 self.starts[shard + 1] - self.starts[shard]
             ),
         })?;
-        let item = |name: &str| format!("{shard_name}: {name}");
+        let item = |name: &str| {
+            if name.is_empty() {
+                shard_name.clone()
+            } else {
+                format!("{shard_name}: {name}")
+            }
+        };
         if let Some(problem) = &member.problem {
             return Err(ItemError {
                 item: item(&member.key),
