@@ -40,6 +40,30 @@ pub enum Pixels {
     F32(Vec<f32>),
 }
 
+crate::simd::dispatch! {
+/// De-interleave 8-bit HWC pixels into float planes scaled to [0, 1], appended to `chw`.
+///
+/// One pass per channel, each a plain map the compiler vectorises (a single pass writing
+/// three planes at once does not: about 4× slower at 224 × 224 × 3).
+fn planes_from_hwc(hwc: &[u8], channels: usize, chw: &mut Vec<f32>) {
+    const SCALE: f32 = 1.0 / 255.0;
+    match channels {
+        1 => chw.extend(hwc.iter().map(|&v| f32::from(v) * SCALE)),
+        3 => {
+            let (pixels, _) = hwc.as_chunks::<3>();
+            for c in 0..3 {
+                chw.extend(pixels.iter().map(|p| f32::from(p[c]) * SCALE));
+            }
+        }
+        _ => {
+            for c in 0..channels {
+                chw.extend(hwc.iter().skip(c).step_by(channels).map(|&v| f32::from(v) * SCALE));
+            }
+        }
+    }
+}
+}
+
 /// An image being augmented.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Img {
@@ -81,31 +105,8 @@ impl Img {
     /// Convert to float32 planar in place (no-op if already) and return the planes.
     pub fn f32_mut(&mut self) -> &mut Vec<f32> {
         if let Pixels::U8(hwc) = &self.pixels {
-            let Shape {
-                channels,
-                height,
-                width,
-            } = self.shape;
-            let plane = height * width;
-            let mut chw = vec![0f32; channels * plane];
-            const SCALE: f32 = 1.0 / 255.0;
-            if channels == 3 {
-                // De-interleave through fixed-size pixels: no inner loop, vectorisable.
-                let (pixels, _) = hwc.as_chunks::<3>();
-                let (r, rest) = chw.split_at_mut(plane);
-                let (g, b) = rest.split_at_mut(plane);
-                for (((px, r), g), b) in pixels.iter().zip(r).zip(g).zip(b) {
-                    *r = f32::from(px[0]) * SCALE;
-                    *g = f32::from(px[1]) * SCALE;
-                    *b = f32::from(px[2]) * SCALE;
-                }
-            } else {
-                for (i, px) in hwc.chunks_exact(channels).enumerate() {
-                    for (c, &v) in px.iter().enumerate() {
-                        chw[c * plane + i] = f32::from(v) * SCALE;
-                    }
-                }
-            }
+            let mut chw = Vec::with_capacity(self.shape.len());
+            planes_from_hwc(hwc, self.shape.channels, &mut chw);
             self.pixels = Pixels::F32(chw);
         }
         match &mut self.pixels {

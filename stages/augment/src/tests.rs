@@ -5,6 +5,7 @@ use simclr_core::rng::Rng;
 
 use crate::ops::color::{adjust_hue, equalize_plane};
 use crate::ops::{Equalize, Normalize};
+use crate::simd::Level;
 use crate::{Img, Params, Policy, Shape, Transform};
 
 #[path = "../tests/images/mod.rs"]
@@ -83,26 +84,57 @@ fn simd_and_baseline_paths_give_bit_identical_views() {
 ";
     let root = simclr_config::yaml::parse(text).expect("yaml");
     let policy = Policy::parse(&root, "t").expect("policy");
-    let big = rgb(61, 77, |c, y, x| {
+    let float = rgb(61, 77, |c, y, x| {
         ((x * 5 + y * 11 + c * 17) % 97) as f32 / 96.0
     });
+    // 8-bit input too: the first photometric transform converts it to float planes.
+    let shape = Shape {
+        channels: 3,
+        height: 61,
+        width: 77,
+    };
+    let bytes = (0..shape.len()).map(|i| (i * 37 % 251) as u8).collect();
+    let eight = Img::from_u8(shape, bytes);
     let run = |key: u64| {
-        let mut img = big.clone();
+        let mut img = if key % 2 == 0 { float.clone() } else { eight.clone() };
         policy
             .run(&mut img, &mut Rng::from_key(&[key]))
             .expect("runs");
         img.to_f32()
     };
+    let bits = |v: Vec<f32>| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
     for key in 0..10 {
-        crate::simd::set_enabled(true);
-        let fast = run(key);
-        crate::simd::set_enabled(false);
-        let plain = run(key);
-        crate::simd::set_enabled(true);
-        let (fast_bits, plain_bits): (Vec<u32>, Vec<u32>) = (
-            fast.iter().map(|x| x.to_bits()).collect(),
-            plain.iter().map(|x| x.to_bits()).collect(),
-        );
-        assert_eq!(fast_bits, plain_bits, "draw {key}");
+        crate::simd::set_level(Level::Baseline);
+        let plain = bits(run(key));
+        // On a CPU without a level's instructions, that level runs the one below it.
+        for level in [Level::Avx2, Level::Avx512] {
+            crate::simd::set_level(level);
+            assert_eq!(bits(run(key)), plain, "draw {key}, {level:?}");
+        }
+    }
+}
+
+#[test]
+fn float_planes_from_bytes_match_the_per_pixel_definition() {
+    for (channels, height, width) in [(3, 224, 224), (3, 7, 13), (1, 28, 28), (1, 3, 5)] {
+        let shape = Shape {
+            channels,
+            height,
+            width,
+        };
+        let hwc: Vec<u8> = (0..shape.len()).map(|i| (i * 101 % 256) as u8).collect();
+        let plane = height * width;
+        let mut expected = vec![0f32; shape.len()];
+        for i in 0..plane {
+            for c in 0..channels {
+                expected[c * plane + i] = f32::from(hwc[i * channels + c]) * (1.0 / 255.0);
+            }
+        }
+        for level in [Level::Baseline, Level::Avx2, Level::Avx512] {
+            crate::simd::set_level(level);
+            let mut img = Img::from_u8(shape, hwc.clone());
+            assert_eq!(img.f32_mut(), &expected, "{shape:?} {level:?}");
+        }
+        crate::simd::set_level(Level::Avx512);
     }
 }
