@@ -108,10 +108,11 @@ pub struct ViewPair {
     pub label: Option<u32>,
     /// `[channels, height, width]` of each view.
     pub shape: [usize; 3],
-    /// View t(x), `shape` elements.
-    pub first: Arc<[f32]>,
+    /// View t(x), `shape` elements. (`Arc<Vec>` rather than `Arc<[f32]>`: made from the
+    /// augmentation's own buffer without copying it.)
+    pub first: Arc<Vec<f32>>,
     /// View t'(x), `shape` elements.
-    pub second: Arc<[f32]>,
+    pub second: Arc<Vec<f32>>,
 }
 
 /// N samples' view pairs collated into 2N views, NCHW; views `2k` and `2k+1` are the pair of
@@ -126,8 +127,9 @@ pub struct Batch {
     pub ids: Vec<SampleId>,
     /// `[2N, channels, height, width]`.
     pub shape: [usize; 4],
-    /// `2N * channels * height * width` floats.
-    pub data: Arc<[f32]>,
+    /// `2N * channels * height * width` floats (an `Arc<Vec>`: made without a copy, and the
+    /// encoder takes the buffer itself when it holds the only reference).
+    pub data: Arc<Vec<f32>>,
 }
 
 /// A batch's tensors on their way through the model stages (h, z), or the state after a

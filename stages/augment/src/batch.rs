@@ -268,7 +268,7 @@ impl Batcher {
             epoch: first.id.epoch,
             ids: pairs.iter().map(|p| p.id).collect::<Vec<SampleId>>(),
             shape: [2 * pairs.len(), c, h, w],
-            data: Arc::from(data),
+            data: Arc::new(data),
         };
         self.step += 1;
         out.push(Message::Batch(batch))

@@ -217,8 +217,8 @@ pub fn make_pair(
         id: image.id,
         label: image.label,
         shape,
-        first: Arc::from(a.into_f32()),
-        second: Arc::from(b.into_f32()),
+        first: Arc::new(a.into_f32()),
+        second: Arc::new(b.into_f32()),
     })
 }
 

@@ -176,11 +176,21 @@ pub fn adjust_saturation(chw: &mut [f32], channels: usize, plane: usize, f: f32)
     if channels != 3 {
         return;
     }
-    let mut gray = vec![0f32; plane];
-    gray_of(chw, plane, &mut gray);
-    for c in 0..3 {
-        for (x, &g) in chw[c * plane..(c + 1) * plane].iter_mut().zip(&gray) {
-            *x = (f * *x + (1.0 - f) * g).clamp(0.0, 1.0);
+    let (r, rest) = chw.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    // Block by block: each pixel's gray level is formed from its own unblended channels, as
+    // when the whole gray plane is made first, without that plane.
+    const BLOCK: usize = 64;
+    let blend = |x: &mut f32, gray: f32| *x = (f * *x + (1.0 - f) * gray).clamp(0.0, 1.0);
+    for ((r, g), b) in r.chunks_mut(BLOCK).zip(g.chunks_mut(BLOCK)).zip(b.chunks_mut(BLOCK)) {
+        let mut gray = [0f32; BLOCK];
+        for (((y, &r), &g), &b) in gray.iter_mut().zip(&*r).zip(&*g).zip(&*b) {
+            *y = LUMA[0] * r + LUMA[1] * g + LUMA[2] * b;
+        }
+        for plane in [r, g, b] {
+            for (x, &y) in plane.iter_mut().zip(&gray) {
+                blend(x, y);
+            }
         }
     }
 }

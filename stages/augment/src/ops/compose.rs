@@ -201,6 +201,15 @@ pub(super) fn build_normalize(
     }))
 }
 
+crate::simd::dispatch! {
+/// `(x - mean) · (1 / std)` over one plane.
+fn normalize_plane(plane: &mut [f32], mean: f32, inv: f32) {
+    for x in plane {
+        *x = (*x - mean) * inv;
+    }
+}
+}
+
 impl Transform for Normalize {
     fn eval_counterpart(&self) -> EvalStep {
         let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect();
@@ -231,10 +240,7 @@ impl Transform for Normalize {
             } else {
                 (self.mean[c], self.std[c])
             };
-            let inv = 1.0 / s;
-            for x in chunk {
-                *x = (*x - m) * inv;
-            }
+            normalize_plane(chunk, m, 1.0 / s);
         }
         Ok(())
     }

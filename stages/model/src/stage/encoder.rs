@@ -116,7 +116,9 @@ impl Stage for EncoderStage {
         }
         super::bind(device)?;
         let t0 = Instant::now();
-        let x = Tensor::from_slice(&data, (shape[0], shape[1], shape[2], shape[3]), device)
+        // The batch's own buffer when no other stage holds it (no copy on the CPU).
+        let data = Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone());
+        let x = Tensor::from_vec(data, (shape[0], shape[1], shape[2], shape[3]), device)
             .map_err(candle_err("input batch"))?;
         let version = group.version();
         let h = net
