@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use simclr::config::Registry;
 use simclr::source::common::{Dataset, OnError, Split};
-use simclr::source::pack::{Format, PackOptions, Side, pack};
+use simclr::source::pack::{Chroma, Format, PackOptions, Side, pack};
 
 /// `simclr data …`.
 #[derive(clap::Subcommand)]
@@ -54,6 +54,9 @@ pub struct PackArgs {
     /// JPEG quality (1-100).
     #[arg(long, default_value_t = 90)]
     quality: u8,
+    /// Chroma resolution of colour JPEGs: 420 (half, PIL's and libjpeg's default) or 444.
+    #[arg(long, value_enum, default_value = "420")]
+    chroma: ChromaArg,
     /// Shard size: bytes, or with a unit (512MB, 1GB, 64KB).
     #[arg(long, default_value = "512MB", value_parser = parse_size)]
     shard_size: u64,
@@ -85,6 +88,14 @@ enum FormatArg {
     Auto,
     Jpg,
     Png,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ChromaArg {
+    #[value(name = "420")]
+    Half,
+    #[value(name = "444")]
+    Full,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -137,6 +148,10 @@ impl PackArgs {
                 FormatArg::Png => Format::Png,
             },
             quality: self.quality,
+            chroma: match self.chroma {
+                ChromaArg::Half => Chroma::Half,
+                ChromaArg::Full => Chroma::Full,
+            },
             shard_size: self.shard_size,
             prefix: self.prefix.clone().unwrap_or_else(|| {
                 match split {

@@ -213,8 +213,7 @@ fn jpegs_from(dir: &Path) -> Result<Vec<Arc<[u8]>>> {
 
 /// The `image_folder` source's decode (with its truncation check) to RGB: what a run does.
 fn decode_sample(bytes: &[u8]) -> Result<Sample> {
-    let decoded = simclr::source::image_folder::decode(bytes).context("cannot decode a JPEG")?;
-    Ok(simclr::source::common::sample_from(decoded, 3, None))
+    simclr::source::image_folder::decode_sample(bytes, 3, None).context("cannot decode a JPEG")
 }
 
 /// The photos of suite (c): JPEGs from `images`, else generated ones (written to

@@ -96,7 +96,11 @@ fn simd_and_baseline_paths_give_bit_identical_views() {
     let bytes = (0..shape.len()).map(|i| (i * 37 % 251) as u8).collect();
     let eight = Img::from_u8(shape, bytes);
     let run = |key: u64| {
-        let mut img = if key % 2 == 0 { float.clone() } else { eight.clone() };
+        let mut img = if key % 2 == 0 {
+            float.clone()
+        } else {
+            eight.clone()
+        };
         policy
             .run(&mut img, &mut Rng::from_key(&[key]))
             .expect("runs");

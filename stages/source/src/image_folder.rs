@@ -342,8 +342,8 @@ impl Dataset for ImageFolder {
             cause,
         };
         let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-        let decoded = decode(&bytes).map_err(|e| fail(simclr_core::error::chain(&e)))?;
-        Ok(crate::common::sample_from(decoded, self.channels, *label))
+        decode_sample(&bytes, self.channels, *label)
+            .map_err(|e| fail(simclr_core::error::chain(&e)))
     }
 
     fn name(&self, index: u64) -> Option<String> {
@@ -385,6 +385,68 @@ pub fn decode(bytes: &[u8]) -> Result<image::DynamicImage, DecodeError> {
         jpeg_complete(bytes)?;
     }
     reader.decode().map_err(DecodeError::Image)
+}
+
+/// Decode an image file's bytes into a sample of `channels` channels: [`decode`], then
+/// [`sample_from`](crate::common::sample_from), the same bytes by a shorter road for the
+/// common case.
+///
+/// A baseline or progressive colour JPEG (YCbCr or RGB) wanted as RGB is decoded by
+/// zune-jpeg directly, with the options `image` gives it (so the pixels are `image`'s): that
+/// skips `image`'s copy of the file, its second header parse and its zero-filled output
+/// buffer. Anything else, and any error there, takes [`decode`] (whose errors are the ones
+/// reported).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_sample(
+    bytes: &[u8],
+    channels: u8,
+    label: Option<u32>,
+) -> Result<simclr_core::data::Sample, DecodeError> {
+    if channels == 3 && bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        jpeg_complete(bytes)?;
+        if let Some((width, height, pixels)) = jpeg_rgb(bytes) {
+            return Ok(simclr_core::data::Sample {
+                width,
+                height,
+                channels,
+                pixels: pixels.into(),
+                label,
+            });
+        }
+    }
+    Ok(crate::common::sample_from(decode(bytes)?, channels, label))
+}
+
+/// `bytes` (a JPEG) as RGB through zune-jpeg, or `None` for a colour space `image` would
+/// decode differently, or on any error (left for [`decode`] to report).
+fn jpeg_rgb(bytes: &[u8]) -> Option<(u32, u32, Vec<u8>)> {
+    use zune_core::colorspace::ColorSpace;
+    // `image`'s options (`codecs/jpeg/decoder.rs`): lenient, no size limits, RGB out.
+    let options = zune_core::options::DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(
+        zune_core::bytestream::ZCursor::new(bytes),
+        options,
+    );
+    decoder.decode_headers().ok()?;
+    if !matches!(
+        decoder.input_colorspace()?,
+        ColorSpace::YCbCr | ColorSpace::RGB
+    ) {
+        return None;
+    }
+    let (width, height) = decoder.dimensions()?;
+    let pixels = decoder.decode().ok()?;
+    (pixels.len() == width * height * 3).then_some((
+        u32::try_from(width).ok()?,
+        u32::try_from(height).ok()?,
+        pixels,
+    ))
 }
 
 /// Check that a JPEG stream reaches its end-of-image marker (EOI): walk the marker segments
@@ -600,7 +662,7 @@ mod index_tests {
 
 #[cfg(test)]
 mod tests {
-    use super::decode;
+    use super::{decode, decode_sample};
 
     /// Baseline, gray, progressive (10 scans), with restart markers, and with `FF D9` inside a
     /// comment segment: written by PIL, which refuses every one of them cut at any byte.
@@ -642,6 +704,70 @@ mod tests {
                 .expect_err("a third")
                 .to_string();
             assert!(third.contains("image file is truncated"), "{name}: {third}");
+        }
+    }
+
+    /// A 61 × 47 picture with edges and gradients in every channel.
+    fn picture() -> Vec<u8> {
+        (0..61 * 47)
+            .flat_map(|i| {
+                let (x, y) = (i % 61, i / 61);
+                [(x * 4) as u8, (y * 5) as u8, ((x * y) % 256) as u8]
+            })
+            .collect()
+    }
+
+    /// The same picture through `image`'s encoder (4:4:4) and jpeg-encoder's (4:2:0 and
+    /// 4:4:4, baseline and progressive).
+    fn encoded() -> Vec<(String, Vec<u8>)> {
+        use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
+        let pixels = picture();
+        let mut out = Vec::new();
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+            .encode(&pixels, 61, 47, image::ExtendedColorType::Rgb8)
+            .expect("encodes");
+        out.push(("image 4:4:4".to_owned(), bytes));
+        for (name, sampling) in [
+            ("4:2:0", SamplingFactor::R_4_2_0),
+            ("4:4:4", SamplingFactor::R_4_4_4),
+        ] {
+            for progressive in [false, true] {
+                let mut bytes = Vec::new();
+                let mut encoder = Encoder::new(&mut bytes, 85);
+                encoder.set_sampling_factor(sampling);
+                encoder.set_progressive(progressive);
+                encoder
+                    .encode(&pixels, 61, 47, ColorType::Rgb)
+                    .expect("encodes");
+                out.push((format!("{name}, progressive {progressive}"), bytes));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_direct_jpeg_path_gives_image_s_pixels() {
+        let mut all: Vec<(String, Vec<u8>)> = JPEGS
+            .iter()
+            .map(|(name, data)| ((*name).to_owned(), data.to_vec()))
+            .collect();
+        all.extend(encoded());
+        for (name, data) in &all {
+            for channels in [1, 3] {
+                let expected =
+                    crate::common::sample_from(decode(data).expect("decodes"), channels, Some(4));
+                let direct = decode_sample(data, channels, Some(4))
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(direct, expected, "{name}, {channels} channels");
+            }
+            // Refused when cut, as `decode` refuses it (the same check runs first).
+            for cut in [data.len() / 2, data.len() - 1] {
+                assert!(
+                    decode_sample(&data[..cut], 3, None).is_err(),
+                    "{name} cut to {cut}"
+                );
+            }
         }
     }
 }

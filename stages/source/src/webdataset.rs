@@ -651,12 +651,11 @@ impl Dataset for Shards {
                 item: item(name),
                 cause: e.to_string(),
             })?;
-        let decoded = crate::image_folder::decode(&bytes).map_err(|e| ItemError {
+        let label = if self.labels { member.label } else { None };
+        crate::image_folder::decode_sample(&bytes, self.channels, label).map_err(|e| ItemError {
             item: item(name),
             cause: simclr_core::error::chain(&e),
-        })?;
-        let label = if self.labels { member.label } else { None };
-        Ok(crate::common::sample_from(decoded, self.channels, label))
+        })
     }
 
     fn name(&self, index: u64) -> Option<String> {

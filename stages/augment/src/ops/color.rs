@@ -548,7 +548,9 @@ mod tests {
         out.push(("levels", levels));
         // Arbitrary mantissas, none below 1e-3 (a pixel that dark is 8-bit level 0 or 1 times
         // a brightness factor of at least 0.2, or exactly 0).
-        let floats = (0..n).map(|_| 1e-3 + rng.next_f64() as f32 * 0.999).collect();
+        let floats = (0..n)
+            .map(|_| 1e-3 + rng.next_f64() as f32 * 0.999)
+            .collect();
         out.push(("floats", floats));
         for f in [1.2f32, 1.8] {
             let mean = 0.43f32;
@@ -563,7 +565,9 @@ mod tests {
             tiny[i] = rng.next_f64() as f32 * 1e-6;
         }
         out.push(("tiny", tiny));
-        let odd: Vec<f32> = (0..1001).map(|_| rng.next_f64() as f32 * 2.0 - 0.5).collect();
+        let odd: Vec<f32> = (0..1001)
+            .map(|_| rng.next_f64() as f32 * 2.0 - 0.5)
+            .collect();
         out.push(("signed, odd length", odd));
         out.push(("subnormal", vec![1e-40; 37]));
         out.push(("zeros", vec![0.0; 64]));
