@@ -142,3 +142,39 @@ fn float_planes_from_bytes_match_the_per_pixel_definition() {
         crate::simd::set_level(Level::Avx512);
     }
 }
+
+#[test]
+fn horizontal_flip_of_bytes_mirrors_every_row() {
+    use crate::ops::Flip;
+    for channels in [1, 2, 3] {
+        for width in [1, 15, 16, 17, 33, 224] {
+            let shape = Shape {
+                channels,
+                height: 3,
+                width,
+            };
+            let hwc: Vec<u8> = (0..shape.len()).map(|i| (i * 13 % 256) as u8).collect();
+            let mut expected = vec![0u8; shape.len()];
+            for y in 0..3 {
+                for x in 0..width {
+                    for c in 0..channels {
+                        expected[(y * width + x) * channels + c] =
+                            hwc[(y * width + width - 1 - x) * channels + c];
+                    }
+                }
+            }
+            for level in [Level::Baseline, Level::Avx2, Level::Avx512] {
+                crate::simd::set_level(level);
+                let mut img = Img::from_u8(shape, hwc.clone());
+                Flip {
+                    p: 1.0,
+                    vertical: false,
+                }
+                .apply(&mut img, &Params::Flag(true))
+                .expect("flips");
+                assert_eq!(img.to_u8_hwc(), expected, "{shape:?} {level:?}");
+            }
+            crate::simd::set_level(Level::Avx512);
+        }
+    }
+}
