@@ -72,33 +72,10 @@ pub fn has_avx512() -> bool {
 /// has them, and for the baseline otherwise.
 macro_rules! dispatch {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
-        $(#[$meta])*
-        #[allow(unsafe_code)]
-        $vis fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn generic($($arg: $ty),*) $body
-
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            fn avx2($($arg: $ty),*) {
-                generic($($arg),*)
-            }
-
-            #[cfg(target_arch = "x86_64")]
-            if $crate::simd::has_avx2() {
-                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                return unsafe { avx2($($arg),*) };
-            }
-            generic($($arg),*)
-        }
+        $crate::simd::dispatch!(@versions false $(#[$meta])* $vis fn $name($($arg: $ty),*) $body);
     };
-}
-
-/// [`dispatch!`] with a third version compiled for AVX-512, picked first where the CPU has
-/// it. Only for loops measured faster with it: mask registers make the select-heavy hue
-/// rotation 1.25× faster on AMD Zen 4, where plain arithmetic gains nothing over AVX2.
-macro_rules! dispatch_wide {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+    // `$wide`: also pick an AVX-512 version where the CPU has it (see [`dispatch_wide!`]).
+    (@versions $wide:literal $(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),*) $body:block) => {
         $(#[$meta])*
         #[allow(unsafe_code)]
         $vis fn $name($($arg: $ty),*) {
@@ -118,7 +95,7 @@ macro_rules! dispatch_wide {
             }
 
             #[cfg(target_arch = "x86_64")]
-            if $crate::simd::has_avx512() {
+            if $wide && $crate::simd::has_avx512() {
                 // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
                 return unsafe { avx512($($arg),*) };
             }
@@ -129,6 +106,16 @@ macro_rules! dispatch_wide {
             }
             generic($($arg),*)
         }
+    };
+}
+
+/// [`dispatch!`] with a third version compiled for AVX-512, picked first where the CPU has
+/// it. Only for loops measured faster with it: mask registers make the select-heavy hue
+/// rotation 1.25× faster on AMD Zen 4 and the byte shuffles of a mirrored RGB row 1.3×, where
+/// plain arithmetic (the blur) gains nothing over AVX2.
+macro_rules! dispatch_wide {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $crate::simd::dispatch!(@versions true $(#[$meta])* $vis fn $name($($arg: $ty),*) $body);
     };
 }
 
