@@ -569,6 +569,8 @@ mod tests {
         assert_eq!(sampling(&jpeg(Chroma::Half, 3)), [(2, 2), (1, 1), (1, 1)]);
         assert_eq!(sampling(&jpeg(Chroma::Full, 3)), [(1, 1), (1, 1), (1, 1)]);
         assert_eq!(sampling(&jpeg(Chroma::Half, 1)), [(1, 1)]);
+        // Deterministic: the same pixels give the same bytes (the shard-level test packs PNG).
+        assert_eq!(jpeg(Chroma::Half, 3), jpeg(Chroma::Half, 3));
         let decoded = crate::image_folder::decode(&jpeg(Chroma::Half, 3)).expect("decodes");
         assert_eq!((decoded.width(), decoded.height()), (32, 24));
     }
