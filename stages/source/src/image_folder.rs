@@ -378,13 +378,19 @@ pub enum DecodeError {
 /// # Errors
 /// A truncated JPEG, an unknown format, or data the decoder refuses.
 pub fn decode(bytes: &[u8]) -> Result<image::DynamicImage, DecodeError> {
+    checked_reader(bytes)?.decode().map_err(DecodeError::Image)
+}
+
+/// A reader of `bytes` with its format guessed from the content, a JPEG first checked for
+/// its end-of-image marker.
+fn checked_reader(bytes: &[u8]) -> Result<image::ImageReader<std::io::Cursor<&[u8]>>, DecodeError> {
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(DecodeError::Format)?;
     if reader.format() == Some(image::ImageFormat::Jpeg) {
         jpeg_complete(bytes)?;
     }
-    reader.decode().map_err(DecodeError::Image)
+    Ok(reader)
 }
 
 /// Decode an image file's bytes into a sample of `channels` channels: [`decode`], then
@@ -394,8 +400,8 @@ pub fn decode(bytes: &[u8]) -> Result<image::DynamicImage, DecodeError> {
 /// A baseline or progressive colour JPEG (YCbCr or RGB) wanted as RGB is decoded by
 /// zune-jpeg directly, with the options `image` gives it (so the pixels are `image`'s): that
 /// skips `image`'s copy of the file, its second header parse and its zero-filled output
-/// buffer. Anything else, and any error there, takes [`decode`] (whose errors are the ones
-/// reported).
+/// buffer. Anything else, and any error there, takes `image`'s decoder (whose errors are the
+/// ones reported).
 ///
 /// # Errors
 /// As [`decode`].
@@ -404,19 +410,21 @@ pub fn decode_sample(
     channels: u8,
     label: Option<u32>,
 ) -> Result<simclr_core::data::Sample, DecodeError> {
-    if channels == 3 && bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        jpeg_complete(bytes)?;
-        if let Some((width, height, pixels)) = jpeg_rgb(bytes) {
-            return Ok(simclr_core::data::Sample {
-                width,
-                height,
-                channels,
-                pixels: pixels.into(),
-                label,
-            });
-        }
+    let reader = checked_reader(bytes)?;
+    if channels == 3
+        && reader.format() == Some(image::ImageFormat::Jpeg)
+        && let Some((width, height, pixels)) = jpeg_rgb(bytes)
+    {
+        return Ok(simclr_core::data::Sample {
+            width,
+            height,
+            channels,
+            pixels: pixels.into(),
+            label,
+        });
     }
-    Ok(crate::common::sample_from(decode(bytes)?, channels, label))
+    let decoded = reader.decode().map_err(DecodeError::Image)?;
+    Ok(crate::common::sample_from(decoded, channels, label))
 }
 
 /// `bytes` (a JPEG) as RGB through zune-jpeg, or `None` for a colour space `image` would

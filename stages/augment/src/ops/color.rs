@@ -78,12 +78,18 @@ pub(super) fn build_jitter(
     Ok(Box::new(ColorJitter { ranges }))
 }
 
+/// One pixel's gray level (0.299 R + 0.587 G + 0.114 B, in that order).
+#[inline(always)]
+fn gray_level(r: f32, g: f32, b: f32) -> f32 {
+    LUMA[0] * r + LUMA[1] * g + LUMA[2] * b
+}
+
 #[inline(always)]
 fn gray_of(chw: &[f32], plane: usize, out: &mut [f32]) {
     let (r, rest) = chw.split_at(plane);
     let (g, b) = rest.split_at(plane);
     for i in 0..plane {
-        out[i] = LUMA[0] * r[i] + LUMA[1] * g[i] + LUMA[2] * b[i];
+        out[i] = gray_level(r[i], g[i], b[i]);
     }
 }
 
@@ -153,15 +159,21 @@ fn exact_sum(values: &[f32]) -> Option<f64> {
     (bits + hi - lo <= 29).then_some(total)
 }
 
+/// The contrast mean's sum: [`exact_sum`] where it applies, else [`sequential_sum`].
+#[inline(always)]
+fn sum(values: &[f32]) -> f64 {
+    exact_sum(values).unwrap_or_else(|| sequential_sum(values.iter().copied()))
+}
+
 crate::simd::dispatch! {
 /// Contrast: blend with the mean gray level of the image.
 pub fn adjust_contrast(chw: &mut [f32], channels: usize, plane: usize, f: f32) {
     let mean = if channels == 3 {
         let mut gray = vec![0f32; plane];
         gray_of(chw, plane, &mut gray);
-        exact_sum(&gray).unwrap_or_else(|| sequential_sum(gray.iter().copied())) / plane as f64
+        sum(&gray) / plane as f64
     } else {
-        exact_sum(chw).unwrap_or_else(|| sequential_sum(chw.iter().copied())) / chw.len() as f64
+        sum(chw) / chw.len() as f64
     } as f32;
     let offset = (1.0 - f) * mean;
     for x in chw {
@@ -185,7 +197,7 @@ pub fn adjust_saturation(chw: &mut [f32], channels: usize, plane: usize, f: f32)
     for ((r, g), b) in r.chunks_mut(BLOCK).zip(g.chunks_mut(BLOCK)).zip(b.chunks_mut(BLOCK)) {
         let mut gray = [0f32; BLOCK];
         for (((y, &r), &g), &b) in gray.iter_mut().zip(&*r).zip(&*g).zip(&*b) {
-            *y = LUMA[0] * r + LUMA[1] * g + LUMA[2] * b;
+            *y = gray_level(r, g, b);
         }
         for plane in [r, g, b] {
             for (x, &y) in plane.iter_mut().zip(&gray) {
