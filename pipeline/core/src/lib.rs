@@ -32,7 +32,9 @@ pub use kind::{
     BuildContext, InputPorts, Instance, OutputPort, Parallelism, ParamError, ResumePoint,
     StageFactory, StageKind, StreamFacts,
 };
-pub use message::{Activations, Batch, Image, Message, PortType, Record, SampleId, ViewPair};
+pub use message::{
+    Activations, Batch, Image, Message, PortType, Record, SampleId, ViewPair, filled_pixels,
+};
 pub use rng::Rng;
 pub use stage::{Emitter, Outputs, Source, Stage, StageContext, TestOutputs};
 pub use stage::{MAX_SKIP_RECORDS, Signals, SkippedItem, StageLog};

@@ -82,6 +82,24 @@ pub struct Record {
     pub payload: Arc<[u8]>,
 }
 
+/// A pixel buffer of `len` bytes filled by `fill`, allocated once as the shared buffer it is
+/// stored in: pixels written into a `Vec` and then converted with `Arc::from` are copied once
+/// more (about 560 KB for a 500 × 375 RGB photo). The buffer starts zeroed.
+///
+/// # Errors
+/// Whatever `fill` returns.
+pub fn filled_pixels<E>(
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<Arc<[u8]>, E> {
+    let mut pixels: Arc<[u8]> = std::iter::repeat_n(0, len).collect();
+    match Arc::get_mut(&mut pixels) {
+        Some(buf) => fill(buf)?,
+        None => unreachable!("a buffer just allocated has no other owner"),
+    }
+    Ok(pixels)
+}
+
 /// One decoded image, 8 bits per channel, interleaved (HWC).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image {

@@ -91,16 +91,17 @@ pub fn crop_resize(
             };
             let src =
                 ImageRef::new(width as u32, height as u32, hwc, pixel_type).map_err(|e| err(&e))?;
-            let mut out = vec![0u8; out_shape.len()];
-            {
-                let mut dst =
-                    Image::from_slice_u8(out_w as u32, out_h as u32, &mut out, pixel_type)
-                        .map_err(|e| err(&e))?;
+            let out = simclr_core::filled_pixels(out_shape.len(), |out| {
+                let mut dst = Image::from_slice_u8(out_w as u32, out_h as u32, out, pixel_type)
+                    .map_err(|e| err(&e))?;
                 RESIZER
                     .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
-                    .map_err(|e| err(&e))?;
-            }
-            Ok(Img::from_u8(out_shape, out))
+                    .map_err(|e| err(&e))
+            })?;
+            Ok(Img {
+                shape: out_shape,
+                pixels: Pixels::U8(out),
+            })
         }
         Pixels::F32(chw) => {
             let plane_in = height * width;

@@ -419,7 +419,7 @@ pub fn decode_sample(
             width,
             height,
             channels,
-            pixels: pixels.into(),
+            pixels,
             label,
         });
     }
@@ -428,8 +428,9 @@ pub fn decode_sample(
 }
 
 /// `bytes` (a JPEG) as RGB through zune-jpeg, or `None` for a colour space `image` would
-/// decode differently, or on any error (left for [`decode`] to report).
-fn jpeg_rgb(bytes: &[u8]) -> Option<(u32, u32, Vec<u8>)> {
+/// decode differently, or on any error (left for [`decode`] to report). The pixels are
+/// decoded straight into the sample's shared buffer.
+fn jpeg_rgb(bytes: &[u8]) -> Option<(u32, u32, std::sync::Arc<[u8]>)> {
     use zune_core::colorspace::ColorSpace;
     // `image`'s options (`codecs/jpeg/decoder.rs`): lenient, no size limits, RGB out.
     let options = zune_core::options::DecoderOptions::default()
@@ -449,8 +450,12 @@ fn jpeg_rgb(bytes: &[u8]) -> Option<(u32, u32, Vec<u8>)> {
         return None;
     }
     let (width, height) = decoder.dimensions()?;
-    let pixels = decoder.decode().ok()?;
-    (pixels.len() == width * height * 3).then_some((
+    let len = decoder.output_buffer_size()?;
+    if len != width.checked_mul(height)?.checked_mul(3)? {
+        return None;
+    }
+    let pixels = simclr_core::filled_pixels(len, |buf| decoder.decode_into(buf)).ok()?;
+    Some((
         u32::try_from(width).ok()?,
         u32::try_from(height).ok()?,
         pixels,

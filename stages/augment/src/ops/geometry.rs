@@ -1,5 +1,7 @@
 //! Geometry: `random_resized_crop`, `resize`, `center_crop`, `horizontal_flip`, `vertical_flip`.
 
+use std::convert::Infallible;
+
 use serde::Deserialize;
 use simclr_core::rng::Rng;
 use simclr_core::{ParamError, Value};
@@ -436,16 +438,18 @@ impl Transform for Flip {
         match &mut img.pixels {
             Pixels::U8(hwc) => {
                 let row = width * channels;
-                let mut out = vec![0u8; hwc.len()];
-                if self.vertical {
-                    for (y, dst) in out.chunks_exact_mut(row).enumerate() {
-                        let sy = height - 1 - y;
-                        dst.copy_from_slice(&hwc[sy * row..(sy + 1) * row]);
+                let Ok(flipped) = simclr_core::filled_pixels::<Infallible>(hwc.len(), |out| {
+                    if self.vertical {
+                        for (y, dst) in out.chunks_exact_mut(row).enumerate() {
+                            let sy = height - 1 - y;
+                            dst.copy_from_slice(&hwc[sy * row..(sy + 1) * row]);
+                        }
+                    } else {
+                        mirror_rows(hwc, out, row, channels);
                     }
-                } else {
-                    mirror_rows(hwc, &mut out, row, channels);
-                }
-                *hwc = out.into();
+                    Ok(())
+                });
+                *hwc = flipped;
             }
             Pixels::F32(chw) => {
                 for plane in chw.chunks_exact_mut(height * width) {
