@@ -243,6 +243,62 @@ fn unreadable_images_are_skipped_and_counted_or_fail_naming_the_file() {
     );
 }
 
+#[test]
+fn the_run_report_says_how_a_folder_was_listed_and_a_bad_index_is_refused() {
+    let dir = scratch("listed");
+    let root = dir.join("photos");
+    std::fs::create_dir_all(root.join("cats")).expect("mkdir");
+    for i in 0..3 {
+        image::RgbImage::from_pixel(4, 4, image::Rgb([i * 80, 0, 0]))
+            .save(root.join("cats").join(format!("{i}.png")))
+            .expect("png");
+    }
+    // Folders changed an hour ago: settled, so the listing may be kept.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for d in [root.join("cats"), root.clone()] {
+        std::fs::File::open(&d)
+            .and_then(|f| f.set_modified(hour_ago))
+            .expect("set the folder's time");
+    }
+    let text = |index: &str| {
+        format!(
+            "name: f\nstages:\n  images: {{ kind: image_folder, params: {{ path: {}{index} }} }}\n  drain: {{ kind: sink, inputs: [images], params: {{ expect: 3 }} }}\n",
+            root.display()
+        )
+    };
+    let note = |text: &str| {
+        let done = run(text).unwrap_or_else(|f| panic!("{f}"));
+        done.report.stages[0].notes.join("\n")
+    };
+    let first = note(&text(""));
+    assert!(
+        first.contains("3 images listed")
+            && first.contains("by walking the folder; the listing is kept in")
+            && first.contains(".photos.simclr-index"),
+        "{first}"
+    );
+    let second = note(&text(""));
+    assert!(
+        second.contains("3 images listed") && second.contains("from the index"),
+        "{second}"
+    );
+    let named = dir.join("listing.idx");
+    let third = note(&text(&format!(", index: {}", named.display())));
+    assert!(third.contains("listing.idx") && named.exists(), "{third}");
+    // An index no one can write (its folder is a file): refused when the definition is checked.
+    std::fs::write(dir.join("blocker"), b"").expect("file");
+    let message = validate_error(&text(&format!(
+        ", index: {}",
+        dir.join("blocker/x.idx").display()
+    )));
+    assert!(
+        message.contains("index")
+            && message.contains("cannot write the listing's index")
+            && message.contains("blocker/x.idx"),
+        "{message}"
+    );
+}
+
 fn digest(report: &simclr::runtime::RunReport) -> String {
     report
         .stages

@@ -235,7 +235,7 @@ fn open_source(
                 bail!("a folder has no test split: pack the held-out folder itself")
             }
         };
-        let (files, classes, _) = simclr::source::image_folder::scan_cached(&root, true)
+        let (files, classes, _) = simclr::source::image_folder::scan_cached(&root, true, None)
             .with_context(|| root.display().to_string())?;
         if files.is_empty() {
             bail!("no images under {}", root.display());

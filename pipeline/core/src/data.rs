@@ -35,6 +35,11 @@ pub trait Dataset: Send + Sync {
     fn name(&self, _index: u64) -> Option<String> {
         None
     }
+
+    /// Lines for the run report about how the data was opened (how a folder was listed, say).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// One decoded item.

@@ -264,11 +264,16 @@ impl DatasetSource {
 }
 
 impl Source for DatasetSource {
-    fn on_start(&mut self, _cx: &mut StageContext) -> Result<(), StageError> {
+    fn on_start(&mut self, cx: &mut StageContext) -> Result<(), StageError> {
         let loaded = self.shared.get_or_init(|| (self.load)().map_err(Arc::new));
         match loaded {
             Ok(data) => {
                 self.data = Some(data.clone());
+                if cx.worker() == 0 {
+                    for note in data.notes() {
+                        cx.note(note);
+                    }
+                }
                 if let Some((epoch, position)) = self.resume_at.take() {
                     let n = self.used_len(data.len());
                     self.next += u64::from(epoch) * n + position;

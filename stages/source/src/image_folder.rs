@@ -32,6 +32,11 @@ crate::source_config! {
         /// 3 (RGB) or 1 (gray): images are converted when decoded.
         #[serde(default = "crate::common::default_channels")]
         pub channels: u8,
+        /// The file that keeps the folder's listing between runs, rewritten when a folder
+        /// changes (default: `.NAME.simclr-index` beside the folder `NAME`). Set it where the
+        /// data's parent folder cannot be written, or the listing is walked on every run.
+        #[serde(default)]
+        pub index: Option<String>,
     }
 }
 
@@ -169,9 +174,10 @@ fn list(dir: &Path, class: Option<&Arc<str>>, labels: bool) -> Result<Listing, D
     Ok((files, folders, modified))
 }
 
-/// Where [`scan_cached`] keeps the listing of `root`: beside it, `.<name>.simclr-index` in
-/// its parent folder (inside, writing it would change the root's own modification time, the
-/// very thing that says the listing is current). `None` for a root without a parent.
+/// Where [`scan_cached`] keeps the listing of `root` unless told otherwise: beside it,
+/// `.<name>.simclr-index` in its parent folder (inside, writing it would change the root's own
+/// modification time, the very thing that says the listing is current). `None` for a root
+/// without a parent.
 pub fn index_path(root: &Path) -> Option<PathBuf> {
     let real = std::fs::canonicalize(root).ok()?;
     let name = real.file_name()?.to_string_lossy().into_owned();
@@ -179,30 +185,40 @@ pub fn index_path(root: &Path) -> Option<PathBuf> {
 }
 
 /// How [`scan_cached`] got its listing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Listed {
     /// From the cache: no folder changed since it was written.
     Cached,
     /// Walked, and the cache (re)written.
     Walked,
-    /// Walked, nothing cached: the root's parent is not writable, or a folder changed in the
-    /// last two seconds (it might change again without its time moving).
-    WalkedUncached,
+    /// Walked, nothing cached: a folder changed in the last two seconds (it might change again
+    /// without its time moving).
+    Unsettled,
+    /// Walked, nothing cached: the cache could not be written (why: the file and the cause).
+    Unwritable(String),
 }
 
-/// [`scan`] through a cache beside the root ([`index_path`]): used while every folder it lists keeps
-/// the modification time it had when listed (adding, removing or renaming an entry changes
-/// its folder's), else the tree is walked again and the cache rewritten (atomically; nothing
-/// is written where the root is read-only).
+/// A folder's listing: its images, its class names, and how it was got.
+pub type FolderListing = (LabelledFiles, Vec<String>, Listed);
+
+/// [`scan`] through a cache file (`index`, or by default [`index_path`]): used while every
+/// folder it lists keeps the modification time it had when listed (adding, removing or
+/// renaming an entry changes its folder's), else the tree is walked again and the cache
+/// rewritten (atomically). A cache records its root and is used for that root only.
 ///
 /// # Errors
 /// An unreadable folder.
 pub fn scan_cached(
     root: &Path,
     labels: bool,
-) -> Result<(LabelledFiles, Vec<String>, Listed), DataError> {
-    let cache = index_path(root);
-    if let Some((files, classes)) = cache.as_ref().and_then(|c| read_index(c, root, labels)) {
+    index: Option<&Path>,
+) -> Result<FolderListing, DataError> {
+    let cache = index.map(Path::to_owned).or_else(|| index_path(root));
+    let real_root = std::fs::canonicalize(root).map_err(DataError::io(root))?;
+    if let Some((files, classes)) = cache
+        .as_ref()
+        .and_then(|c| read_index(c, root, &real_root, labels))
+    {
         return Ok((files, classes, Listed::Cached));
     }
     let started = std::time::SystemTime::now();
@@ -214,14 +230,16 @@ pub fn scan_cached(
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_nanos())
         .is_some_and(|limit| folders.iter().all(|(_, t)| *t < limit));
-    let written = settled
-        && cache
-            .as_ref()
-            .is_some_and(|c| write_index(c, root, labels, &files, &classes, &folders).is_ok());
-    let listed = if written {
-        Listed::Walked
-    } else {
-        Listed::WalkedUncached
+    let listed = match &cache {
+        _ if !settled => Listed::Unsettled,
+        None => Listed::Unwritable(format!(
+            "{} has no parent folder to keep the index in",
+            root.display()
+        )),
+        Some(c) => match write_index(c, root, &real_root, labels, &files, &classes, &folders) {
+            Ok(()) => Listed::Walked,
+            Err(e) => Listed::Unwritable(format!("{}: {e}", c.display())),
+        },
     };
     Ok((files, classes, listed))
 }
@@ -238,6 +256,7 @@ fn relative(root: &Path, path: &Path) -> Option<String> {
 fn write_index(
     cache: &Path,
     root: &Path,
+    real_root: &Path,
     labels: bool,
     files: &LabelledFiles,
     classes: &[String],
@@ -248,11 +267,7 @@ fn write_index(
     let tmp = cache.with_extension(format!("{}.partial", std::process::id()));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     let result = (|| {
-        writeln!(
-            out,
-            "simclr-image-folder-index 1 labels={}",
-            u8::from(labels)
-        )?;
+        writeln!(out, "{}", index_header(real_root, labels).ok_or_else(bad)?)?;
         for c in classes {
             if c.contains('\n') {
                 return Err(bad());
@@ -278,10 +293,24 @@ fn write_index(
     }
 }
 
-fn read_index(cache: &Path, root: &Path, labels: bool) -> Option<(LabelledFiles, Vec<String>)> {
+/// A cache's first line: its format, the labels setting and the (real) root it lists.
+fn index_header(real_root: &Path, labels: bool) -> Option<String> {
+    let root = real_root.to_str().filter(|r| !r.contains('\n'))?;
+    Some(format!(
+        "simclr-image-folder-index 2 labels={} root={root}",
+        u8::from(labels)
+    ))
+}
+
+fn read_index(
+    cache: &Path,
+    root: &Path,
+    real_root: &Path,
+    labels: bool,
+) -> Option<(LabelledFiles, Vec<String>)> {
     let text = std::fs::read_to_string(cache).ok()?;
     let mut lines = text.lines();
-    if lines.next()? != format!("simclr-image-folder-index 1 labels={}", u8::from(labels)) {
+    if lines.next()? != index_header(real_root, labels)? {
         return None;
     }
     let mut classes = Vec::new();
@@ -318,18 +347,34 @@ fn read_index(cache: &Path, root: &Path, labels: bool) -> Option<(LabelledFiles,
 pub struct ImageFolder {
     files: Vec<(PathBuf, Option<u32>)>,
     channels: u8,
+    notes: Vec<String>,
 }
 
 impl ImageFolder {
     /// A dataset over `files` decoded to `channels` channels.
     pub fn new(files: Vec<(PathBuf, Option<u32>)>, channels: u8) -> Self {
-        Self { files, channels }
+        Self {
+            files,
+            channels,
+            notes: Vec::new(),
+        }
+    }
+
+    /// The same, with `notes` for the run report ([`Dataset::notes`]).
+    #[must_use]
+    pub fn with_notes(mut self, notes: Vec<String>) -> Self {
+        self.notes = notes;
+        self
     }
 }
 
 impl Dataset for ImageFolder {
     fn len(&self) -> u64 {
         self.files.len() as u64
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
     }
 
     fn get(&self, index: u64) -> Result<Sample, ItemError> {
@@ -541,13 +586,47 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
             "point `path` at a folder of images, one sub-folder per class",
         ));
     }
-    let (files, _classes, _) = scan_cached(root, config.labels).map_err(|e| {
+    let index = config.index.as_deref().map(Path::new);
+    let started = std::time::Instant::now();
+    let (files, _classes, listed) = scan_cached(root, config.labels, index).map_err(|e| {
         cx.invalid(
             "path",
             simclr_core::error::chain(&e),
             "check the folder's permissions",
         )
     })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let kept = index
+        .map(Path::to_owned)
+        .or_else(|| index_path(root))
+        .unwrap_or_default();
+    let note = match listed {
+        Listed::Unwritable(cause) if index.is_some() => {
+            return Err(cx.invalid(
+                "index",
+                format!("cannot write the listing's index: {cause}"),
+                "name a file in a folder this user can write, or leave `index` out",
+            ));
+        }
+        Listed::Cached => format!(
+            "{} images listed in {seconds:.2} s from the index {}",
+            files.len(),
+            kept.display()
+        ),
+        Listed::Walked => format!(
+            "{} images listed in {seconds:.2} s by walking the folder; the listing is kept in {} for the next run",
+            files.len(),
+            kept.display()
+        ),
+        Listed::Unsettled => format!(
+            "{} images listed in {seconds:.2} s by walking the folder; not kept: a folder changed in the last two seconds",
+            files.len()
+        ),
+        Listed::Unwritable(cause) => format!(
+            "{} images listed in {seconds:.2} s by walking the folder, as on every run: the listing cannot be kept ({cause}); set `index:` to a file in a writable folder",
+            files.len()
+        ),
+    };
     if files.is_empty() {
         return Err(cx.invalid(
             "path",
@@ -564,6 +643,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
     let labelled = Arc::new(FolderSplits {
         path: config.path.clone(),
         channels,
+        index: config.index.clone(),
     });
     Ok(factory(
         cx,
@@ -571,7 +651,12 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         n,
         usize::from(channels),
         labelled,
-        move || Ok(Arc::new(ImageFolder::new(files.clone(), channels)) as Arc<dyn Dataset>),
+        move || {
+            Ok(
+                Arc::new(ImageFolder::new(files.clone(), channels).with_notes(vec![note.clone()]))
+                    as Arc<dyn Dataset>,
+            )
+        },
     ))
 }
 
@@ -581,6 +666,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
 struct FolderSplits {
     path: String,
     channels: u8,
+    index: Option<String>,
 }
 
 impl crate::common::LabelledData for FolderSplits {
@@ -603,7 +689,13 @@ impl crate::common::LabelledData for FolderSplits {
                 "an `image_folder` source has no test split: name a folder of held-out images (one sub-folder per class, the same class names)".into(),
             ))?,
         };
-        let (files, _, _) = scan_cached(Path::new(path), true)?;
+        // The train split's own index is for its `labels` setting; the test folder keeps
+        // its default one.
+        let index = match split {
+            crate::common::Split::Train => self.index.as_deref().map(Path::new),
+            crate::common::Split::Test => None,
+        };
+        let (files, _, _) = scan_cached(Path::new(path), true, index)?;
         if files.is_empty() {
             return Err(DataError::Unavailable(format!("no images under {path}")));
         }
@@ -640,12 +732,12 @@ mod index_tests {
             }
         };
         settle_all();
-        let walked = scan_cached(&root, true).expect("lists");
+        let walked = scan_cached(&root, true, None).expect("lists");
         assert_eq!(walked.2, Listed::Walked);
         assert_eq!(walked.0.len(), 6);
         assert_eq!(walked.1, ["cat", "dog"]);
         assert!(index_path(&root).expect("path").exists());
-        let cached = scan_cached(&root, true).expect("lists");
+        let cached = scan_cached(&root, true, None).expect("lists");
         assert_eq!(cached.2, Listed::Cached);
         assert_eq!((&cached.0, &cached.1), (&walked.0, &walked.1));
         assert_eq!(
@@ -653,22 +745,105 @@ mod index_tests {
             scan(&root, true).expect("walk")
         );
         // Another labels setting is another listing.
-        assert_ne!(scan_cached(&root, false).expect("lists").2, Listed::Cached);
+        assert_ne!(
+            scan_cached(&root, false, None).expect("lists").2,
+            Listed::Cached
+        );
 
         // A file added: its folder's time moves, the tree is walked again.
         std::fs::write(root.join("dog/3.jpg"), b"").expect("file");
-        let fresh = scan_cached(&root, true).expect("lists");
-        assert_eq!(fresh.2, Listed::WalkedUncached, "a folder changed just now");
+        let fresh = scan_cached(&root, true, None).expect("lists");
+        assert_eq!(fresh.2, Listed::Unsettled, "a folder changed just now");
         assert_eq!(fresh.0.len(), 7);
         settle_all();
-        assert_eq!(scan_cached(&root, true).expect("lists").2, Listed::Walked);
+        assert_eq!(
+            scan_cached(&root, true, None).expect("lists").2,
+            Listed::Walked
+        );
         // A class folder renamed: the root's time moves.
         std::fs::rename(root.join("cat"), root.join("cats")).expect("rename");
         settle(&root);
         settle(&root.join("cats"));
-        let renamed = scan_cached(&root, true).expect("lists");
+        let renamed = scan_cached(&root, true, None).expect("lists");
         assert_eq!(renamed.2, Listed::Walked);
         assert_eq!(renamed.1, ["cats", "dog"]);
+        std::fs::remove_dir_all(&parent).ok();
+    }
+
+    /// A settled tree of `n` images in two classes under a fresh `parent/photos`.
+    fn settled_tree(parent: &Path, n: usize) -> PathBuf {
+        std::fs::remove_dir_all(parent).ok();
+        let root = parent.join("photos");
+        for class in ["cat", "dog"] {
+            std::fs::create_dir_all(root.join(class)).expect("folder");
+            for i in 0..n / 2 {
+                std::fs::write(root.join(class).join(format!("{i}.jpg")), b"").expect("file");
+            }
+            settle(&root.join(class));
+        }
+        settle(&root);
+        root
+    }
+
+    #[test]
+    fn a_named_index_is_used_and_an_index_of_another_root_is_not() {
+        let parent =
+            std::env::temp_dir().join(format!("simclr-index-named-{}", std::process::id()));
+        let root = settled_tree(&parent, 4);
+        let index = parent.join("elsewhere.idx");
+        assert_eq!(
+            scan_cached(&root, true, Some(&index)).expect("lists").2,
+            Listed::Walked
+        );
+        assert!(index.exists());
+        assert!(
+            !index_path(&root).expect("path").exists(),
+            "the default place is left alone"
+        );
+        let cached = scan_cached(&root, true, Some(&index)).expect("lists");
+        assert_eq!(cached.2, Listed::Cached);
+        assert_eq!(cached.0.len(), 4);
+        // The same index named for another folder whose folders have the same names and
+        // times (a copy that kept them) but other files: walked, not trusted.
+        let other = parent.join("other");
+        for d in ["cat", "dog", ""] {
+            let to = other.join(d);
+            std::fs::create_dir_all(&to).expect("folder");
+            if !d.is_empty() {
+                std::fs::write(to.join("copied.jpg"), b"").expect("file");
+            }
+        }
+        for d in ["cat", "dog", ""] {
+            let time = std::fs::metadata(root.join(d))
+                .and_then(|m| m.modified())
+                .expect("time");
+            std::fs::File::open(other.join(d))
+                .and_then(|f| f.set_modified(time))
+                .expect("set the folder's time");
+        }
+        let listed = scan_cached(&other, true, Some(&index)).expect("lists");
+        assert_eq!(listed.2, Listed::Walked);
+        assert_eq!(listed.1, ["cat", "dog"]);
+        assert_eq!(
+            listed.0.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+            [other.join("cat/copied.jpg"), other.join("dog/copied.jpg")]
+        );
+        std::fs::remove_dir_all(&parent).ok();
+    }
+
+    #[test]
+    fn an_index_that_cannot_be_written_says_where_and_why() {
+        let parent = std::env::temp_dir().join(format!("simclr-index-ro-{}", std::process::id()));
+        let root = settled_tree(&parent, 2);
+        // A file where the index's folder should be: no user (root included) can write there.
+        std::fs::write(parent.join("blocker"), b"").expect("file");
+        let index = parent.join("blocker/photos.idx");
+        let listed = scan_cached(&root, true, Some(&index)).expect("lists");
+        let Listed::Unwritable(why) = &listed.2 else {
+            panic!("expected an unwritable index, got {:?}", listed.2);
+        };
+        assert!(why.contains("blocker/photos.idx"), "{why}");
+        assert_eq!(listed.0.len(), 2, "the listing itself is still made");
         std::fs::remove_dir_all(&parent).ok();
     }
 }
