@@ -291,12 +291,33 @@ fn preview_writes_a_png_grid_of_the_expected_size() {
 
 #[test]
 fn bench_augment_prints_json_per_suite() {
-    let out = simclr(&["bench", "augment", "--json", "--seconds", "0.2"]);
+    let out = simclr(&[
+        "bench",
+        "augment",
+        "--json",
+        "--seconds",
+        "0.2",
+        "--repeats",
+        "2",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_str(&text(&out.stdout)).expect("json");
     for suite in ["a", "b", "c"] {
         assert!(
             json[suite]["pairs_per_s"].as_f64().is_some_and(|r| r > 0.0),
+            "{json}"
+        );
+        // Two repeats: the figure is their median, the mean of the two.
+        let each: Vec<f64> = json[suite]["pairs_per_s_each"]
+            .as_array()
+            .expect("each repeat's rate")
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        assert_eq!(each.len(), 2, "{json}");
+        let mean = f64::midpoint(each[0], each[1]);
+        assert!(
+            (json[suite]["pairs_per_s"].as_f64().expect("rate") - mean).abs() <= 1e-9 * mean,
             "{json}"
         );
         assert!(
@@ -314,6 +335,18 @@ fn bench_augment_prints_json_per_suite() {
         "{json}"
     );
     assert!(json["d_over_c"].as_f64().is_some_and(|r| r > 0.0), "{json}");
+    assert_eq!(
+        json["d_over_c_each"].as_array().map(Vec::len),
+        Some(2),
+        "{json}"
+    );
+    let none = simclr(&["bench", "augment", "--repeats", "0"]);
+    assert!(!none.status.success());
+    assert!(
+        text(&none.stderr).contains("--repeats must be at least 1"),
+        "{}",
+        text(&none.stderr)
+    );
 }
 
 #[test]

@@ -378,45 +378,102 @@ fn measure_torchvision(
     Ok(rates)
 }
 
+/// The median of `values` (the mean of the middle two for an even count; NaN for none).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The smallest and largest of `values`.
+fn range(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
 /// Run every suite and print a table (or JSON). With `reference` (a Python interpreter with
 /// torch and torchvision), torchvision is measured in the same run on the same files (and its
 /// PIL-blur variant, `ImageFilter.GaussianBlur` as lightly blurs, for the photo suites);
-/// otherwise its figures quoted above are used.
+/// otherwise its figures quoted above are used. With `repeats` above 1 the reference and the
+/// suites are measured that many times, alternated, and the table shows medians: of pairs/s,
+/// and of each repeat's ratio (a ratio of two figures measured a minute apart on a shared
+/// machine), with the range of the ratios below it.
 pub fn augment(
     json: bool,
     images: Option<&Path>,
     seconds: f64,
     threads: usize,
     reference: Option<&str>,
+    repeats: usize,
 ) -> Result<String> {
+    if repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
     let dir = scratch_dir()?;
     let jpegs = photo_inputs(images, &dir)?;
     let shards = packed(&jpegs, &dir)?;
     let photo_dir = images.map_or_else(|| dir.join("photos"), Path::to_owned);
-    let measured = reference
-        .map(|python| measure_torchvision(python, &photo_dir, &dir.join("packed"), seconds))
-        .transpose()?;
+    let suites = suites(jpegs, shards)?;
+    // Each repeat: the reference (if any), then every suite.
+    let mut measured: Vec<Vec<(String, f64)>> = Vec::new();
+    let mut each: Vec<Vec<f64>> = vec![Vec::new(); suites.len()];
+    for _ in 0..repeats {
+        if let Some(python) = reference {
+            measured.push(measure_torchvision(
+                python,
+                &photo_dir,
+                &dir.join("packed"),
+                seconds,
+            )?);
+        }
+        for (suite, rates) in suites.iter().zip(&mut each) {
+            rates.push(throughput(suite, threads, seconds)?);
+        }
+    }
     let quoted = |key: &str| {
         TORCHVISION
             .iter()
             .find(|(k, _)| *k == key)
             .map_or(f64::NAN, |(_, v)| *v)
     };
-    let torchvision = |key: &str| match &measured {
-        Some(rates) => rates
+    // torchvision's figure for `key` in each repeat.
+    let torchvision = |key: &str| -> Vec<f64> {
+        if measured.is_empty() {
+            return vec![quoted(key); repeats];
+        }
+        measured
             .iter()
-            .find(|(k, _)| k == key)
-            .map_or(f64::NAN, |(_, v)| *v),
-        None => quoted(key),
+            .map(|rates| {
+                rates
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map_or(f64::NAN, |(_, v)| *v)
+            })
+            .collect()
+    };
+    let ratios = |ours: &[f64], theirs: &[f64]| -> Vec<f64> {
+        ours.iter().zip(theirs).map(|(a, b)| a / b).collect()
     };
     let mut out = String::new();
     let mut report = serde_json::Map::new();
     if !json {
-        out.push_str(&format!("augmentation throughput, {threads} threads, ~{seconds} s per suite (pairs = two views)\n\n"));
-        let source = if measured.is_some() {
-            "torchvision now"
+        let how = if repeats > 1 {
+            format!(", medians of {repeats} alternated repeats")
         } else {
+            String::new()
+        };
+        out.push_str(&format!("augmentation throughput, {threads} threads, ~{seconds} s per suite{how} (pairs = two views)\n\n"));
+        let source = if measured.is_empty() {
             "torchvision*"
+        } else {
+            "torchvision now"
         };
         out.push_str(&format!(
             "{:<5} {:>10} {:>15} {:>7} {:>14} {:>7}  {}\n",
@@ -424,17 +481,19 @@ pub fn augment(
         ));
     }
     let mut breakdowns = Vec::new();
-    let mut rates = Vec::new();
-    for suite in suites(jpegs, shards)? {
-        let rate = throughput(&suite, threads, seconds)?;
-        let reference = torchvision(suite.key);
+    let mut spreads = Vec::new();
+    for (suite, rates) in suites.iter().zip(&each) {
+        let rate = median(rates);
+        let tv = torchvision(suite.key);
         let pil = torchvision(&format!("{}_pil", suite.key));
+        let (ratio_each, pil_each) = (ratios(rates, &tv), ratios(rates, &pil));
+        let (ratio, ratio_pil) = (median(&ratio_each), median(&pil_each));
         // About a third of the measuring time again for the breakdown.
         let pairs = match suite.inputs {
             Inputs::Decoded(_) => ((seconds * 700.0) as u64).clamp(50, 2000),
             Inputs::Jpeg(_) | Inputs::Shards(_) => ((seconds * 20.0) as u64).clamp(4, 60),
         };
-        let costs = breakdown(&suite, pairs)?;
+        let costs = breakdown(suite, pairs)?;
         if json {
             let costs_json: serde_json::Map<String, serde_json::Value> = costs
                 .iter()
@@ -445,11 +504,15 @@ pub fn augment(
                 serde_json::json!({
                     "description": suite.description,
                     "pairs_per_s": rate,
-                    "torchvision_pairs_per_s": reference,
-                    "torchvision_pil_blur_pairs_per_s": pil,
-                    "torchvision_measured": measured.is_some(),
-                    "ratio": rate / reference,
-                    "ratio_pil_blur": rate / pil,
+                    "torchvision_pairs_per_s": median(&tv),
+                    "torchvision_pil_blur_pairs_per_s": median(&pil),
+                    "torchvision_measured": !measured.is_empty(),
+                    "ratio": ratio,
+                    "ratio_pil_blur": ratio_pil,
+                    "repeats": repeats,
+                    "pairs_per_s_each": rates,
+                    "ratio_each": ratio_each,
+                    "ratio_pil_blur_each": pil_each,
                     "threads": threads,
                     "us_per_view": costs_json,
                 }),
@@ -467,29 +530,48 @@ pub fn augment(
                 "{:<5} {:>10.0} {} {} {} {}  {}\n",
                 suite.key,
                 rate,
-                cell(reference, 15, false),
-                cell(rate / reference, 7, true),
-                cell(pil, 14, false),
-                cell(rate / pil, 7, true),
+                cell(median(&tv), 15, false),
+                cell(ratio, 7, true),
+                cell(median(&pil), 14, false),
+                cell(ratio_pil, 7, true),
                 suite.description
             ));
+            let (lo, hi) = range(&ratio_each);
+            let mut spread = format!("{} {lo:.1}-{hi:.1}x", suite.key);
+            if pil_each.iter().all(|r| r.is_finite()) {
+                let (lo, hi) = range(&pil_each);
+                spread.push_str(&format!(" (PIL-blur {lo:.1}-{hi:.1}x)"));
+            }
+            if ratio_each.iter().all(|r| r.is_finite()) {
+                spreads.push(spread);
+            }
         }
-        rates.push((suite.key, rate));
         breakdowns.push((suite.key, costs));
     }
     std::fs::remove_dir_all(&dir).ok();
-    let rate_of = |k: &str| {
-        rates
+    let rates_of = |key: &str| {
+        suites
             .iter()
-            .find(|(r, _)| *r == k)
-            .map_or(f64::NAN, |(_, v)| *v)
+            .zip(&each)
+            .find(|(s, _)| s.key == key)
+            .map_or_else(Vec::new, |(_, r)| r.clone())
     };
-    let packed_gain = rate_of("d") / rate_of("c");
+    let gain_each = ratios(&rates_of("d"), &rates_of("c"));
+    let packed_gain = median(&gain_each);
     if json {
         report.insert("d_over_c".into(), serde_json::json!(packed_gain));
+        report.insert("d_over_c_each".into(), serde_json::json!(gain_each));
         return Ok(serde_json::to_string_pretty(&serde_json::Value::Object(
             report,
         ))?);
+    }
+    if repeats > 1 {
+        let (lo, hi) = range(&gain_each);
+        spreads.push(format!("(d)/(c) {lo:.2}-{hi:.2}x"));
+        out.push_str(&format!(
+            "\nratios in each of the {repeats} repeats, lowest-highest: {}\n",
+            spreads.join(", ")
+        ));
     }
     out.push_str(&format!(
         "\npacked shards against the original JPEGs, same policy: (d) / (c) = {packed_gain:.2}x\n"
@@ -507,4 +589,18 @@ pub fn augment(
     }
     out.push_str("\n(the last transform's time includes the final float conversion; torchvision: PIL path, DataLoader with 2 workers, on the same files, benches/reference/augment_torchvision.py; PIL-blur: the same with PIL's ImageFilter.GaussianBlur instead of torchvision's GaussianBlur(23); * = figures quoted from an earlier run on this machine, `--reference python3` measures it in this run)\n");
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{median, range};
+
+    #[test]
+    fn medians_and_ranges_of_repeats() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+        assert!(median(&[]).is_nan());
+        assert_eq!(range(&[3.0, 1.0, 2.0]), (1.0, 3.0));
+    }
 }

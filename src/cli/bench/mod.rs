@@ -40,7 +40,7 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Augmentation throughput (pairs/s) on three suites, with a per-transform breakdown.
+    /// Augmentation throughput (pairs/s) on four suites, with a per-transform breakdown.
     Augment {
         /// Print one JSON object keyed by suite.
         #[arg(long)]
@@ -57,6 +57,10 @@ pub enum BenchCommand {
         /// Measure torchvision in the same run with this Python (needs torch and torchvision).
         #[arg(long, value_name = "PYTHON")]
         reference: Option<String>,
+        /// Measure the reference and the suites this many times, alternated, and report the
+        /// medians and the range of the ratios (a shared machine's speed drifts between runs).
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
     },
     /// One training step (ResNet-18 + MLP head + NT-Xent + LARS): forward, backward and
     /// optimizer time for widths x {32x32x3, 28x28x1}.
@@ -166,12 +170,14 @@ impl BenchCommand {
                 seconds,
                 threads,
                 reference,
+                repeats,
             } => augment::augment(
                 *json,
                 images.as_deref(),
                 *seconds,
                 (*threads).max(1),
                 reference.as_deref(),
+                *repeats,
             ),
             BenchCommand::Train {
                 json,
