@@ -179,18 +179,22 @@ fn list(dir: &Path, class: Option<&Arc<str>>, labels: bool) -> Result<Listing, D
 /// modification time, the very thing that says the listing is current). `None` for a root
 /// without a parent.
 pub fn index_path(root: &Path) -> Option<PathBuf> {
-    let real = std::fs::canonicalize(root).ok()?;
-    let name = real.file_name()?.to_string_lossy().into_owned();
-    Some(real.parent()?.join(format!(".{name}.simclr-index")))
+    beside(&std::fs::canonicalize(root).ok()?)
+}
+
+/// [`index_path`] of a root already made real (canonical).
+fn beside(real_root: &Path) -> Option<PathBuf> {
+    let name = real_root.file_name()?.to_string_lossy().into_owned();
+    Some(real_root.parent()?.join(format!(".{name}.simclr-index")))
 }
 
 /// How [`scan_cached`] got its listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Listed {
-    /// From the cache: no folder changed since it was written.
-    Cached,
-    /// Walked, and the cache (re)written.
-    Walked,
+    /// From the cache (this file): no folder changed since it was written.
+    Cached(PathBuf),
+    /// Walked, and the cache (this file) (re)written.
+    Walked(PathBuf),
     /// Walked, nothing cached: a folder changed in the last two seconds (it might change again
     /// without its time moving).
     Unsettled,
@@ -213,13 +217,12 @@ pub fn scan_cached(
     labels: bool,
     index: Option<&Path>,
 ) -> Result<FolderListing, DataError> {
-    let cache = index.map(Path::to_owned).or_else(|| index_path(root));
     let real_root = std::fs::canonicalize(root).map_err(DataError::io(root))?;
-    if let Some((files, classes)) = cache
-        .as_ref()
-        .and_then(|c| read_index(c, root, &real_root, labels))
+    let cache = index.map(Path::to_owned).or_else(|| beside(&real_root));
+    if let Some(c) = &cache
+        && let Some((files, classes)) = read_index(c, root, &real_root, labels)
     {
-        return Ok((files, classes, Listed::Cached));
+        return Ok((files, classes, Listed::Cached(c.clone())));
     }
     let started = std::time::SystemTime::now();
     let (files, classes, folders) = scan_folders(root, labels)?;
@@ -237,7 +240,7 @@ pub fn scan_cached(
             root.display()
         )),
         Some(c) => match write_index(c, root, &real_root, labels, &files, &classes, &folders) {
-            Ok(()) => Listed::Walked,
+            Ok(()) => Listed::Walked(c.clone()),
             Err(e) => Listed::Unwritable(format!("{}: {e}", c.display())),
         },
     };
@@ -596,11 +599,7 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
         )
     })?;
     let seconds = started.elapsed().as_secs_f64();
-    let kept = index
-        .map(Path::to_owned)
-        .or_else(|| index_path(root))
-        .unwrap_or_default();
-    let note = match listed {
+    let how = match listed {
         Listed::Unwritable(cause) if index.is_some() => {
             return Err(cx.invalid(
                 "index",
@@ -608,25 +607,19 @@ fn build(cx: &BuildContext<'_>) -> Result<StageFactory, ParamError> {
                 "name a file in a folder this user can write, or leave `index` out",
             ));
         }
-        Listed::Cached => format!(
-            "{} images listed in {seconds:.2} s from the index {}",
-            files.len(),
+        Listed::Cached(kept) => format!("from the index {}", kept.display()),
+        Listed::Walked(kept) => format!(
+            "by walking the folder; the listing is kept in {} for the next run",
             kept.display()
         ),
-        Listed::Walked => format!(
-            "{} images listed in {seconds:.2} s by walking the folder; the listing is kept in {} for the next run",
-            files.len(),
-            kept.display()
-        ),
-        Listed::Unsettled => format!(
-            "{} images listed in {seconds:.2} s by walking the folder; not kept: a folder changed in the last two seconds",
-            files.len()
-        ),
+        Listed::Unsettled => {
+            "by walking the folder; not kept: a folder changed in the last two seconds".to_owned()
+        }
         Listed::Unwritable(cause) => format!(
-            "{} images listed in {seconds:.2} s by walking the folder, as on every run: the listing cannot be kept ({cause}); set `index:` to a file in a writable folder",
-            files.len()
+            "by walking the folder, as on every run: the listing cannot be kept ({cause}); set `index:` to a file in a writable folder"
         ),
     };
+    let note = format!("{} images listed in {seconds:.2} s {how}", files.len());
     if files.is_empty() {
         return Err(cx.invalid(
             "path",
@@ -733,12 +726,12 @@ mod index_tests {
         };
         settle_all();
         let walked = scan_cached(&root, true, None).expect("lists");
-        assert_eq!(walked.2, Listed::Walked);
+        assert_eq!(walked.2, Listed::Walked(index_path(&root).expect("path")));
         assert_eq!(walked.0.len(), 6);
         assert_eq!(walked.1, ["cat", "dog"]);
         assert!(index_path(&root).expect("path").exists());
         let cached = scan_cached(&root, true, None).expect("lists");
-        assert_eq!(cached.2, Listed::Cached);
+        assert_eq!(cached.2, Listed::Cached(index_path(&root).expect("path")));
         assert_eq!((&cached.0, &cached.1), (&walked.0, &walked.1));
         assert_eq!(
             (cached.0.clone(), cached.1.clone()),
@@ -747,7 +740,7 @@ mod index_tests {
         // Another labels setting is another listing.
         assert_ne!(
             scan_cached(&root, false, None).expect("lists").2,
-            Listed::Cached
+            Listed::Cached(index_path(&root).expect("path"))
         );
 
         // A file added: its folder's time moves, the tree is walked again.
@@ -758,14 +751,14 @@ mod index_tests {
         settle_all();
         assert_eq!(
             scan_cached(&root, true, None).expect("lists").2,
-            Listed::Walked
+            Listed::Walked(index_path(&root).expect("path"))
         );
         // A class folder renamed: the root's time moves.
         std::fs::rename(root.join("cat"), root.join("cats")).expect("rename");
         settle(&root);
         settle(&root.join("cats"));
         let renamed = scan_cached(&root, true, None).expect("lists");
-        assert_eq!(renamed.2, Listed::Walked);
+        assert_eq!(renamed.2, Listed::Walked(index_path(&root).expect("path")));
         assert_eq!(renamed.1, ["cats", "dog"]);
         std::fs::remove_dir_all(&parent).ok();
     }
@@ -793,7 +786,7 @@ mod index_tests {
         let index = parent.join("elsewhere.idx");
         assert_eq!(
             scan_cached(&root, true, Some(&index)).expect("lists").2,
-            Listed::Walked
+            Listed::Walked(index.clone())
         );
         assert!(index.exists());
         assert!(
@@ -801,7 +794,7 @@ mod index_tests {
             "the default place is left alone"
         );
         let cached = scan_cached(&root, true, Some(&index)).expect("lists");
-        assert_eq!(cached.2, Listed::Cached);
+        assert_eq!(cached.2, Listed::Cached(index.clone()));
         assert_eq!(cached.0.len(), 4);
         // The same index named for another folder whose folders have the same names and
         // times (a copy that kept them) but other files: walked, not trusted.
@@ -822,7 +815,7 @@ mod index_tests {
                 .expect("set the folder's time");
         }
         let listed = scan_cached(&other, true, Some(&index)).expect("lists");
-        assert_eq!(listed.2, Listed::Walked);
+        assert_eq!(listed.2, Listed::Walked(index.clone()));
         assert_eq!(listed.1, ["cat", "dog"]);
         assert_eq!(
             listed.0.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
